@@ -1,0 +1,140 @@
+/*
+ * vx_proto.h - the vmexec wire protocol, guest side: constants, frame
+ * parsing and payload decoding. Pure functions, no I/O, no allocation,
+ * so that the golden vectors and a fuzzer can drive them directly.
+ *
+ * The normative description is docs/PROTOCOL.md; keep the two in step.
+ */
+#ifndef VX_PROTO_H
+#define VX_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define VX_MAJOR 1
+#define VX_MINOR 0
+
+#define VX_HEADER_SIZE 12u
+/* Hard cap on a frame's payload; a header claiming more is fatal. */
+#define VX_MAX_PAYLOAD 65536u
+#define VX_HELLO_FIXED 20u
+#define VX_MAX_INFO 1024u
+#define VX_MAX_ARGS 1024u
+#define VX_MAX_ENVS 1024u
+#define VX_EXIT_SIZE 40u
+
+enum vx_type {
+    VX_HELLO = 0x01,
+    VX_PING = 0x02,
+    VX_PONG = 0x03,
+    VX_ERROR = 0x04,
+    VX_SHUTDOWN = 0x05,
+    VX_BYE = 0x06,
+    VX_EXEC = 0x10,
+    VX_STARTED = 0x11,
+    VX_DATA = 0x12,
+    VX_EOF = 0x13,
+    VX_WINDOW = 0x14,
+    VX_SIGNAL = 0x15,
+    VX_EXIT = 0x16,
+};
+
+/* Sub-streams of a process stream (the header's `sub` byte). */
+enum vx_sub { VX_STDIN = 0, VX_STDOUT = 1, VX_STDERR = 2 };
+
+/* Error codes carried by VX_ERROR frames and returned by the parser. */
+enum vx_err {
+    VX_E_MALFORMED = 1,
+    VX_E_TOO_BIG = 2,
+    VX_E_UNKNOWN_TYPE = 3,
+    VX_E_BAD_STREAM = 4,
+    VX_E_VERSION = 5,
+    VX_E_EXEC = 6,
+    VX_E_LIMIT = 7,
+    VX_E_FLOW = 8,
+    VX_E_INTERNAL = 9,
+    VX_E_STATE = 10,
+};
+
+/* EXEC flags. */
+#define VX_EXEC_STDIN 0x1u /* stdin is fed by DATA frames, else /dev/null */
+#define VX_EXEC_KNOWN_FLAGS VX_EXEC_STDIN
+
+/* How a process ended (EXIT payload). */
+enum vx_how { VX_EXITED = 0, VX_SIGNALED = 1, VX_TIMED_OUT = 2 };
+
+struct vx_frame {
+    uint32_t len;
+    uint8_t type;
+    uint8_t sub;
+    uint32_t stream;
+    const uint8_t *payload;
+};
+
+/* A length-delimited byte string inside a payload (not NUL-terminated). */
+struct vx_str {
+    const uint8_t *p;
+    uint16_t len;
+};
+
+struct vx_hello {
+    uint16_t major, minor;
+    uint32_t max_payload, window, max_streams;
+    struct vx_str info;
+};
+
+struct vx_exec {
+    uint32_t flags, timeout_ms;
+    uint16_t argc, envc;
+    struct vx_str cwd;
+    const uint8_t *strings; /* argc then envc encoded strings */
+    size_t strings_len;
+};
+
+struct vx_exit {
+    uint8_t how;
+    int32_t value;
+    uint64_t run_ns, utime_us, stime_us, maxrss_kb;
+};
+
+struct vx_error {
+    uint32_t code;
+    int32_t err;
+    struct vx_str message;
+};
+
+/*
+ * Parses one frame from the start of buf.
+ * Returns the number of bytes the frame occupies (> 0) and fills *f;
+ * 0 when more bytes are needed; -VX_E_TOO_BIG or -VX_E_MALFORMED when the
+ * header is unusable (fatal: the stream cannot be resynchronised).
+ */
+long vx_frame_parse(const uint8_t *buf, size_t len, struct vx_frame *f);
+
+/* Type-specific checks of a delimited frame: 0, or a VX_E_* code. */
+int vx_frame_check(const struct vx_frame *f);
+
+/* Payload decoders; each returns 0 or VX_E_MALFORMED. */
+int vx_hello_decode(const struct vx_frame *f, struct vx_hello *h);
+int vx_exec_decode(const struct vx_frame *f, struct vx_exec *e);
+int vx_exit_decode(const struct vx_frame *f, struct vx_exit *x);
+int vx_error_decode(const struct vx_frame *f, struct vx_error *e);
+int vx_u32_decode(const struct vx_frame *f, uint32_t *v);
+
+/* Reads the next encoded string at *pos within [p, p+n); 0 or VX_E_MALFORMED. */
+int vx_str_next(const uint8_t *p, size_t n, size_t *pos, struct vx_str *s);
+
+/* Writes a 12-byte header to out. */
+void vx_header_write(uint8_t *out, uint8_t type, uint8_t sub, uint32_t stream, uint32_t len);
+
+void vx_put_u16(uint8_t *p, uint16_t v);
+void vx_put_u32(uint8_t *p, uint32_t v);
+void vx_put_u64(uint8_t *p, uint64_t v);
+uint16_t vx_get_u16(const uint8_t *p);
+uint32_t vx_get_u32(const uint8_t *p);
+uint64_t vx_get_u64(const uint8_t *p);
+
+const char *vx_type_name(uint8_t type);
+const char *vx_err_name(int code);
+
+#endif

@@ -1,0 +1,264 @@
+/*
+ * proto.c - frame parsing and payload decoding for the vmexec protocol.
+ * No I/O and no allocation: every length is checked against the bytes
+ * actually present before anything is read.
+ */
+#include "vx_proto.h"
+
+#include <string.h>
+
+void vx_put_u16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+void vx_put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+void vx_put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+uint16_t vx_get_u16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+uint32_t vx_get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+uint64_t vx_get_u64(const uint8_t *p)
+{
+    return (uint64_t)vx_get_u32(p) | ((uint64_t)vx_get_u32(p + 4) << 32);
+}
+
+void vx_header_write(uint8_t *out, uint8_t type, uint8_t sub, uint32_t stream, uint32_t len)
+{
+    vx_put_u32(out, len);
+    out[4] = type;
+    out[5] = sub;
+    vx_put_u16(out + 6, 0);
+    vx_put_u32(out + 8, stream);
+}
+
+long vx_frame_parse(const uint8_t *buf, size_t len, struct vx_frame *f)
+{
+    if (len < VX_HEADER_SIZE)
+        return 0;
+    uint32_t plen = vx_get_u32(buf);
+    if (plen > VX_MAX_PAYLOAD)
+        return -VX_E_TOO_BIG;
+    if (vx_get_u16(buf + 6) != 0)
+        return -VX_E_MALFORMED;
+    if (len - VX_HEADER_SIZE < plen)
+        return 0;
+    f->len = plen;
+    f->type = buf[4];
+    f->sub = buf[5];
+    f->stream = vx_get_u32(buf + 8);
+    f->payload = buf + VX_HEADER_SIZE;
+    return (long)(VX_HEADER_SIZE + plen);
+}
+
+int vx_str_next(const uint8_t *p, size_t n, size_t *pos, struct vx_str *s)
+{
+    if (*pos > n || n - *pos < 2)
+        return VX_E_MALFORMED;
+    uint16_t l = vx_get_u16(p + *pos);
+    if (n - *pos - 2 < l)
+        return VX_E_MALFORMED;
+    s->p = p + *pos + 2;
+    s->len = l;
+    /* Strings become C strings in the guest: an embedded NUL is refused. */
+    if (l && memchr(s->p, 0, l))
+        return VX_E_MALFORMED;
+    *pos += 2u + l;
+    return 0;
+}
+
+int vx_hello_decode(const struct vx_frame *f, struct vx_hello *h)
+{
+    if (f->len < VX_HELLO_FIXED || f->len > VX_HELLO_FIXED + VX_MAX_INFO)
+        return VX_E_MALFORMED;
+    const uint8_t *p = f->payload;
+    if (memcmp(p, "VMXC", 4) != 0)
+        return VX_E_MALFORMED;
+    h->major = vx_get_u16(p + 4);
+    h->minor = vx_get_u16(p + 6);
+    h->max_payload = vx_get_u32(p + 8);
+    h->window = vx_get_u32(p + 12);
+    h->max_streams = vx_get_u32(p + 16);
+    h->info.p = p + VX_HELLO_FIXED;
+    h->info.len = (uint16_t)(f->len - VX_HELLO_FIXED);
+    return 0;
+}
+
+int vx_exec_decode(const struct vx_frame *f, struct vx_exec *e)
+{
+    const uint8_t *p = f->payload;
+    size_t n = f->len, pos = 12;
+    if (n < 12)
+        return VX_E_MALFORMED;
+    e->flags = vx_get_u32(p);
+    e->timeout_ms = vx_get_u32(p + 4);
+    e->argc = vx_get_u16(p + 8);
+    e->envc = vx_get_u16(p + 10);
+    if ((e->flags & ~VX_EXEC_KNOWN_FLAGS) || e->argc == 0 || e->argc > VX_MAX_ARGS || e->envc > VX_MAX_ENVS)
+        return VX_E_MALFORMED;
+    if (vx_str_next(p, n, &pos, &e->cwd))
+        return VX_E_MALFORMED;
+    e->strings = p + pos;
+    e->strings_len = n - pos;
+    /* Walk every string once so that users of the payload can trust it. */
+    size_t spos = 0;
+    struct vx_str s;
+    for (unsigned i = 0; i < (unsigned)e->argc + e->envc; i++) {
+        if (vx_str_next(e->strings, e->strings_len, &spos, &s))
+            return VX_E_MALFORMED;
+        if (i == 0 && s.len == 0)
+            return VX_E_MALFORMED;
+        if (i >= e->argc && (s.len == 0 || !memchr(s.p, '=', s.len) || s.p[0] == '='))
+            return VX_E_MALFORMED;
+    }
+    if (spos != e->strings_len)
+        return VX_E_MALFORMED;
+    return 0;
+}
+
+int vx_exit_decode(const struct vx_frame *f, struct vx_exit *x)
+{
+    const uint8_t *p = f->payload;
+    if (f->len != VX_EXIT_SIZE || p[0] > VX_TIMED_OUT || p[1] || p[2] || p[3])
+        return VX_E_MALFORMED;
+    x->how = p[0];
+    x->value = (int32_t)vx_get_u32(p + 4);
+    x->run_ns = vx_get_u64(p + 8);
+    x->utime_us = vx_get_u64(p + 16);
+    x->stime_us = vx_get_u64(p + 24);
+    x->maxrss_kb = vx_get_u64(p + 32);
+    return 0;
+}
+
+int vx_error_decode(const struct vx_frame *f, struct vx_error *e)
+{
+    if (f->len < 8 || f->len > 8 + 4096)
+        return VX_E_MALFORMED;
+    e->code = vx_get_u32(f->payload);
+    e->err = (int32_t)vx_get_u32(f->payload + 4);
+    e->message.p = f->payload + 8;
+    e->message.len = (uint16_t)(f->len - 8);
+    return 0;
+}
+
+int vx_u32_decode(const struct vx_frame *f, uint32_t *v)
+{
+    if (f->len != 4)
+        return VX_E_MALFORMED;
+    *v = vx_get_u32(f->payload);
+    return 0;
+}
+
+/* Which frames live on stream 0, and which use the sub byte. */
+static int is_control(uint8_t t)
+{
+    return t == VX_HELLO || t == VX_PING || t == VX_PONG || t == VX_SHUTDOWN || t == VX_BYE;
+}
+
+static int uses_sub(uint8_t t)
+{
+    return t == VX_DATA || t == VX_EOF || t == VX_WINDOW;
+}
+
+int vx_frame_check(const struct vx_frame *f)
+{
+    switch (f->type) {
+    case VX_HELLO: case VX_PING: case VX_PONG: case VX_ERROR: case VX_SHUTDOWN: case VX_BYE:
+    case VX_EXEC: case VX_STARTED: case VX_DATA: case VX_EOF: case VX_WINDOW: case VX_SIGNAL: case VX_EXIT:
+        break;
+    default:
+        return VX_E_UNKNOWN_TYPE;
+    }
+    if (is_control(f->type) && f->stream != 0)
+        return VX_E_BAD_STREAM;
+    if (!is_control(f->type) && f->type != VX_ERROR && f->stream == 0)
+        return VX_E_BAD_STREAM;
+    if (uses_sub(f->type) ? f->sub > VX_STDERR : f->sub != 0)
+        return VX_E_MALFORMED;
+
+    uint32_t v;
+    switch (f->type) {
+    case VX_HELLO: {
+        struct vx_hello h;
+        return vx_hello_decode(f, &h);
+    }
+    case VX_SHUTDOWN: case VX_BYE: case VX_EOF:
+        return f->len == 0 ? 0 : VX_E_MALFORMED;
+    case VX_ERROR: {
+        struct vx_error e;
+        return vx_error_decode(f, &e);
+    }
+    case VX_EXEC: {
+        struct vx_exec e;
+        return vx_exec_decode(f, &e);
+    }
+    case VX_STARTED:
+        return vx_u32_decode(f, &v);
+    case VX_DATA:
+        return f->len > 0 ? 0 : VX_E_MALFORMED;
+    case VX_WINDOW:
+        return vx_u32_decode(f, &v) || v == 0 ? VX_E_MALFORMED : 0;
+    case VX_SIGNAL:
+        return vx_u32_decode(f, &v) || v < 1 || v > 64 ? VX_E_MALFORMED : 0;
+    case VX_EXIT: {
+        struct vx_exit x;
+        return vx_exit_decode(f, &x);
+    }
+    default: /* PING, PONG: any payload */
+        return 0;
+    }
+}
+
+const char *vx_type_name(uint8_t type)
+{
+    switch (type) {
+    case VX_HELLO: return "HELLO";
+    case VX_PING: return "PING";
+    case VX_PONG: return "PONG";
+    case VX_ERROR: return "ERROR";
+    case VX_SHUTDOWN: return "SHUTDOWN";
+    case VX_BYE: return "BYE";
+    case VX_EXEC: return "EXEC";
+    case VX_STARTED: return "STARTED";
+    case VX_DATA: return "DATA";
+    case VX_EOF: return "EOF";
+    case VX_WINDOW: return "WINDOW";
+    case VX_SIGNAL: return "SIGNAL";
+    case VX_EXIT: return "EXIT";
+    default: return "UNKNOWN";
+    }
+}
+
+const char *vx_err_name(int code)
+{
+    switch (code) {
+    case VX_E_MALFORMED: return "MALFORMED";
+    case VX_E_TOO_BIG: return "TOO_BIG";
+    case VX_E_UNKNOWN_TYPE: return "UNKNOWN_TYPE";
+    case VX_E_BAD_STREAM: return "BAD_STREAM";
+    case VX_E_VERSION: return "VERSION";
+    case VX_E_EXEC: return "EXEC";
+    case VX_E_LIMIT: return "LIMIT";
+    case VX_E_FLOW: return "FLOW";
+    case VX_E_INTERNAL: return "INTERNAL";
+    case VX_E_STATE: return "STATE";
+    default: return "UNKNOWN";
+    }
+}

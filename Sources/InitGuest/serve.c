@@ -1,0 +1,800 @@
+/*
+ * serve.c - PID 1's event loop over the control port.
+ *
+ * One poll() loop, no threads. Memory is bounded up front: one input buffer
+ * of two maximal frames, one output buffer, and a stdin buffer of one window
+ * per process. Process output is read from its pipe only while the host has
+ * granted credit for it, so a slow host reader blocks that process's writes
+ * (through its full pipe) and nothing else. See docs/PROTOCOL.md.
+ */
+#define _GNU_SOURCE
+#include "serve.h"
+
+#include "boot.h"
+#include "vx_proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_PROCS 128u
+#define STDIN_WINDOW 65536u
+#define MAX_HOST_WINDOW (16u << 20)
+#define OUT_CAP (1u << 20)
+/* Process output may fill only half the output buffer; the rest is for replies. */
+#define OUT_DATA_LIMIT (OUT_CAP / 2)
+#define IN_CAP (2 * (VX_HEADER_SIZE + VX_MAX_PAYLOAD))
+#define REPLY_ROOM (VX_HEADER_SIZE + VX_MAX_PAYLOAD + 256)
+#define STDOUT_PIPE_SIZE (256 << 10)
+
+enum session { DISCONNECTED, WAIT_HELLO, READY, RESYNC };
+
+/* Where a failed spawn stopped, reported by the child over a CLOEXEC pipe. */
+enum spawn_stage { STAGE_SETUP = 1, STAGE_CHROOT, STAGE_CHDIR, STAGE_EXEC };
+
+struct proc {
+    int used;
+    uint32_t stream;
+    pid_t pid;
+    int fd_in;         /* write end of the child's stdin, or -1 */
+    int fd_out[3];     /* [VX_STDOUT], [VX_STDERR]: read ends, or -1 once at EOF */
+    uint32_t credit[3]; /* bytes of output the host still accepts */
+    uint8_t *in_buf;   /* stdin bytes received, not yet written to the pipe */
+    uint32_t in_len, in_credit, in_ungranted;
+    int has_stdin, in_eof;
+    int exited, status, timed_out;
+    struct rusage ru;
+    uint64_t start_ns, end_ns, deadline_ns;
+};
+
+static struct {
+    int port, sigfd, devnull;
+    enum session state;
+    uint8_t in[IN_CAP];
+    size_t in_len;
+    uint8_t *out;
+    size_t out_start, out_end;
+    uint32_t host_window;
+    struct proc procs[MAX_PROCS];
+    const char *boot_error;
+} S;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- output buffer ---------------------------------------------------- */
+
+static size_t out_used(void)
+{
+    return S.out_end - S.out_start;
+}
+
+static size_t out_room(void)
+{
+    return OUT_CAP - out_used();
+}
+
+/* Returns space for n more bytes at S.out + S.out_end, compacting if needed. */
+static uint8_t *out_reserve(size_t n)
+{
+    if (OUT_CAP - S.out_end < n && S.out_start > 0) {
+        memmove(S.out, S.out + S.out_start, out_used());
+        S.out_end -= S.out_start;
+        S.out_start = 0;
+    }
+    return OUT_CAP - S.out_end < n ? NULL : S.out + S.out_end;
+}
+
+static void emit(uint8_t type, uint8_t sub, uint32_t stream, const void *payload, uint32_t len)
+{
+    if (S.state == DISCONNECTED)
+        return;
+    uint8_t *d = out_reserve(VX_HEADER_SIZE + len);
+    if (!d) {
+        /* Cannot happen while the reply room rule holds; never overflow. */
+        vx_log("output buffer full, %s frame for stream %u dropped", vx_type_name(type), stream);
+        return;
+    }
+    vx_header_write(d, type, sub, stream, len);
+    if (len)
+        memcpy(d + VX_HEADER_SIZE, payload, len);
+    S.out_end += VX_HEADER_SIZE + len;
+}
+
+static void emit_error(uint32_t stream, int code, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void emit_error(uint32_t stream, int code, int err, const char *fmt, ...)
+{
+    uint8_t p[8 + 512];
+    vx_put_u32(p, (uint32_t)code);
+    vx_put_u32(p + 4, (uint32_t)err);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf((char *)p + 8, sizeof p - 8, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n > sizeof p - 9)
+        n = (int)(sizeof p - 9);
+    emit(VX_ERROR, 0, stream, p, 8u + (uint32_t)n);
+}
+
+static void emit_u32(uint8_t type, uint8_t sub, uint32_t stream, uint32_t v)
+{
+    uint8_t p[4];
+    vx_put_u32(p, v);
+    emit(type, sub, stream, p, 4);
+}
+
+static void send_hello(void)
+{
+    uint8_t p[VX_HELLO_FIXED + 256];
+    memcpy(p, "VMXC", 4);
+    vx_put_u16(p + 4, VX_MAJOR);
+    vx_put_u16(p + 6, VX_MINOR);
+    vx_put_u32(p + 8, VX_MAX_PAYLOAD);
+    vx_put_u32(p + 12, STDIN_WINDOW);
+    vx_put_u32(p + 16, MAX_PROCS);
+    struct utsname u;
+    if (uname(&u) != 0)
+        strcpy(u.release, "?");
+    int n = snprintf((char *)p + VX_HELLO_FIXED, sizeof p - VX_HELLO_FIXED,
+                     "init=vmexec-init %d.%d\nkernel=%s\nboot_error=%s", VX_MAJOR, VX_MINOR,
+                     u.release, S.boot_error);
+    if (n < 0 || (size_t)n >= sizeof p - VX_HELLO_FIXED)
+        n = (int)(sizeof p - VX_HELLO_FIXED - 1);
+    emit(VX_HELLO, 0, 0, p, VX_HELLO_FIXED + (uint32_t)n);
+}
+
+/* Writes what the port accepts now; on a dead host, drops the session. */
+static void on_disconnect(void);
+
+static void flush_out(void)
+{
+    while (out_used() > 0) {
+        ssize_t w = write(S.port, S.out + S.out_start, out_used());
+        if (w > 0) {
+            S.out_start += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return;
+        on_disconnect();
+        return;
+    }
+    S.out_start = S.out_end = 0;
+}
+
+/* ---- process table ------------------------------------------------------ */
+
+static struct proc *find_proc(uint32_t stream)
+{
+    for (unsigned i = 0; i < MAX_PROCS; i++)
+        if (S.procs[i].used && S.procs[i].stream == stream)
+            return &S.procs[i];
+    return NULL;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void free_proc(struct proc *p)
+{
+    close_fd(&p->fd_in);
+    close_fd(&p->fd_out[VX_STDOUT]);
+    close_fd(&p->fd_out[VX_STDERR]);
+    free(p->in_buf);
+    memset(p, 0, sizeof *p);
+    p->fd_in = p->fd_out[0] = p->fd_out[1] = p->fd_out[2] = -1;
+}
+
+/* Kills the process group of every process of the session; they are reaped later. */
+static void reset_session(void)
+{
+    for (unsigned i = 0; i < MAX_PROCS; i++) {
+        struct proc *p = &S.procs[i];
+        if (!p->used)
+            continue;
+        if (kill(-p->pid, SIGKILL) != 0)
+            kill(p->pid, SIGKILL);
+        free_proc(p);
+    }
+}
+
+static void on_disconnect(void)
+{
+    if (S.state == DISCONNECTED)
+        return;
+    reset_session();
+    S.state = DISCONNECTED;
+    S.in_len = 0;
+    S.out_start = S.out_end = 0;
+}
+
+static void on_connect(void)
+{
+    S.state = WAIT_HELLO;
+    S.in_len = 0;
+    S.out_start = S.out_end = 0;
+    send_hello();
+}
+
+/* Runs in the forked child: never returns. */
+static void child_run(int errw, int in_fd, int out_fd, int err_fd, const char *cwd, char **argv,
+                      char **envp)
+{
+    int stage = STAGE_SETUP;
+    sigset_t none;
+    sigemptyset(&none);
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (setsid() < 0 || dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
+        goto fail;
+    umask(022);
+    stage = STAGE_CHROOT;
+    if (chroot(VX_NEWROOT) != 0)
+        goto fail;
+    stage = STAGE_CHDIR;
+    if (chdir(cwd[0] ? cwd : "/") != 0)
+        goto fail;
+    stage = STAGE_EXEC;
+    extern char **environ;
+    environ = envp;
+    execvp(argv[0], argv);
+fail:;
+    int32_t msg[2] = {stage, errno};
+    if (write(errw, msg, sizeof msg) < 0) {
+        /* the parent then sees EOF and a 127 exit */
+    }
+    _exit(127);
+}
+
+static int set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static const char *stage_name(int stage)
+{
+    switch (stage) {
+    case STAGE_CHROOT: return "enter the root file system";
+    case STAGE_CHDIR: return "change to the working directory";
+    case STAGE_EXEC: return "execute";
+    default: return "set up the process";
+    }
+}
+
+static void on_exec(const struct vx_frame *f)
+{
+    /* Static: the init is single-threaded and the child uses them only before exec. */
+    static char arena[VX_MAX_PAYLOAD + VX_MAX_ARGS + VX_MAX_ENVS + 8];
+    static char *argv[VX_MAX_ARGS + 1], *envp[VX_MAX_ENVS + 1];
+
+    if (S.boot_error[0]) {
+        emit_error(f->stream, VX_E_INTERNAL, 0, "the guest did not boot: %s", S.boot_error);
+        return;
+    }
+    if (find_proc(f->stream)) {
+        emit_error(f->stream, VX_E_BAD_STREAM, 0, "stream %u already has a process", f->stream);
+        return;
+    }
+    struct proc *p = NULL;
+    for (unsigned i = 0; i < MAX_PROCS && !p; i++)
+        if (!S.procs[i].used)
+            p = &S.procs[i];
+    if (!p) {
+        emit_error(f->stream, VX_E_LIMIT, 0, "too many processes at once (at most %u)", MAX_PROCS);
+        return;
+    }
+    struct vx_exec e;
+    if (vx_exec_decode(f, &e)) {
+        emit_error(f->stream, VX_E_MALFORMED, 0, "EXEC payload is malformed");
+        return;
+    }
+    /* Copy the strings out as C strings: cwd, then argv, then env. */
+    size_t a = 0, pos = 0;
+    memcpy(arena, e.cwd.p, e.cwd.len);
+    arena[e.cwd.len] = 0;
+    char *cwd = arena;
+    a = e.cwd.len + 1u;
+    for (unsigned i = 0; i < (unsigned)e.argc + e.envc; i++) {
+        struct vx_str s;
+        vx_str_next(e.strings, e.strings_len, &pos, &s); /* validated by vx_exec_decode */
+        memcpy(arena + a, s.p, s.len);
+        arena[a + s.len] = 0;
+        if (i < e.argc)
+            argv[i] = arena + a;
+        else
+            envp[i - e.argc] = arena + a;
+        a += s.len + 1u;
+    }
+    argv[e.argc] = NULL;
+    envp[e.envc] = NULL;
+
+    int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, ep[2] = {-1, -1};
+    int has_stdin = (e.flags & VX_EXEC_STDIN) != 0;
+    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(ep, O_CLOEXEC) ||
+        (has_stdin && pipe2(in, O_CLOEXEC))) {
+        int saved = errno;
+        int fds[] = {out[0], out[1], err[0], err[1], ep[0], ep[1], in[0], in[1]};
+        for (unsigned i = 0; i < 8; i++)
+            close_fd(&fds[i]);
+        emit_error(f->stream, VX_E_INTERNAL, saved, "cannot create pipes: %s", strerror(saved));
+        return;
+    }
+    fcntl(out[0], F_SETPIPE_SZ, STDOUT_PIPE_SIZE);
+    uint64_t start = now_ns();
+    pid_t pid = fork();
+    if (pid == 0)
+        child_run(ep[1], has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp);
+    int saved = errno;
+    close_fd(&ep[1]);
+    close_fd(&out[1]);
+    close_fd(&err[1]);
+    close_fd(&in[0]);
+    int32_t msg[2] = {0, 0};
+    ssize_t r = -1;
+    if (pid > 0)
+        while ((r = read(ep[0], msg, sizeof msg)) < 0 && errno == EINTR) {
+        }
+    close_fd(&ep[0]);
+    if (pid < 0 || r != 0) {
+        if (pid > 0)
+            waitpid(pid, NULL, 0);
+        close_fd(&out[0]);
+        close_fd(&err[0]);
+        close_fd(&in[1]);
+        if (pid < 0)
+            emit_error(f->stream, VX_E_INTERNAL, saved, "fork: %s", strerror(saved));
+        else
+            emit_error(f->stream, VX_E_EXEC, msg[1], "cannot %s %s: %s", stage_name(msg[0]),
+                       msg[0] == STAGE_CHDIR ? cwd : argv[0], strerror(msg[1]));
+        return;
+    }
+    set_nonblock(out[0]);
+    set_nonblock(err[0]);
+    memset(p, 0, sizeof *p);
+    p->used = 1;
+    p->stream = f->stream;
+    p->pid = pid;
+    p->fd_in = -1;
+    p->fd_out[0] = -1;
+    p->fd_out[VX_STDOUT] = out[0];
+    p->fd_out[VX_STDERR] = err[0];
+    p->credit[VX_STDOUT] = p->credit[VX_STDERR] = S.host_window;
+    p->has_stdin = has_stdin;
+    if (has_stdin) {
+        p->fd_in = in[1];
+        set_nonblock(p->fd_in);
+        p->in_credit = STDIN_WINDOW;
+    }
+    p->start_ns = start;
+    p->deadline_ns = e.timeout_ms ? start + (uint64_t)e.timeout_ms * 1000000ull : 0;
+    emit_u32(VX_STARTED, 0, f->stream, (uint32_t)pid);
+}
+
+/* Returns stdin credit to the host once a good part of the window is free. */
+static void maybe_grant_stdin(struct proc *p)
+{
+    if (p->in_ungranted >= STDIN_WINDOW / 2 || (p->in_ungranted > 0 && p->in_len == 0)) {
+        p->in_credit += p->in_ungranted;
+        emit_u32(VX_WINDOW, VX_STDIN, p->stream, p->in_ungranted);
+        p->in_ungranted = 0;
+    }
+}
+
+static struct proc *stream_proc(const struct vx_frame *f)
+{
+    struct proc *p = find_proc(f->stream);
+    if (!p)
+        emit_error(f->stream, VX_E_BAD_STREAM, 0, "no process on stream %u", f->stream);
+    return p;
+}
+
+static void on_data(const struct vx_frame *f)
+{
+    struct proc *p = stream_proc(f);
+    if (!p)
+        return;
+    if (f->sub != VX_STDIN || !p->has_stdin || p->in_eof) {
+        emit_error(f->stream, VX_E_STATE, 0, "stdin of stream %u is not open for DATA", f->stream);
+        return;
+    }
+    if (f->len > p->in_credit) {
+        emit_error(f->stream, VX_E_FLOW, 0, "%u bytes of stdin exceed the %u bytes of credit",
+                   f->len, p->in_credit);
+        return;
+    }
+    p->in_credit -= f->len;
+    if (p->fd_in < 0) { /* the process closed its stdin: drop, but give the credit back */
+        p->in_ungranted += f->len;
+        maybe_grant_stdin(p);
+        return;
+    }
+    if (!p->in_buf && !(p->in_buf = malloc(STDIN_WINDOW))) {
+        emit_error(f->stream, VX_E_INTERNAL, ENOMEM, "out of memory for stdin");
+        return;
+    }
+    memcpy(p->in_buf + p->in_len, f->payload, f->len);
+    p->in_len += f->len;
+}
+
+static void on_eof(const struct vx_frame *f)
+{
+    struct proc *p = stream_proc(f);
+    if (!p)
+        return;
+    if (f->sub != VX_STDIN || !p->has_stdin) {
+        emit_error(f->stream, VX_E_STATE, 0, "EOF from the host applies to stdin only");
+        return;
+    }
+    p->in_eof = 1;
+    if (p->in_len == 0)
+        close_fd(&p->fd_in);
+}
+
+static void on_window(const struct vx_frame *f)
+{
+    struct proc *p = stream_proc(f);
+    if (!p)
+        return;
+    uint32_t v = vx_get_u32(f->payload);
+    if (f->sub == VX_STDIN) {
+        emit_error(f->stream, VX_E_STATE, 0, "the host grants credit for stdout and stderr only");
+        return;
+    }
+    if (v > MAX_HOST_WINDOW - p->credit[f->sub]) {
+        emit_error(f->stream, VX_E_FLOW, 0, "credit would exceed %u bytes", MAX_HOST_WINDOW);
+        return;
+    }
+    p->credit[f->sub] += v;
+}
+
+static void on_signal(const struct vx_frame *f)
+{
+    struct proc *p = stream_proc(f);
+    if (!p)
+        return;
+    int sig = (int)vx_get_u32(f->payload);
+    if (kill(-p->pid, sig) != 0 && kill(p->pid, sig) != 0 && errno != ESRCH)
+        emit_error(f->stream, VX_E_INTERNAL, errno, "kill: %s", strerror(errno));
+}
+
+static void on_hello(const struct vx_frame *f)
+{
+    struct vx_hello h;
+    vx_hello_decode(f, &h); /* validated by vx_frame_check */
+    if (h.major != VX_MAJOR) {
+        emit_error(0, VX_E_VERSION, 0,
+                   "the guest init speaks protocol %d.%d and cannot serve a host speaking %u.%u; "
+                   "rebuild the guest images to match the host",
+                   VX_MAJOR, VX_MINOR, h.major, h.minor);
+        S.state = WAIT_HELLO;
+        return;
+    }
+    if (h.window == 0) {
+        emit_error(0, VX_E_MALFORMED, 0, "HELLO window must not be 0");
+        return;
+    }
+    reset_session();
+    S.host_window = h.window > MAX_HOST_WINDOW ? MAX_HOST_WINDOW : h.window;
+    S.state = READY;
+    send_hello();
+}
+
+static void on_shutdown(void)
+{
+    reset_session();
+    sync();
+    emit(VX_BYE, 0, 0, NULL, 0);
+    for (int i = 0; i < 100 && out_used() > 0 && S.state != DISCONNECTED; i++) {
+        struct pollfd pp = {S.port, POLLOUT, 0};
+        poll(&pp, 1, 10);
+        flush_out();
+    }
+    boot_poweroff();
+}
+
+static void handle_frame(const struct vx_frame *f)
+{
+    int rc = vx_frame_check(f);
+    if (rc) {
+        emit_error(f->stream, rc, 0, "%s frame (type 0x%02x) refused: %s", vx_type_name(f->type),
+                   f->type, vx_err_name(rc));
+        return;
+    }
+    if (f->type == VX_HELLO) {
+        on_hello(f);
+        return;
+    }
+    if (S.state != READY) {
+        emit_error(f->stream, VX_E_STATE, 0, "%s before HELLO", vx_type_name(f->type));
+        return;
+    }
+    switch (f->type) {
+    case VX_PING: emit(VX_PONG, 0, 0, f->payload, f->len); break;
+    case VX_SHUTDOWN: on_shutdown(); break;
+    case VX_EXEC: on_exec(f); break;
+    case VX_DATA: on_data(f); break;
+    case VX_EOF: on_eof(f); break;
+    case VX_WINDOW: on_window(f); break;
+    case VX_SIGNAL: on_signal(f); break;
+    case VX_ERROR: vx_log("host reported an error on stream %u", f->stream); break;
+    default:
+        emit_error(f->stream, VX_E_STATE, 0, "%s is sent by the guest, not the host",
+                   vx_type_name(f->type));
+    }
+}
+
+/* After a fatal framing error: position of the next host HELLO in S.in, or -1. */
+static long find_hello(void)
+{
+    for (size_t i = 0; i + VX_HEADER_SIZE + 4 <= S.in_len; i++) {
+        const uint8_t *h = S.in + i;
+        uint32_t len = vx_get_u32(h);
+        if (h[4] == VX_HELLO && h[5] == 0 && vx_get_u16(h + 6) == 0 && vx_get_u32(h + 8) == 0 &&
+            len >= VX_HELLO_FIXED && len <= VX_HELLO_FIXED + VX_MAX_INFO &&
+            memcmp(h + VX_HEADER_SIZE, "VMXC", 4) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
+static void process_input(void)
+{
+    size_t off = 0;
+    while (S.state != DISCONNECTED && out_room() >= REPLY_ROOM) {
+        if (S.state == RESYNC) {
+            long at = find_hello();
+            if (at < 0) { /* keep a tail that may start a HELLO header */
+                off = S.in_len > VX_HEADER_SIZE + 3 ? S.in_len - (VX_HEADER_SIZE + 3) : 0;
+                break;
+            }
+            memmove(S.in, S.in + at, S.in_len - (size_t)at);
+            S.in_len -= (size_t)at;
+            S.state = WAIT_HELLO;
+        }
+        struct vx_frame f;
+        long n = vx_frame_parse(S.in + off, S.in_len - off, &f);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            emit_error(0, (int)-n, 0, "frame header refused (%s); input discarded until the next HELLO",
+                       vx_err_name((int)-n));
+            reset_session();
+            S.state = RESYNC;
+            memmove(S.in, S.in + off, S.in_len - off);
+            S.in_len -= off;
+            off = 0;
+            continue;
+        }
+        off += (size_t)n;
+        handle_frame(&f);
+    }
+    if (off) {
+        memmove(S.in, S.in + off, S.in_len - off);
+        S.in_len -= off;
+    }
+}
+
+static void read_port(void)
+{
+    ssize_t r = read(S.port, S.in + S.in_len, IN_CAP - S.in_len);
+    if (r > 0)
+        S.in_len += (size_t)r;
+    else if (r == 0 || (errno != EAGAIN && errno != EINTR))
+        on_disconnect();
+}
+
+static void pump_output(struct proc *p, int sub)
+{
+    uint32_t want = p->credit[sub] < VX_MAX_PAYLOAD ? p->credit[sub] : VX_MAX_PAYLOAD;
+    if (!want || out_used() >= OUT_DATA_LIMIT)
+        return;
+    uint8_t *d = out_reserve(VX_HEADER_SIZE + want);
+    if (!d)
+        return;
+    ssize_t r = read(p->fd_out[sub], d + VX_HEADER_SIZE, want);
+    if (r > 0) {
+        vx_header_write(d, VX_DATA, (uint8_t)sub, p->stream, (uint32_t)r);
+        S.out_end += VX_HEADER_SIZE + (size_t)r;
+        p->credit[sub] -= (uint32_t)r;
+        return;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    close_fd(&p->fd_out[sub]);
+    emit(VX_EOF, (uint8_t)sub, p->stream, NULL, 0);
+}
+
+static void pump_input(struct proc *p)
+{
+    ssize_t w = write(p->fd_in, p->in_buf, p->in_len);
+    if (w < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (w < 0) { /* EPIPE: the process stopped reading; drop what is left */
+        close_fd(&p->fd_in);
+        w = (ssize_t)p->in_len;
+    }
+    memmove(p->in_buf, p->in_buf + w, p->in_len - (size_t)w);
+    p->in_len -= (uint32_t)w;
+    p->in_ungranted += (uint32_t)w;
+    if (p->in_len == 0 && p->in_eof)
+        close_fd(&p->fd_in);
+    maybe_grant_stdin(p);
+}
+
+static void reap(void)
+{
+    struct signalfd_siginfo si;
+    while (read(S.sigfd, &si, sizeof si) > 0) {
+    }
+    int status;
+    struct rusage ru;
+    pid_t pid;
+    while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
+        for (unsigned i = 0; i < MAX_PROCS; i++) {
+            struct proc *p = &S.procs[i];
+            if (p->used && p->pid == pid && !p->exited) {
+                p->exited = 1;
+                p->status = status;
+                p->ru = ru;
+                p->end_ns = now_ns();
+            }
+        }
+    }
+}
+
+/* Sends EXIT for processes that have ended and whose output is drained. */
+static void finish_procs(void)
+{
+    for (unsigned i = 0; i < MAX_PROCS; i++) {
+        struct proc *p = &S.procs[i];
+        if (!p->used || !p->exited || p->fd_out[VX_STDOUT] >= 0 || p->fd_out[VX_STDERR] >= 0)
+            continue;
+        if (out_room() < VX_HEADER_SIZE + VX_EXIT_SIZE)
+            return;
+        uint8_t x[VX_EXIT_SIZE] = {0};
+        int st = p->status;
+        x[0] = p->timed_out ? VX_TIMED_OUT : WIFSIGNALED(st) ? VX_SIGNALED : VX_EXITED;
+        vx_put_u32(x + 4, (uint32_t)(WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st)));
+        vx_put_u64(x + 8, p->end_ns - p->start_ns);
+        vx_put_u64(x + 16, (uint64_t)p->ru.ru_utime.tv_sec * 1000000u + (uint64_t)p->ru.ru_utime.tv_usec);
+        vx_put_u64(x + 24, (uint64_t)p->ru.ru_stime.tv_sec * 1000000u + (uint64_t)p->ru.ru_stime.tv_usec);
+        vx_put_u64(x + 32, (uint64_t)p->ru.ru_maxrss);
+        emit(VX_EXIT, 0, p->stream, x, VX_EXIT_SIZE);
+        free_proc(p);
+    }
+}
+
+/* Kills timed-out process groups; returns the poll timeout to the next deadline. */
+static int check_deadlines(void)
+{
+    uint64_t now = now_ns(), next = 0;
+    for (unsigned i = 0; i < MAX_PROCS; i++) {
+        struct proc *p = &S.procs[i];
+        if (!p->used || !p->deadline_ns)
+            continue;
+        if (now >= p->deadline_ns) {
+            if (!p->exited)
+                p->timed_out = 1;
+            kill(-p->pid, SIGKILL);
+            p->deadline_ns = 0;
+        } else if (!next || p->deadline_ns < next) {
+            next = p->deadline_ns;
+        }
+    }
+    if (!next)
+        return -1;
+    return (int)((next - now) / 1000000u) + 1;
+}
+
+void serve_forever(const char *port_path, const char *boot_error)
+{
+    static struct pollfd pfd[2 + 3 * MAX_PROCS];
+    static struct proc *owner[2 + 3 * MAX_PROCS];
+    static int which[2 + 3 * MAX_PROCS];
+
+    S.boot_error = boot_error;
+    S.out = malloc(OUT_CAP);
+    S.devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (unsigned i = 0; i < MAX_PROCS; i++)
+        free_proc(&S.procs[i]);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    S.sigfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+    S.port = open(port_path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (!S.out || S.sigfd < 0 || S.port < 0) {
+        vx_log("cannot start serving %s: %s", port_path, strerror(errno));
+        boot_poweroff();
+    }
+    S.state = DISCONNECTED;
+
+    for (;;) {
+        if (S.state == DISCONNECTED) {
+            struct pollfd pp = {S.port, POLLIN, 0};
+            if (poll(&pp, 1, 0) >= 0 && !(pp.revents & (POLLHUP | POLLERR)))
+                on_connect();
+        }
+        process_input();
+        finish_procs();
+        if (S.state != DISCONNECTED)
+            flush_out();
+
+        int timeout = check_deadlines();
+        if (S.state == DISCONNECTED && (timeout < 0 || timeout > 20))
+            timeout = 20; /* a disconnected port always polls HUP: look again soon */
+        unsigned n = 0;
+        pfd[n] = (struct pollfd){S.state == DISCONNECTED ? -1 : S.port,
+                                 (short)((S.in_len < IN_CAP ? POLLIN : 0) | (out_used() ? POLLOUT : 0)), 0};
+        owner[n++] = NULL;
+        pfd[n] = (struct pollfd){S.sigfd, POLLIN, 0};
+        owner[n++] = NULL;
+        for (unsigned i = 0; i < MAX_PROCS; i++) {
+            struct proc *p = &S.procs[i];
+            if (!p->used)
+                continue;
+            for (int sub = VX_STDOUT; sub <= VX_STDERR; sub++) {
+                if (p->fd_out[sub] < 0 || !p->credit[sub] || out_used() >= OUT_DATA_LIMIT)
+                    continue;
+                pfd[n] = (struct pollfd){p->fd_out[sub], POLLIN, 0};
+                owner[n] = p;
+                which[n++] = sub;
+            }
+            if (p->fd_in >= 0 && p->in_len) {
+                pfd[n] = (struct pollfd){p->fd_in, POLLOUT, 0};
+                owner[n] = p;
+                which[n++] = VX_STDIN;
+            }
+        }
+        if (poll(pfd, n, timeout) < 0) {
+            if (errno != EINTR)
+                vx_log("poll: %s", strerror(errno));
+            continue;
+        }
+        if (pfd[1].revents)
+            reap();
+        for (unsigned i = 2; i < n; i++) {
+            struct proc *p = owner[i];
+            if (!pfd[i].revents || !p->used)
+                continue;
+            if (which[i] == VX_STDIN)
+                pump_input(p);
+            else if (p->fd_out[which[i]] >= 0)
+                pump_output(p, which[i]);
+        }
+        if (S.state != DISCONNECTED) {
+            if (pfd[0].revents & POLLIN)
+                read_port();
+            else if (pfd[0].revents & (POLLHUP | POLLERR))
+                on_disconnect();
+        }
+    }
+}

@@ -1,0 +1,14 @@
+/*
+ * serve.h - PID 1's event loop: speaks the protocol on the control port,
+ * spawns, feeds, drains, times out and reaps processes.
+ */
+#ifndef VX_SERVE_H
+#define VX_SERVE_H
+
+/*
+ * Serves the port at `port_path` forever. `boot_error`, when not empty,
+ * is reported in HELLO and refuses every EXEC with that sentence.
+ */
+void serve_forever(const char *port_path, const char *boot_error) __attribute__((noreturn));
+
+#endif
