@@ -1,0 +1,56 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+/// C flags of the project's own C code: C11, every warning an error.
+let strictC: [CSetting] = [.unsafeFlags(["-std=c11", "-Wall", "-Wextra", "-Werror"])]
+
+let package = Package(
+    name: "vmexec",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "VMExecutor", targets: ["VMExecutor"]),
+        .library(name: "SerialChannel", targets: ["SerialChannel"]),
+        .executable(name: "vmexec", targets: ["vmexec"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // The guest's PID 1. SwiftPM builds it here as a strict-warnings check;
+        // the Makefile links the static binary that goes into the initramfs
+        // (SwiftPM cannot link a static executable: it always adds the Swift runtime).
+        .executableTarget(name: "InitGuest", cSettings: strictC),
+        // Host facts Swift cannot read itself: KVM probe, TSC frequency.
+        .target(name: "CVMExecHost", cSettings: strictC),
+        .target(
+            name: "SerialChannel",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "VMExecutor",
+            dependencies: [
+                "SerialChannel", "CVMExecHost",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "vmexec",
+            dependencies: [
+                "VMExecutor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "SerialChannelTests",
+            dependencies: [
+                "SerialChannel",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
+        .testTarget(name: "VMExecutorTests", dependencies: ["VMExecutor", "SerialChannel"]),
+    ]
+)

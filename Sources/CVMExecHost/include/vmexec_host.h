@@ -1,0 +1,26 @@
+/*
+ * vmexec_host.h - host facts Swift cannot read directly: whether KVM really
+ * runs a guest here, and the TSC frequency a microvm guest must be told.
+ */
+#ifndef VMEXEC_HOST_H
+#define VMEXEC_HOST_H
+
+/* KVM probe outcomes. */
+enum vmexec_kvm_probe {
+    VMEXEC_KVM_USABLE = 0,     /* a vCPU ran a HLT and came back */
+    VMEXEC_KVM_ABSENT = 1,     /* no /dev/kvm, or it cannot be opened */
+    VMEXEC_KVM_BROKEN = 2,     /* ioctls failed, or the vCPU exited for another reason */
+    VMEXEC_KVM_HUNG = 3,       /* KVM_RUN did not return within the deadline */
+    VMEXEC_KVM_UNSUPPORTED = 4 /* no probe for this host architecture */
+};
+
+/*
+ * Runs a one-instruction guest (HLT) under KVM in a forked child and waits
+ * at most timeout_ms for it; the child is killed when the deadline passes.
+ */
+int vmexec_kvm_probe(int timeout_ms);
+
+/* Measures the host TSC frequency in kHz over ~20 ms; 0 where there is no TSC. */
+long vmexec_tsc_khz(void);
+
+#endif

@@ -1,0 +1,325 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// The host end of the control channel: handshake, many processes at once
+/// over one byte stream, credit-based flow control in both directions.
+///
+/// Works over any stream socket: the QEMU chardev's Unix socket, or one end
+/// of a socketpair (tests, or a bridge to a libvirt stream). The guest is
+/// untrusted: every frame it sends is checked, and anything out of line is
+/// answered with an ERROR or ends the connection, never a crash.
+public final class ChannelClient: Sendable {
+    /// Credit granted to the guest per stdout/stderr stream, in bytes. It
+    /// bounds the host memory of an unread stream.
+    public let hostWindow: Int
+    private let channel: any Channel
+    private let logger: Logger
+    private let state = Mutex(State())
+
+    struct State {
+        var guestHello: Hello?
+        var helloWaiters: [CheckedContinuation<Hello, any Error>] = []
+        var processes: [UInt32: RemoteProcess] = [:]
+        var nextStream: UInt32 = 1
+        var nextPing: UInt64 = 1
+        var pingWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+        var byeWaiters: [CheckedContinuation<Void, any Error>] = []
+        var closed: ProtocolError?
+    }
+
+    init(channel: any Channel, hostWindow: Int, logger: Logger) {
+        self.channel = channel
+        self.hostWindow = hostWindow
+        self.logger = logger
+    }
+
+    // MARK: connecting
+
+    /// Connects to a Unix socket (QEMU's chardev) and completes the handshake.
+    public static func connect(
+        unixSocket path: String, handshakeTimeout: Duration = .seconds(30), hostWindow: Int = 512 * 1024,
+        logger: Logger = Logger(label: "vmexec.channel")
+    ) async throws -> (ChannelClient, Hello) {
+        let box = ClientSlot()
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { ch in Self.initialize(ch, box: box, hostWindow: hostWindow, logger: logger) }
+        _ = try await bootstrap.connect(unixDomainSocketPath: path).get()
+        let client = box.value.withLock { $0! }
+        return (client, try await client.handshake(timeout: handshakeTimeout))
+    }
+
+    /// Uses an already connected stream socket (e.g. one end of a socketpair).
+    public static func connect(
+        socket descriptor: CInt, handshakeTimeout: Duration = .seconds(30), hostWindow: Int = 512 * 1024,
+        logger: Logger = Logger(label: "vmexec.channel")
+    ) async throws -> (ChannelClient, Hello) {
+        let box = ClientSlot()
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { ch in Self.initialize(ch, box: box, hostWindow: hostWindow, logger: logger) }
+        _ = try await bootstrap.withConnectedSocket(descriptor).get()
+        let client = box.value.withLock { $0! }
+        return (client, try await client.handshake(timeout: handshakeTimeout))
+    }
+
+    private static func initialize(
+        _ ch: any Channel, box: ClientSlot, hostWindow: Int, logger: Logger
+    ) -> EventLoopFuture<Void> {
+        let client = ChannelClient(channel: ch, hostWindow: hostWindow, logger: logger)
+        box.value.withLock { $0 = client }
+        return ch.eventLoop.makeCompletedFuture {
+            try ch.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+            try ch.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+            try ch.pipeline.syncOperations.addHandler(FrameRouter(client: client))
+        }
+    }
+
+    /// Sends the host's HELLO and waits for the guest's.
+    private func handshake(timeout: Duration) async throws -> Hello {
+        let hello = Hello(window: UInt32(hostWindow), info: "host=vmexec")
+        try await send(Frame(.hello, payload: hello.encoded()))
+        let deadline = Task { [weak self] in
+            try await Task.sleep(for: timeout)
+            let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+            self?.close(.handshakeTimeout(seconds: seconds))
+        }
+        defer { deadline.cancel() }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Hello, any Error>) in
+            let result: Result<Hello, any Error>? = state.withLock { s in
+                if let h = s.guestHello { return .success(h) }
+                if let e = s.closed { return .failure(e) }
+                s.helloWaiters.append(c)
+                return nil
+            }
+            if let result { c.resume(with: result) }
+        }
+    }
+
+    // MARK: requests
+
+    /// Starts a process. Returns once the guest reports it started; throws
+    /// ``ProtocolError/execFailed(_:)`` at once for a missing or
+    /// non-executable program or a bad working directory.
+    public func exec(_ request: ExecRequest) async throws -> RemoteProcess {
+        let payload = try request.encoded()
+        let (process, window): (RemoteProcess, Int) = try state.withLock { s in
+            if let e = s.closed { throw e }
+            let stream = s.nextStream
+            s.nextStream = s.nextStream == UInt32.max ? 1 : s.nextStream + 1
+            let window = Int(s.guestHello?.window ?? 0)
+            let p = RemoteProcess(stream: stream, client: self, hostWindow: hostWindow, stdinWindow: window)
+            s.processes[stream] = p
+            return (p, window)
+        }
+        _ = window
+        try await send(Frame(.exec, stream: process.stream, payload: payload))
+        _ = try await process.awaitStart()
+        return process
+    }
+
+    /// A round trip through the guest init; returns when the PONG arrives.
+    public func ping() async throws {
+        let id: UInt64 = try state.withLock { s in
+            if let e = s.closed { throw e }
+            defer { s.nextPing += 1 }
+            return s.nextPing
+        }
+        var p: [UInt8] = []
+        p.appendLE(id)
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            state.withLock { $0.pingWaiters[id] = c }
+            channel.writeAndFlush(Frame(.ping, payload: p)).whenFailure { [weak self] error in
+                self?.close(.closed("write failed: \(error)"))
+            }
+        }
+    }
+
+    /// Asks the guest to end every process, sync and power off; returns when
+    /// it acknowledged (BYE) or the connection ended.
+    public func shutdown() async throws {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            let closed = state.withLock { s in
+                if s.closed != nil { return true }
+                s.byeWaiters.append(c)
+                return false
+            }
+            if closed {
+                c.resume()
+                return
+            }
+            channel.writeAndFlush(Frame(.shutdown)).whenFailure { [weak self] _ in
+                self?.close(.closed("the guest went away during shutdown"))
+            }
+        }
+    }
+
+    /// Ends the connection, failing every waiting call with `reason`.
+    public func close(_ reason: ProtocolError) {
+        connectionEnded(reason)
+        channel.close(promise: nil)
+    }
+
+    /// Whether the connection is still up.
+    public var isOpen: Bool { state.withLock { $0.closed == nil } }
+
+    func send(_ frame: Frame) async throws {
+        if let e = state.withLock({ $0.closed }) { throw e }
+        do {
+            try await channel.writeAndFlush(frame).get()
+        } catch {
+            throw state.withLock { $0.closed } ?? ProtocolError.closed("write failed: \(error)")
+        }
+    }
+
+    func grant(stream: UInt32, sub: SubStream, bytes: Int) {
+        var p: [UInt8] = []
+        p.appendLE(UInt32(bytes))
+        channel.writeAndFlush(Frame(.window, sub: sub.rawValue, stream: stream, payload: p), promise: nil)
+    }
+
+    // MARK: frames from the guest (on the event loop)
+
+    func receive(_ frame: Frame) {
+        logger.trace("frame in", metadata: ["type": "\(frame.type)", "stream": "\(frame.stream)", "sub": "\(frame.sub)", "bytes": "\(frame.payload.count)"])
+        if let code = frame.violation() {
+            refuse(frame, code, "frame of type 0x\(String(frame.type, radix: 16)) refused: \(code.name)")
+            return
+        }
+        switch frame.kind! {
+        case .hello:
+            receiveHello(frame)
+        case .pong:
+            guard frame.payload.count == 8 else { return }
+            let waiter = state.withLock { $0.pingWaiters.removeValue(forKey: frame.payload.u64(at: 0)) }
+            waiter?.resume()
+        case .bye:
+            let waiters = state.withLock { s in
+                defer { s.byeWaiters = [] }
+                return s.byeWaiters
+            }
+            for w in waiters { w.resume() }
+        case .error:
+            receiveError(frame)
+        case .started:
+            process(frame)?.started(pid: frame.payload.u32(at: 0))
+        case .data:
+            guard let sub = SubStream(rawValue: frame.sub), sub != .stdin else {
+                refuse(frame, .state, "the guest sends DATA on stdout and stderr only")
+                return
+            }
+            if let p = process(frame), let why = p.received(OutputChunk(stream: sub, bytes: frame.payload)) {
+                refuse(frame, .flow, why)
+                p.fail(.violation(why))
+            }
+        case .eof:
+            if let sub = SubStream(rawValue: frame.sub), sub != .stdin { process(frame)?.endOfOutput(sub) }
+        case .window:
+            if frame.sub == SubStream.stdin.rawValue {
+                process(frame)?.stdinWindow(Int(frame.payload.u32(at: 0)))
+            }
+        case .exit:
+            let p = state.withLock { $0.processes.removeValue(forKey: frame.stream) }
+            if let status = try? ExitStatus(decoding: frame.payload) { p?.exited(status) }
+        case .exec, .shutdown, .signal, .ping:
+            refuse(frame, .state, "\(frame.kind!) is sent by the host, not the guest")
+        }
+    }
+
+    private func process(_ frame: Frame) -> RemoteProcess? {
+        let p = state.withLock { $0.processes[frame.stream] }
+        if p == nil { logger.debug("frame for unknown stream \(frame.stream) ignored") }
+        return p
+    }
+
+    private func refuse(_ frame: Frame, _ code: ErrorCode, _ message: String) {
+        logger.warning("guest frame refused: \(message)")
+        let reply = ErrorReply(code: code, message: message)
+        channel.writeAndFlush(Frame(.error, stream: frame.stream, payload: reply.encoded()), promise: nil)
+    }
+
+    private func receiveHello(_ frame: Frame) {
+        guard let hello = try? Hello(decoding: frame.payload) else { return }
+        if hello.major != WireProtocol.major {
+            close(.versionMismatch(guest: "\(hello.major).\(hello.minor)",
+                                   host: "\(WireProtocol.major).\(WireProtocol.minor)"))
+            return
+        }
+        let waiters: [CheckedContinuation<Hello, any Error>] = state.withLock { s in
+            // Later HELLOs answer ours or follow a reconnect; the first one counts.
+            guard s.guestHello == nil else { return [] }
+            s.guestHello = hello
+            defer { s.helloWaiters = [] }
+            return s.helloWaiters
+        }
+        for w in waiters { w.resume(returning: hello) }
+    }
+
+    private func receiveError(_ frame: Frame) {
+        guard let reply = try? ErrorReply(decoding: frame.payload) else { return }
+        if frame.stream == 0 {
+            if reply.code == .version {
+                close(.versionMismatch(guest: "see message", host: "\(WireProtocol.major).\(WireProtocol.minor)"))
+            } else {
+                logger.warning("guest reported: \(reply.code.name): \(reply.message)")
+            }
+            return
+        }
+        guard let p = state.withLock({ $0.processes[frame.stream] }) else { return }
+        if p.pid == nil {
+            state.withLock { _ = $0.processes.removeValue(forKey: frame.stream) }
+            p.fail(reply.code == .exec ? .execFailed(reply) : .refused(reply))
+        } else {
+            logger.warning("guest reported on stream \(frame.stream): \(reply.code.name): \(reply.message)")
+        }
+    }
+
+    /// The connection is gone: fail everything that waits on it.
+    func connectionEnded(_ reason: ProtocolError) {
+        let (processes, hellos, pings, byes) = state.withLock { s in
+            if s.closed == nil { s.closed = reason }
+            defer {
+                s.processes = [:]
+                s.helloWaiters = []
+                s.pingWaiters = [:]
+                s.byeWaiters = []
+            }
+            return (Array(s.processes.values), s.helloWaiters, Array(s.pingWaiters.values), s.byeWaiters)
+        }
+        let error = state.withLock { $0.closed! }
+        for p in processes { p.fail(error) }
+        for w in hellos { w.resume(throwing: error) }
+        for w in pings { w.resume(throwing: error) }
+        // A BYE cut short by the guest powering off is still a clean shutdown.
+        for w in byes { w.resume() }
+    }
+}
+
+/// Hands the client created in the channel initializer back to `connect`.
+final class ClientSlot: Sendable {
+    let value = Mutex<ChannelClient?>(nil)
+}
+
+/// Routes decoded frames to the client; turns decoder errors and EOF into
+/// a closed connection.
+final class FrameRouter: ChannelInboundHandler, Sendable {
+    typealias InboundIn = Frame
+    let client: ChannelClient
+
+    init(client: ChannelClient) { self.client = client }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        client.receive(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        client.connectionEnded(.closed("the guest end of the channel closed (end of file)"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let reason = (error as? ProtocolError) ?? .closed("\(error)")
+        client.connectionEnded(reason)
+        context.close(promise: nil)
+    }
+}

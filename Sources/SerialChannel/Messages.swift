@@ -1,0 +1,264 @@
+/// Typed payloads of the protocol's frames, with their exact byte layouts
+/// (little-endian, see docs/PROTOCOL.md). Decoders check every length
+/// against the bytes present and throw ``ProtocolError/malformedPayload(_:)``.
+
+/// HELLO: version and limits, sent by both sides.
+public struct Hello: Sendable, Equatable {
+    public var major: UInt16
+    public var minor: UInt16
+    /// Largest payload the sender accepts.
+    public var maxPayload: UInt32
+    /// Initial credit the sender grants per data sub-stream flowing to it.
+    public var window: UInt32
+    /// Processes the sender runs at once (0 from the host).
+    public var maxStreams: UInt32
+    /// `key=value` lines describing the sender (init version, kernel, boot error).
+    public var info: String
+
+    public init(
+        major: UInt16 = WireProtocol.major, minor: UInt16 = WireProtocol.minor,
+        maxPayload: UInt32 = UInt32(WireProtocol.maxPayload), window: UInt32, maxStreams: UInt32 = 0,
+        info: String
+    ) {
+        self.major = major
+        self.minor = minor
+        self.maxPayload = maxPayload
+        self.window = window
+        self.maxStreams = maxStreams
+        self.info = info
+    }
+
+    public init(decoding p: [UInt8]) throws(ProtocolError) {
+        guard p.count >= WireProtocol.helloFixedSize, p.count <= WireProtocol.helloFixedSize + WireProtocol.maxInfo,
+            Array(p[0..<4]) == WireProtocol.helloMagic
+        else { throw .malformedPayload("HELLO") }
+        major = p.u16(at: 4)
+        minor = p.u16(at: 6)
+        maxPayload = p.u32(at: 8)
+        window = p.u32(at: 12)
+        maxStreams = p.u32(at: 16)
+        info = String(decoding: p[WireProtocol.helloFixedSize...], as: UTF8.self)
+    }
+
+    public func encoded() -> [UInt8] {
+        var p = WireProtocol.helloMagic
+        p.appendLE(major)
+        p.appendLE(minor)
+        p.appendLE(maxPayload)
+        p.appendLE(window)
+        p.appendLE(maxStreams)
+        p.append(contentsOf: Array(info.utf8.prefix(WireProtocol.maxInfo)))
+        return p
+    }
+
+    /// The info text's `key=value` lines as a dictionary.
+    public var fields: [String: String] {
+        var out: [String: String] = [:]
+        for line in info.split(separator: "\n") {
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            out[String(line[..<eq])] = String(line[line.index(after: eq)...])
+        }
+        return out
+    }
+}
+
+/// EXEC: what to run, in which directory, with which environment.
+public struct ExecRequest: Sendable, Equatable {
+    public static let stdinFlag: UInt32 = 0x1
+
+    public var arguments: [String]
+    public var environment: [String]
+    public var workingDirectory: String
+    /// Guest-side wall-clock limit in milliseconds; 0 for none.
+    public var timeoutMilliseconds: UInt32
+    /// Whether stdin is fed by DATA frames; otherwise it is /dev/null.
+    public var hasStdin: Bool
+
+    public init(
+        arguments: [String], environment: [String] = [], workingDirectory: String = "/",
+        timeoutMilliseconds: UInt32 = 0, hasStdin: Bool = false
+    ) {
+        self.arguments = arguments
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.timeoutMilliseconds = timeoutMilliseconds
+        self.hasStdin = hasStdin
+    }
+
+    public init(decoding p: [UInt8]) throws(ProtocolError) {
+        guard p.count >= 12 else { throw .malformedPayload("EXEC") }
+        let flags = p.u32(at: 0)
+        timeoutMilliseconds = p.u32(at: 4)
+        let argc = Int(p.u16(at: 8)), envc = Int(p.u16(at: 10))
+        guard flags & ~Self.stdinFlag == 0, argc >= 1, argc <= WireProtocol.maxArguments,
+            envc <= WireProtocol.maxEnvironment
+        else { throw .malformedPayload("EXEC") }
+        hasStdin = flags & Self.stdinFlag != 0
+        var pos = 12
+        workingDirectory = try Self.string(p, &pos)
+        arguments = []
+        environment = []
+        for i in 0..<(argc + envc) {
+            let s = try Self.string(p, &pos)
+            if i == 0 && s.isEmpty { throw .malformedPayload("EXEC") }
+            if i < argc {
+                arguments.append(s)
+            } else {
+                guard let eq = s.firstIndex(of: "="), eq != s.startIndex else { throw .malformedPayload("EXEC") }
+                environment.append(s)
+            }
+        }
+        guard pos == p.count else { throw .malformedPayload("EXEC") }
+    }
+
+    /// The payload bytes; throws when the request cannot be carried in one frame.
+    public func encoded() throws(ProtocolError) -> [UInt8] {
+        guard let first = arguments.first, !first.isEmpty else {
+            throw .invalidRequest("a command needs a program name")
+        }
+        guard arguments.count <= WireProtocol.maxArguments, environment.count <= WireProtocol.maxEnvironment else {
+            throw .invalidRequest(
+                "at most \(WireProtocol.maxArguments) arguments and \(WireProtocol.maxEnvironment) environment entries")
+        }
+        for e in environment where e.firstIndex(of: "=").map({ $0 == e.startIndex }) ?? true {
+            throw .invalidRequest("environment entry \"\(e)\" is not NAME=VALUE")
+        }
+        var p: [UInt8] = []
+        p.appendLE(hasStdin ? Self.stdinFlag : 0)
+        p.appendLE(timeoutMilliseconds)
+        p.appendLE(UInt16(arguments.count))
+        p.appendLE(UInt16(environment.count))
+        for s in [workingDirectory] + arguments + environment {
+            let bytes = Array(s.utf8)
+            guard bytes.count <= Int(UInt16.max), !bytes.contains(0) else {
+                throw .invalidRequest("argument \"\(s.prefix(40))…\" is too long or contains a NUL byte")
+            }
+            p.appendLE(UInt16(bytes.count))
+            p.append(contentsOf: bytes)
+        }
+        guard p.count <= WireProtocol.maxPayload else {
+            throw .invalidRequest(
+                "command line and environment take \(p.count) bytes; at most \(WireProtocol.maxPayload) fit")
+        }
+        return p
+    }
+
+    private static func string(_ p: [UInt8], _ pos: inout Int) throws(ProtocolError) -> String {
+        guard p.count - pos >= 2 else { throw .malformedPayload("EXEC") }
+        let len = Int(p.u16(at: pos))
+        guard p.count - pos - 2 >= len else { throw .malformedPayload("EXEC") }
+        let bytes = p[(pos + 2)..<(pos + 2 + len)]
+        guard !bytes.contains(0) else { throw .malformedPayload("EXEC") }
+        pos += 2 + len
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// How a process ended.
+public enum Termination: Sendable, Equatable {
+    /// It exited with this code.
+    case exited(Int32)
+    /// A signal killed it.
+    case signaled(Int32)
+    /// It ran past its timeout; its process group was killed with this signal.
+    case timedOut(Int32)
+}
+
+/// EXIT: the end of a process, sent after its stdout and stderr ended.
+public struct ExitStatus: Sendable, Equatable {
+    public var termination: Termination
+    /// Guest time from fork to reap, in nanoseconds.
+    public var runNanoseconds: UInt64
+    public var userMicroseconds: UInt64
+    public var systemMicroseconds: UInt64
+    /// Peak resident set size, in KiB.
+    public var maxRSSKiB: UInt64
+
+    public init(
+        termination: Termination, runNanoseconds: UInt64 = 0, userMicroseconds: UInt64 = 0,
+        systemMicroseconds: UInt64 = 0, maxRSSKiB: UInt64 = 0
+    ) {
+        self.termination = termination
+        self.runNanoseconds = runNanoseconds
+        self.userMicroseconds = userMicroseconds
+        self.systemMicroseconds = systemMicroseconds
+        self.maxRSSKiB = maxRSSKiB
+    }
+
+    public init(decoding p: [UInt8]) throws(ProtocolError) {
+        guard p.count == WireProtocol.exitPayloadSize, p[0] <= 2, p[1] == 0, p[2] == 0, p[3] == 0 else {
+            throw .malformedPayload("EXIT")
+        }
+        let value = Int32(bitPattern: p.u32(at: 4))
+        switch p[0] {
+        case 0: termination = .exited(value)
+        case 1: termination = .signaled(value)
+        default: termination = .timedOut(value)
+        }
+        runNanoseconds = p.u64(at: 8)
+        userMicroseconds = p.u64(at: 16)
+        systemMicroseconds = p.u64(at: 24)
+        maxRSSKiB = p.u64(at: 32)
+    }
+
+    public func encoded() -> [UInt8] {
+        var p: [UInt8] = []
+        switch termination {
+        case .exited(let v): p += [0, 0, 0, 0]; p.appendLE(UInt32(bitPattern: v))
+        case .signaled(let v): p += [1, 0, 0, 0]; p.appendLE(UInt32(bitPattern: v))
+        case .timedOut(let v): p += [2, 0, 0, 0]; p.appendLE(UInt32(bitPattern: v))
+        }
+        p.appendLE(runNanoseconds)
+        p.appendLE(userMicroseconds)
+        p.appendLE(systemMicroseconds)
+        p.appendLE(maxRSSKiB)
+        return p
+    }
+}
+
+/// ERROR: a refused frame or a failed request, with the guest's errno.
+public struct ErrorReply: Sendable, Equatable {
+    public var code: ErrorCode
+    public var rawCode: UInt32
+    public var errno: Int32
+    public var message: String
+
+    public init(code: ErrorCode, errno: Int32 = 0, message: String) {
+        self.code = code
+        self.rawCode = code.rawValue
+        self.errno = errno
+        self.message = message
+    }
+
+    public init(decoding p: [UInt8]) throws(ProtocolError) {
+        guard p.count >= 8, p.count <= 8 + 4096 else { throw .malformedPayload("ERROR") }
+        rawCode = p.u32(at: 0)
+        code = ErrorCode(rawValue: rawCode) ?? .unknown
+        errno = Int32(bitPattern: p.u32(at: 4))
+        message = String(decoding: p[8...], as: UTF8.self)
+    }
+
+    public func encoded() -> [UInt8] {
+        var p: [UInt8] = []
+        p.appendLE(rawCode)
+        p.appendLE(UInt32(bitPattern: errno))
+        p.append(contentsOf: Array(message.utf8.prefix(4096)))
+        return p
+    }
+}
+
+extension Array where Element == UInt8 {
+    mutating func appendLE<T: FixedWidthInteger>(_ v: T) {
+        Swift.withUnsafeBytes(of: v.littleEndian) { append(contentsOf: $0) }
+    }
+
+    func u16(at i: Int) -> UInt16 { UInt16(self[i]) | UInt16(self[i + 1]) << 8 }
+    func u32(at i: Int) -> UInt32 { UInt32(u16(at: i)) | UInt32(u16(at: i + 2)) << 16 }
+    func u64(at i: Int) -> UInt64 { UInt64(u32(at: i)) | UInt64(u32(at: i + 4)) << 32 }
+
+    /// A payload that is exactly one little-endian UInt32.
+    func decodeU32() throws(ProtocolError) -> UInt32 {
+        guard count == 4 else { throw .malformedPayload("u32") }
+        return u32(at: 0)
+    }
+}

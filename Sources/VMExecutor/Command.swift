@@ -1,0 +1,129 @@
+import SerialChannel
+
+/// A command to run in the guest.
+public struct Command: Sendable {
+    /// Program and arguments; the program is looked up in the guest's PATH.
+    public var arguments: [String]
+    /// Added to (and overriding) the sandbox's default environment.
+    public var environment: [String: String]
+    public var workingDirectory: String
+    /// Wall-clock limit enforced in the guest; past it the process group is killed.
+    public var timeout: Duration?
+    public var stdin: Stdin
+
+    /// Where the command's stdin comes from.
+    public enum Stdin: Sendable {
+        /// /dev/null.
+        case none
+        case bytes([UInt8])
+        /// Chunks forwarded as they come; stdin ends when the stream finishes.
+        case stream(AsyncStream<[UInt8]>)
+        /// Read from this host file descriptor until EOF, one chunk at a time
+        /// as the guest takes them (the host never buffers ahead).
+        case fileDescriptor(Int32)
+    }
+
+    public init(
+        _ arguments: [String], environment: [String: String] = [:], workingDirectory: String = "/",
+        timeout: Duration? = nil, stdin: Stdin = .none
+    ) {
+        self.arguments = arguments
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.timeout = timeout
+        self.stdin = stdin
+    }
+}
+
+/// Resource use of a finished command, as the guest measured it.
+public struct Usage: Sendable, Equatable {
+    /// From fork to reap, in the guest.
+    public var wallNanoseconds: UInt64
+    public var userMicroseconds: UInt64
+    public var systemMicroseconds: UInt64
+    public var maxRSSKiB: UInt64
+}
+
+/// The collected result of a command.
+public struct ExecResult: Sendable {
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+    public var termination: Termination
+    public var usage: Usage
+    /// True when output passed the sandbox's output limit and was cut.
+    public var stdoutTruncated: Bool
+    public var stderrTruncated: Bool
+
+    public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
+    public var stderrText: String { String(decoding: stderr, as: UTF8.self) }
+
+    /// The code a shell would report: the exit code, 128+N for signal N,
+    /// 124 for a timeout (as `timeout(1)` and `docker run` do).
+    public var exitCode: Int32 { termination.shellCode }
+}
+
+extension Termination {
+    /// The code a shell would report for this ending.
+    public var shellCode: Int32 {
+        switch self {
+        case .exited(let c): c
+        case .signaled(let s): 128 + s
+        case .timedOut: 124
+        }
+    }
+}
+
+extension Usage {
+    init(_ s: ExitStatus) {
+        self.init(wallNanoseconds: s.runNanoseconds, userMicroseconds: s.userMicroseconds,
+                  systemMicroseconds: s.systemMicroseconds, maxRSSKiB: s.maxRSSKiB)
+    }
+}
+
+/// What a streamed command produces: output chunks as they are produced,
+/// then exactly one exit.
+public enum ExecEvent: Sendable, Equatable {
+    case stdout([UInt8])
+    case stderr([UInt8])
+    case exit(Termination, Usage)
+}
+
+/// A running command whose output is streamed. Iterate it once.
+public struct ExecStream: AsyncSequence, Sendable {
+    public typealias Element = ExecEvent
+    let process: RemoteProcess
+    let mapError: @Sendable (any Error) async -> any Error
+
+    /// The guest's process id.
+    public var pid: UInt32 { process.pid ?? 0 }
+
+    /// Signals the command's process group.
+    public func signal(_ number: Int32) async throws {
+        do { try await process.signal(number) } catch { throw await mapError(error) }
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let stream: ExecStream
+        var output: RemoteProcess.Output.AsyncIterator
+        var finished = false
+
+        public mutating func next() async throws -> ExecEvent? {
+            if finished { return nil }
+            do {
+                if let chunk = try await output.next() {
+                    return chunk.stream == .stdout ? .stdout(chunk.bytes) : .stderr(chunk.bytes)
+                }
+                let status = try await stream.process.wait()
+                finished = true
+                return .exit(status.termination, Usage(status))
+            } catch {
+                finished = true
+                throw await stream.mapError(error)
+            }
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(stream: self, output: process.output.makeAsyncIterator())
+    }
+}

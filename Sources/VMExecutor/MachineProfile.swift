@@ -1,0 +1,89 @@
+import CVMExecHost
+import Foundation
+
+/// Which accelerator runs the guest's CPU.
+public enum Accelerator: String, Sendable {
+    case kvm
+    case tcg
+}
+
+/// How to pick the accelerator: try KVM for real and fall back, or force one.
+public enum AcceleratorChoice: String, Sendable, CaseIterable {
+    case auto
+    case kvm
+    case tcg
+}
+
+/// The QEMU command line for one guest: machine type, CPU, devices and the
+/// kernel command line, chosen per architecture for a fast boot.
+public struct MachineProfile: Sendable {
+    public var architecture: GuestArchitecture
+    public var qemuBinary: String
+    public var memoryMiB: Int
+    public var cpus: Int
+
+    public init(architecture: GuestArchitecture, qemuBinary: String? = nil, memoryMiB: Int, cpus: Int) {
+        self.architecture = architecture
+        self.qemuBinary = qemuBinary ?? "qemu-system-\(architecture.rawValue)"
+        self.memoryMiB = memoryMiB
+        self.cpus = cpus
+    }
+
+    /// Paths a launch needs.
+    public struct Paths: Sendable {
+        public var images: GuestImages
+        public var controlSocket: String
+        public var consoleLog: String
+    }
+
+    /// The kernel command line. `quiet` and a low loglevel because every
+    /// console byte is an emulated UART write under TCG; `panic=-1` with
+    /// QEMU's `-no-reboot` turns a kernel panic (or a dying init) into a QEMU
+    /// exit the host notices at once.
+    func kernelCommandLine(accelerator: Accelerator) -> String {
+        var args = ["quiet", "loglevel=3", "panic=-1", "rdinit=/init",
+                    // Crypto self-tests cost ~0.4 s of boot under TCG.
+                    "cryptomgr.notests", "random.trust_cpu=on"]
+        switch architecture {
+        case .x86_64:
+            args += ["console=ttyS0", "no_timer_check", "i8042.noaux", "i8042.nomux", "i8042.nopnp",
+                     "i8042.dumbkbd"]
+            // microvm has no PIT or HPET to calibrate the TSC against and hangs on a
+            // share of boots without this. Under TCG the guest TSC is the host's.
+            let khz = vmexec_tsc_khz()
+            if khz > 0 { args.append("tsc_early_khz=\(khz)") }
+        case .aarch64:
+            args += ["console=ttyAMA0"]
+        }
+        return args.joined(separator: " ")
+    }
+
+    /// The full argument vector (without the binary).
+    public func arguments(accelerator: Accelerator, paths: Paths) -> [String] {
+        var a: [String] = []
+        switch architecture {
+        case .x86_64:
+            // microvm: no PCI, no firmware tables beyond ACPI (which it needs to
+            // describe its virtio-mmio devices to this kernel).
+            a += ["-machine", "microvm,pit=off,pic=off,rtc=off,isa-serial=on"]
+            // Without ERMS/FSRM: TCG emulates `rep movsb` slowly, which costs
+            // port throughput and boot time.
+            a += ["-cpu", accelerator == .kvm ? "host" : "max,erms=off,fsrm=off"]
+        case .aarch64:
+            // cortex-a57: `-cpu max` is several times slower under TCG.
+            a += ["-machine", "virt,gic-version=2", "-cpu", accelerator == .kvm ? "host" : "cortex-a57"]
+        }
+        a += ["-accel", accelerator.rawValue]
+        a += ["-m", "\(memoryMiB)", "-smp", "\(cpus)"]
+        a += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
+        a += ["-kernel", paths.images.kernel.path, "-initrd", paths.images.initramfs.path]
+        a += ["-append", kernelCommandLine(accelerator: accelerator)]
+        a += ["-serial", "file:\(paths.consoleLog)"]
+        a += ["-drive", "if=none,id=root,file=\(paths.images.rootfs.path),format=raw,readonly=on",
+              "-device", "virtio-blk-device,drive=root,serial=vmexec-root"]
+        a += ["-device", "virtio-serial-device",
+              "-chardev", "socket,id=ctl,path=\(paths.controlSocket),server=on,wait=off",
+              "-device", "virtserialport,chardev=ctl,name=org.vmexec.ctl"]
+        return a
+    }
+}

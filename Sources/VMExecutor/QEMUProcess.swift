@@ -1,0 +1,105 @@
+import Foundation
+import Synchronization
+
+/// A running QEMU: launched with Foundation's `Process`, its output kept in
+/// a log file, its end observed so that the sandbox can fail waiting calls
+/// at once and say why.
+final class QEMUProcess: Sendable {
+    let pid: Int32
+    let logPath: String
+    private let process: Process
+    private let exit = ExitState()
+
+    /// Shared with the termination handler, which runs on Foundation's thread.
+    private final class ExitState: Sendable {
+        let ended = Mutex<Ending?>(nil)
+        let waiters = Mutex<[CheckedContinuation<Void, Never>]>([])
+
+        func wakeAll() {
+            for w in waiters.withLock({ w in defer { w = [] }; return w }) { w.resume() }
+        }
+    }
+
+    /// How QEMU ended.
+    struct Ending: Sendable, CustomStringConvertible {
+        var status: Int32
+        var signaled: Bool
+        var description: String {
+            signaled ? "QEMU was killed by signal \(status)\(status == SIGKILL ? " (SIGKILL)" : "")"
+                : "QEMU exited with status \(status)"
+        }
+    }
+
+    /// Starts `binary` with `arguments`; QEMU's own stdout and stderr go to `logPath`.
+    init(binary: String, arguments: [String], logPath: String, onExit: @escaping @Sendable (Ending) -> Void) throws(VMExecError) {
+        guard let path = Self.find(binary) else {
+            throw VMExecError(.qemuNotFound, "\(binary) not found in PATH; install QEMU (make deps, or apt-get install qemu-system-x86)")
+        }
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = arguments
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = log
+        p.standardError = log
+        self.process = p
+        self.logPath = logPath
+        let exit = self.exit
+        p.terminationHandler = { proc in
+            let ending = Ending(status: proc.terminationStatus, signaled: proc.terminationReason == .uncaughtSignal)
+            exit.ended.withLock { $0 = ending }
+            exit.wakeAll()
+            onExit(ending)
+        }
+        do {
+            try p.run()
+        } catch {
+            throw VMExecError(.launchFailed, "cannot start \(path): \(error)")
+        }
+        try? log?.close()
+        pid = p.processIdentifier
+    }
+
+    /// How it ended, or nil while it runs.
+    var ending: Ending? { exit.ended.withLock { $0 } }
+
+    /// Waits until QEMU has exited, at most `timeout`; returns how it ended.
+    func waitForExit(timeout: Duration) async -> Ending? {
+        if let e = ending { return e }
+        let exit = self.exit
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            exit.wakeAll()
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            exit.waiters.withLock { $0.append(c) }
+            // The handler may have run before the append: wake ourselves then.
+            if ending != nil { exit.wakeAll() }
+        }
+        timer.cancel()
+        return ending
+    }
+
+    /// Sends a signal to QEMU (SIGKILL to end it at once).
+    func kill(_ signal: Int32 = SIGKILL) {
+        if ending == nil { _ = Foundation.kill(pid, signal) }
+    }
+
+    /// The last lines QEMU printed, for error messages.
+    func logTail(lines: Int = 5) -> String {
+        Self.tail(of: logPath, lines: lines)
+    }
+
+    static func tail(of path: String, lines: Int) -> String {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return "" }
+        return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
+    }
+
+    private static func find(_ binary: String) -> String? {
+        if binary.contains("/") { return FileManager.default.isExecutableFile(atPath: binary) ? binary : nil }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        return path.split(separator: ":").map { "\($0)/\(binary)" }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+}

@@ -1,0 +1,331 @@
+import Foundation
+import Logging
+import SerialChannel
+
+/// Settings of a ``Sandbox``; the defaults suit a small scripting guest.
+public struct SandboxConfiguration: Sendable {
+    /// Guest images; nil finds them with ``GuestImages/locate(explicit:architecture:environment:)``.
+    public var images: GuestImages?
+    public var architecture: GuestArchitecture = .host
+    /// QEMU binary; nil picks `qemu-system-<arch>` from PATH.
+    public var qemuBinary: String?
+    public var memoryMiB = 512
+    public var cpus = 1
+    public var accelerator: AcceleratorChoice = .auto
+    /// Launch to the init's hello, at most.
+    public var bootTimeout: Duration = .seconds(60)
+    /// Environment every command starts from; a command's own entries win.
+    public var environment: [String: String] = [
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+    ]
+    /// Bytes of stdout and of stderr kept per collected command; the rest is
+    /// dropped and the result says so.
+    public var outputLimit = 64 << 20
+
+    public init() {}
+}
+
+/// One persistent guest: boots once, then runs many commands, each a few
+/// frames over the virtio-serial channel.
+///
+/// If QEMU dies (killed, kernel panic, init crash) every waiting call throws
+/// ``VMExecError/Code/guestStopped`` at once, and ``start()`` boots a fresh guest.
+public actor Sandbox {
+    public let configuration: SandboxConfiguration
+    private let logger: Logger
+    private var running: Running?
+    private var generation = 0
+
+    /// A booted guest.
+    struct Running {
+        let generation: Int
+        let qemu: QEMUProcess
+        let client: ChannelClient
+        let runDirectory: URL
+        let accelerator: Accelerator
+        let hello: Hello
+    }
+
+    public init(configuration: SandboxConfiguration = SandboxConfiguration(), logger: Logger = Logger(label: "vmexec")) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    deinit {
+        running?.qemu.kill()
+        if let dir = running?.runDirectory { try? FileManager.default.removeItem(at: dir) }
+    }
+
+    // MARK: state
+
+    /// Whether a guest is up and its channel open.
+    public var isRunning: Bool { running.map { $0.qemu.ending == nil && $0.client.isOpen } ?? false }
+    /// The accelerator of the running guest.
+    public var accelerator: Accelerator? { running?.accelerator }
+    /// QEMU's process id (for diagnostics and crash tests).
+    public var qemuProcessID: Int32? { running?.qemu.pid }
+    /// What the init said about itself in its HELLO (init version, kernel).
+    public var guestInfo: [String: String] { running?.hello.fields ?? [:] }
+    /// The guest console's log file of the running guest.
+    public var consoleLog: String? { running.map { $0.runDirectory.appendingPathComponent("console.log").path } }
+
+    // MARK: lifecycle
+
+    /// Boots the guest and waits for the init's hello. Does nothing if the
+    /// guest is already running; replaces a guest that died.
+    public func start() async throws {
+        if isRunning { return }
+        if let dead = running { cleanUp(dead) }
+        let images = try configuration.images ?? GuestImages.locate(architecture: configuration.architecture)
+        let profile = MachineProfile(architecture: configuration.architecture, qemuBinary: configuration.qemuBinary,
+                                     memoryMiB: configuration.memoryMiB, cpus: configuration.cpus)
+        switch configuration.accelerator {
+        case .tcg:
+            running = try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
+        case .kvm:
+            running = try await boot(profile, images, .kvm, deadline: configuration.bootTimeout)
+        case .auto:
+            running = try await bootAuto(profile, images)
+        }
+        logger.info("guest up", metadata: ["accelerator": "\(running!.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")"])
+    }
+
+    /// Tries KVM for real (see ``AcceleratorProbe``) and falls back to TCG.
+    private func bootAuto(_ profile: MachineProfile, _ images: GuestImages) async throws -> Running {
+        if let why = AcceleratorProbe.quickCheck() {
+            logger.info("KVM not usable (\(why)); using TCG")
+            return try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
+        }
+        switch AcceleratorProbe.cachedVerdict(qemu: profile.qemuBinary) {
+        case false?:
+            logger.info("KVM hung on this host before (cached verdict); using TCG")
+            return try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
+        case true?:
+            return try await boot(profile, images, .kvm, deadline: configuration.bootTimeout)
+        case nil:
+            do {
+                let r = try await boot(profile, images, .kvm, deadline: AcceleratorProbe.trialDeadline)
+                AcceleratorProbe.record(usable: true, qemu: profile.qemuBinary, reason: "trial boot said hello")
+                return r
+            } catch let e as VMExecError where e.code == .bootTimeout || e.code == .launchFailed {
+                let why = "a guest under KVM did not reach its init within \(AcceleratorProbe.trialDeadline) (\(e.code))"
+                AcceleratorProbe.record(usable: false, qemu: profile.qemuBinary, reason: why)
+                logger.warning("\(why); falling back to TCG")
+                return try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
+            }
+        }
+    }
+
+    private func boot(
+        _ profile: MachineProfile, _ images: GuestImages, _ accelerator: Accelerator, deadline: Duration
+    ) async throws -> Running {
+        generation += 1
+        let generation = self.generation
+        let dir = try Self.makeRunDirectory()
+        let socket = dir.appendingPathComponent("ctl.sock").path
+        let console = dir.appendingPathComponent("console.log").path
+        let paths = MachineProfile.Paths(images: images, controlSocket: socket, consoleLog: console)
+        let qemu: QEMUProcess
+        do {
+            qemu = try QEMUProcess(
+                binary: profile.qemuBinary, arguments: profile.arguments(accelerator: accelerator, paths: paths),
+                logPath: dir.appendingPathComponent("qemu.log").path
+            ) { [weak self] ending in
+                Task { await self?.qemuEnded(generation: generation, ending) }
+            }
+        } catch {
+            try? FileManager.default.removeItem(at: dir)
+            throw error
+        }
+        let clock = ContinuousClock()
+        let started = clock.now
+        func fail(_ code: VMExecError.Code, _ what: String) -> VMExecError {
+            qemu.kill()
+            let consoleTail = QEMUProcess.tail(of: console, lines: 8)
+            let qemuTail = qemu.logTail()
+            var message = what
+            if !qemuTail.isEmpty { message += "\nQEMU said:\n\(qemuTail)" }
+            if !consoleTail.isEmpty { message += "\nguest console (\(console)):\n\(consoleTail)" }
+            return VMExecError(code, message)
+        }
+        while true {
+            if let ending = qemu.ending {
+                throw fail(.launchFailed, "\(ending) before the guest booted (\(accelerator))")
+            }
+            let remaining = deadline - (clock.now - started)
+            if remaining <= .zero {
+                throw fail(.bootTimeout, "the guest did not say hello within \(deadline) (\(accelerator))")
+            }
+            if FileManager.default.fileExists(atPath: socket) {
+                do {
+                    let (client, hello) = try await ChannelClient.connect(
+                        unixSocket: socket, handshakeTimeout: remaining, logger: logger)
+                    if let bootError = hello.fields["boot_error"], !bootError.isEmpty {
+                        client.close(.closed("boot failed"))
+                        throw fail(.bootFailed, "the guest init could not set up the guest: \(bootError)")
+                    }
+                    return Running(generation: generation, qemu: qemu, client: client, runDirectory: dir,
+                                   accelerator: accelerator, hello: hello)
+                } catch let e as ProtocolError {
+                    if case .handshakeTimeout = e {
+                        throw fail(.bootTimeout, "the guest did not say hello within \(deadline) (\(accelerator))")
+                    }
+                    if case .versionMismatch = e { throw fail(.bootFailed, e.description) }
+                    if let ending = await qemu.waitForExit(timeout: .milliseconds(200)) {
+                        throw fail(.launchFailed, "\(ending) before the guest booted (\(accelerator))")
+                    }
+                    throw fail(.protocolError, e.description)
+                } catch let e as VMExecError {
+                    throw e
+                } catch {
+                    // QEMU created the socket but is not listening yet: try again.
+                }
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    private static func makeRunDirectory() throws(VMExecError) -> URL {
+        var template = Array((NSTemporaryDirectory() + "/vmexec-XXXXXX").utf8CString)
+        guard let path = mkdtemp(&template) else {
+            throw VMExecError(.launchFailed, "cannot create a run directory in \(NSTemporaryDirectory())")
+        }
+        return URL(fileURLWithPath: String(cString: path))
+    }
+
+    private func qemuEnded(generation: Int, _ ending: QEMUProcess.Ending) {
+        guard let r = running, r.generation == generation else { return }
+        r.client.close(.closed(ending.description))
+        logger.notice("guest stopped: \(ending)")
+    }
+
+    private func cleanUp(_ r: Running) {
+        r.client.close(.closed("the sandbox was stopped"))
+        r.qemu.kill()
+        try? FileManager.default.removeItem(at: r.runDirectory)
+        running = nil
+    }
+
+    /// Ends every process, syncs and powers the guest off (QEMU is killed if
+    /// it does not exit within `timeout`).
+    public func shutdown(timeout: Duration = .seconds(10)) async {
+        guard let r = running else { return }
+        running = nil
+        if r.qemu.ending == nil {
+            let asked = Task { try? await r.client.shutdown() }
+            if await r.qemu.waitForExit(timeout: timeout) == nil {
+                logger.warning("guest did not power off within \(timeout); killing QEMU")
+            }
+            asked.cancel()
+        }
+        cleanUp(r)
+    }
+
+    // MARK: commands
+
+    /// Runs a command and returns its collected output and status.
+    public func exec(_ command: Command) async throws -> ExecResult {
+        let (process, qemu) = try await launch(command)
+        do {
+            let out = try await process.collect(limit: configuration.outputLimit)
+            return ExecResult(stdout: out.stdout, stderr: out.stderr, termination: out.status.termination,
+                              usage: Usage(out.status), stdoutTruncated: out.stdoutTruncated,
+                              stderrTruncated: out.stderrTruncated)
+        } catch {
+            throw await Self.explain(error, qemu: qemu)
+        }
+    }
+
+    /// Runs a command and streams its output as it is produced, then its exit.
+    public func stream(_ command: Command) async throws -> ExecStream {
+        let (process, qemu) = try await launch(command)
+        return ExecStream(process: process) { error in await Self.explain(error, qemu: qemu) }
+    }
+
+    /// Round trip through the guest init (liveness check, latency probe).
+    public func ping() async throws {
+        guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
+        do { try await r.client.ping() } catch { throw await Self.explain(error, qemu: r.qemu) }
+    }
+
+    private func launch(_ command: Command) async throws -> (RemoteProcess, QEMUProcess) {
+        guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
+        let env = configuration.environment.merging(command.environment) { _, new in new }
+        var timeoutMs: UInt32 = 0
+        if let t = command.timeout {
+            let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000
+            timeoutMs = UInt32(clamping: max(1, ms))
+        }
+        var hasStdin = false
+        if case .none = command.stdin {} else { hasStdin = true }
+        let request = ExecRequest(
+            arguments: command.arguments, environment: env.map { "\($0.key)=\($0.value)" }.sorted(),
+            workingDirectory: command.workingDirectory, timeoutMilliseconds: timeoutMs, hasStdin: hasStdin)
+        let process: RemoteProcess
+        do {
+            process = try await r.client.exec(request)
+        } catch {
+            throw await Self.explain(error, qemu: r.qemu, program: command.arguments.first)
+        }
+        switch command.stdin {
+        case .none:
+            break
+        case .bytes(let bytes):
+            Task {
+                try? await process.writeStdin(bytes)
+                try? await process.closeStdin()
+            }
+        case .stream(let chunks):
+            Task {
+                for await chunk in chunks where !chunk.isEmpty {
+                    do { try await process.writeStdin(chunk) } catch { break }
+                }
+                try? await process.closeStdin()
+            }
+        case .fileDescriptor(let fd):
+            Task {
+                while let chunk = await Self.read(fd), !chunk.isEmpty {
+                    do { try await process.writeStdin(chunk) } catch { break }
+                }
+                try? await process.closeStdin()
+            }
+        }
+        return (process, r.qemu)
+    }
+
+    /// One blocking read of up to 64 KiB, off the cooperative pool; nil on error.
+    private static func read(_ fd: Int32) async -> [UInt8]? {
+        await withCheckedContinuation { c in
+            DispatchQueue.global().async {
+                var buf = [UInt8](repeating: 0, count: 65536)
+                var n: Int
+                repeat { n = Foundation.read(fd, &buf, buf.count) } while n < 0 && errno == EINTR
+                c.resume(returning: n < 0 ? nil : Array(buf.prefix(n)))
+            }
+        }
+    }
+
+    /// Turns a channel error into a ``VMExecError`` that says what happened.
+    static func explain(_ error: any Error, qemu: QEMUProcess, program: String? = nil) async -> any Error {
+        guard let e = error as? ProtocolError else { return error }
+        switch e {
+        case .execFailed(let reply):
+            let code: VMExecError.Code =
+                reply.message.contains("working directory") ? .invalidRequest
+                : reply.errno == ENOENT || reply.errno == ENOTDIR ? .commandNotFound : .notExecutable
+            return VMExecError(code, reply.message)
+        case .invalidRequest(let why):
+            return VMExecError(.invalidRequest, why)
+        case .closed(let why):
+            if let ending = await qemu.waitForExit(timeout: .milliseconds(500)) {
+                return VMExecError(.guestStopped, "the guest stopped: \(ending); call start() to boot a fresh one")
+            }
+            return VMExecError(.guestStopped, "the channel to the guest closed (\(why)); call start() to boot a fresh one")
+        default:
+            return VMExecError(.protocolError, e.description)
+        }
+    }
+}

@@ -1,0 +1,38 @@
+/// The one error type of VMExecutor: a code to switch on and a sentence that
+/// says what happened and what to do about it.
+public struct VMExecError: Error, Sendable, CustomStringConvertible, Equatable {
+    public enum Code: String, Sendable {
+        /// No kernel, initramfs or root file system where we looked.
+        case imagesNotFound
+        /// The QEMU binary for the guest architecture is missing.
+        case qemuNotFound
+        /// QEMU could not be started, or exited before the guest said hello.
+        case launchFailed
+        /// The guest did not say hello before the boot deadline.
+        case bootTimeout
+        /// The init reported that it could not set up the guest.
+        case bootFailed
+        /// QEMU exited or the channel closed while a call was waiting.
+        case guestStopped
+        /// The sandbox is not running (call start()).
+        case notRunning
+        /// The program does not exist in the guest (docker's 127).
+        case commandNotFound
+        /// The program exists but cannot be executed (docker's 126).
+        case notExecutable
+        /// The working directory or another part of the request was refused.
+        case invalidRequest
+        /// The guest broke the protocol or refused a frame.
+        case protocolError
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}

@@ -1,0 +1,180 @@
+import ArgumentParser
+import Foundation
+import Logging
+import VMExecutor
+
+/// Exit codes of vmexec itself, as `docker run` uses them.
+enum ExitCodes {
+    static let vmexecError: Int32 = 125
+    static let notExecutable: Int32 = 126
+    static let notFound: Int32 = 127
+}
+
+@main
+struct VMExec: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmexec",
+        abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
+        subcommands: [Run.self])
+}
+
+/// Options shared by commands that boot a guest.
+struct GuestOptions: ParsableArguments {
+    @Option(help: "Folder holding the guest images (default: $VMEXEC_IMAGES, then the build folder).")
+    var images: String?
+
+    @Option(help: "Guest memory in MiB.")
+    var memory: Int = 512
+
+    @Option(help: "Guest vCPUs.")
+    var cpus: Int = 1
+
+    @Option(help: "Accelerator: auto (try KVM for real, fall back to TCG), kvm or tcg.")
+    var accel: AcceleratorChoice = .auto
+
+    @Option(help: "Guest architecture (x86_64, aarch64).")
+    var arch: GuestArchitecture = .host
+
+    @Flag(name: .shortAndLong, help: "Log what vmexec does to stderr.")
+    var verbose = false
+
+    func sandboxConfiguration() throws -> SandboxConfiguration {
+        var c = SandboxConfiguration()
+        c.images = try GuestImages.locate(explicit: images, architecture: arch)
+        c.architecture = arch
+        c.memoryMiB = memory
+        c.cpus = cpus
+        c.accelerator = accel
+        return c
+    }
+
+    func logger() -> Logger {
+        var l = Logger(label: "vmexec") { StreamLogHandler.standardError(label: $0) }
+        l.logLevel = verbose ? .trace : .warning
+        return l
+    }
+}
+
+extension AcceleratorChoice: ExpressibleByArgument {}
+extension GuestArchitecture: ExpressibleByArgument {}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot a guest, run one command in it, stream its output, exit with its code.",
+        discussion: """
+            Exit codes follow `docker run`: the command's own code; 124 when it ran past --timeout; \
+            128+N when signal N killed it; 125 for an error of vmexec itself; 126 when the program \
+            cannot be executed; 127 when it is not found.
+            """)
+
+    @OptionGroup var guest: GuestOptions
+
+    @Option(help: "Kill the command (and its children) after this many seconds.")
+    var timeout: Double?
+
+    @Option(name: .customLong("env"), help: "Set an environment variable (repeatable).")
+    var env: [String] = []
+
+    @Option(help: "Working directory in the guest.")
+    var workdir: String = "/"
+
+    @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.")
+    var interactive = false
+
+    @Argument(parsing: .postTerminator, help: "The command and its arguments.")
+    var command: [String] = []
+
+    func validate() throws {
+        if command.isEmpty { throw ValidationError("give the command after --, e.g. vmexec run -- python3 -V") }
+        for e in env where !e.contains("=") || e.hasPrefix("=") {
+            throw ValidationError("--env takes NAME=VALUE, got \"\(e)\"")
+        }
+        if let t = timeout, t <= 0 { throw ValidationError("--timeout must be positive") }
+    }
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let logger = guest.logger()
+        let sandbox: Sandbox
+        do {
+            sandbox = Sandbox(configuration: try guest.sandboxConfiguration(), logger: logger)
+            try await sandbox.start()
+        } catch {
+            fail("\(error)", code: ExitCodes.vmexecError)
+        }
+        var environment: [String: String] = [:]
+        for e in env {
+            let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            environment[String(parts[0])] = String(parts[1])
+        }
+        let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
+        let cmd = Command(
+            command, environment: environment, workingDirectory: workdir,
+            timeout: timeout.map { .milliseconds(Int64($0 * 1000)) },
+            stdin: forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none)
+        var code: Int32 = ExitCodes.vmexecError
+        do {
+            let stream = try await sandbox.stream(cmd)
+            let forwarder = SignalForwarder(stream: stream)
+            for try await event in stream {
+                switch event {
+                case .stdout(let bytes): write(STDOUT_FILENO, bytes)
+                case .stderr(let bytes): write(STDERR_FILENO, bytes)
+                case .exit(let termination, _):
+                    code = termination.shellCode
+                    if case .timedOut = termination {
+                        FileHandle.standardError.write(Data("vmexec: command timed out after \(timeout ?? 0) s and was killed\n".utf8))
+                    }
+                }
+            }
+            forwarder.cancel()
+        } catch let e as VMExecError {
+            await sandbox.shutdown()
+            let exit: Int32 = switch e.code {
+            case .commandNotFound: ExitCodes.notFound
+            case .notExecutable: ExitCodes.notExecutable
+            default: ExitCodes.vmexecError
+            }
+            fail(e.message, code: exit)
+        } catch {
+            await sandbox.shutdown()
+            fail("\(error)", code: ExitCodes.vmexecError)
+        }
+        await sandbox.shutdown()
+        throw ExitCode(code)
+    }
+
+    private func write(_ fd: Int32, _ bytes: [UInt8]) {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            off += n
+        }
+    }
+
+    private func fail(_ message: String, code: Int32) -> Never {
+        FileHandle.standardError.write(Data("vmexec: \(message)\n".utf8))
+        Foundation.exit(code)
+    }
+}
+
+/// Forwards SIGINT, SIGTERM and SIGHUP to the command's process group in
+/// the guest, as `docker run` does.
+final class SignalForwarder: @unchecked Sendable {
+    // Set once in init, only cancelled afterwards.
+    private let sources: [any DispatchSourceSignal]
+
+    init(stream: ExecStream) {
+        sources = [SIGINT, SIGTERM, SIGHUP].map { sig in
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { Task { try? await stream.signal(sig) } }
+            s.resume()
+            return s
+        }
+    }
+
+    func cancel() { sources.forEach { $0.cancel() } }
+}
