@@ -1,0 +1,87 @@
+# vmexec: build, guest images, tests, fuzzing and benchmarks.
+#   make run     deps, build and images as needed, then examples/hello.py in a guest
+#   make test    the whole suite (C vectors, Swift unit tests, real guests)
+#   make images  guest kernel, initramfs and base root file system for ARCH
+#   make fuzz    a bounded libFuzzer run over the init's frame parser
+#   make bench   benchmarks against qemu-guest-agent (not part of make test)
+
+ARCH ?= x86_64
+IMG := images/build/$(ARCH)
+SWIFT ?= swift
+VMEXEC := .build/debug/vmexec
+# Modules the guest needs; their dependencies and load order are computed.
+GUEST_MODULES := virtio_pci virtio_mmio virtio_blk virtio_console squashfs overlay
+INIT_SRC := $(wildcard Sources/InitGuest/*.c Sources/InitGuest/*.h Sources/InitGuest/include/*.h)
+CFLAGS_STRICT := -std=c11 -Wall -Wextra -Werror
+FUZZ_SECONDS ?= 60
+
+ifeq ($(ARCH),x86_64)
+INIT_CC ?= musl-gcc
+else
+INIT_CC ?= $(ARCH)-linux-gnu-gcc
+endif
+
+.PHONY: all deps build images run test test-c test-swift fuzz bench bench-images clean clean-images
+
+all: build images
+
+deps:
+	@images/deps.sh $(ARCH)
+
+build:
+	$(SWIFT) build --product vmexec
+
+# ---- guest images (make-style: nothing is rebuilt that is up to date) ----
+
+images: deps $(IMG)/kernel.version $(IMG)/initramfs.cpio $(IMG)/rootfs.sqfs
+
+$(IMG)/kernel.version: images/kernel.sh images/extract-vmlinux.py
+	@mkdir -p $(IMG)
+	images/kernel.sh $(ARCH) $(IMG)
+
+$(IMG)/vmexec-init: $(INIT_SRC)
+	@mkdir -p $(IMG)
+	$(INIT_CC) $(CFLAGS_STRICT) -Os -static -ISources/InitGuest/include Sources/InitGuest/*.c -o $@
+
+$(IMG)/noop: images/noop.c
+	@mkdir -p $(IMG)
+	$(INIT_CC) $(CFLAGS_STRICT) -Os -static $< -o $@
+
+$(IMG)/initramfs.cpio: $(IMG)/vmexec-init $(IMG)/kernel.version images/initramfs.sh images/modorder.py
+	images/initramfs.sh $(IMG) $(IMG)/vmexec-init $@ $(GUEST_MODULES)
+
+$(IMG)/rootfs.sqfs: images/rootfs.sh $(IMG)/noop
+	images/rootfs.sh $(ARCH) $@ $(IMG)/noop
+
+# ---- run and test ----
+
+run: deps build images
+	$(VMEXEC) run --images $(IMG) -- python3 - < examples/hello.py
+
+test: deps images test-c test-swift
+
+# The init's parser against the golden vectors, under ASan and UBSan.
+test-c: .build/c/vectors_test
+	.build/c/vectors_test Tests/Vectors/frames.vec
+
+.build/c/vectors_test: Sources/InitGuest/proto.c Sources/InitGuest/include/vx_proto.h $(wildcard Tests/InitGuestTests/*)
+	@mkdir -p .build/c
+	cc $(CFLAGS_STRICT) -g -fsanitize=address,undefined -fno-sanitize-recover=all -ISources/InitGuest/include \
+	  Sources/InitGuest/proto.c Tests/InitGuestTests/describe.c Tests/InitGuestTests/vectors_test.c -o $@
+
+test-swift: images
+	VMEXEC_IMAGES=$(CURDIR)/$(IMG) $(SWIFT) test
+
+# A bounded libFuzzer run, seeded with the golden vectors.
+fuzz:
+	@mkdir -p .fuzz/corpus
+	clang $(CFLAGS_STRICT) -g -O1 -fsanitize=fuzzer,address,undefined -fuse-ld=lld -ISources/InitGuest/include \
+	  Sources/InitGuest/proto.c Tests/InitGuestTests/describe.c Tests/InitGuestTests/fuzz_frames.c -o .fuzz/fuzz_frames
+	python3 -c "import sys;[open(f'.fuzz/corpus/{l.split(\"|\")[0].strip()}','wb').write(bytes.fromhex(l.split('|')[1].strip())) for l in open('Tests/Vectors/frames.vec') if l.strip() and not l.startswith('#')]"
+	.fuzz/fuzz_frames -max_total_time=$(FUZZ_SECONDS) -max_len=70000 .fuzz/corpus
+
+clean:
+	rm -rf .build .fuzz
+
+clean-images:
+	rm -rf images/build
