@@ -1,0 +1,101 @@
+import NIOCore
+import SerialChannel
+
+/// The Swift side of the golden vectors: the canonical text of what the
+/// Swift codec makes of some bytes (format in Tests/Vectors/frames.vec).
+enum FrameDescription {
+    static func describe(_ bytes: [UInt8]) -> (text: String, consumed: Int) {
+        var buffer = ByteBuffer(bytes: bytes)
+        let frame: Frame
+        do {
+            guard let f = try FrameParser.parse(&buffer) else { return ("incomplete", 0) }
+            frame = f
+        } catch {
+            switch error {
+            case .frameTooLarge: return ("fatal TOO_BIG", 0)
+            default: return ("fatal MALFORMED", 0)
+            }
+        }
+        let consumed = bytes.count - buffer.readableBytes
+        if let code = frame.violation() { return ("refused \(code.name)", consumed) }
+        var s = "\(name(frame.kind!)) stream=\(frame.stream) sub=\(frame.sub)"
+        let p = frame.payload
+        switch frame.kind! {
+        case .hello:
+            let h = try! Hello(decoding: p)
+            s += " major=\(h.major) minor=\(h.minor) max_payload=\(h.maxPayload) window=\(h.window)"
+            s += " max_streams=\(h.maxStreams) info=\(quote(Array(h.info.utf8)))"
+        case .ping, .pong, .data:
+            s += " hex=" + p.map { String(format2: $0) }.joined()
+        case .error:
+            let e = try! ErrorReply(decoding: p)
+            s += " code=\(e.code.name) errno=\(e.errno) message=\(quote(Array(e.message.utf8)))"
+        case .exec:
+            let e = try! ExecRequest(decoding: p)
+            s += " flags=\(e.hasStdin ? 1 : 0) timeout_ms=\(e.timeoutMilliseconds) cwd=\(quote(Array(e.workingDirectory.utf8)))"
+            s += " argv=[" + e.arguments.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
+            s += " env=[" + e.environment.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
+        case .started:
+            s += " pid=\(le32(p))"
+        case .window:
+            s += " credit=\(le32(p))"
+        case .signal:
+            s += " signal=\(le32(p))"
+        case .exit:
+            let x = try! ExitStatus(decoding: p)
+            let (how, value): (String, Int32) = switch x.termination {
+            case .exited(let v): ("exited", v)
+            case .signaled(let v): ("signaled", v)
+            case .timedOut(let v): ("timed_out", v)
+            }
+            s += " how=\(how) value=\(value) run_ns=\(x.runNanoseconds) utime_us=\(x.userMicroseconds)"
+            s += " stime_us=\(x.systemMicroseconds) maxrss_kb=\(x.maxRSSKiB)"
+        case .shutdown, .bye, .eof:
+            break
+        }
+        return (s, consumed)
+    }
+
+    static func name(_ t: FrameType) -> String {
+        switch t {
+        case .hello: "HELLO"
+        case .ping: "PING"
+        case .pong: "PONG"
+        case .error: "ERROR"
+        case .shutdown: "SHUTDOWN"
+        case .bye: "BYE"
+        case .exec: "EXEC"
+        case .started: "STARTED"
+        case .data: "DATA"
+        case .eof: "EOF"
+        case .window: "WINDOW"
+        case .signal: "SIGNAL"
+        case .exit: "EXIT"
+        }
+    }
+
+    static func quote(_ bytes: [UInt8]) -> String {
+        var s = "\""
+        for b in bytes {
+            switch b {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"): s += "\\" + String(UnicodeScalar(b))
+            case UInt8(ascii: "\n"): s += "\\n"
+            case 0x20..<0x7f: s += String(UnicodeScalar(b))
+            default: s += "\\x" + String(format2: b)
+            }
+        }
+        return s + "\""
+    }
+
+    static func le32(_ p: [UInt8]) -> UInt32 {
+        UInt32(p[0]) | UInt32(p[1]) << 8 | UInt32(p[2]) << 16 | UInt32(p[3]) << 24
+    }
+}
+
+extension String {
+    /// Two lowercase hex digits.
+    init(format2 b: UInt8) {
+        let digits = Array("0123456789abcdef")
+        self = String([digits[Int(b >> 4)], digits[Int(b & 15)]])
+    }
+}

@@ -1,0 +1,45 @@
+import Foundation
+import Logging
+import VMExecutor
+
+/// One real guest booted once and shared by the tests that need "a guest":
+/// the point of vmexec is many commands in one persistent guest.
+actor SharedGuest {
+    static let shared = SharedGuest()
+    private var sandbox: Sandbox?
+
+    func get() async throws -> Sandbox {
+        if let sandbox, await sandbox.isRunning { return sandbox }
+        let s = Sandbox(configuration: Self.configuration(), logger: Self.logger())
+        try await s.start()
+        sandbox = s
+        return s
+    }
+
+    /// Test guests use the images `make test` points VMEXEC_IMAGES at.
+    static func configuration() -> SandboxConfiguration {
+        var c = SandboxConfiguration()
+        c.images = try? GuestImages.locate()
+        return c
+    }
+
+    static func logger() -> Logger {
+        var l = Logger(label: "vmexec-test")
+        l.logLevel = .warning
+        return l
+    }
+}
+
+/// sha256 in the guest is the reference; on the host we compare lengths and
+/// a simple checksum computed on both sides with the same definition.
+enum Checksum {
+    /// Fletcher-like checksum, identical to the awk one-liner used in the guest tests.
+    static func sum(_ bytes: [UInt8]) -> UInt64 {
+        var a: UInt64 = 0, b: UInt64 = 0
+        for x in bytes {
+            a = (a + UInt64(x)) % 65521
+            b = (b + a) % 65521
+        }
+        return b << 16 | a
+    }
+}
