@@ -85,3 +85,15 @@ clean:
 
 clean-images:
 	rm -rf images/build
+
+# ---- benchmarks (not part of make test) ----
+
+# The bench variant of the root file system carries qemu-guest-agent, the peer.
+$(IMG)/rootfs-bench.sqfs: images/rootfs.sh $(IMG)/noop
+	images/rootfs.sh $(ARCH) $@ $(IMG)/noop qemu-guest-agent
+
+bench-images: images $(IMG)/rootfs-bench.sqfs
+
+bench: deps bench-images
+	$(SWIFT) build -c release --product vmexec-bench
+	.build/release/vmexec-bench $(IMG) $(CURDIR)/$(IMG)/rootfs-bench.sqfs

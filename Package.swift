@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "VMExecutor", targets: ["VMExecutor"]),
         .library(name: "SerialChannel", targets: ["SerialChannel"]),
         .executable(name: "vmexec", targets: ["vmexec"]),
+        .executable(name: "vmexec-bench", targets: ["vmexec-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -44,6 +45,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // `make bench`: figures against qemu-guest-agent in the same guest.
+        .executableTarget(
+            name: "vmexec-bench",
+            dependencies: ["VMExecutor", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "SerialChannelTests",
             dependencies: [

@@ -24,6 +24,8 @@ public struct SandboxConfiguration: Sendable {
     /// Bytes of stdout and of stderr kept per collected command; the rest is
     /// dropped and the result says so.
     public var outputLimit = 64 << 20
+    /// Appended to QEMU's command line (extra devices, e.g. a second port for a benchmark peer).
+    public var extraQEMUArguments: [String] = []
 
     public init() {}
 }
@@ -131,7 +133,8 @@ public actor Sandbox {
         let qemu: QEMUProcess
         do {
             qemu = try QEMUProcess(
-                binary: profile.qemuBinary, arguments: profile.arguments(accelerator: accelerator, paths: paths),
+                binary: profile.qemuBinary,
+                arguments: profile.arguments(accelerator: accelerator, paths: paths) + configuration.extraQEMUArguments,
                 logPath: dir.appendingPathComponent("qemu.log").path
             ) { [weak self] ending in
                 Task { await self?.qemuEnded(generation: generation, ending) }

@@ -1,0 +1,151 @@
+import Foundation
+import Logging
+import VMExecutor
+
+/// `make bench`: one JSON object per line and figure, vmexec measured side
+/// by side with qemu-guest-agent (`guest-exec` + `guest-exec-status` polled
+/// every 5 ms) running the same binaries in the same guest image.
+@main
+struct Bench {
+    static let noopRuns = 500
+    static let peerNoopRuns = 200
+    static let pythonRuns = 40
+    static let stdoutBytes = 256 << 20
+    /// qemu-guest-agent caps captured output at 16 MB; its run moves less.
+    static let peerStdoutBytes = 12 << 20
+
+    static func main() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let args = CommandLine.arguments
+        guard args.count == 3 else {
+            FileHandle.standardError.write(Data("usage: vmexec-bench IMAGES_DIR BENCH_ROOTFS\n".utf8))
+            exit(2)
+        }
+        var logger = Logger(label: "vmexec-bench")
+        logger.logLevel = .warning
+        var images = try GuestImages.locate(explicit: args[1])
+
+        // Boot: launch to the init's hello, median of 5, on the standard image.
+        var boots: [Double] = []
+        for _ in 0..<5 {
+            var c = SandboxConfiguration()
+            c.images = images
+            c.accelerator = .tcg
+            let s = Sandbox(configuration: c, logger: logger)
+            let t = ContinuousClock.now
+            try await s.start()
+            boots.append(seconds(ContinuousClock.now - t))
+            await s.shutdown()
+        }
+        emit("boot_hello_s", median(boots), "s")
+
+        // One guest on the bench image, with the agent on a second port.
+        images.rootfs = URL(fileURLWithPath: args[2])
+        let agentSocket = NSTemporaryDirectory() + "/vmexec-bench-qga-\(getpid()).sock"
+        var c = SandboxConfiguration()
+        c.images = images
+        c.accelerator = .tcg
+        c.extraQEMUArguments = [
+            "-chardev", "socket,id=qga,path=\(agentSocket),server=on,wait=off",
+            "-device", "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+        ]
+        let guest = Sandbox(configuration: c, logger: logger)
+        try await guest.start()
+        let agentStart = try await guest.exec(Command(["sh", "-c", """
+            for p in /sys/class/virtio-ports/*; do
+              [ "$(cat $p/name)" = org.qemu.guest_agent.0 ] && exec qemu-ga -d -m virtio-serial -p /dev/$(basename $p)
+            done; echo no agent port >&2; exit 1
+            """]))
+        guard agentStart.termination == .exited(0) else {
+            throw Failure("cannot start qemu-ga in the guest: \(agentStart.stderrText)")
+        }
+        let agent = try GuestAgentClient(socketPath: agentSocket)
+        try agent.sync()
+
+        // Warm both paths.
+        for _ in 0..<20 { _ = try await guest.exec(Command(["/usr/lib/vmexec/noop"])) }
+        for _ in 0..<5 { _ = try agent.exec("/usr/lib/vmexec/noop") }
+
+        var rounds: [Double] = [], overheads: [Double] = []
+        for _ in 0..<noopRuns {
+            let t = ContinuousClock.now
+            let r = try await guest.exec(Command(["/usr/lib/vmexec/noop"]))
+            let ms = millis(ContinuousClock.now - t)
+            rounds.append(ms)
+            overheads.append(ms - Double(r.usage.wallNanoseconds) / 1e6)
+        }
+        var peerRounds: [Double] = []
+        for _ in 0..<peerNoopRuns {
+            let t = ContinuousClock.now
+            _ = try agent.exec("/usr/lib/vmexec/noop")
+            peerRounds.append(millis(ContinuousClock.now - t))
+        }
+        emit("exec_noop_p50_ms", percentile(rounds, 50), "ms", peer: percentile(peerRounds, 50))
+        emit("exec_noop_p99_ms", percentile(rounds, 99), "ms", peer: percentile(peerRounds, 99))
+        emit("exec_overhead_p50_ms", percentile(overheads, 50), "ms")
+
+        var py: [Double] = [], peerPy: [Double] = [], native: [Double] = []
+        for _ in 0..<pythonRuns {
+            var t = ContinuousClock.now
+            _ = try await guest.exec(Command(["python3", "-c", "pass"]))
+            py.append(millis(ContinuousClock.now - t))
+            t = ContinuousClock.now
+            _ = try agent.exec("/usr/bin/python3", ["-c", "pass"])
+            peerPy.append(millis(ContinuousClock.now - t))
+            t = ContinuousClock.now
+            let p = Process()
+            // The system interpreter, not a version-manager shim in PATH.
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            p.arguments = ["-c", "pass"]
+            try p.run()
+            p.waitUntilExit()
+            native.append(millis(ContinuousClock.now - t))
+        }
+        emit("exec_python_p50_ms", percentile(py, 50), "ms", peer: percentile(peerPy, 50))
+        emit("python_native_p50_ms", percentile(native, 50), "ms")
+
+        // Streamed stdout, counted as it arrives.
+        var t = ContinuousClock.now
+        var got = 0
+        for try await e in try await guest.stream(Command(["head", "-c", "\(stdoutBytes)", "/dev/zero"])) {
+            if case .stdout(let b) = e { got += b.count }
+        }
+        let mbps = Double(got) / 1e6 / seconds(ContinuousClock.now - t)
+        t = ContinuousClock.now
+        let peerGot = try agent.exec("/usr/bin/head", ["-c", "\(peerStdoutBytes)", "/dev/zero"])
+        let peerMbps = Double(peerGot) / 1e6 / seconds(ContinuousClock.now - t)
+        emit("stdout_mb_s", mbps, "MB/s", peer: peerMbps,
+             note: "vmexec streams \(got >> 20) MiB; qemu-guest-agent captures at most 16 MB, so it moved \(peerGot >> 20) MiB")
+        await guest.shutdown()
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+        init(_ d: String) { description = d }
+    }
+
+    static func emit(_ figure: String, _ value: Double, _ unit: String, peer: Double? = nil, note: String? = nil) {
+        var obj: [String: Any] = ["figure": figure, "value": (value * 1000).rounded() / 1000, "unit": unit]
+        if let peer {
+            obj["peer"] = "qemu-guest-agent"
+            obj["peer_value"] = (peer * 1000).rounded() / 1000
+        }
+        if let note { obj["note"] = note }
+        let data = try! JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+        FileHandle.standardOutput.write(data + Data("\n".utf8))
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+
+    static func millis(_ d: Duration) -> Double { seconds(d) * 1000 }
+
+    static func median(_ xs: [Double]) -> Double { percentile(xs, 50) }
+
+    static func percentile(_ xs: [Double], _ p: Double) -> Double {
+        let s = xs.sorted()
+        let i = min(s.count - 1, max(0, Int((p / 100 * Double(s.count)).rounded(.up)) - 1))
+        return s[i]
+    }
+}
