@@ -9,8 +9,8 @@ ARCH ?= x86_64
 IMG := images/build/$(ARCH)
 SWIFT ?= swift
 VMEXEC := .build/debug/vmexec
-# Modules the guest needs; their dependencies and load order are computed.
-GUEST_MODULES := virtio_pci virtio_mmio virtio_blk virtio_console squashfs overlay
+# Modules the guest needs are listed in images/guest-modules.txt.
+GUEST_MODULES = $(shell grep -v '^\#' images/guest-modules.txt)
 INIT_SRC := $(wildcard Sources/InitGuest/*.c Sources/InitGuest/*.h Sources/InitGuest/include/*.h)
 CFLAGS_STRICT := -std=c11 -Wall -Wextra -Werror
 FUZZ_SECONDS ?= 60
@@ -47,7 +47,7 @@ $(IMG)/noop: images/noop.c
 	@mkdir -p $(IMG)
 	$(INIT_CC) $(CFLAGS_STRICT) -Os -static $< -o $@
 
-$(IMG)/initramfs.cpio: $(IMG)/vmexec-init $(IMG)/kernel.version images/initramfs.sh images/modorder.py
+$(IMG)/initramfs.cpio: $(IMG)/vmexec-init $(IMG)/kernel.version images/initramfs.sh images/modorder.py images/guest-modules.txt
 	images/initramfs.sh $(IMG) $(IMG)/vmexec-init $@ $(GUEST_MODULES)
 
 $(IMG)/rootfs.sqfs: images/rootfs.sh $(IMG)/noop

@@ -13,7 +13,16 @@
 #include <stdio.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+/* CLOCK_BOOTTIME in milliseconds: time since the kernel started. */
+static long boot_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
 
 int main(void)
 {
@@ -21,6 +30,7 @@ int main(void)
         fprintf(stderr, "vmexec-init runs only as PID 1 of a vmexec guest\n");
         return 2;
     }
+    long started_ms = boot_ms();
     umask(022);
     signal(SIGPIPE, SIG_IGN);
     reboot(RB_DISABLE_CAD);
@@ -32,5 +42,5 @@ int main(void)
     char port[64];
     while (boot_find_port(port, sizeof port, 5000) != 0)
         vx_log("still looking for the virtio-serial port named %s", VX_PORT_NAME);
-    serve_forever(port, boot_error);
+    serve_forever(port, boot_error, started_ms, boot_ms());
 }

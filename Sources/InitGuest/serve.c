@@ -69,6 +69,7 @@ static struct {
     uint32_t host_window;
     struct proc procs[MAX_PROCS];
     const char *boot_error;
+    long init_ms, ready_ms;
 } S;
 
 static uint64_t now_ns(void)
@@ -156,8 +157,8 @@ static void send_hello(void)
     if (uname(&u) != 0)
         strcpy(u.release, "?");
     int n = snprintf((char *)p + VX_HELLO_FIXED, sizeof p - VX_HELLO_FIXED,
-                     "init=vmexec-init %d.%d\nkernel=%s\nboot_error=%s", VX_MAJOR, VX_MINOR,
-                     u.release, S.boot_error);
+                     "init=vmexec-init %d.%d\nkernel=%s\ninit_ms=%ld\nready_ms=%ld\nboot_error=%s",
+                     VX_MAJOR, VX_MINOR, u.release, S.init_ms, S.ready_ms, S.boot_error);
     if (n < 0 || (size_t)n >= sizeof p - VX_HELLO_FIXED)
         n = (int)(sizeof p - VX_HELLO_FIXED - 1);
     emit(VX_HELLO, 0, 0, p, VX_HELLO_FIXED + (uint32_t)n);
@@ -242,15 +243,57 @@ static void on_connect(void)
     send_hello();
 }
 
-/* Runs in the forked child: never returns. */
-static void child_run(int errw, int in_fd, int out_fd, int err_fd, const char *cwd, char **argv,
-                      char **envp)
+/*
+ * Where a failed spawn stopped. The child is created with vfork() and shares
+ * our memory until it executes, so it reports a failure here before _exit;
+ * we read it once vfork returns. This is the only memory it writes.
+ */
+static struct {
+    volatile int stage;
+    volatile int err;
+} spawn_failure;
+
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/* execve() of `file`, searched in envp's PATH when it has no slash (as execvp,
+ * but without touching `environ`, which the vfork child must not change). */
+static void exec_search(const char *file, char **argv, char **envp)
+{
+    if (strchr(file, '/')) {
+        execve(file, argv, envp);
+        return;
+    }
+    const char *path = DEFAULT_PATH;
+    for (char **e = envp; *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            path = *e + 5;
+    char buf[4096];
+    int denied = 0;
+    for (const char *p = path;; p++) {
+        const char *end = strchrnul(p, ':');
+        int n = snprintf(buf, sizeof buf, "%.*s/%s", end == p ? 1 : (int)(end - p), end == p ? "." : p, file);
+        if (n > 0 && (size_t)n < sizeof buf) {
+            execve(buf, argv, envp);
+            if (errno == EACCES)
+                denied = 1;
+            else if (errno != ENOENT && errno != ENOTDIR)
+                return;
+        }
+        if (!*end)
+            break;
+        p = end;
+    }
+    errno = denied ? EACCES : ENOENT;
+}
+
+/* Runs in the vfork child: only syscalls, then execve or _exit. */
+static void child_run(int in_fd, int out_fd, int err_fd, const char *cwd, char **argv, char **envp)
 {
     int stage = STAGE_SETUP;
     sigset_t none;
     sigemptyset(&none);
-    for (int sig = 1; sig < NSIG; sig++)
-        signal(sig, SIG_DFL);
+    /* The init ignores SIGPIPE and blocks SIGCHLD; give the program the defaults. */
+    signal(SIGPIPE, SIG_DFL);
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (setsid() < 0 || dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
         goto fail;
@@ -262,21 +305,17 @@ static void child_run(int errw, int in_fd, int out_fd, int err_fd, const char *c
     if (chdir(cwd[0] ? cwd : "/") != 0)
         goto fail;
     stage = STAGE_EXEC;
-    extern char **environ;
-    environ = envp;
-    execvp(argv[0], argv);
-fail:;
-    int32_t msg[2] = {stage, errno};
-    if (write(errw, msg, sizeof msg) < 0) {
-        /* the parent then sees EOF and a 127 exit */
-    }
+    exec_search(argv[0], argv, envp);
+fail:
+    spawn_failure.err = errno;
+    spawn_failure.stage = stage;
     _exit(127);
 }
 
+/* Our pipe ends carry no other status flags, so this replaces none. */
 static int set_nonblock(int fd)
 {
-    int fl = fcntl(fd, F_GETFL);
-    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    return fcntl(fd, F_SETFL, O_NONBLOCK);
 }
 
 static const char *stage_name(int stage)
@@ -336,34 +375,29 @@ static void on_exec(const struct vx_frame *f)
     argv[e.argc] = NULL;
     envp[e.envc] = NULL;
 
-    int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, ep[2] = {-1, -1};
+    int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1};
     int has_stdin = (e.flags & VX_EXEC_STDIN) != 0;
-    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(ep, O_CLOEXEC) ||
-        (has_stdin && pipe2(in, O_CLOEXEC))) {
+    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || (has_stdin && pipe2(in, O_CLOEXEC))) {
         int saved = errno;
-        int fds[] = {out[0], out[1], err[0], err[1], ep[0], ep[1], in[0], in[1]};
-        for (unsigned i = 0; i < 8; i++)
+        int fds[] = {out[0], out[1], err[0], err[1], in[0], in[1]};
+        for (unsigned i = 0; i < 6; i++)
             close_fd(&fds[i]);
         emit_error(f->stream, VX_E_INTERNAL, saved, "cannot create pipes: %s", strerror(saved));
         return;
     }
     fcntl(out[0], F_SETPIPE_SZ, STDOUT_PIPE_SIZE);
+    spawn_failure.stage = 0;
     uint64_t start = now_ns();
-    pid_t pid = fork();
+    /* vfork: no page tables to copy and no copy-on-write faults, which
+     * dominate the cost of fork() under TCG. */
+    pid_t pid = vfork();
     if (pid == 0)
-        child_run(ep[1], has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp);
+        child_run(has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp);
     int saved = errno;
-    close_fd(&ep[1]);
     close_fd(&out[1]);
     close_fd(&err[1]);
     close_fd(&in[0]);
-    int32_t msg[2] = {0, 0};
-    ssize_t r = -1;
-    if (pid > 0)
-        while ((r = read(ep[0], msg, sizeof msg)) < 0 && errno == EINTR) {
-        }
-    close_fd(&ep[0]);
-    if (pid < 0 || r != 0) {
+    if (pid < 0 || spawn_failure.stage) {
         if (pid > 0)
             waitpid(pid, NULL, 0);
         close_fd(&out[0]);
@@ -372,8 +406,8 @@ static void on_exec(const struct vx_frame *f)
         if (pid < 0)
             emit_error(f->stream, VX_E_INTERNAL, saved, "fork: %s", strerror(saved));
         else
-            emit_error(f->stream, VX_E_EXEC, msg[1], "cannot %s %s: %s", stage_name(msg[0]),
-                       msg[0] == STAGE_CHDIR ? cwd : argv[0], strerror(msg[1]));
+            emit_error(f->stream, VX_E_EXEC, spawn_failure.err, "cannot %s %s: %s", stage_name(spawn_failure.stage),
+                       spawn_failure.stage == STAGE_CHDIR ? cwd : argv[0], strerror(spawn_failure.err));
         return;
     }
     set_nonblock(out[0]);
@@ -714,13 +748,15 @@ static int check_deadlines(void)
     return (int)((next - now) / 1000000u) + 1;
 }
 
-void serve_forever(const char *port_path, const char *boot_error)
+void serve_forever(const char *port_path, const char *boot_error, long init_ms, long ready_ms)
 {
     static struct pollfd pfd[2 + 3 * MAX_PROCS];
     static struct proc *owner[2 + 3 * MAX_PROCS];
     static int which[2 + 3 * MAX_PROCS];
 
     S.boot_error = boot_error;
+    S.init_ms = init_ms;
+    S.ready_ms = ready_ms;
     S.out = malloc(OUT_CAP);
     S.devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     for (unsigned i = 0; i < MAX_PROCS; i++)

@@ -8,7 +8,10 @@
 /*
  * Serves the port at `port_path` forever. `boot_error`, when not empty,
  * is reported in HELLO and refuses every EXEC with that sentence.
+ * `init_ms` and `ready_ms` (milliseconds since the kernel started, when the
+ * init started and when the guest was set up) are reported in HELLO.
  */
-void serve_forever(const char *port_path, const char *boot_error) __attribute__((noreturn));
+void serve_forever(const char *port_path, const char *boot_error, long init_ms, long ready_ms)
+    __attribute__((noreturn));
 
 #endif

@@ -46,8 +46,7 @@ public struct MachineProfile: Sendable {
                     "cryptomgr.notests", "random.trust_cpu=on"]
         switch architecture {
         case .x86_64:
-            args += ["console=ttyS0", "no_timer_check", "i8042.noaux", "i8042.nomux", "i8042.nopnp",
-                     "i8042.dumbkbd"]
+            args += ["console=ttyS0"]
             // microvm has no PIT or HPET to calibrate the TSC against and hangs on a
             // share of boots without this. Under TCG the guest TSC is the host's.
             let khz = vmexec_tsc_khz()
@@ -63,9 +62,11 @@ public struct MachineProfile: Sendable {
         var a: [String] = []
         switch architecture {
         case .x86_64:
-            // microvm: no PCI, no firmware tables beyond ACPI (which it needs to
-            // describe its virtio-mmio devices to this kernel).
-            a += ["-machine", "microvm,pit=off,pic=off,rtc=off,isa-serial=on"]
+            // microvm: no PCI, virtio-mmio devices described through ACPI (which
+            // this kernel needs). Its PIT, PIC and RTC stay on: without them the
+            // boot takes two seconds longer (measured), and the RTC gives the
+            // guest the time of day.
+            a += ["-machine", "microvm"]
             // Without ERMS/FSRM: TCG emulates `rep movsb` slowly, which costs
             // port throughput and boot time.
             a += ["-cpu", accelerator == .kvm ? "host" : "max,erms=off,fsrm=off"]
