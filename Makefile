@@ -69,7 +69,7 @@ test-c: .build/c/vectors_test
 	cc $(CFLAGS_STRICT) -g -fsanitize=address,undefined -fno-sanitize-recover=all -ISources/InitGuest/include \
 	  Sources/InitGuest/proto.c Tests/InitGuestTests/describe.c Tests/InitGuestTests/vectors_test.c -o $@
 
-test-swift: images
+test-swift: images build
 	VMEXEC_IMAGES=$(CURDIR)/$(IMG) $(SWIFT) test
 
 # A bounded libFuzzer run, seeded with the golden vectors.

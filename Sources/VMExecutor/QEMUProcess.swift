@@ -1,13 +1,15 @@
+import CVMExecHost
 import Foundation
 import Synchronization
 
-/// A running QEMU: launched with Foundation's `Process`, its output kept in
-/// a log file, its end observed so that the sandbox can fail waiting calls
-/// at once and say why.
+/// A running QEMU: its output kept in a log file, its end observed so that
+/// the sandbox can fail waiting calls at once and say why. Started through
+/// `vmexec_spawn`, so it dies with the host process even when that is
+/// killed (no orphaned guests), and in its own process group (a terminal's
+/// Ctrl-C reaches vmexec, which forwards it to the command, not QEMU).
 final class QEMUProcess: Sendable {
     let pid: Int32
     let logPath: String
-    private let process: Process
     private let exit = ExitState()
 
     /// Shared with the termination handler, which runs on Foundation's thread.
@@ -35,30 +37,30 @@ final class QEMUProcess: Sendable {
         guard let path = Self.find(binary) else {
             throw VMExecError(.qemuNotFound, "\(binary) not found in PATH; install QEMU (make deps, or apt-get install qemu-system-x86)")
         }
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = FileHandle(forWritingAtPath: logPath)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = arguments
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = log
-        p.standardError = log
-        self.process = p
+        let logFD = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard logFD >= 0 else {
+            throw VMExecError(.launchFailed, "cannot create \(logPath): \(String(cString: strerror(errno)))")
+        }
+        defer { close(logFD) }
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let pid = argv.withUnsafeBufferPointer { vmexec_spawn(path, $0.baseAddress, logFD) }
+        guard pid > 0 else {
+            throw VMExecError(.launchFailed, "cannot start \(path): \(String(cString: strerror(-pid)))")
+        }
+        self.pid = pid
         self.logPath = logPath
         let exit = self.exit
-        p.terminationHandler = { proc in
-            let ending = Ending(status: proc.terminationStatus, signaled: proc.terminationReason == .uncaughtSignal)
+        // One thread per guest blocks in waitpid for QEMU's end.
+        Thread.detachNewThread {
+            let status = vmexec_wait(pid)
+            let ending = status & 0x7f == 0
+                ? Ending(status: (status >> 8) & 0xff, signaled: false)
+                : Ending(status: status & 0x7f, signaled: true)
             exit.ended.withLock { $0 = ending }
             exit.wakeAll()
             onExit(ending)
         }
-        do {
-            try p.run()
-        } catch {
-            throw VMExecError(.launchFailed, "cannot start \(path): \(error)")
-        }
-        try? log?.close()
-        pid = p.processIdentifier
     }
 
     /// How it ended, or nil while it runs.

@@ -227,6 +227,24 @@ public actor Sandbox {
         cleanUp(r)
     }
 
+    /// Drops the channel and connects to the same guest again, as a restarted
+    /// host would. The init ends the processes of the old session; calls
+    /// waiting on them fail. The guest itself keeps running.
+    public func reconnect(timeout: Duration = .seconds(10)) async throws {
+        guard let r = running, r.qemu.ending == nil else {
+            throw VMExecError(.notRunning, "the sandbox is not running; call start() first")
+        }
+        r.client.close(.closed("the host reconnected"))
+        let socket = r.runDirectory.appendingPathComponent("ctl.sock").path
+        do {
+            let (client, hello) = try await ChannelClient.connect(unixSocket: socket, handshakeTimeout: timeout, logger: logger)
+            running = Running(generation: r.generation, qemu: r.qemu, client: client, runDirectory: r.runDirectory,
+                              accelerator: r.accelerator, hello: hello)
+        } catch {
+            throw await Self.explain(error, qemu: r.qemu)
+        }
+    }
+
     // MARK: commands
 
     /// Runs a command and returns its collected output and status.

@@ -48,3 +48,61 @@ struct GuestFailureTests {
         #expect(error?.message.contains("make images") == true)
     }
 }
+
+@Suite("Host side coming and going", .timeLimit(.minutes(5)))
+struct HostLifecycleTests {
+    @Test("the init survives the host disconnecting and reconnecting, and ends the old session's processes")
+    func reconnect() async throws {
+        let sandbox = Sandbox(configuration: SharedGuest.configuration(), logger: SharedGuest.logger())
+        try await sandbox.start()
+        let old = Task { try await sandbox.exec(Command(["sleep", "300"])) }
+        try await Task.sleep(for: .milliseconds(300))
+        try await sandbox.reconnect()
+        await #expect(throws: VMExecError.self) { try await old.value }
+        // The same guest serves the new connection, and the old sleep is gone.
+        let r = try await sandbox.exec(Command(["sh", "-c", "sleep 0.2; ps -eo comm | grep -c '^sleep$' || true"]))
+        #expect(r.stdoutText == "0\n")
+        for _ in 0..<3 {
+            try await sandbox.reconnect()
+            #expect(try await sandbox.exec(Command(["echo", "again"])).stdoutText == "again\n")
+        }
+        await sandbox.shutdown()
+    }
+
+    @Test("QEMU does not outlive a host process that is killed with SIGKILL")
+    func noOrphanedGuests() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
+        let cli = root.appendingPathComponent(".build/debug/vmexec").path
+        try #require(FileManager.default.isExecutableFile(atPath: cli), "build the CLI first (make test does)")
+        let host = Process()
+        host.executableURL = URL(fileURLWithPath: cli)
+        host.arguments = ["run", "--accel", "tcg", "--", "sleep", "300"]
+        host.standardInput = FileHandle.nullDevice
+        try host.run()
+        // Wait for its QEMU to appear, then kill the host outright.
+        var qemu: Int32?
+        for _ in 0..<300 where qemu == nil {
+            qemu = Self.children(of: host.processIdentifier).first
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let pid = try #require(qemu, "the CLI did not start QEMU")
+        kill(host.processIdentifier, SIGKILL)
+        host.waitUntilExit()
+        var gone = false
+        for _ in 0..<200 where !gone {
+            gone = kill(pid, 0) != 0 && errno == ESRCH
+            if !gone { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(gone, "QEMU \(pid) still runs 10 s after its host was killed")
+    }
+
+    static func children(of parent: Int32) -> [Int32] {
+        let procs = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return procs.compactMap(Int32.init).filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 2 && Int32(fields[1]) == parent && stat.contains("(qemu-system")
+        }
+    }
+}

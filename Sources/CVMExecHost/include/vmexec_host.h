@@ -23,4 +23,17 @@ int vmexec_kvm_probe(int timeout_ms);
 /* Measures the host TSC frequency in kHz over ~20 ms; 0 where there is no TSC. */
 long vmexec_tsc_khz(void);
 
+/*
+ * Starts `path` with `argv` (NULL-terminated), stdin from /dev/null and
+ * stdout/stderr to `log_fd`, in its own process group, with every other
+ * descriptor closed. The child is killed with SIGKILL when this process
+ * dies, however it dies: the fork happens on a dedicated thread that lives
+ * as long as the process (the parent-death signal follows the forking
+ * thread). Returns the pid, or -errno.
+ */
+int vmexec_spawn(const char *path, char *const argv[], int log_fd);
+
+/* Waits for `pid` to end; returns its wait status, or -errno. Blocks. */
+int vmexec_wait(int pid);
+
 #endif
