@@ -1,0 +1,213 @@
+import Foundation
+import NIOCore
+import SerialChannel
+import Testing
+
+/// The other end of a socketpair, played by the test: reads and writes raw
+/// frames, so it can follow the protocol or break it on purpose.
+final class ScriptedGuest: @unchecked Sendable {
+    let fd: Int32
+    private var buffer = ByteBuffer()
+    private let queue = DispatchQueue(label: "scripted-guest")
+
+    init(fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+
+    func send(_ frame: Frame) { sendRaw(frame.encoded()) }
+
+    func sendRaw(_ bytes: [UInt8]) {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            precondition(n > 0, "scripted guest write failed")
+            off += n
+        }
+    }
+
+    /// Reads the next frame (blocking on a private queue), or nil at EOF.
+    func receive() async throws -> Frame? {
+        try await withCheckedThrowingContinuation { c in
+            queue.async {
+                while true {
+                    do {
+                        if let f = try FrameParser.parse(&self.buffer) { return c.resume(returning: f) }
+                    } catch { return c.resume(throwing: error) }
+                    var chunk = [UInt8](repeating: 0, count: 65536)
+                    let n = read(self.fd, &chunk, chunk.count)
+                    if n <= 0 { return c.resume(returning: nil) }
+                    self.buffer.writeBytes(chunk.prefix(n))
+                }
+            }
+        }
+    }
+
+    /// Whether a frame arrives within `timeout` (without consuming more than it).
+    func hasPending(within timeout: Duration) -> Bool {
+        if buffer.readableBytes > 0 { return true }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, Int32(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)) > 0
+    }
+
+    func hello(major: UInt16 = WireProtocol.major, window: UInt32 = 65536) {
+        send(Frame(.hello, payload: Hello(major: major, window: window, maxStreams: 16, info: "init=scripted").encoded()))
+    }
+
+    static func u32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+}
+
+/// A connected pair: the host's ChannelClient and the scripted guest.
+func connectedPair(window: UInt32 = 65536, hostWindow: Int = 512 * 1024) async throws -> (ChannelClient, ScriptedGuest) {
+    var fds: [Int32] = [0, 0]
+    #if canImport(Glibc)
+    let kind = Int32(SOCK_STREAM.rawValue)
+    #else
+    let kind = SOCK_STREAM
+    #endif
+    guard socketpair(AF_UNIX, kind, 0, &fds) == 0 else { throw ProtocolError.closed("socketpair failed") }
+    let guest = ScriptedGuest(fd: fds[1])
+    async let client = ChannelClient.connect(socket: fds[0], handshakeTimeout: .seconds(5), hostWindow: hostWindow)
+    let hostHello = try #require(try await guest.receive())
+    #expect(hostHello.kind == .hello)
+    #expect(try Hello(decoding: hostHello.payload).window == UInt32(hostWindow))
+    guest.hello(window: window)
+    return (try await client.0, guest)
+}
+
+@Suite("Multiplexer over a socketpair", .timeLimit(.minutes(2)))
+struct SocketpairTests {
+    @Test("a guest HELLO of another major version is refused with advice")
+    func versionMismatch() async throws {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let guest = ScriptedGuest(fd: fds[1])
+        let fd = fds[0]
+        let client = Task { try await ChannelClient.connect(socket: fd, handshakeTimeout: .seconds(5)) }
+        _ = try await guest.receive()
+        guest.hello(major: 9)
+        await #expect(throws: ProtocolError.versionMismatch(guest: "9.0", host: "1.0")) { _ = try await client.value }
+        #expect(ProtocolError.versionMismatch(guest: "9.0", host: "1.0").description.contains("make images"))
+    }
+
+    @Test("a process's frames: started, output, end of streams, then exit")
+    func execRoundTrip() async throws {
+        let (client, guest) = try await connectedPair()
+        async let process = client.exec(ExecRequest(arguments: ["echo", "hi"], environment: ["A=1"]))
+        let exec = try #require(try await guest.receive())
+        #expect(exec.kind == .exec)
+        #expect(try ExecRequest(decoding: exec.payload).arguments == ["echo", "hi"])
+        let s = exec.stream
+        guest.send(Frame(.started, stream: s, payload: ScriptedGuest.u32(42)))
+        let p = try await process
+        #expect(p.pid == 42)
+        guest.send(Frame(.data, sub: 1, stream: s, payload: Array("hi\n".utf8)))
+        guest.send(Frame(.data, sub: 2, stream: s, payload: Array("warn\n".utf8)))
+        guest.send(Frame(.eof, sub: 1, stream: s))
+        guest.send(Frame(.eof, sub: 2, stream: s))
+        guest.send(Frame(.exit, stream: s, payload: ExitStatus(termination: .exited(3), runNanoseconds: 7).encoded()))
+        let out = try await p.collect(limit: 1 << 20)
+        #expect(out.stdout == Array("hi\n".utf8))
+        #expect(out.stderr == Array("warn\n".utf8))
+        #expect(out.status.termination == .exited(3))
+        #expect(out.status.runNanoseconds == 7)
+    }
+
+    @Test("a failed exec is an immediate error carrying the guest's errno")
+    func execFailure() async throws {
+        let (client, guest) = try await connectedPair()
+        let process = Task { try await client.exec(ExecRequest(arguments: ["nope"])) }
+        let exec = try #require(try await guest.receive())
+        guest.send(Frame(.error, stream: exec.stream,
+                         payload: ErrorReply(code: .exec, errno: ENOENT, message: "cannot execute nope").encoded()))
+        let error = await #expect(throws: ProtocolError.self) { _ = try await process.value }
+        guard case .execFailed(let reply)? = error else {
+            Issue.record("expected execFailed, got \(String(describing: error))")
+            return
+        }
+        #expect(reply.errno == ENOENT)
+    }
+
+    @Test("stdin never goes beyond the guest's credit, and resumes when credit comes")
+    func stdinCredit() async throws {
+        let (client, guest) = try await connectedPair(window: 16384)
+        async let started = client.exec(ExecRequest(arguments: ["cat"], hasStdin: true))
+        let exec = try #require(try await guest.receive())
+        guest.send(Frame(.started, stream: exec.stream, payload: ScriptedGuest.u32(1)))
+        let p = try await started
+        let input = (0..<100_000).map { UInt8(truncatingIfNeeded: $0) }
+        let writer = Task { try await p.writeStdin(input); try await p.closeStdin() }
+        var received: [UInt8] = []
+        // Exactly one window arrives, then the host waits.
+        while received.count < 16384 {
+            let f = try #require(try await guest.receive())
+            #expect(f.kind == .data && f.sub == 0)
+            received += f.payload
+        }
+        #expect(received.count == 16384)
+        #expect(!guest.hasPending(within: .milliseconds(300)), "the host sent stdin beyond its credit")
+        // Grant the rest bit by bit.
+        while received.count < input.count {
+            guest.send(Frame(.window, sub: 0, stream: exec.stream, payload: ScriptedGuest.u32(16384)))
+            var granted = 0
+            while granted < 16384 && received.count < input.count {
+                let f = try #require(try await guest.receive())
+                #expect(f.payload.count <= 16384 - granted)
+                granted += f.payload.count
+                received += f.payload
+            }
+        }
+        let eof = try #require(try await guest.receive())
+        #expect(eof.kind == .eof && eof.sub == 0)
+        try await writer.value
+        #expect(received == input)
+    }
+
+    @Test("output beyond the host's credit is refused and fails that process only")
+    func guestOverrunsCredit() async throws {
+        let (client, guest) = try await connectedPair(hostWindow: 4096)
+        async let first = client.exec(ExecRequest(arguments: ["a"]))
+        let e1 = try #require(try await guest.receive())
+        guest.send(Frame(.started, stream: e1.stream, payload: ScriptedGuest.u32(1)))
+        let p1 = try await first
+        // 4096 bytes are allowed; one more is not.
+        guest.send(Frame(.data, sub: 1, stream: e1.stream, payload: [UInt8](repeating: 1, count: 4096)))
+        guest.send(Frame(.data, sub: 1, stream: e1.stream, payload: [9]))
+        let refusal = try #require(try await guest.receive())
+        #expect(refusal.kind == .error)
+        #expect(try ErrorReply(decoding: refusal.payload).code == .flow)
+        await #expect(throws: ProtocolError.self) { _ = try await p1.wait() }
+        // The channel and other processes carry on.
+        async let second = client.exec(ExecRequest(arguments: ["b"]))
+        let e2 = try #require(try await guest.receive())
+        guest.send(Frame(.started, stream: e2.stream, payload: ScriptedGuest.u32(2)))
+        #expect(try await second.pid == 2)
+        #expect(client.isOpen)
+    }
+
+    @Test("a header claiming 1 GiB closes the channel with a clear error, failing waiting calls")
+    func oversizedHeader() async throws {
+        let (client, guest) = try await connectedPair()
+        let process = Task { try await client.exec(ExecRequest(arguments: ["x"])) }
+        _ = try await guest.receive()
+        guest.sendRaw(ScriptedGuest.u32(1 << 30) + [0x12, 1, 0, 0] + ScriptedGuest.u32(1))
+        await #expect(throws: ProtocolError.frameTooLarge(1 << 30)) { _ = try await process.value }
+        #expect(!client.isOpen)
+        await #expect(throws: ProtocolError.self) { try await client.ping() }
+    }
+
+    @Test("unknown frame types and frames for unknown streams are refused or ignored, never fatal")
+    func oddFrames() async throws {
+        let (client, guest) = try await connectedPair()
+        guest.send(Frame(type: 0x7e, stream: 1, payload: [1, 2, 3]))
+        let refusal = try #require(try await guest.receive())
+        #expect(try ErrorReply(decoding: refusal.payload).code == .unknownType)
+        guest.send(Frame(.data, sub: 1, stream: 999, payload: [1]))  // no such stream: ignored
+        guest.send(Frame(.exec, stream: 5, payload: try ExecRequest(arguments: ["x"]).encoded()))  // wrong direction
+        let wrongWay = try #require(try await guest.receive())
+        #expect(try ErrorReply(decoding: wrongWay.payload).code == .state)
+        async let pong: Void = client.ping()
+        let ping = try #require(try await guest.receive())
+        guest.send(Frame(.pong, payload: ping.payload))
+        try await pong
+        #expect(client.isOpen)
+    }
+}
