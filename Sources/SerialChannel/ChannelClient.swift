@@ -42,12 +42,9 @@ public final class ChannelClient: Sendable {
         unixSocket path: String, handshakeTimeout: Duration = .seconds(30), hostWindow: Int = 512 * 1024,
         logger: Logger = Logger(label: "vmexec.channel")
     ) async throws -> (ChannelClient, Hello) {
-        let box = ClientSlot()
-        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { ch in Self.initialize(ch, box: box, hostWindow: hostWindow, logger: logger) }
-        _ = try await bootstrap.connect(unixDomainSocketPath: path).get()
-        let client = box.value.withLock { $0! }
-        return (client, try await client.handshake(timeout: handshakeTimeout))
+        try await open(handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, logger: logger) {
+            $0.connect(unixDomainSocketPath: path)
+        }
     }
 
     /// Uses an already connected stream socket (e.g. one end of a socketpair).
@@ -55,11 +52,20 @@ public final class ChannelClient: Sendable {
         socket descriptor: CInt, handshakeTimeout: Duration = .seconds(30), hostWindow: Int = 512 * 1024,
         logger: Logger = Logger(label: "vmexec.channel")
     ) async throws -> (ChannelClient, Hello) {
-        let box = ClientSlot()
+        try await open(handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, logger: logger) {
+            $0.withConnectedSocket(descriptor)
+        }
+    }
+
+    private static func open(
+        handshakeTimeout: Duration, hostWindow: Int, logger: Logger,
+        _ connect: (ClientBootstrap) -> EventLoopFuture<any Channel>
+    ) async throws -> (ChannelClient, Hello) {
+        let slot = ClientSlot()
         let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { ch in Self.initialize(ch, box: box, hostWindow: hostWindow, logger: logger) }
-        _ = try await bootstrap.withConnectedSocket(descriptor).get()
-        let client = box.value.withLock { $0! }
+            .channelInitializer { ch in Self.initialize(ch, box: slot, hostWindow: hostWindow, logger: logger) }
+        _ = try await connect(bootstrap).get()
+        let client = slot.value.withLock { $0! }
         return (client, try await client.handshake(timeout: handshakeTimeout))
     }
 
@@ -103,16 +109,16 @@ public final class ChannelClient: Sendable {
     /// non-executable program or a bad working directory.
     public func exec(_ request: ExecRequest) async throws -> RemoteProcess {
         let payload = try request.encoded()
-        let (process, window): (RemoteProcess, Int) = try state.withLock { s in
+        let process: RemoteProcess = try state.withLock { s in
             if let e = s.closed { throw e }
             let stream = s.nextStream
             s.nextStream = s.nextStream == UInt32.max ? 1 : s.nextStream + 1
-            let window = Int(s.guestHello?.window ?? 0)
-            let p = RemoteProcess(stream: stream, client: self, hostWindow: hostWindow, stdinWindow: window)
+            // The guest's HELLO window is each new process's initial stdin credit.
+            let p = RemoteProcess(stream: stream, client: self, hostWindow: hostWindow,
+                                  stdinWindow: Int(s.guestHello?.window ?? 0))
             s.processes[stream] = p
-            return (p, window)
+            return p
         }
-        _ = window
         try await send(Frame(.exec, stream: process.stream, payload: payload))
         _ = try await process.awaitStart()
         return process
