@@ -16,6 +16,25 @@ struct VMExec: AsyncParsableCommand {
         commandName: "vmexec",
         abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
         subcommands: [Run.self])
+
+    /// As ArgumentParser's, but a usage error exits 125 like any other error
+    /// of vmexec itself (`docker run` does the same), not 64.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(ExitCodes.vmexecError)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options shared by commands that boot a guest.
