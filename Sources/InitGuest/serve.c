@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -519,6 +520,66 @@ static void on_signal(const struct vx_frame *f)
         emit_error(f->stream, VX_E_INTERNAL, errno, "kill: %s", strerror(errno));
 }
 
+/* The Linux RNG ioctls (musl ships no kernel headers). */
+#define VX_RNDADDENTROPY 0x40085203
+#define VX_RNDRESEEDCRNG 0x5207
+
+/* Value of `key=` in a HELLO info text, copied into out; 0 if absent. */
+static int info_value(struct vx_str info, const char *key, char *out, size_t n)
+{
+    size_t klen = strlen(key);
+    for (size_t i = 0; i < info.len;) {
+        size_t end = i;
+        while (end < info.len && info.p[end] != '\n')
+            end++;
+        if (end - i > klen && memcmp(info.p + i, key, klen) == 0 && info.p[i + klen] == '=') {
+            size_t vlen = end - i - klen - 1;
+            if (vlen >= n)
+                return 0;
+            memcpy(out, info.p + i + klen + 1, vlen);
+            out[vlen] = 0;
+            return 1;
+        }
+        i = end + 1;
+    }
+    return 0;
+}
+
+/*
+ * Takes the host's wall clock and fresh entropy from its HELLO. A guest
+ * restored from a saved state wakes with the clock and RNG state of the
+ * moment it was saved, and every guest restored from the same state would
+ * otherwise draw the same "random" numbers.
+ */
+static void adopt_host_facts(struct vx_str info)
+{
+    char value[160];
+    if (info_value(info, "time_ns", value, sizeof value)) {
+        char *end;
+        unsigned long long ns = strtoull(value, &end, 10);
+        struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+        if (*end == 0 && ns > 0 && clock_settime(CLOCK_REALTIME, &ts) != 0)
+            vx_log("cannot set the clock: %s", strerror(errno));
+    }
+    if (info_value(info, "seed", value, sizeof value) && strlen(value) == 64) {
+        struct {
+            int entropy_count, buf_size;
+            uint8_t buf[32];
+        } pool = {256, 32, {0}};
+        for (int i = 0; i < 32; i++) {
+            unsigned byte;
+            if (sscanf(value + 2 * i, "%2x", &byte) != 1)
+                return;
+            pool.buf[i] = (uint8_t)byte;
+        }
+        int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || ioctl(fd, VX_RNDADDENTROPY, &pool) != 0 || ioctl(fd, VX_RNDRESEEDCRNG) != 0)
+            vx_log("cannot reseed the RNG: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
 static void on_hello(const struct vx_frame *f)
 {
     struct vx_hello h;
@@ -536,6 +597,7 @@ static void on_hello(const struct vx_frame *f)
         return;
     }
     reset_session();
+    adopt_host_facts(h.info);
     S.host_window = h.window > MAX_HOST_WINDOW ? MAX_HOST_WINDOW : h.window;
     S.state = READY;
     send_hello();

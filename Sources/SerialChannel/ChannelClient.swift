@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 import NIOPosix
@@ -81,9 +84,22 @@ public final class ChannelClient: Sendable {
         }
     }
 
+    /// The host's HELLO info: who it is, its wall clock, and 32 fresh random
+    /// bytes. The guest sets its clock and reseeds its RNG from them, which a
+    /// guest restored from a saved state needs (see docs/PROTOCOL.md).
+    static func hostInfo() -> String {
+        var rng = SystemRandomNumberGenerator()
+        let seed = (0..<32).map { _ in String(UInt8.random(in: 0...255, using: &rng), radix: 16) }
+            .map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let ns = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+        return "host=vmexec\ntime_ns=\(ns)\nseed=\(seed)"
+    }
+
     /// Sends the host's HELLO and waits for the guest's.
     private func handshake(timeout: Duration) async throws -> Hello {
-        let hello = Hello(window: UInt32(hostWindow), info: "host=vmexec")
+        let hello = Hello(window: UInt32(hostWindow), info: Self.hostInfo())
         try await send(Frame(.hello, payload: hello.encoded()))
         let deadline = Task { [weak self] in
             try await Task.sleep(for: timeout)

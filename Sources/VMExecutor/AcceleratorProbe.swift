@@ -29,21 +29,15 @@ enum AcceleratorProbe {
     /// The cached verdict of a trial boot on this host boot: true usable,
     /// false hung, nil unknown.
     static func cachedVerdict(qemu: String) -> Bool? {
-        guard let text = try? String(contentsOf: cacheFile(qemu: qemu), encoding: .utf8) else { return nil }
+        guard let text = HostCache.read(cacheName(qemu: qemu)) else { return nil }
         return text.hasPrefix("usable") ? true : text.hasPrefix("unusable") ? false : nil
     }
 
     static func record(usable: Bool, qemu: String, reason: String) {
-        let url = cacheFile(qemu: qemu)
-        try? FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try? "\(usable ? "usable" : "unusable"): \(reason)\n".write(to: url, atomically: true, encoding: .utf8)
+        HostCache.write(cacheName(qemu: qemu), "\(usable ? "usable" : "unusable"): \(reason)\n")
     }
 
-    private static func cacheFile(qemu: String) -> URL {
-        let bootID = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
-        let base = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] ?? NSTemporaryDirectory()
-        let name = qemu.replacingOccurrences(of: "/", with: "_")
-        return URL(fileURLWithPath: base).appendingPathComponent("vmexec-\(getuid())/kvm-\(bootID)-\(name)")
+    private static func cacheName(qemu: String) -> String {
+        "kvm-" + qemu.replacingOccurrences(of: "/", with: "_")
     }
 }

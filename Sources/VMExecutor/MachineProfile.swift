@@ -34,6 +34,7 @@ public struct MachineProfile: Sendable {
         public var images: GuestImages
         public var controlSocket: String
         public var consoleLog: String
+        public var monitorSocket: String
     }
 
     /// The kernel command line. `quiet` and a low loglevel because every
@@ -49,7 +50,7 @@ public struct MachineProfile: Sendable {
             args += ["console=ttyS0"]
             // microvm has no PIT or HPET to calibrate the TSC against and hangs on a
             // share of boots without this. Under TCG the guest TSC is the host's.
-            let khz = vmexec_tsc_khz()
+            let khz = HostCache.tscKHz
             if khz > 0 { args.append("tsc_early_khz=\(khz)") }
         case .aarch64:
             args += ["console=ttyAMA0"]
@@ -85,6 +86,7 @@ public struct MachineProfile: Sendable {
         a += ["-device", "virtio-serial-device",
               "-chardev", "socket,id=ctl,path=\(paths.controlSocket),server=on,wait=off",
               "-device", "virtserialport,chardev=ctl,name=org.vmexec.ctl"]
+        a += ["-qmp", "unix:\(paths.monitorSocket),server=on,wait=off"]
         return a
     }
 }

@@ -98,7 +98,8 @@ final class QEMUProcess: Sendable {
         return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
     }
 
-    private static func find(_ binary: String) -> String? {
+    /// The path `binary` resolves to through PATH, if it is executable.
+    static func find(_ binary: String) -> String? {
         if binary.contains("/") { return FileManager.default.isExecutableFile(atPath: binary) ? binary : nil }
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         return path.split(separator: ":").map { "\($0)/\(binary)" }

@@ -26,6 +26,13 @@ public struct SandboxConfiguration: Sendable {
     public var outputLimit = 64 << 20
     /// Appended to QEMU's command line (extra devices, e.g. a second port for a benchmark peer).
     public var extraQEMUArguments: [String] = []
+    /// Start by restoring the machine state saved after the first boot of the
+    /// same images and command line (see ``BootState``), and save one after a
+    /// cold boot. Off: always boot.
+    public var reuseBootState = true
+    /// Where saved boot states live; nil for `$VMEXEC_CACHE/boot-states`
+    /// (else `$XDG_CACHE_HOME/vmexec/…`, else `~/.cache/vmexec/…`).
+    public var bootStateDirectory: URL?
 
     public init() {}
 }
@@ -49,6 +56,8 @@ public actor Sandbox {
         let runDirectory: URL
         let accelerator: Accelerator
         let hello: Hello
+        let restored: Bool
+        let state: BootState
     }
 
     public init(configuration: SandboxConfiguration = SandboxConfiguration(), logger: Logger = Logger(label: "vmexec")) {
@@ -71,6 +80,8 @@ public actor Sandbox {
     public var qemuProcessID: Int32? { running?.qemu.pid }
     /// What the init said about itself in its HELLO (init version, kernel).
     public var guestInfo: [String: String] { running?.hello.fields ?? [:] }
+    /// Whether the running guest was restored from a saved boot state.
+    public var restoredFromSavedState: Bool { running?.restored ?? false }
     /// The guest console's log file of the running guest.
     public var consoleLog: String? { running.map { $0.runDirectory.appendingPathComponent("console.log").path } }
 
@@ -121,20 +132,74 @@ public actor Sandbox {
         }
     }
 
+    /// Restores the saved boot state when there is one (falling back to a
+    /// cold boot if it fails), else boots and saves a state for next time.
     private func boot(
         _ profile: MachineProfile, _ images: GuestImages, _ accelerator: Accelerator, deadline: Duration
     ) async throws -> Running {
-        generation += 1
-        let generation = self.generation
+        if configuration.reuseBootState {
+            do {
+                if let r = try await launch(profile, images, accelerator, deadline: deadline, restoring: true) { return r }
+            } catch {
+                logger.warning("restoring the saved boot state failed; booting afresh: \(error)")
+            }
+        }
+        let r = try await launch(profile, images, accelerator, deadline: deadline, restoring: false)!
+        if configuration.reuseBootState { await saveBootState(r) }
+        return r
+    }
+
+    private func bootState(_ profile: MachineProfile, _ images: GuestImages, _ accelerator: Accelerator,
+                           _ dir: URL, _ paths: MachineProfile.Paths) -> (BootState, [String]) {
+        let arguments = profile.arguments(accelerator: accelerator, paths: paths) + configuration.extraQEMUArguments
+        let files = [images.kernel.path, images.initramfs.path, images.rootfs.path,
+                     QEMUProcess.find(profile.qemuBinary) ?? profile.qemuBinary]
+        let state = BootState(arguments: arguments, runDirectory: dir.path, files: files,
+                              directory: configuration.bootStateDirectory ?? BootState.defaultDirectory)
+        return (state, arguments)
+    }
+
+    /// Saves the just-booted guest's state; a failure only costs the next start time.
+    private func saveBootState(_ r: Running) async {
+        let monitor = r.runDirectory.appendingPathComponent("qmp.sock").path
+        do {
+            try await r.client.ping()  // nothing of this session is in flight when saved
+            let qmp = try await QMPClient.connect(path: monitor)
+            let started = ContinuousClock.now
+            try await r.state.save(monitor: qmp)
+            logger.info("boot state saved", metadata: ["file": "\(r.state.file.path)", "took": "\(ContinuousClock.now - started)"])
+        } catch {
+            logger.warning("could not save the boot state (the next start boots again): \(error)")
+        }
+    }
+
+    /// Launches QEMU and waits for the init's hello. With `restoring`, loads
+    /// the saved boot state instead of booting, and returns nil if there is none.
+    private func launch(
+        _ profile: MachineProfile, _ images: GuestImages, _ accelerator: Accelerator, deadline: Duration,
+        restoring: Bool
+    ) async throws -> Running? {
         let dir = try Self.makeRunDirectory()
         let socket = dir.appendingPathComponent("ctl.sock").path
         let console = dir.appendingPathComponent("console.log").path
-        let paths = MachineProfile.Paths(images: images, controlSocket: socket, consoleLog: console)
+        let paths = MachineProfile.Paths(images: images, controlSocket: socket, consoleLog: console,
+                                         monitorSocket: dir.appendingPathComponent("qmp.sock").path)
+        let (state, initialArguments) = bootState(profile, images, accelerator, dir, paths)
+        var arguments = initialArguments
+        if restoring {
+            guard state.exists else {
+                try? FileManager.default.removeItem(at: dir)
+                return nil
+            }
+            arguments += state.incomingArguments
+        }
+        generation += 1
+        let generation = self.generation
         let qemu: QEMUProcess
         do {
             qemu = try QEMUProcess(
                 binary: profile.qemuBinary,
-                arguments: profile.arguments(accelerator: accelerator, paths: paths) + configuration.extraQEMUArguments,
+                arguments: arguments,
                 logPath: dir.appendingPathComponent("qemu.log").path
             ) { [weak self] ending in
                 Task { await self?.qemuEnded(generation: generation, ending) }
@@ -147,6 +212,7 @@ public actor Sandbox {
         let started = clock.now
         func fail(_ code: VMExecError.Code, _ what: String) -> VMExecError {
             qemu.kill()
+            if restoring { state.remove() }  // a state that does not restore is of no use
             let consoleTail = QEMUProcess.tail(of: console, lines: 8)
             let qemuTail = qemu.logTail()
             var message = what
@@ -171,7 +237,7 @@ public actor Sandbox {
                         throw fail(.bootFailed, "the guest init could not set up the guest: \(bootError)")
                     }
                     return Running(generation: generation, qemu: qemu, client: client, runDirectory: dir,
-                                   accelerator: accelerator, hello: hello)
+                                   accelerator: accelerator, hello: hello, restored: restoring, state: state)
                 } catch let e as ProtocolError {
                     if case .handshakeTimeout = e {
                         throw fail(.bootTimeout, "the guest did not say hello within \(deadline) (\(accelerator))")
@@ -239,7 +305,7 @@ public actor Sandbox {
         do {
             let (client, hello) = try await ChannelClient.connect(unixSocket: socket, handshakeTimeout: timeout, logger: logger)
             running = Running(generation: r.generation, qemu: r.qemu, client: client, runDirectory: r.runDirectory,
-                              accelerator: r.accelerator, hello: hello)
+                              accelerator: r.accelerator, hello: hello, restored: r.restored, state: r.state)
         } catch {
             throw await Self.explain(error, qemu: r.qemu)
         }
