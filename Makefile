@@ -70,7 +70,7 @@ test-c: .build/c/vectors_test
 	  Sources/InitGuest/proto.c Tests/InitGuestTests/describe.c Tests/InitGuestTests/vectors_test.c -o $@
 
 test-swift: images build
-	VMEXEC_IMAGES=$(CURDIR)/$(IMG) $(SWIFT) test
+	VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache $(SWIFT) test
 
 # A bounded libFuzzer run, seeded with the golden vectors.
 fuzz:
