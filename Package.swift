@@ -55,6 +55,7 @@ let package = Package(
                 "SerialChannel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "VMExecutorTests", dependencies: ["VMExecutor", "SerialChannel"]),
     ]

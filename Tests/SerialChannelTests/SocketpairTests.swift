@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import SerialChannel
 import Testing
@@ -65,7 +66,10 @@ func connectedPair(window: UInt32 = 65536, hostWindow: Int = 512 * 1024) async t
     #endif
     guard socketpair(AF_UNIX, kind, 0, &fds) == 0 else { throw ProtocolError.closed("socketpair failed") }
     let guest = ScriptedGuest(fd: fds[1])
-    async let client = ChannelClient.connect(socket: fds[0], handshakeTimeout: .seconds(5), hostWindow: hostWindow)
+    var quiet = Logger(label: "test")
+    quiet.logLevel = .critical  // the tests provoke refusals on purpose
+    async let client = ChannelClient.connect(socket: fds[0], handshakeTimeout: .seconds(5), hostWindow: hostWindow,
+                                             logger: quiet)
     let hostHello = try #require(try await guest.receive())
     #expect(hostHello.kind == .hello)
     #expect(try Hello(decoding: hostHello.payload).window == UInt32(hostWindow))
@@ -209,5 +213,52 @@ struct SocketpairTests {
         guest.send(Frame(.pong, payload: ping.payload))
         try await pong
         #expect(client.isOpen)
+    }
+}
+
+@Suite("Multiplexer under a hostile guest", .timeLimit(.minutes(2)))
+struct HostileGuestTests {
+    @Test("thousands of random well-framed frames: no crash, processes fail or finish, the channel stays usable")
+    func randomFrames() async throws {
+        let (client, guest) = try await connectedPair()
+        // Some live processes for the garbage to land on.
+        var processes: [RemoteProcess] = []
+        for _ in 0..<4 {
+            async let p = client.exec(ExecRequest(arguments: ["x"], hasStdin: true))
+            let exec = try #require(try await guest.receive())
+            guest.send(Frame(.started, stream: exec.stream, payload: ScriptedGuest.u32(exec.stream)))
+            processes.append(try await p)
+        }
+        // Read whatever the host answers, so its writes never block.
+        let drain = Task.detached { while (try? await guest.receive()) != nil {} }
+        var rng = DecoderFuzzTests.SplitMix64(state: 7)
+        let types = FrameType.allCases.map(\.rawValue) + [0, 0x7f, 0xff]
+        for _ in 0..<5000 {
+            let type = types.randomElement(using: &rng)!
+            let stream = UInt32.random(in: 0...6, using: &rng)
+            let sub = UInt8.random(in: 0...3, using: &rng)
+            var payload = (0..<Int.random(in: 0...64, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            if Bool.random(using: &rng) {  // plausible payloads reach deeper code
+                switch FrameType(rawValue: type) {
+                case .exit?: payload = ExitStatus(termination: .exited(1)).encoded()
+                case .window?, .started?: payload = ScriptedGuest.u32(UInt32.random(in: 0...70000, using: &rng))
+                case .hello?: payload = Hello(window: 1, info: "again").encoded()
+                default: break
+                }
+            }
+            guest.send(Frame(type: type, sub: sub, stream: stream, payload: payload))
+        }
+        // Every process either ended or failed; none hangs forever.
+        for p in processes {
+            let outcome = Task { try await p.collect(limit: 1 << 20) }
+            try await Task.sleep(for: .milliseconds(50))
+            guest.send(Frame(.eof, sub: 1, stream: p.stream))
+            guest.send(Frame(.eof, sub: 2, stream: p.stream))
+            guest.send(Frame(.exit, stream: p.stream, payload: ExitStatus(termination: .exited(0)).encoded()))
+            _ = await outcome.result
+        }
+        // Well-framed garbage is refused frame by frame; it never closes the connection.
+        #expect(client.isOpen)
+        drain.cancel()
     }
 }
