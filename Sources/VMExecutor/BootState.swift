@@ -62,7 +62,8 @@ struct BootState: Sendable {
         let fm = FileManager.default
         try fm.createDirectory(at: directory, withIntermediateDirectories: true,
                                attributes: [.posixPermissions: 0o700])
-        let partial = file.path + ".partial-\(getpid())"
+        // Unique per save: two sandboxes of one process may save the same key at once.
+        let partial = file.path + ".partial-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         precondition(!partial.contains("'"), "cache paths must not contain quotes")
         defer { try? fm.removeItem(atPath: partial) }
         _ = fm.createFile(atPath: partial, contents: nil, attributes: [.posixPermissions: 0o600])
