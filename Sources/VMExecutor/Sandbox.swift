@@ -179,7 +179,7 @@ public actor Sandbox {
         _ profile: MachineProfile, _ images: GuestImages, _ accelerator: Accelerator, deadline: Duration,
         restoring: Bool
     ) async throws -> Running? {
-        let dir = try Self.makeRunDirectory()
+        let dir = try RunDirectory.make()
         let socket = dir.appendingPathComponent("ctl.sock").path
         let console = dir.appendingPathComponent("console.log").path
         let paths = MachineProfile.Paths(images: images, controlSocket: socket, consoleLog: console,
@@ -255,14 +255,6 @@ public actor Sandbox {
             }
             try await Task.sleep(for: .milliseconds(5))
         }
-    }
-
-    private static func makeRunDirectory() throws(VMExecError) -> URL {
-        var template = Array((NSTemporaryDirectory() + "/vmexec-XXXXXX").utf8CString)
-        guard let path = mkdtemp(&template) else {
-            throw VMExecError(.launchFailed, "cannot create a run directory in \(NSTemporaryDirectory())")
-        }
-        return URL(fileURLWithPath: String(cString: path))
     }
 
     private func qemuEnded(generation: Int, _ ending: QEMUProcess.Ending) {

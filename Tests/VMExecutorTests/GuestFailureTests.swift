@@ -86,6 +86,11 @@ struct HostLifecycleTests {
             try await Task.sleep(for: .milliseconds(50))
         }
         let pid = try #require(qemu, "the CLI did not start QEMU")
+        let tmp = NSTemporaryDirectory()
+        let runDirectory = try FileManager.default.contentsOfDirectory(atPath: tmp).filter { $0.hasPrefix("vmexec-") }
+            .map { URL(fileURLWithPath: tmp).appendingPathComponent($0) }
+            .first { (try? String(contentsOf: $0.appendingPathComponent("host"), encoding: .utf8))?
+                .hasPrefix("\(host.processIdentifier) ") == true }
         kill(host.processIdentifier, SIGKILL)
         host.waitUntilExit()
         var gone = false
@@ -94,6 +99,12 @@ struct HostLifecycleTests {
             if !gone { try await Task.sleep(for: .milliseconds(50)) }
         }
         #expect(gone, "QEMU \(pid) still runs 10 s after its host was killed")
+        // The next start sweeps the dead host's run directory away.
+        let dir = try #require(runDirectory, "the killed host's run directory was not found")
+        let next = Sandbox(configuration: SharedGuest.configuration(), logger: SharedGuest.logger())
+        try await next.start()
+        await next.shutdown()
+        #expect(!FileManager.default.fileExists(atPath: dir.path), "\(dir.path) outlived its host")
     }
 
     static func children(of parent: Int32) -> [Int32] {
