@@ -103,7 +103,8 @@ public actor Sandbox {
         case .auto:
             running = try await bootAuto(profile, images)
         }
-        logger.info("guest up", metadata: ["accelerator": "\(running!.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")"])
+        logger.info("guest up", metadata: ["accelerator": "\(running!.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")",
+                                           "start": "\(running!.restored ? "restored saved state" : "cold boot")"])
     }
 
     /// Tries KVM for real (see ``AcceleratorProbe``) and falls back to TCG.

@@ -54,6 +54,9 @@ struct GuestOptions: ParsableArguments {
     @Option(help: "Guest architecture (x86_64, aarch64).")
     var arch: GuestArchitecture = .host
 
+    @Flag(help: "Boot the kernel instead of restoring the state saved after the first boot.")
+    var coldBoot = false
+
     @Flag(name: .shortAndLong, help: "Log what vmexec does to stderr.")
     var verbose = false
 
@@ -64,6 +67,7 @@ struct GuestOptions: ParsableArguments {
         c.memoryMiB = memory
         c.cpus = cpus
         c.accelerator = accel
+        c.reuseBootState = !coldBoot
         return c
     }
 
