@@ -194,6 +194,13 @@ public final class ChannelClient: Sendable {
         }
     }
 
+    /// Writes bytes as they are, framed or not (tests use it to send garbage).
+    func sendRaw(_ bytes: [UInt8]) async throws {
+        let buffer = channel.allocator.buffer(bytes: bytes)
+        try await channel.pipeline.context(handlerType: MessageToByteHandler<FrameEncoder>.self)
+            .flatMap { $0.writeAndFlush(NIOAny(buffer)) }.get()
+    }
+
     func grant(stream: UInt32, sub: SubStream, bytes: Int) {
         var p: [UInt8] = []
         p.appendLE(UInt32(bytes))

@@ -80,6 +80,9 @@ public actor Sandbox {
     public var qemuProcessID: Int32? { running?.qemu.pid }
     /// What the init said about itself in its HELLO (init version, kernel).
     public var guestInfo: [String: String] { running?.hello.fields ?? [:] }
+    /// The channel of the running guest, for tests that speak to the init directly.
+    var channelForTesting: ChannelClient? { running?.client }
+
     /// Whether the running guest was restored from a saved boot state.
     public var restoredFromSavedState: Bool { running?.restored ?? false }
     /// The guest console's log file of the running guest.
