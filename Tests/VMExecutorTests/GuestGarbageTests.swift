@@ -17,22 +17,25 @@ struct GuestGarbageTests {
 
         // Well-framed but wrong: unknown type, control frame on a stream, malformed
         // EXEC, DATA/WINDOW/SIGNAL for no process, guest-only types from the host.
+        // Streams far above the ones the host allocates (from 1 up), so that the
+        // guest's ERROR replies cannot land on the test's own commands.
+        let far: UInt32 = 0x7000_0000
         var badExec: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  // argc 0
         badExec += [1, 0, 0x2f]
         let frames: [Frame] = [
-            Frame(type: 0x7e, stream: 1, payload: [1, 2, 3]),
-            Frame(.ping, stream: 9),
-            Frame(.exec, stream: 77, payload: badExec),
-            Frame(.data, sub: 0, stream: 12345, payload: [1]),
-            Frame(.window, sub: 1, stream: 12345, payload: [0, 1, 0, 0]),
-            Frame(.signal, stream: 12345, payload: [9, 0, 0, 0]),
-            Frame(.exit, stream: 3, payload: ExitStatus(termination: .exited(0)).encoded()),
-            Frame(.started, stream: 3, payload: [1, 0, 0, 0]),
+            Frame(type: 0x7e, stream: far + 1, payload: [1, 2, 3]),
+            Frame(.ping, stream: far + 9),
+            Frame(.exec, stream: far + 77, payload: badExec),
+            Frame(.data, sub: 0, stream: far + 5, payload: [1]),
+            Frame(.window, sub: 1, stream: far + 5, payload: [0, 1, 0, 0]),
+            Frame(.signal, stream: far + 5, payload: [9, 0, 0, 0]),
+            Frame(.exit, stream: far + 3, payload: ExitStatus(termination: .exited(0)).encoded()),
+            Frame(.started, stream: far + 3, payload: [1, 0, 0, 0]),
         ]
         for f in frames { try await channel.sendRaw(f.encoded()) }
         for _ in 0..<200 {
             let junk = (0..<Int.random(in: 1...64)).map { _ in UInt8.random(in: 0...255) }
-            try await channel.sendRaw(Frame(type: UInt8.random(in: 0x20...0xff), stream: UInt32.random(in: 0...9), payload: junk).encoded())
+            try await channel.sendRaw(Frame(type: UInt8.random(in: 0x20...0xff), stream: far + UInt32.random(in: 0...9), payload: junk).encoded())
         }
         // The same connection still runs commands.
         #expect(try await sandbox.exec(Command(["echo", "still here"])).stdoutText == "still here\n")
