@@ -16,7 +16,15 @@ enum AcceleratorProbe {
     static let trialDeadline: Duration = .seconds(4)
 
     /// Step one: nil when KVM passes the HLT check, else why it cannot be used.
-    static func quickCheck() -> String? {
+    /// Runs on a Dispatch thread: it forks and may wait up to 500 ms, which
+    /// must not hold a thread of Swift's cooperative pool.
+    static func quickCheck() async -> String? {
+        await withCheckedContinuation { c in
+            DispatchQueue.global().async { c.resume(returning: quickCheckBlocking()) }
+        }
+    }
+
+    private static func quickCheckBlocking() -> String? {
         switch vmexec_kvm_probe(500) {
         case Int32(VMEXEC_KVM_USABLE.rawValue): return nil
         case Int32(VMEXEC_KVM_ABSENT.rawValue): return "/dev/kvm is missing or not accessible"

@@ -112,7 +112,7 @@ public actor Sandbox {
 
     /// Tries KVM for real (see ``AcceleratorProbe``) and falls back to TCG.
     private func bootAuto(_ profile: MachineProfile, _ images: GuestImages) async throws -> Running {
-        if let why = AcceleratorProbe.quickCheck() {
+        if let why = await AcceleratorProbe.quickCheck() {
             logger.info("KVM not usable (\(why)); using TCG")
             return try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
         }

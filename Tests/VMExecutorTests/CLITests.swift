@@ -10,7 +10,15 @@ struct CLITests {
         var stderr: String
     }
 
-    static func vmexec(_ args: [String], stdin: String? = nil) throws -> Outcome {
+    /// Runs the CLI on a Dispatch thread: its waits must not hold one of the
+    /// few threads of Swift's cooperative pool, which other tests need.
+    static func vmexec(_ args: [String], stdin: String? = nil) async throws -> Outcome {
+        try await withCheckedThrowingContinuation { c in
+            DispatchQueue.global().async { c.resume(with: Result { try runBlocking(args, stdin: stdin) }) }
+        }
+    }
+
+    private static func runBlocking(_ args: [String], stdin: String?) throws -> Outcome {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
         let cli = root.appendingPathComponent(".build/debug/vmexec").path
         try #require(FileManager.default.isExecutableFile(atPath: cli), "build the CLI first (make test does)")
@@ -39,8 +47,8 @@ struct CLITests {
     ]
 
     @Test("exit codes follow docker run", arguments: exitCases)
-    func exitCodes(command: [String], expected: Int32) throws {
-        let r = try Self.vmexec(["run", "--accel", "tcg", "--"] + command)
+    func exitCodes(command: [String], expected: Int32) async throws {
+        let r = try await Self.vmexec(["run", "--accel", "tcg", "--"] + command)
         #expect(r.status == expected, "stderr: \(r.stderr)")
         if expected == 7 {
             #expect(r.stdout == "out\n")
@@ -50,26 +58,26 @@ struct CLITests {
     }
 
     @Test("a command past --timeout exits 124 and says so")
-    func timeout() throws {
-        let r = try Self.vmexec(["run", "--accel", "tcg", "--timeout", "1", "--", "sleep", "30"])
+    func timeout() async throws {
+        let r = try await Self.vmexec(["run", "--accel", "tcg", "--timeout", "1", "--", "sleep", "30"])
         #expect(r.status == 124)
         #expect(r.stderr.contains("timed out"))
     }
 
     @Test("stdin, --env and --workdir reach the command")
-    func stdinEnvWorkdir() throws {
-        let r = try Self.vmexec(["run", "--accel", "tcg", "--env", "WHO=field engineer", "--workdir", "/etc", "--",
+    func stdinEnvWorkdir() async throws {
+        let r = try await Self.vmexec(["run", "--accel", "tcg", "--env", "WHO=field engineer", "--workdir", "/etc", "--",
                                  "sh", "-c", "cat; echo \"$WHO\"; pwd"], stdin: "from the host\n")
         #expect(r.status == 0)
         #expect(r.stdout == "from the host\nfield engineer\n/etc\n")
     }
 
     @Test("usage errors and missing images are vmexec's own errors: 125 with a sentence")
-    func ownErrors() throws {
-        let noCommand = try Self.vmexec(["run"])
+    func ownErrors() async throws {
+        let noCommand = try await Self.vmexec(["run"])
         #expect(noCommand.status == 125)
         #expect(noCommand.stderr.contains("give the command after --"))
-        let noImages = try Self.vmexec(["run", "--images", "/nonexistent", "--", "true"])
+        let noImages = try await Self.vmexec(["run", "--images", "/nonexistent", "--", "true"])
         #expect(noImages.status == 125)
         #expect(noImages.stderr.contains("make images"))
     }
