@@ -30,6 +30,8 @@ public final class ChannelClient: Sendable {
         var pingWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var byeWaiters: [CheckedContinuation<Void, any Error>] = []
         var closed: ProtocolError?
+        /// Frames of the guest refused so far (for logging without flooding).
+        var refusals = 0
     }
 
     init(channel: any Channel, hostWindow: Int, logger: Logger) {
@@ -261,8 +263,20 @@ public final class ChannelClient: Sendable {
         return p
     }
 
+    /// Answers a bad guest frame with an ERROR. A guest that floods bad
+    /// frames and reads nothing back must not grow host memory or logs: the
+    /// reply is dropped while the socket is not writable (NIO's watermarks
+    /// bound what is queued), and only the first refusals and then every
+    /// 1000th are logged.
     private func refuse(_ frame: Frame, _ code: ErrorCode, _ message: String) {
-        logger.warning("guest frame refused: \(message)")
+        let count = state.withLock { s in
+            s.refusals += 1
+            return s.refusals
+        }
+        if count <= 10 || count % 1000 == 0 {
+            logger.warning("guest frame refused (\(count) so far): \(message)")
+        }
+        guard channel.isWritable else { return }
         let reply = ErrorReply(code: code, message: message)
         channel.writeAndFlush(Frame(.error, stream: frame.stream, payload: reply.encoded()), promise: nil)
     }
@@ -288,7 +302,7 @@ public final class ChannelClient: Sendable {
         guard let reply = try? ErrorReply(decoding: frame.payload) else { return }
         if frame.stream == 0 {
             if reply.code == .version {
-                close(.versionMismatch(guest: "see message", host: "\(WireProtocol.major).\(WireProtocol.minor)"))
+                close(.refused(reply))  // the guest's sentence names both versions
             } else {
                 logger.warning("guest reported: \(reply.code.name): \(reply.message)")
             }

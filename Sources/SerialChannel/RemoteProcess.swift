@@ -39,13 +39,14 @@ public final class RemoteProcess: Sendable {
         var startWaiter: CheckedContinuation<UInt32, any Error>?
         var chunks = CircularBuffer<OutputChunk>()
         var outputWaiter: CheckedContinuation<OutputChunk?, any Error>?
-        var openOutputs = 2
+        /// Whether stdout and stderr (indices 1 and 2) are still open.
+        var open = [false, true, true]
         /// Bytes the guest may still send per sub-stream (what we granted, minus what came).
         var granted: [Int] = [0, 0, 0]
         /// Bytes taken by the consumer and not yet granted back.
         var ungranted: [Int] = [0, 0, 0]
         var stdinCredit = 0
-        var stdinWaiter: CheckedContinuation<Void, any Error>?
+        var stdinWaiters: [CheckedContinuation<Void, any Error>] = []
         var stdinClosed = false
         var exit: ExitStatus?
         var exitWaiters: [CheckedContinuation<ExitStatus, any Error>] = []
@@ -90,7 +91,7 @@ public final class RemoteProcess: Sendable {
                 if let chunk = s.chunks.popFirst() {
                     return .success(chunk)
                 }
-                if s.openOutputs == 0 { return .success(nil) }
+                if !s.open[1] && !s.open[2] { return .success(nil) }
                 if let f = s.failure { return .failure(f) }
                 s.outputWaiter = c
                 return nil
@@ -168,34 +169,37 @@ public final class RemoteProcess: Sendable {
     // MARK: stdin and signals
 
     /// Sends bytes to the process's stdin, waiting for credit as needed.
+    /// Credit is taken under the lock, so concurrent writers never send more
+    /// than the guest granted (their chunks may interleave).
     public func writeStdin(_ bytes: [UInt8]) async throws {
         var offset = 0
         while offset < bytes.count {
-            let credit = try await awaitStdinCredit()
-            let n = min(credit, WireProtocol.maxPayload, bytes.count - offset)
-            state.withLock { $0.stdinCredit -= n }
+            let n = try await takeStdinCredit(upTo: min(WireProtocol.maxPayload, bytes.count - offset))
             try await client.send(Frame(.data, sub: SubStream.stdin.rawValue, stream: stream,
                                         payload: Array(bytes[offset..<(offset + n)])))
             offset += n
         }
     }
 
-    /// Returns the stdin credit available now, waiting for a WINDOW if there is none.
-    private func awaitStdinCredit() async throws -> Int {
+    /// Takes up to `wanted` bytes of stdin credit, waiting for a WINDOW if there is none.
+    private func takeStdinCredit(upTo wanted: Int) async throws -> Int {
         while true {
-            let credit: Int? = try state.withLock { s in
+            let taken: Int? = try state.withLock { s in
                 if let f = s.failure { throw f }
                 if s.exit != nil || s.stdinClosed {
                     throw ProtocolError.invalidRequest("stdin of stream \(stream) is closed")
                 }
-                return s.stdinCredit > 0 ? s.stdinCredit : nil
+                guard s.stdinCredit > 0 else { return nil }
+                let n = min(s.stdinCredit, wanted)
+                s.stdinCredit -= n
+                return n
             }
-            if let credit { return credit }
+            if let taken { return taken }
             try await withCheckedThrowingContinuation { (w: CheckedContinuation<Void, any Error>) in
                 let now: Result<Void, any Error>? = state.withLock { s in
                     if let f = s.failure { return .failure(f) }
                     if s.stdinCredit > 0 || s.exit != nil { return .success(()) }
-                    s.stdinWaiter = w
+                    s.stdinWaiters.append(w)
                     return nil
                 }
                 if let now { w.resume(with: now) }
@@ -247,7 +251,10 @@ public final class RemoteProcess: Sendable {
         let sub = Int(chunk.stream.rawValue)
         var grant = 0
         let outcome: (String?, CheckedContinuation<OutputChunk?, any Error>?) = state.withLock { s in
-            guard s.openOutputs > 0, s.granted[sub] >= chunk.bytes.count else {
+            guard s.open[sub] else {
+                return ("stream \(stream) sent output on \(chunk.stream) after its end", nil)
+            }
+            guard s.granted[sub] >= chunk.bytes.count else {
                 return ("stream \(stream) sent \(chunk.bytes.count) bytes of output beyond its credit", nil)
             }
             s.granted[sub] -= chunk.bytes.count
@@ -278,8 +285,8 @@ public final class RemoteProcess: Sendable {
 
     func endOfOutput(_ sub: SubStream) {
         let waiter: CheckedContinuation<OutputChunk?, any Error>? = state.withLock { s in
-            s.openOutputs = max(0, s.openOutputs - 1)
-            guard s.openOutputs == 0, s.chunks.isEmpty, let w = s.outputWaiter else { return nil }
+            s.open[Int(sub.rawValue)] = false
+            guard !s.open[1], !s.open[2], s.chunks.isEmpty, let w = s.outputWaiter else { return nil }
             s.outputWaiter = nil
             return w
         }
@@ -287,27 +294,30 @@ public final class RemoteProcess: Sendable {
     }
 
     func stdinWindow(_ bytes: Int) {
-        let waiter = state.withLock { s in
+        let waiters = state.withLock { s in
             s.stdinCredit += bytes
-            defer { s.stdinWaiter = nil }
-            return s.stdinWaiter
+            defer { s.stdinWaiters = [] }
+            return s.stdinWaiters
         }
-        waiter?.resume()
+        for w in waiters { w.resume() }
     }
 
     func exited(_ status: ExitStatus) {
-        let (waiters, out, stdin) = state.withLock { s in
+        let (start, waiters, out, stdin) = state.withLock { s in
             s.exit = status
-            s.openOutputs = 0
+            s.open = [false, false, false]
             defer {
+                s.startWaiter = nil
                 s.exitWaiters = []
                 s.outputWaiter = nil
-                s.stdinWaiter = nil
+                s.stdinWaiters = []
             }
-            return (s.exitWaiters, s.outputWaiter, s.stdinWaiter)
+            return (s.startWaiter, s.exitWaiters, s.outputWaiter, s.stdinWaiters)
         }
+        // EXIT before STARTED breaks the protocol; the caller must not wait forever.
+        start?.resume(throwing: ProtocolError.violation("stream \(stream) exited before it was reported started"))
         out?.resume(returning: nil)
-        stdin?.resume()
+        for w in stdin { w.resume() }
         for w in waiters { w.resume(returning: status) }
     }
 
@@ -318,14 +328,14 @@ public final class RemoteProcess: Sendable {
             defer {
                 s.startWaiter = nil
                 s.outputWaiter = nil
-                s.stdinWaiter = nil
+                s.stdinWaiters = []
                 s.exitWaiters = []
             }
-            return (s.startWaiter, s.outputWaiter, s.stdinWaiter, s.exitWaiters)
+            return (s.startWaiter, s.outputWaiter, s.stdinWaiters, s.exitWaiters)
         }
         start?.resume(throwing: error)
         out?.resume(throwing: error)
-        stdin?.resume(throwing: error)
+        for w in stdin { w.resume(throwing: error) }
         for w in exits { w.resume(throwing: error) }
     }
 }

@@ -262,3 +262,96 @@ struct HostileGuestTests {
         drain.cancel()
     }
 }
+
+@Suite("Multiplexer against protocol breaches", .timeLimit(.minutes(2)))
+struct ProtocolBreachTests {
+    /// Starts a process on the scripted guest and returns it with its stream id.
+    static func started(_ client: ChannelClient, _ guest: ScriptedGuest, stdin: Bool = false) async throws -> RemoteProcess {
+        async let p = client.exec(ExecRequest(arguments: ["x"], hasStdin: stdin))
+        let exec = try #require(try await guest.receive())
+        guest.send(Frame(.started, stream: exec.stream, payload: ScriptedGuest.u32(1)))
+        return try await p
+    }
+
+    @Test("EXIT before STARTED fails the exec instead of leaving it waiting")
+    func exitBeforeStart() async throws {
+        let (client, guest) = try await connectedPair()
+        let process = Task { try await client.exec(ExecRequest(arguments: ["x"])) }
+        let exec = try #require(try await guest.receive())
+        guest.send(Frame(.exit, stream: exec.stream, payload: ExitStatus(termination: .exited(0)).encoded()))
+        let outcome = Task { try await process.value }
+        let watchdog = Task { try await Task.sleep(for: .seconds(10)); process.cancel() }
+        let error = await #expect(throws: ProtocolError.self) { _ = try await outcome.value }
+        watchdog.cancel()
+        guard case .violation? = error else {
+            Issue.record("expected a violation, got \(String(describing: error))")
+            return
+        }
+    }
+
+    @Test("stdout ending twice does not end stderr; output after its own end is refused")
+    func endsPerStream() async throws {
+        let (client, guest) = try await connectedPair()
+        let p = try await Self.started(client, guest)
+        guest.send(Frame(.eof, sub: 1, stream: p.stream))
+        guest.send(Frame(.eof, sub: 1, stream: p.stream))
+        guest.send(Frame(.data, sub: 2, stream: p.stream, payload: Array("still open".utf8)))
+        guest.send(Frame(.data, sub: 1, stream: p.stream, payload: [1]))  // stdout already ended
+        let refusal = try #require(try await guest.receive())
+        #expect(try ErrorReply(decoding: refusal.payload).code == .flow)
+        #expect(try ErrorReply(decoding: refusal.payload).message.contains("after its end"))
+        // The breach failed this process; what it sent before the breach is still readable.
+        var got: [UInt8] = []
+        do { for try await c in p.output where c.stream == .stderr { got += c.bytes } } catch {}
+        #expect(got == Array("still open".utf8))
+    }
+
+    @Test("a guest ERROR VERSION closes the channel and keeps the guest's own sentence")
+    func versionErrorKeepsMessage() async throws {
+        let (client, guest) = try await connectedPair()
+        let sentence = "the guest init speaks protocol 1.0 and cannot serve a host speaking 9.0"
+        guest.send(Frame(.error, payload: ErrorReply(code: .version, message: sentence).encoded()))
+        for _ in 0..<200 where client.isOpen { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!client.isOpen)
+        let error = await #expect(throws: ProtocolError.self) { try await client.ping() }
+        #expect(error?.description.contains(sentence) == true)
+    }
+
+    @Test("writers waiting for stdin credit all resume, and together never exceed it")
+    func concurrentStdinWriters() async throws {
+        let (client, guest) = try await connectedPair(window: 16384)
+        let p = try await Self.started(client, guest, stdin: true)
+        let first = [UInt8](repeating: 1, count: 16384)
+        try await p.writeStdin(first)  // uses up the whole credit
+        var received = 0
+        while received < 16384 { received += try #require(try await guest.receive()).payload.count }
+        let a = Task { try await p.writeStdin([UInt8](repeating: 2, count: 16384)) }
+        let b = Task { try await p.writeStdin([UInt8](repeating: 3, count: 16384)) }
+        try await Task.sleep(for: .milliseconds(200))  // both are now waiting for credit
+        for _ in 0..<2 {
+            guest.send(Frame(.window, sub: 0, stream: p.stream, payload: ScriptedGuest.u32(16384)))
+            var granted = 0
+            while granted < 16384 { granted += try #require(try await guest.receive()).payload.count }
+            #expect(granted == 16384)
+            #expect(!guest.hasPending(within: .milliseconds(200)), "stdin beyond the granted credit")
+        }
+        try await a.value
+        try await b.value
+    }
+
+    @Test("a guest flooding bad frames without reading cannot make the host queue a reply for each")
+    func refusalsAreBounded() async throws {
+        let (client, guest) = try await connectedPair()
+        let flood = 100_000
+        // One write of all the bad frames; the guest reads nothing meanwhile.
+        guest.sendRaw((0..<flood).flatMap { _ in Frame(type: 0x7e, stream: 5).encoded() })
+        try await Task.sleep(for: .milliseconds(500))
+        var refusals = 0
+        while guest.hasPending(within: .milliseconds(500)), let f = try await guest.receive() {
+            if f.kind == .error { refusals += 1 }
+        }
+        #expect(refusals > 0)
+        #expect(refusals < flood / 4, "the host queued \(refusals) replies for \(flood) bad frames")
+        #expect(client.isOpen)
+    }
+}
