@@ -12,13 +12,26 @@ final class QEMUProcess: Sendable {
     let logPath: String
     private let exit = ExitState()
 
-    /// Shared with the termination handler, which runs on Foundation's thread.
+    /// Shared with the thread that waits for QEMU's end.
     private final class ExitState: Sendable {
         let ended = Mutex<Ending?>(nil)
-        let waiters = Mutex<[CheckedContinuation<Void, Never>]>([])
+        /// Each waiter under its own id, so that one waiter's timeout wakes only it.
+        let waiters = Mutex<(next: Int, byID: [Int: CheckedContinuation<Void, Never>])>((0, [:]))
+
+        func add(_ c: CheckedContinuation<Void, Never>) -> Int {
+            waiters.withLock { w in
+                w.next += 1
+                w.byID[w.next] = c
+                return w.next
+            }
+        }
+
+        func wake(_ id: Int) {
+            waiters.withLock { $0.byID.removeValue(forKey: id) }?.resume()
+        }
 
         func wakeAll() {
-            for w in waiters.withLock({ w in defer { w = [] }; return w }) { w.resume() }
+            for w in waiters.withLock({ w in defer { w.byID = [:] }; return Array(w.byID.values) }) { w.resume() }
         }
     }
 
@@ -26,8 +39,23 @@ final class QEMUProcess: Sendable {
     struct Ending: Sendable, CustomStringConvertible {
         var status: Int32
         var signaled: Bool
+        /// False when its status was collected by someone else (waitpid gave ECHILD).
+        var known = true
+
+        /// Decodes a wait status, or a negative errno from `vmexec_wait`.
+        init(waitStatus: Int32) {
+            if waitStatus < 0 {
+                (status, signaled, known) = (0, false, false)
+            } else if waitStatus & 0x7f == 0 {
+                (status, signaled) = ((waitStatus >> 8) & 0xff, false)
+            } else {
+                (status, signaled) = (waitStatus & 0x7f, true)
+            }
+        }
+
         var description: String {
-            signaled ? "QEMU was killed by signal \(status)\(status == SIGKILL ? " (SIGKILL)" : "")"
+            if !known { return "QEMU ended (its exit status was collected elsewhere)" }
+            return signaled ? "QEMU was killed by signal \(status)\(status == SIGKILL ? " (SIGKILL)" : "")"
                 : "QEMU exited with status \(status)"
         }
     }
@@ -53,10 +81,7 @@ final class QEMUProcess: Sendable {
         let exit = self.exit
         // One thread per guest blocks in waitpid for QEMU's end.
         Thread.detachNewThread {
-            let status = vmexec_wait(pid)
-            let ending = status & 0x7f == 0
-                ? Ending(status: (status >> 8) & 0xff, signaled: false)
-                : Ending(status: status & 0x7f, signaled: true)
+            let ending = Ending(waitStatus: vmexec_wait(pid))
             exit.ended.withLock { $0 = ending }
             exit.wakeAll()
             onExit(ending)
@@ -70,14 +95,17 @@ final class QEMUProcess: Sendable {
     func waitForExit(timeout: Duration) async -> Ending? {
         if let e = ending { return e }
         let exit = self.exit
+        // The waiter's id once added, and whether the timer already fired.
+        let slot = Mutex<(id: Int?, expired: Bool)>((nil, false))
         let timer = Task {
             try? await Task.sleep(for: timeout)
-            exit.wakeAll()
+            if let mine = slot.withLock({ s in s.expired = true; return s.id }) { exit.wake(mine) }
         }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            exit.waiters.withLock { $0.append(c) }
-            // The handler may have run before the append: wake ourselves then.
-            if ending != nil { exit.wakeAll() }
+            let mine = exit.add(c)
+            let expired = slot.withLock { s in s.id = mine; return s.expired }
+            // QEMU may have ended, or the timer fired, before we were added.
+            if expired || ending != nil { exit.wake(mine) }
         }
         timer.cancel()
         return ending
