@@ -69,8 +69,10 @@ test-c: .build/c/vectors_test
 	cc $(CFLAGS_STRICT) -g -fsanitize=address,undefined -fno-sanitize-recover=all -ISources/InitGuest/include \
 	  Sources/InitGuest/proto.c Tests/InitGuestTests/describe.c Tests/InitGuestTests/vectors_test.c -o $@
 
+# A hung test must fail the run, not hold CI: after 20 minutes the whole
+# process group is killed (SIGKILL: the test runner survives SIGTERM).
 test-swift: images build
-	VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache $(SWIFT) test
+	VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache timeout -s KILL 1200 $(SWIFT) test
 
 # A bounded libFuzzer run, seeded with the golden vectors.
 fuzz:

@@ -12,7 +12,14 @@ esac
 CACHE=${VMEXEC_CACHE:-$(dirname "$OUT")/cache}
 mkdir -p "$CACHE" "$OUT"
 # Resolve the metapackage to the versioned image package it depends on.
-PKG=$(apt-cache depends "linux-image-cloud-$DEB:$DEB" 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)/\1/p' | sed 's/:.*//' | head -n1)
+resolve() {
+  apt-cache depends "linux-image-cloud-$DEB:$DEB" 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)/\1/p' | sed 's/:.*//' | head -n1
+}
+PKG=$(resolve)
+if [ -z "$PKG" ] && [ "$(id -u)" = 0 ]; then
+  # A new machine may never have fetched its package lists.
+  apt-get update -qq && PKG=$(resolve)
+fi
 if [ -z "$PKG" ]; then
   echo "kernel.sh: cannot resolve linux-image-cloud-$DEB; run apt-get update (and dpkg --add-architecture $DEB for a foreign one)" >&2
   exit 1

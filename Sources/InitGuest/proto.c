@@ -259,6 +259,7 @@ const char *vx_err_name(int code)
     case VX_E_FLOW: return "FLOW";
     case VX_E_INTERNAL: return "INTERNAL";
     case VX_E_STATE: return "STATE";
+    case VX_E_WORKDIR: return "WORKDIR";
     default: return "UNKNOWN";
     }
 }

@@ -407,7 +407,8 @@ static void on_exec(const struct vx_frame *f)
         if (pid < 0)
             emit_error(f->stream, VX_E_INTERNAL, saved, "fork: %s", strerror(saved));
         else
-            emit_error(f->stream, VX_E_EXEC, spawn_failure.err, "cannot %s %s: %s", stage_name(spawn_failure.stage),
+            emit_error(f->stream, spawn_failure.stage == STAGE_CHDIR ? VX_E_WORKDIR : VX_E_EXEC, spawn_failure.err,
+                       "cannot %s %s: %s", stage_name(spawn_failure.stage),
                        spawn_failure.stage == STAGE_CHDIR ? cwd : argv[0], strerror(spawn_failure.err));
         return;
     }

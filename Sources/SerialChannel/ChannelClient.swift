@@ -311,7 +311,7 @@ public final class ChannelClient: Sendable {
         guard let p = state.withLock({ $0.processes[frame.stream] }) else { return }
         if p.pid == nil {
             state.withLock { _ = $0.processes.removeValue(forKey: frame.stream) }
-            p.fail(reply.code == .exec ? .execFailed(reply) : .refused(reply))
+            p.fail(reply.code == .exec || reply.code == .workdir ? .execFailed(reply) : .refused(reply))
         } else {
             logger.warning("guest reported on stream \(frame.stream): \(reply.code.name): \(reply.message)")
         }

@@ -10,6 +10,7 @@ public enum ErrorCode: UInt32, Sendable, CaseIterable {
     case flow = 8
     case `internal` = 9
     case state = 10
+    case workdir = 11
     /// A code this side does not know (kept in ``ErrorReply/rawCode``).
     case unknown = 0
 
@@ -26,6 +27,7 @@ public enum ErrorCode: UInt32, Sendable, CaseIterable {
         case .flow: "FLOW"
         case .internal: "INTERNAL"
         case .state: "STATE"
+        case .workdir: "WORKDIR"
         case .unknown: "UNKNOWN"
         }
     }
@@ -46,7 +48,8 @@ public enum ProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
     case versionMismatch(guest: String, host: String)
     /// The guest refused a request (code, errno, its message).
     case refused(ErrorReply)
-    /// A program could not be started (missing, not executable, bad cwd).
+    /// A program could not be started: code EXEC (missing, not executable)
+    /// or WORKDIR (its working directory could not be entered).
     case execFailed(ErrorReply)
     /// The guest broke the protocol (a frame it must not send).
     case violation(String)

@@ -52,37 +52,74 @@ struct BootState: Sendable {
     var exists: Bool { FileManager.default.fileExists(atPath: file.path) }
 
     /// QEMU arguments that load this state instead of booting.
-    var incomingArguments: [String] { ["-incoming", "exec:cat '\(file.path)'"] }
+    var incomingArguments: [String] { ["-incoming", "exec:cat \(Self.shellQuoted(file.path))"] }
+
+    /// QEMU runs `exec:` URIs through /bin/sh; this quotes any path for it.
+    static func shellQuoted(_ s: String) -> String {
+        "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
 
     func remove() { try? FileManager.default.removeItem(at: file) }
 
+    /// Why saving did not work out.
+    enum SaveFailure: Error, CustomStringConvertible {
+        /// No state was stored; the guest runs on.
+        case notSaved(String)
+        /// The guest stayed stopped after the migration: it is of no use.
+        case notResumed(String)
+
+        var description: String {
+            switch self {
+            case .notSaved(let why): "the boot state was not saved: \(why)"
+            case .notResumed(let why): "the guest could not be resumed after saving its state: \(why)"
+            }
+        }
+    }
+
     /// Saves the running guest's state through QMP (a live migration into a
     /// file), then resumes the guest. The state becomes visible atomically.
+    /// Throws ``SaveFailure``.
     func save(monitor: QMPClient, timeout: Duration = .seconds(60)) async throws {
         let fm = FileManager.default
         try fm.createDirectory(at: directory, withIntermediateDirectories: true,
                                attributes: [.posixPermissions: 0o700])
         // Unique per save: two sandboxes of one process may save the same key at once.
         let partial = file.path + ".partial-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
-        precondition(!partial.contains("'"), "cache paths must not contain quotes")
         defer { try? fm.removeItem(atPath: partial) }
         _ = fm.createFile(atPath: partial, contents: nil, attributes: [.posixPermissions: 0o600])
-        try await monitor.execute("migrate", arguments: ["uri": "exec:cat > '\(partial)'"])
+        try await monitor.execute("migrate", arguments: ["uri": "exec:cat > \(Self.shellQuoted(partial))"])
         let deadline = ContinuousClock.now + timeout
         var outcome = try await monitor.migrationStatus()
-        while outcome.status != "completed" && outcome.status != "failed" && ContinuousClock.now < deadline {
+        while !["completed", "failed", "cancelled"].contains(outcome.status) && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
             outcome = try await monitor.migrationStatus()
         }
-        // Migration leaves the source paused; this guest goes on serving.
-        try await monitor.execute("cont")
+        try await Self.resume(monitor)
         guard outcome.status == "completed" else {
-            throw VMExecError(.launchFailed, "saving the boot state ended \(outcome.status): \(outcome.error ?? "timed out")")
+            throw SaveFailure.notSaved("migration ended \(outcome.status): \(outcome.error ?? "timed out")")
         }
         guard rename(partial, file.path) == 0 else {
             throw VMExecError(.launchFailed, "cannot store the boot state at \(file.path): \(String(cString: strerror(errno)))")
         }
         Self.prune(directory)
+    }
+
+    /// Resumes the guest that was just migrated from. QEMU reports the
+    /// migration "completed" a moment before it has stopped the source
+    /// ("postmigrate"), and a `cont` sent in that gap is overridden, leaving
+    /// the guest paused for good; so: wait for a stopped state, `cont`, and
+    /// check that it runs.
+    static func resume(_ monitor: QMPClient, timeout: Duration = .seconds(10)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        var last = "unknown"
+        while ContinuousClock.now < deadline {
+            let state = try await monitor.runState()
+            last = state.status
+            if state.running { return }
+            if ["postmigrate", "paused"].contains(state.status) { _ = try? await monitor.execute("cont") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw SaveFailure.notResumed("QEMU's run state is still \(last)")
     }
 
     /// Keeps the newest few states.

@@ -17,12 +17,23 @@ enum HostCache {
     }
 
     static func read(_ name: String) -> String? {
-        try? String(contentsOf: directory.appendingPathComponent("\(name)-\(bootID)"), encoding: .utf8)
+        guard isOurs else { return nil }
+        return try? String(contentsOf: directory.appendingPathComponent("\(name)-\(bootID)"), encoding: .utf8)
+    }
+
+    /// A real directory owned by this user and writable by no one else: in a
+    /// shared /tmp, another user could otherwise plant a KVM verdict or a TSC
+    /// frequency for us.
+    static var isOurs: Bool {
+        var st = stat()
+        guard lstat(directory.path, &st) == 0 else { return false }
+        return (st.st_mode & S_IFMT) == S_IFDIR && st.st_uid == getuid() && (st.st_mode & 0o022) == 0
     }
 
     static func write(_ name: String, _ value: String) {
         try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true,
                                                  attributes: [.posixPermissions: 0o700])
+        guard isOurs else { return }
         try? value.write(to: directory.appendingPathComponent("\(name)-\(bootID)"), atomically: true, encoding: .utf8)
     }
 

@@ -87,6 +87,14 @@ final class QMPClient: @unchecked Sendable {
         return (ret["status"] as? String ?? "none", ret["error-desc"] as? String)
     }
 
+    /// The run state from `query-status` (e.g. "running", "postmigrate").
+    func runState() async throws -> (status: String, running: Bool) {
+        let text = try await execute("query-status")
+        let obj = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        let ret = obj?["return"] as? [String: Any] ?? [:]
+        return (ret["status"] as? String ?? "unknown", ret["running"] as? Bool ?? false)
+    }
+
     private func write(_ data: Data) throws {
         try data.withUnsafeBytes { raw in
             var off = 0

@@ -5,7 +5,8 @@ import Foundation
 /// count), and making a new one removes those whose host is gone: a host
 /// killed without `shutdown()` leaves nothing behind for long.
 enum RunDirectory {
-    static let prefix = "vmexec-"
+    /// Distinct from HostCache's `vmexec-<uid>`, which the sweep must never match.
+    static let prefix = "vmexec-run-"
     static let hostFile = "host"
 
     static func make() throws(VMExecError) -> URL {

@@ -149,7 +149,7 @@ public actor Sandbox {
             }
         }
         let r = try await launch(profile, images, accelerator, deadline: deadline, restoring: false)!
-        if configuration.reuseBootState { await saveBootState(r) }
+        if configuration.reuseBootState { try await saveBootState(r) }
         return r
     }
 
@@ -163,8 +163,10 @@ public actor Sandbox {
         return (state, arguments)
     }
 
-    /// Saves the just-booted guest's state; a failure only costs the next start time.
-    private func saveBootState(_ r: Running) async {
+    /// Saves the just-booted guest's state. Not saving only costs the next
+    /// start time; a guest left stopped by the save is unusable, so that ends
+    /// this start with an error (after which QEMU is gone).
+    private func saveBootState(_ r: Running) async throws {
         let monitor = r.runDirectory.appendingPathComponent("qmp.sock").path
         do {
             try await r.client.ping()  // nothing of this session is in flight when saved
@@ -172,9 +174,17 @@ public actor Sandbox {
             let started = ContinuousClock.now
             try await r.state.save(monitor: qmp)
             logger.info("boot state saved", metadata: ["file": "\(r.state.file.path)", "took": "\(ContinuousClock.now - started)"])
+        } catch let failure as BootState.SaveFailure {
+            if case .notResumed = failure {
+                r.qemu.kill()
+                try? FileManager.default.removeItem(at: r.runDirectory)
+                throw VMExecError(.launchFailed, "\(failure)")
+            }
+            logger.warning("\(failure) (the next start boots again)")
         } catch {
             logger.warning("could not save the boot state (the next start boots again): \(error)")
         }
+        try await r.client.ping()  // the guest answers again
     }
 
     /// Launches QEMU and waits for the init's hello. With `restoring`, loads
@@ -311,7 +321,7 @@ public actor Sandbox {
 
     /// Runs a command and returns its collected output and status.
     public func exec(_ command: Command) async throws -> ExecResult {
-        let (process, qemu) = try await launch(command)
+        let (process, qemu) = try await startProcess(command)
         do {
             let out = try await process.collect(limit: configuration.outputLimit)
             return ExecResult(stdout: out.stdout, stderr: out.stderr, termination: out.status.termination,
@@ -324,7 +334,7 @@ public actor Sandbox {
 
     /// Runs a command and streams its output as it is produced, then its exit.
     public func stream(_ command: Command) async throws -> ExecStream {
-        let (process, qemu) = try await launch(command)
+        let (process, qemu) = try await startProcess(command)
         return ExecStream(process: process) { error in await Self.explain(error, qemu: qemu) }
     }
 
@@ -334,7 +344,8 @@ public actor Sandbox {
         do { try await r.client.ping() } catch { throw await Self.explain(error, qemu: r.qemu) }
     }
 
-    private func launch(_ command: Command) async throws -> (RemoteProcess, QEMUProcess) {
+    /// Starts a command's process in the guest and feeds its stdin.
+    private func startProcess(_ command: Command) async throws -> (RemoteProcess, QEMUProcess) {
         guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
         let env = configuration.environment.merging(command.environment) { _, new in new }
         var timeoutMs: UInt32 = 0
@@ -351,7 +362,7 @@ public actor Sandbox {
         do {
             process = try await r.client.exec(request)
         } catch {
-            throw await Self.explain(error, qemu: r.qemu, program: command.arguments.first)
+            throw await Self.explain(error, qemu: r.qemu)
         }
         switch command.stdin {
         case .none:
@@ -392,12 +403,12 @@ public actor Sandbox {
     }
 
     /// Turns a channel error into a ``VMExecError`` that says what happened.
-    static func explain(_ error: any Error, qemu: QEMUProcess, program: String? = nil) async -> any Error {
+    static func explain(_ error: any Error, qemu: QEMUProcess) async -> any Error {
         guard let e = error as? ProtocolError else { return error }
         switch e {
         case .execFailed(let reply):
             let code: VMExecError.Code =
-                reply.message.contains("working directory") ? .invalidRequest
+                reply.code == .workdir ? .invalidRequest
                 : reply.errno == ENOENT || reply.errno == ENOTDIR ? .commandNotFound : .notExecutable
             return VMExecError(code, reply.message)
         case .invalidRequest(let why):

@@ -14,7 +14,7 @@ struct BootStateTests {
     }
 
     static func freshDirectory() throws -> URL {
-        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-states-\(UUID().uuidString)")
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-state's-\(UUID().uuidString)")  // a quote: paths reach QEMU through a shell
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         return dir
     }

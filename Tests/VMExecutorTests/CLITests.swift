@@ -30,6 +30,11 @@ struct CLITests {
         p.standardError = err
         p.standardInput = input
         try p.run()
+        // A hung CLI must fail its test, not hang the suite: test time limits
+        // cannot interrupt a blocking wait.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 120) {
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        }
         if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
         try input.fileHandleForWriting.close()
         let o = out.fileHandleForReading.readDataToEndOfFile()

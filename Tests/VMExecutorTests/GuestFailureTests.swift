@@ -7,8 +7,7 @@ import VMExecutor
 struct GuestFailureTests {
     @Test("QEMU killed with SIGKILL mid-command: the call fails within a second, and a fresh start works")
     func qemuKilled() async throws {
-        let sandbox = Sandbox(configuration: SharedGuest.configuration(), logger: SharedGuest.logger())
-        try await sandbox.start()
+        let sandbox = try await SharedGuest.started()
         let pid = try #require(await sandbox.qemuProcessID)
         let running = Task { try await sandbox.exec(Command(["sleep", "60"])) }
         // Make sure the command is running in the guest before the kill.
@@ -31,8 +30,7 @@ struct GuestFailureTests {
 
     @Test("shutdown powers the guest off cleanly and a call afterwards says the sandbox is not running")
     func shutdownThenCall() async throws {
-        let sandbox = Sandbox(configuration: SharedGuest.configuration(), logger: SharedGuest.logger())
-        try await sandbox.start()
+        let sandbox = try await SharedGuest.started()
         #expect(try await sandbox.exec(Command(["true"])).termination == .exited(0))
         await sandbox.shutdown()
         let error = await #expect(throws: VMExecError.self) { try await sandbox.exec(Command(["true"])) }
@@ -53,8 +51,7 @@ struct GuestFailureTests {
 struct HostLifecycleTests {
     @Test("the init survives the host disconnecting and reconnecting, and ends the old session's processes")
     func reconnect() async throws {
-        let sandbox = Sandbox(configuration: SharedGuest.configuration(), logger: SharedGuest.logger())
-        try await sandbox.start()
+        let sandbox = try await SharedGuest.started()
         let old = Task { try await sandbox.exec(Command(["sleep", "300"])) }
         try await Task.sleep(for: .milliseconds(300))
         try await sandbox.reconnect()
@@ -101,8 +98,7 @@ struct HostLifecycleTests {
         #expect(gone, "QEMU \(pid) still runs 10 s after its host was killed")
         // The next start sweeps the dead host's run directory away.
         let dir = try #require(runDirectory, "the killed host's run directory was not found")
-        let next = Sandbox(configuration: SharedGuest.configuration(), logger: SharedGuest.logger())
-        try await next.start()
+        let next = try await SharedGuest.started()
         await next.shutdown()
         #expect(!FileManager.default.fileExists(atPath: dir.path), "\(dir.path) outlived its host")
     }

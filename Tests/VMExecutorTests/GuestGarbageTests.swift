@@ -10,8 +10,7 @@ import Testing
 struct GuestGarbageTests {
     @Test("refused frames are answered and the guest keeps serving; a fatal header costs only the connection")
     func garbage() async throws {
-        let sandbox = Sandbox(configuration: SharedGuest.configuration(), logger: SharedGuest.logger())
-        try await sandbox.start()
+        let sandbox = try await SharedGuest.started()
         let qemu = try #require(await sandbox.qemuProcessID)
         let channel = try #require(await sandbox.channelForTesting)
 

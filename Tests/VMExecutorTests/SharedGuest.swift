@@ -23,6 +23,13 @@ actor SharedGuest {
         return c
     }
 
+    /// A sandbox of its own, started, for tests that stop or break their guest.
+    static func started() async throws -> Sandbox {
+        let sandbox = Sandbox(configuration: configuration(), logger: logger())
+        try await sandbox.start()
+        return sandbox
+    }
+
     static func logger() -> Logger {
         var l = Logger(label: "vmexec-test")
         l.logLevel = .warning

@@ -54,6 +54,7 @@ enum vx_err {
     VX_E_FLOW = 8,
     VX_E_INTERNAL = 9,
     VX_E_STATE = 10,
+    VX_E_WORKDIR = 11,
 };
 
 /* EXEC flags. */
