@@ -12,13 +12,15 @@ struct CLITests {
 
     /// Runs the CLI on a Dispatch thread: its waits must not hold one of the
     /// few threads of Swift's cooperative pool, which other tests need.
-    static func vmexec(_ args: [String], stdin: String? = nil) async throws -> Outcome {
+    static func vmexec(_ args: [String], stdin: String? = nil, signalOnOutput: (Int32, String)? = nil) async throws -> Outcome {
         try await withCheckedThrowingContinuation { c in
-            DispatchQueue.global().async { c.resume(with: Result { try runBlocking(args, stdin: stdin) }) }
+            DispatchQueue.global().async {
+                c.resume(with: Result { try runBlocking(args, stdin: stdin, signalOnOutput: signalOnOutput) })
+            }
         }
     }
 
-    private static func runBlocking(_ args: [String], stdin: String?) throws -> Outcome {
+    private static func runBlocking(_ args: [String], stdin: String?, signalOnOutput: (Int32, String)?) throws -> Outcome {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
         let cli = root.appendingPathComponent(".build/debug/vmexec").path
         try #require(FileManager.default.isExecutableFile(atPath: cli), "build the CLI first (make test does)")
@@ -37,7 +39,17 @@ struct CLITests {
         }
         if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
         try input.fileHandleForWriting.close()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
+        var o = Data()
+        if let (sig, marker) = signalOnOutput {
+            // Signal once the command shows it runs (its output arrived here).
+            while !String(decoding: o, as: UTF8.self).contains(marker) {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                o += chunk
+            }
+            kill(p.processIdentifier, sig)
+        }
+        o += out.fileHandleForReading.readDataToEndOfFile()
         let e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
         return Outcome(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
@@ -85,5 +97,25 @@ struct CLITests {
         let noImages = try await Self.vmexec(["run", "--images", "/nonexistent", "--", "true"])
         #expect(noImages.status == 125)
         #expect(noImages.stderr.contains("make images"))
+    }
+
+    @Test("SIGINT to vmexec reaches the command's process group in the guest")
+    func interruptForwarded() async throws {
+        // The command reports the signal itself, so the test sees it arrived in the guest.
+        let r = try await Self.vmexec(["run", "--accel", "tcg", "--", "sh", "-c",
+                                       "trap 'echo got INT; exit 42' INT; echo ready; while :; do sleep 0.1; done"],
+                                      signalOnOutput: (SIGINT, "ready\n"))
+        #expect(r.stdout == "ready\ngot INT\n", "stderr: \(r.stderr)")
+        #expect(r.status == 42)
+    }
+
+    @Test("--cold-boot boots the kernel even when a saved state exists, and -v says how the guest started")
+    func coldBoot() async throws {
+        _ = try await Self.vmexec(["run", "--accel", "tcg", "--", "true"])  // a state exists after this
+        let restored = try await Self.vmexec(["run", "-v", "--accel", "tcg", "--", "true"])
+        #expect(restored.stderr.contains("start=restored saved state"), "stderr: \(restored.stderr)")
+        let cold = try await Self.vmexec(["run", "-v", "--cold-boot", "--accel", "tcg", "--", "true"])
+        #expect(cold.status == 0)
+        #expect(cold.stderr.contains("start=cold boot"), "stderr: \(cold.stderr)")
     }
 }
