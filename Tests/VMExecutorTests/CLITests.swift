@@ -1,121 +1,123 @@
 import Foundation
 import Testing
 
-/// `vmexec run` as a user runs it: the real binary, a real guest per run.
-@Suite("vmexec run", .timeLimit(.minutes(5)))
-struct CLITests {
-    struct Outcome {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
+extension RealGuests {
+    /// `vmexec run` as a user runs it: the real binary, a real guest per run.
+    @Suite("vmexec run", .timeLimit(.minutes(5)))
+    struct CLITests {
+        struct Outcome {
+            var status: Int32
+            var stdout: String
+            var stderr: String
+        }
 
-    /// Runs the CLI on a Dispatch thread: its waits must not hold one of the
-    /// few threads of Swift's cooperative pool, which other tests need.
-    static func vmexec(_ args: [String], stdin: String? = nil, signalOnOutput: (Int32, String)? = nil) async throws -> Outcome {
-        try await withCheckedThrowingContinuation { c in
-            DispatchQueue.global().async {
-                c.resume(with: Result { try runBlocking(args, stdin: stdin, signalOnOutput: signalOnOutput) })
+        /// Runs the CLI on a Dispatch thread: its waits must not hold one of the
+        /// few threads of Swift's cooperative pool, which other tests need.
+        static func vmexec(_ args: [String], stdin: String? = nil, signalOnOutput: (Int32, String)? = nil) async throws -> Outcome {
+            try await withCheckedThrowingContinuation { c in
+                DispatchQueue.global().async {
+                    c.resume(with: Result { try runBlocking(args, stdin: stdin, signalOnOutput: signalOnOutput) })
+                }
             }
         }
-    }
 
-    private static func runBlocking(_ args: [String], stdin: String?, signalOnOutput: (Int32, String)?) throws -> Outcome {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
-        let cli = root.appendingPathComponent(".build/debug/vmexec").path
-        try #require(FileManager.default.isExecutableFile(atPath: cli), "build the CLI first (make test does)")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: cli)
-        p.arguments = args
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = input
-        try p.run()
-        // A hung CLI must fail its test, not hang the suite: test time limits
-        // cannot interrupt a blocking wait.
-        DispatchQueue.global().asyncAfter(deadline: .now() + 120) {
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        }
-        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-        try input.fileHandleForWriting.close()
-        var o = Data()
-        if let (sig, marker) = signalOnOutput {
-            // Signal once the command shows it runs (its output arrived here).
-            while !String(decoding: o, as: UTF8.self).contains(marker) {
-                let chunk = out.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                o += chunk
+        private static func runBlocking(_ args: [String], stdin: String?, signalOnOutput: (Int32, String)?) throws -> Outcome {
+            let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
+            let cli = root.appendingPathComponent(".build/debug/vmexec").path
+            try #require(FileManager.default.isExecutableFile(atPath: cli), "build the CLI first (make test does)")
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: cli)
+            p.arguments = args
+            let out = Pipe(), err = Pipe(), input = Pipe()
+            p.standardOutput = out
+            p.standardError = err
+            p.standardInput = input
+            try p.run()
+            // A hung CLI must fail its test, not hang the suite: test time limits
+            // cannot interrupt a blocking wait.
+            DispatchQueue.global().asyncAfter(deadline: .now() + 120) {
+                if p.isRunning { kill(p.processIdentifier, SIGKILL) }
             }
-            kill(p.processIdentifier, sig)
+            if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+            try input.fileHandleForWriting.close()
+            var o = Data()
+            if let (sig, marker) = signalOnOutput {
+                // Signal once the command shows it runs (its output arrived here).
+                while !String(decoding: o, as: UTF8.self).contains(marker) {
+                    let chunk = out.fileHandleForReading.availableData
+                    if chunk.isEmpty { break }
+                    o += chunk
+                }
+                kill(p.processIdentifier, sig)
+            }
+            o += out.fileHandleForReading.readDataToEndOfFile()
+            let e = err.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return Outcome(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                           stderr: String(decoding: e, as: UTF8.self))
         }
-        o += out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Outcome(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                       stderr: String(decoding: e, as: UTF8.self))
-    }
 
-    static let exitCases: [([String], Int32)] = [
-        (["sh", "-c", "echo out; echo err >&2; exit 7"], 7),
-        (["no-such-program"], 127),
-        (["/etc/hostname"], 126),
-        (["sh", "-c", "kill -KILL $$"], 137),
-    ]
+        static let exitCases: [([String], Int32)] = [
+            (["sh", "-c", "echo out; echo err >&2; exit 7"], 7),
+            (["no-such-program"], 127),
+            (["/etc/hostname"], 126),
+            (["sh", "-c", "kill -KILL $$"], 137),
+        ]
 
-    @Test("exit codes follow docker run", arguments: exitCases)
-    func exitCodes(command: [String], expected: Int32) async throws {
-        let r = try await Self.vmexec(["run", "--accel", "tcg", "--"] + command)
-        #expect(r.status == expected, "stderr: \(r.stderr)")
-        if expected == 7 {
-            #expect(r.stdout == "out\n")
-            #expect(r.stderr == "err\n")
+        @Test("exit codes follow docker run", arguments: exitCases)
+        func exitCodes(command: [String], expected: Int32) async throws {
+            let r = try await Self.vmexec(["run", "--accel", "tcg", "--"] + command)
+            #expect(r.status == expected, "stderr: \(r.stderr)")
+            if expected == 7 {
+                #expect(r.stdout == "out\n")
+                #expect(r.stderr == "err\n")
+            }
+            if expected == 127 { #expect(r.stderr.contains("no-such-program")) }
         }
-        if expected == 127 { #expect(r.stderr.contains("no-such-program")) }
-    }
 
-    @Test("a command past --timeout exits 124 and says so")
-    func timeout() async throws {
-        let r = try await Self.vmexec(["run", "--accel", "tcg", "--timeout", "1", "--", "sleep", "30"])
-        #expect(r.status == 124)
-        #expect(r.stderr.contains("timed out"))
-    }
+        @Test("a command past --timeout exits 124 and says so")
+        func timeout() async throws {
+            let r = try await Self.vmexec(["run", "--accel", "tcg", "--timeout", "1", "--", "sleep", "30"])
+            #expect(r.status == 124)
+            #expect(r.stderr.contains("timed out"))
+        }
 
-    @Test("stdin, --env and --workdir reach the command")
-    func stdinEnvWorkdir() async throws {
-        let r = try await Self.vmexec(["run", "--accel", "tcg", "--env", "WHO=field engineer", "--workdir", "/etc", "--",
-                                 "sh", "-c", "cat; echo \"$WHO\"; pwd"], stdin: "from the host\n")
-        #expect(r.status == 0)
-        #expect(r.stdout == "from the host\nfield engineer\n/etc\n")
-    }
+        @Test("stdin, --env and --workdir reach the command")
+        func stdinEnvWorkdir() async throws {
+            let r = try await Self.vmexec(["run", "--accel", "tcg", "--env", "WHO=field engineer", "--workdir", "/etc", "--",
+                                     "sh", "-c", "cat; echo \"$WHO\"; pwd"], stdin: "from the host\n")
+            #expect(r.status == 0)
+            #expect(r.stdout == "from the host\nfield engineer\n/etc\n")
+        }
 
-    @Test("usage errors and missing images are vmexec's own errors: 125 with a sentence")
-    func ownErrors() async throws {
-        let noCommand = try await Self.vmexec(["run"])
-        #expect(noCommand.status == 125)
-        #expect(noCommand.stderr.contains("give the command after --"))
-        let noImages = try await Self.vmexec(["run", "--images", "/nonexistent", "--", "true"])
-        #expect(noImages.status == 125)
-        #expect(noImages.stderr.contains("make images"))
-    }
+        @Test("usage errors and missing images are vmexec's own errors: 125 with a sentence")
+        func ownErrors() async throws {
+            let noCommand = try await Self.vmexec(["run"])
+            #expect(noCommand.status == 125)
+            #expect(noCommand.stderr.contains("give the command after --"))
+            let noImages = try await Self.vmexec(["run", "--images", "/nonexistent", "--", "true"])
+            #expect(noImages.status == 125)
+            #expect(noImages.stderr.contains("make images"))
+        }
 
-    @Test("SIGINT to vmexec reaches the command's process group in the guest")
-    func interruptForwarded() async throws {
-        // The command reports the signal itself, so the test sees it arrived in the guest.
-        let r = try await Self.vmexec(["run", "--accel", "tcg", "--", "sh", "-c",
-                                       "trap 'echo got INT; exit 42' INT; echo ready; while :; do sleep 0.1; done"],
-                                      signalOnOutput: (SIGINT, "ready\n"))
-        #expect(r.stdout == "ready\ngot INT\n", "stderr: \(r.stderr)")
-        #expect(r.status == 42)
-    }
+        @Test("SIGINT to vmexec reaches the command's process group in the guest")
+        func interruptForwarded() async throws {
+            // The command reports the signal itself, so the test sees it arrived in the guest.
+            let r = try await Self.vmexec(["run", "--accel", "tcg", "--", "sh", "-c",
+                                           "trap 'echo got INT; exit 42' INT; echo ready; while :; do sleep 0.1; done"],
+                                          signalOnOutput: (SIGINT, "ready\n"))
+            #expect(r.stdout == "ready\ngot INT\n", "stderr: \(r.stderr)")
+            #expect(r.status == 42)
+        }
 
-    @Test("--cold-boot boots the kernel even when a saved state exists, and -v says how the guest started")
-    func coldBoot() async throws {
-        _ = try await Self.vmexec(["run", "--accel", "tcg", "--", "true"])  // a state exists after this
-        let restored = try await Self.vmexec(["run", "-v", "--accel", "tcg", "--", "true"])
-        #expect(restored.stderr.contains("start=restored saved state"), "stderr: \(restored.stderr)")
-        let cold = try await Self.vmexec(["run", "-v", "--cold-boot", "--accel", "tcg", "--", "true"])
-        #expect(cold.status == 0)
-        #expect(cold.stderr.contains("start=cold boot"), "stderr: \(cold.stderr)")
+        @Test("--cold-boot boots the kernel even when a saved state exists, and -v says how the guest started")
+        func coldBoot() async throws {
+            _ = try await Self.vmexec(["run", "--accel", "tcg", "--", "true"])  // a state exists after this
+            let restored = try await Self.vmexec(["run", "-v", "--accel", "tcg", "--", "true"])
+            #expect(restored.stderr.contains("start=restored saved state"), "stderr: \(restored.stderr)")
+            let cold = try await Self.vmexec(["run", "-v", "--cold-boot", "--accel", "tcg", "--", "true"])
+            #expect(cold.status == 0)
+            #expect(cold.stderr.contains("start=cold boot"), "stderr: \(cold.stderr)")
+        }
     }
 }
