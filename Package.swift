@@ -10,6 +10,7 @@ let package = Package(
     products: [
         .library(name: "VMExecutor", targets: ["VMExecutor"]),
         .library(name: "SerialChannel", targets: ["SerialChannel"]),
+        .library(name: "SquashMounts", targets: ["SquashMounts"]),
         .executable(name: "vmexec", targets: ["vmexec"]),
         .executable(name: "vmexec-bench", targets: ["vmexec-bench"]),
     ],
@@ -17,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // The guest's PID 1. SwiftPM builds it here as a strict-warnings check;
@@ -32,16 +34,23 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // squashfs images are written and read through libsquashfs (squashfs-tools-ng),
+        // archives through libarchive: the field's libraries, linked from the system.
+        .systemLibrary(name: "CSquashfs", pkgConfig: "libsquashfs1", providers: [.apt(["libsquashfs-dev"])]),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .target(
+            name: "SquashMounts",
+            dependencies: ["CSquashfs", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "VMExecutor",
             dependencies: [
-                "SerialChannel", "CVMExecHost",
+                "SerialChannel", "SquashMounts", "CVMExecHost",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "vmexec",
             dependencies: [
-                "VMExecutor",
+                "VMExecutor", "SquashMounts",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -57,6 +66,9 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        .testTarget(name: "VMExecutorTests", dependencies: ["VMExecutor", "SerialChannel"]),
+        .testTarget(
+            name: "SquashMountsTests",
+            dependencies: ["SquashMounts", .product(name: "Crypto", package: "swift-crypto")]),
+        .testTarget(name: "VMExecutorTests", dependencies: ["VMExecutor", "SerialChannel", "SquashMounts"]),
     ]
 )

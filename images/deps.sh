@@ -15,6 +15,12 @@ need lz4 lz4
 need modinfo kmod
 need mkfs.ext4 e2fsprogs
 need python3 python3
+need rdsquashfs squashfs-tools-ng
+# Libraries the host binaries link (system-library targets in Package.swift).
+needlib() { pkg-config --exists "$1" 2>/dev/null || MISSING="$MISSING $2"; }
+need pkg-config pkg-config
+needlib libsquashfs1 libsquashfs-dev
+needlib libarchive libarchive-dev
 MISSING=$(echo "$MISSING" | tr ' ' '\n' | grep -v '^$' | sort -u | tr '\n' ' ')
 [ -z "$MISSING" ] && exit 0
 if [ "$(id -u)" != 0 ]; then

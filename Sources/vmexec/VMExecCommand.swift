@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SquashMounts
 import VMExecutor
 
 /// Exit codes of vmexec itself, as `docker run` uses them.
@@ -15,7 +16,7 @@ struct VMExec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmexec",
         abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
-        subcommands: [Run.self])
+        subcommands: [Run.self, ShardCommand.self])
 
     /// As ArgumentParser's, but a usage error exits 125 like any other error
     /// of vmexec itself (`docker run` does the same), not 64.
@@ -27,6 +28,9 @@ struct VMExec: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+        } catch let error as ShardError {
+            FileHandle.standardError.write(Data("vmexec: \(error.message)\n".utf8))
+            Foundation.exit(ExitCodes.vmexecError)
         } catch {
             if exitCode(for: error) == .validationFailure {
                 FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
