@@ -1,13 +1,14 @@
 /*
  * boot.c - bring the guest up and take it down, as PID 1.
  *
- * Disks are found by their virtio serial (/sys/block/vd* /serial), never by
- * the order the kernel lettered them. Modules are loaded in the order listed
+ * Disks are found by their serial (drives.c), never by the order the kernel
+ * lettered them. Modules are loaded in the order listed
  * in /lib/modules/order, which the image build computes from the modules'
  * own `depends=` fields.
  */
 #define _GNU_SOURCE
 #include "boot.h"
+#include "drives.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -103,31 +104,6 @@ static int load_modules(char *err, size_t errlen)
     return rc;
 }
 
-/* Finds /dev/vdX whose virtio serial is `serial`, waiting up to wait_ms. */
-static int find_disk(const char *serial, char *dev, size_t n, int wait_ms)
-{
-    for (int waited = 0;; waited += 10) {
-        DIR *d = opendir("/sys/block");
-        struct dirent *e;
-        while (d && (e = readdir(d))) {
-            if (strncmp(e->d_name, "vd", 2) != 0)
-                continue;
-            char path[300], val[128];
-            snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
-            if (read_line(path, val, sizeof val) == 0 && strcmp(val, serial) == 0 &&
-                snprintf(dev, n, "/dev/%s", e->d_name) < (int)n) {
-                closedir(d);
-                return 0;
-            }
-        }
-        if (d)
-            closedir(d);
-        if (waited >= wait_ms)
-            return -1;
-        sleep_ms(10);
-    }
-}
-
 int boot_find_port(char *path, size_t n, int wait_ms)
 {
     for (int waited = 0;; waited += 10) {
@@ -179,27 +155,7 @@ int boot_setup(char *err, size_t errlen)
     if (load_modules(err, errlen))
         return -1;
 
-    char dev[64];
-    if (find_disk(VX_ROOT_SERIAL, dev, sizeof dev, 5000)) {
-        snprintf(err, errlen, "no disk with serial %s: attach the base root file system with "
-                 "-device virtio-blk-...,serial=%s", VX_ROOT_SERIAL, VX_ROOT_SERIAL);
-        return -1;
-    }
-    mkdir("/mnt", 0755);
-    if (must_mount(dev, "/mnt/lower", "squashfs", MS_RDONLY | MS_NODEV, NULL, err, errlen) ||
-        must_mount("tmpfs", "/mnt/rw", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", err, errlen))
-        return -1;
-    mkdir("/mnt/rw/upper", 0755);
-    mkdir("/mnt/rw/work", 0755);
-    if (must_mount("overlay", VX_NEWROOT, "overlay", MS_NODEV,
-                   "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work", err, errlen) ||
-        must_mount("proc", VX_NEWROOT "/proc", "proc", safe, NULL, err, errlen) ||
-        must_mount("sysfs", VX_NEWROOT "/sys", "sysfs", safe | MS_RDONLY, NULL, err, errlen) ||
-        must_mount("/dev", VX_NEWROOT "/dev", NULL, MS_BIND | MS_REC, NULL, err, errlen) ||
-        must_mount("tmpfs", VX_NEWROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", err, errlen) ||
-        must_mount("tmpfs", VX_NEWROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", err, errlen))
-        return -1;
-    return 0;
+    return drives_setup_root(err, errlen);
 }
 
 /* Signals every process but PID 1, then reaps until none is left or the grace ends. */

@@ -166,6 +166,56 @@ int vx_u32_decode(const struct vx_frame *f, uint32_t *v)
     return 0;
 }
 
+/* A drive serial: 1..36 of [A-Za-z0-9._-] (what QEMU's scsi-hd keeps). */
+static int serial_ok(struct vx_str s)
+{
+    if (s.len == 0 || s.len > VX_MAX_SERIAL)
+        return 0;
+    for (uint16_t i = 0; i < s.len; i++) {
+        uint8_t c = s.p[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+int vx_mount_decode(const struct vx_frame *f, struct vx_mount *m)
+{
+    size_t pos = 0;
+    if (vx_str_next(f->payload, f->len, &pos, &m->serial) || vx_str_next(f->payload, f->len, &pos, &m->target) ||
+        pos != f->len || !serial_ok(m->serial) || m->target.len < 2 || m->target.len > 255 || m->target.p[0] != '/')
+        return VX_E_MALFORMED;
+    return 0;
+}
+
+int vx_unmount_decode(const struct vx_frame *f, struct vx_mount *m)
+{
+    size_t pos = 0;
+    m->target.p = NULL;
+    m->target.len = 0;
+    if (vx_str_next(f->payload, f->len, &pos, &m->serial) || pos != f->len || !serial_ok(m->serial))
+        return VX_E_MALFORMED;
+    return 0;
+}
+
+int vx_layers_decode(const struct vx_frame *f, struct vx_layers *l)
+{
+    if (f->len < 2)
+        return VX_E_MALFORMED;
+    l->count = vx_get_u16(f->payload);
+    l->serials = f->payload + 2;
+    l->serials_len = f->len - 2;
+    if (l->count > VX_MAX_LAYERS)
+        return VX_E_MALFORMED;
+    size_t pos = 0;
+    struct vx_str s;
+    for (unsigned i = 0; i < l->count; i++)
+        if (vx_str_next(l->serials, l->serials_len, &pos, &s) || !serial_ok(s))
+            return VX_E_MALFORMED;
+    return pos == l->serials_len ? 0 : VX_E_MALFORMED;
+}
+
 /* Which frames live on stream 0, and which use the sub byte. */
 static int is_control(uint8_t t)
 {
@@ -182,6 +232,7 @@ int vx_frame_check(const struct vx_frame *f)
     switch (f->type) {
     case VX_HELLO: case VX_PING: case VX_PONG: case VX_ERROR: case VX_SHUTDOWN: case VX_BYE:
     case VX_EXEC: case VX_STARTED: case VX_DATA: case VX_EOF: case VX_WINDOW: case VX_SIGNAL: case VX_EXIT:
+    case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_DONE:
         break;
     default:
         return VX_E_UNKNOWN_TYPE;
@@ -199,8 +250,20 @@ int vx_frame_check(const struct vx_frame *f)
         struct vx_hello h;
         return vx_hello_decode(f, &h);
     }
-    case VX_SHUTDOWN: case VX_BYE: case VX_EOF:
+    case VX_SHUTDOWN: case VX_BYE: case VX_EOF: case VX_DONE:
         return f->len == 0 ? 0 : VX_E_MALFORMED;
+    case VX_MOUNT: {
+        struct vx_mount m;
+        return vx_mount_decode(f, &m);
+    }
+    case VX_UNMOUNT: {
+        struct vx_mount m;
+        return vx_unmount_decode(f, &m);
+    }
+    case VX_LAYERS: {
+        struct vx_layers l;
+        return vx_layers_decode(f, &l);
+    }
     case VX_ERROR: {
         struct vx_error e;
         return vx_error_decode(f, &e);
@@ -242,6 +305,10 @@ const char *vx_type_name(uint8_t type)
     case VX_WINDOW: return "WINDOW";
     case VX_SIGNAL: return "SIGNAL";
     case VX_EXIT: return "EXIT";
+    case VX_MOUNT: return "MOUNT";
+    case VX_UNMOUNT: return "UNMOUNT";
+    case VX_LAYERS: return "LAYERS";
+    case VX_DONE: return "DONE";
     default: return "UNKNOWN";
     }
 }
@@ -260,6 +327,8 @@ const char *vx_err_name(int code)
     case VX_E_INTERNAL: return "INTERNAL";
     case VX_E_STATE: return "STATE";
     case VX_E_WORKDIR: return "WORKDIR";
+    case VX_E_MOUNT: return "MOUNT";
+    case VX_E_BUSY: return "BUSY";
     default: return "UNKNOWN";
     }
 }

@@ -11,6 +11,7 @@
 #include "serve.h"
 
 #include "boot.h"
+#include "drives.h"
 #include "vx_proto.h"
 
 #include <errno.h>
@@ -604,6 +605,58 @@ static void on_hello(const struct vx_frame *f)
     send_hello();
 }
 
+static unsigned running_procs(void)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < MAX_PROCS; i++)
+        n += S.procs[i].used ? 1u : 0u;
+    return n;
+}
+
+/* A decoded string (already checked: no NUL, bounded) as a C string. */
+static void c_string(char *dst, size_t n, struct vx_str s)
+{
+    size_t l = s.len < n - 1 ? s.len : n - 1;
+    memcpy(dst, s.p, l);
+    dst[l] = 0;
+}
+
+/* MOUNT, UNMOUNT, LAYERS: answered with DONE or ERROR on the request's stream. */
+static void on_drive(const struct vx_frame *f)
+{
+    char err[512] = "";
+    int rc;
+    if (f->type == VX_LAYERS) {
+        struct vx_layers l;
+        vx_layers_decode(f, &l);
+        char names[VX_MAX_LAYERS][VX_MAX_SERIAL + 1];
+        const char *serials[VX_MAX_LAYERS];
+        size_t pos = 0;
+        for (unsigned i = 0; i < l.count; i++) {
+            struct vx_str s;
+            vx_str_next(l.serials, l.serials_len, &pos, &s);
+            c_string(names[i], sizeof names[i], s);
+            serials[i] = names[i];
+        }
+        rc = drives_set_layers(serials, l.count, running_procs(), err, sizeof err);
+    } else {
+        struct vx_mount m;
+        char serial[VX_MAX_SERIAL + 1], target[256];
+        if (f->type == VX_MOUNT)
+            vx_mount_decode(f, &m);
+        else
+            vx_unmount_decode(f, &m);
+        c_string(serial, sizeof serial, m.serial);
+        c_string(target, sizeof target, m.target);
+        rc = f->type == VX_MOUNT ? drives_mount(serial, target, err, sizeof err)
+                                 : drives_unmount(serial, err, sizeof err);
+    }
+    if (rc)
+        emit_error(f->stream, rc, 0, "%s", err);
+    else
+        emit(VX_DONE, 0, f->stream, NULL, 0);
+}
+
 static void on_shutdown(void)
 {
     reset_session();
@@ -641,6 +694,7 @@ static void handle_frame(const struct vx_frame *f)
     case VX_EOF: on_eof(f); break;
     case VX_WINDOW: on_window(f); break;
     case VX_SIGNAL: on_signal(f); break;
+    case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: on_drive(f); break;
     case VX_ERROR: vx_log("host reported an error on stream %u", f->stream); break;
     default:
         emit_error(f->stream, VX_E_STATE, 0, "%s is sent by the guest, not the host",

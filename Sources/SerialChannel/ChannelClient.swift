@@ -29,6 +29,8 @@ public final class ChannelClient: Sendable {
         var nextPing: UInt64 = 1
         var pingWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var byeWaiters: [CheckedContinuation<Void, any Error>] = []
+        /// MOUNT/UNMOUNT/LAYERS waiting for their DONE or ERROR, by stream.
+        var driveWaiters: [UInt32: CheckedContinuation<Void, any Error>] = [:]
         var closed: ProtocolError?
         /// Frames of the guest refused so far (for logging without flooding).
         var refusals = 0
@@ -142,6 +144,26 @@ public final class ChannelClient: Sendable {
         return process
     }
 
+    /// Sends a drive request (mount, unmount, layers) and returns when the
+    /// guest answers DONE; throws ``ProtocolError/refused(_:)`` with the
+    /// guest's reason (codes MOUNT, BUSY) otherwise.
+    public func request(_ request: DriveRequest) async throws {
+        let payload = try request.encoded()
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            let stream: UInt32? = state.withLock { s in
+                if s.closed != nil { return nil }
+                let stream = s.nextStream
+                s.nextStream = s.nextStream == UInt32.max ? 1 : s.nextStream + 1
+                s.driveWaiters[stream] = c
+                return stream
+            }
+            guard let stream else { return c.resume(throwing: state.withLock { $0.closed! }) }
+            channel.writeAndFlush(Frame(request.frameType, stream: stream, payload: payload)).whenFailure { [weak self] error in
+                self?.close(.closed("write failed: \(error)"))
+            }
+        }
+    }
+
     /// A round trip through the guest init; returns when the PONG arrives.
     public func ping() async throws {
         let id: UInt64 = try state.withLock { s in
@@ -252,7 +274,10 @@ public final class ChannelClient: Sendable {
         case .exit:
             let p = state.withLock { $0.processes.removeValue(forKey: frame.stream) }
             if let status = try? ExitStatus(decoding: frame.payload) { p?.exited(status) }
-        case .exec, .shutdown, .signal, .ping:
+        case .done:
+            let waiter = state.withLock { $0.driveWaiters.removeValue(forKey: frame.stream) }
+            if let waiter { waiter.resume() } else { refuse(frame, .state, "DONE for stream \(frame.stream), which asked nothing") }
+        case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers:
             refuse(frame, .state, "\(frame.kind!) is sent by the host, not the guest")
         }
     }
@@ -308,6 +333,10 @@ public final class ChannelClient: Sendable {
             }
             return
         }
+        if let waiter = state.withLock({ $0.driveWaiters.removeValue(forKey: frame.stream) }) {
+            waiter.resume(throwing: ProtocolError.refused(reply))
+            return
+        }
         guard let p = state.withLock({ $0.processes[frame.stream] }) else { return }
         if p.pid == nil {
             state.withLock { _ = $0.processes.removeValue(forKey: frame.stream) }
@@ -319,20 +348,23 @@ public final class ChannelClient: Sendable {
 
     /// The connection is gone: fail everything that waits on it.
     func connectionEnded(_ reason: ProtocolError) {
-        let (processes, hellos, pings, byes) = state.withLock { s in
+        let (processes, hellos, pings, byes, drives) = state.withLock { s in
             if s.closed == nil { s.closed = reason }
             defer {
                 s.processes = [:]
                 s.helloWaiters = []
                 s.pingWaiters = [:]
                 s.byeWaiters = []
+                s.driveWaiters = [:]
             }
-            return (Array(s.processes.values), s.helloWaiters, Array(s.pingWaiters.values), s.byeWaiters)
+            return (Array(s.processes.values), s.helloWaiters, Array(s.pingWaiters.values), s.byeWaiters,
+                    Array(s.driveWaiters.values))
         }
         let error = state.withLock { $0.closed! }
         for p in processes { p.fail(error) }
         for w in hellos { w.resume(throwing: error) }
         for w in pings { w.resume(throwing: error) }
+        for w in drives { w.resume(throwing: error) }
         // A BYE cut short by the guest powering off is still a clean shutdown.
         for w in byes { w.resume() }
     }

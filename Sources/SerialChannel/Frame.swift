@@ -3,7 +3,7 @@ import NIOCore
 /// Constants of the vmexec wire protocol (docs/PROTOCOL.md).
 public enum WireProtocol {
     public static let major: UInt16 = 1
-    public static let minor: UInt16 = 0
+    public static let minor: UInt16 = 1
     /// Bytes in a frame header: length, type, sub, reserved, stream.
     public static let headerSize = 12
     /// Hard cap on a frame's payload. A header claiming more is fatal.
@@ -21,6 +21,7 @@ public enum WireProtocol {
 public enum FrameType: UInt8, Sendable, CaseIterable {
     case hello = 0x01, ping = 0x02, pong = 0x03, error = 0x04, shutdown = 0x05, bye = 0x06
     case exec = 0x10, started = 0x11, data = 0x12, eof = 0x13, window = 0x14, signal = 0x15, exit = 0x16
+    case mount = 0x20, unmount = 0x21, layers = 0x22, done = 0x23
 
     /// Frames that belong to the connection (stream 0) rather than a process.
     var isControl: Bool { [.hello, .ping, .pong, .shutdown, .bye].contains(self) }
@@ -78,7 +79,8 @@ public struct Frame: Sendable, Equatable {
         do {
             switch kind {
             case .hello: _ = try Hello(decoding: payload)
-            case .shutdown, .bye, .eof: if !payload.isEmpty { return .malformed }
+            case .shutdown, .bye, .eof, .done: if !payload.isEmpty { return .malformed }
+            case .mount, .unmount, .layers: _ = try DriveRequest(kind, decoding: payload)
             case .error: _ = try ErrorReply(decoding: payload)
             case .exec: _ = try ExecRequest(decoding: payload)
             case .started: _ = try payload.decodeU32()

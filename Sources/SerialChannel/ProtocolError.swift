@@ -11,6 +11,8 @@ public enum ErrorCode: UInt32, Sendable, CaseIterable {
     case `internal` = 9
     case state = 10
     case workdir = 11
+    case mount = 12
+    case busy = 13
     /// A code this side does not know (kept in ``ErrorReply/rawCode``).
     case unknown = 0
 
@@ -28,6 +30,8 @@ public enum ErrorCode: UInt32, Sendable, CaseIterable {
         case .internal: "INTERNAL"
         case .state: "STATE"
         case .workdir: "WORKDIR"
+        case .mount: "MOUNT"
+        case .busy: "BUSY"
         case .unknown: "UNKNOWN"
         }
     }

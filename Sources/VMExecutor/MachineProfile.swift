@@ -37,6 +37,9 @@ public struct MachineProfile: Sendable {
         public var monitorSocket: String
     }
 
+    /// The id of the virtio-scsi controller that shards are hot-plugged on.
+    static let shardBus = "vxscsi"
+
     /// The kernel command line. `quiet` and a low loglevel because every
     /// console byte is an emulated UART write under TCG; `panic=-1` with
     /// QEMU's `-no-reboot` turns a kernel panic (or a dying init) into a QEMU
@@ -83,6 +86,9 @@ public struct MachineProfile: Sendable {
         a += ["-serial", "file:\(paths.consoleLog)"]
         a += ["-drive", "if=none,id=root,file=\(paths.images.rootfs.path),format=raw,readonly=on",
               "-device", "virtio-blk-device,drive=root,serial=vmexec-root"]
+        // Shards arrive later as SCSI disks on this controller: virtio-mmio devices
+        // cannot be hot-plugged, but LUNs on a virtio-scsi bus can.
+        a += ["-device", "virtio-scsi-device,id=\(Self.shardBus)"]
         a += ["-device", "virtio-serial-device",
               "-chardev", "socket,id=ctl,path=\(paths.controlSocket),server=on,wait=off",
               "-device", "virtserialport,chardev=ctl,name=org.vmexec.ctl"]

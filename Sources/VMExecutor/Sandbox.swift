@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SerialChannel
+import SquashMounts
 
 /// Settings of a ``Sandbox``; the defaults suit a small scripting guest.
 public struct SandboxConfiguration: Sendable {
@@ -33,6 +34,9 @@ public struct SandboxConfiguration: Sendable {
     /// Where saved boot states live; nil for `$VMEXEC_CACHE/boot-states`
     /// (else `$XDG_CACHE_HOME/vmexec/…`, else `~/.cache/vmexec/…`).
     public var bootStateDirectory: URL?
+    /// Shards attached read-only to the guest (see ``Sandbox/attach(_:)``):
+    /// verified and checked against each other before boot.
+    public var shards: [Shard] = []
 
     public init() {}
 }
@@ -47,6 +51,12 @@ public actor Sandbox {
     private let logger: Logger
     private var running: Running?
     private var generation = 0
+    /// The shards the guest should have; ``start()`` attaches them all.
+    private var desiredShards: [Shard]
+    /// The shards attached to the running guest, as drives.
+    private var attachments: [ShardAttachment] = []
+    /// Numbers drive serials; never reused within a sandbox.
+    private var nextDrive = 1
 
     /// A booted guest.
     struct Running {
@@ -63,6 +73,7 @@ public actor Sandbox {
     public init(configuration: SandboxConfiguration = SandboxConfiguration(), logger: Logger = Logger(label: "vmexec")) {
         self.configuration = configuration
         self.logger = logger
+        self.desiredShards = configuration.shards
     }
 
     deinit {
@@ -96,6 +107,8 @@ public actor Sandbox {
         if isRunning { return }
         if let dead = running { cleanUp(dead) }
         let images = try configuration.images ?? GuestImages.locate(architecture: configuration.architecture)
+        // Refused before boot: a damaged shard, a requirement unmet, a clash, another architecture.
+        try await Self.vet(desiredShards, verifying: desiredShards, architecture: configuration.architecture)
         let profile = MachineProfile(architecture: configuration.architecture, qemuBinary: configuration.qemuBinary,
                                      memoryMiB: configuration.memoryMiB, cpus: configuration.cpus)
         switch configuration.accelerator {
@@ -105,6 +118,14 @@ public actor Sandbox {
             running = try await boot(profile, images, .kvm, deadline: configuration.bootTimeout)
         case .auto:
             running = try await bootAuto(profile, images)
+        }
+        // Shards are hot-plugged after boot, so the saved boot state serves any set of them.
+        attachments = []
+        do {
+            try await plugAll(desiredShards)
+        } catch {
+            if let r = running { cleanUp(r) }
+            throw error
         }
         logger.info("guest up", metadata: ["accelerator": "\(running!.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")",
                                            "start": "\(running!.restored ? "restored saved state" : "cold boot")"])
@@ -347,7 +368,8 @@ public actor Sandbox {
     /// Starts a command's process in the guest and feeds its stdin.
     private func startProcess(_ command: Command) async throws -> (RemoteProcess, QEMUProcess) {
         guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
-        let env = configuration.environment.merging(command.environment) { _, new in new }
+        let base = ShardSet.environment(attachments.map(\.shard), base: configuration.environment)
+        let env = base.merging(command.environment) { _, new in new }
         var timeoutMs: UInt32 = 0
         if let t = command.timeout {
             let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000
@@ -388,6 +410,100 @@ public actor Sandbox {
             }
         }
         return (process, r.qemu)
+    }
+
+    // MARK: shards
+
+    /// The shards given to the guest, attached or to be attached at ``start()``.
+    public var shards: [Shard] { desiredShards }
+
+    private func requireRunning() throws -> Running {
+        guard let r = running, r.qemu.ending == nil else {
+            throw VMExecError(.notRunning, "the sandbox is not running; call start() first")
+        }
+        return r
+    }
+
+    private func newAttachment(_ shard: Shard) -> ShardAttachment {
+        defer { nextDrive += 1 }
+        return ShardAttachment(shard: shard, serial: "vxs-\(nextDrive)")
+    }
+
+    /// The layers request for these attachments: layer shards, bottom first.
+    private static func layersRequest(_ attachments: [ShardAttachment]) -> DriveRequest {
+        let order = ShardSet.layers(attachments.map(\.shard))
+        return .layers(order.compactMap { shard in attachments.first { $0.shard == shard }?.serial })
+    }
+
+    private func plugAll(_ shards: [Shard]) async throws {
+        guard !shards.isEmpty else { return }
+        let r = try requireRunning()
+        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
+        for shard in shards {
+            let a = newAttachment(shard)
+            try await a.plug(qmp)
+            attachments.append(a)
+            if case .mount(let target) = shard.manifest.placement {
+                do {
+                    try await r.client.request(.mount(serial: a.serial, target: target))
+                } catch {
+                    throw Self.driveError(error, shard: shard)
+                }
+            }
+        }
+        if attachments.contains(where: \.isLayer) {
+            do {
+                try await r.client.request(Self.layersRequest(attachments))
+            } catch {
+                throw VMExecError(.shardRefused, "the guest could not stack the layer shards: \((error as? ProtocolError)?.description ?? "\(error)")")
+            }
+        }
+    }
+
+    /// Attaches a shard to the running guest without a reboot: verified,
+    /// checked against the attached ones, hot-plugged as a read-only disk,
+    /// then mounted (or stacked as a layer, which needs no command running).
+    /// Later starts attach it too.
+    public func attach(_ shard: Shard) async throws {
+        let r = try requireRunning()
+        try await Self.vet(desiredShards + [shard], verifying: [shard], architecture: configuration.architecture)
+        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
+        let a = newAttachment(shard)
+        try await a.plug(qmp)
+        do {
+            switch shard.manifest.placement {
+            case .mount(let target): try await r.client.request(.mount(serial: a.serial, target: target))
+            case .layer: try await r.client.request(Self.layersRequest(attachments + [a]))
+            }
+        } catch {
+            try? await a.unplug(qmp)
+            throw Self.driveError(error, shard: shard)
+        }
+        attachments.append(a)
+        desiredShards.append(shard)
+        logger.info("shard attached", metadata: ["shard": "\(shard.label)", "drive": "\(a.serial)"])
+    }
+
+    /// Detaches the shard named `name` from the running guest. Refused
+    /// (``VMExecError/Code/shardBusy``, naming the user) while a process uses it;
+    /// a layer shard only while no command runs.
+    public func detach(_ name: String) async throws {
+        let r = try requireRunning()
+        guard let a = attachments.first(where: { $0.shard.manifest.name == name }) else {
+            let names = attachments.map(\.shard.manifest.name).joined(separator: ", ")
+            throw VMExecError(.invalidRequest, "no shard named \(name) is attached (attached: \(names.isEmpty ? "none" : names))")
+        }
+        let rest = attachments.filter { $0.serial != a.serial }
+        do {
+            try await r.client.request(a.isLayer ? Self.layersRequest(rest) : .unmount(serial: a.serial))
+        } catch {
+            throw Self.driveError(error, shard: a.shard)
+        }
+        attachments = rest
+        desiredShards.removeAll { $0.manifest.name == name }
+        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
+        try await a.unplug(qmp)
+        logger.info("shard detached", metadata: ["shard": "\(a.shard.label)"])
     }
 
     /// One blocking read of up to 64 KiB, off the cooperative pool; nil on error.

@@ -24,6 +24,11 @@ public struct VMExecError: Error, Sendable, CustomStringConvertible, Equatable {
         case invalidRequest
         /// The guest broke the protocol or refused a frame.
         case protocolError
+        /// A shard was refused: damaged, built for another architecture, a
+        /// requirement unmet, a clash with another shard, or the guest could not mount it.
+        case shardRefused
+        /// A shard cannot be detached while something in the guest uses it.
+        case shardBusy
     }
 
     public let code: Code

@@ -64,6 +64,9 @@ struct GuestOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Log what vmexec does to stderr.")
     var verbose = false
 
+    @Option(name: .customLong("shard"), help: "Attach this shard read-only (repeatable); verified before boot.")
+    var shards: [String] = []
+
     func sandboxConfiguration() throws -> SandboxConfiguration {
         var c = SandboxConfiguration()
         c.images = try GuestImages.locate(explicit: images, architecture: arch)
@@ -72,6 +75,7 @@ struct GuestOptions: ParsableArguments {
         c.cpus = cpus
         c.accelerator = accel
         c.reuseBootState = !coldBoot
+        c.shards = try shards.map { try Shard.open($0) }
         return c
     }
 
@@ -126,6 +130,8 @@ struct Run: AsyncParsableCommand {
         do {
             sandbox = Sandbox(configuration: try guest.sandboxConfiguration(), logger: logger)
             try await sandbox.start()
+        } catch let error as ShardError {
+            fail(error.message, code: ExitCodes.vmexecError)
         } catch {
             fail("\(error)", code: ExitCodes.vmexecError)
         }

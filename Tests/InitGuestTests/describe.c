@@ -128,7 +128,28 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
                 " maxrss_kb=%" PRIu64, how[x.how], x.value, x.run_ns, x.utime_us, x.stime_us, x.maxrss_kb);
         break;
     }
-    default: /* SHUTDOWN, BYE, EOF: nothing more */
+    case VX_MOUNT: case VX_UNMOUNT: {
+        struct vx_mount m;
+        if (f.type == VX_MOUNT)
+            vx_mount_decode(&f, &m);
+        else
+            vx_unmount_decode(&f, &m);
+        put(&o, " serial=");
+        put_str(&o, m.serial.p, m.serial.len);
+        if (f.type == VX_MOUNT) {
+            put(&o, " target=");
+            put_str(&o, m.target.p, m.target.len);
+        }
+        break;
+    }
+    case VX_LAYERS: {
+        struct vx_layers l;
+        vx_layers_decode(&f, &l);
+        size_t pos = 0;
+        put_list(&o, "serials", l.serials, l.serials_len, &pos, l.count);
+        break;
+    }
+    default: /* SHUTDOWN, BYE, EOF, DONE: nothing more */
         break;
     }
     return (size_t)n;

@@ -50,7 +50,16 @@ enum FrameDescription {
             }
             s += " how=\(how) value=\(value) run_ns=\(x.runNanoseconds) utime_us=\(x.userMicroseconds)"
             s += " stime_us=\(x.systemMicroseconds) maxrss_kb=\(x.maxRSSKiB)"
-        case .shutdown, .bye, .eof:
+        case .mount, .unmount, .layers:
+            switch try! DriveRequest(frame.kind!, decoding: p) {
+            case .mount(let serial, let target):
+                s += " serial=\(quote(Array(serial.utf8))) target=\(quote(Array(target.utf8)))"
+            case .unmount(let serial):
+                s += " serial=\(quote(Array(serial.utf8)))"
+            case .layers(let serials):
+                s += " serials=[" + serials.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
+            }
+        case .shutdown, .bye, .eof, .done:
             break
         }
         return (s, consumed)
@@ -71,6 +80,10 @@ enum FrameDescription {
         case .window: "WINDOW"
         case .signal: "SIGNAL"
         case .exit: "EXIT"
+        case .mount: "MOUNT"
+        case .unmount: "UNMOUNT"
+        case .layers: "LAYERS"
+        case .done: "DONE"
         }
     }
 

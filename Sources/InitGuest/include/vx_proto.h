@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VX_MAJOR 1
-#define VX_MINOR 0
+#define VX_MINOR 1
 
 #define VX_HEADER_SIZE 12u
 /* Hard cap on a frame's payload; a header claiming more is fatal. */
@@ -22,6 +22,8 @@
 #define VX_MAX_ARGS 1024u
 #define VX_MAX_ENVS 1024u
 #define VX_EXIT_SIZE 40u
+#define VX_MAX_SERIAL 36u
+#define VX_MAX_LAYERS 16u
 
 enum vx_type {
     VX_HELLO = 0x01,
@@ -37,6 +39,10 @@ enum vx_type {
     VX_WINDOW = 0x14,
     VX_SIGNAL = 0x15,
     VX_EXIT = 0x16,
+    VX_MOUNT = 0x20,
+    VX_UNMOUNT = 0x21,
+    VX_LAYERS = 0x22,
+    VX_DONE = 0x23,
 };
 
 /* Sub-streams of a process stream (the header's `sub` byte). */
@@ -55,6 +61,8 @@ enum vx_err {
     VX_E_INTERNAL = 9,
     VX_E_STATE = 10,
     VX_E_WORKDIR = 11,
+    VX_E_MOUNT = 12,
+    VX_E_BUSY = 13,
 };
 
 /* EXEC flags. */
@@ -98,6 +106,18 @@ struct vx_exit {
     uint64_t run_ns, utime_us, stime_us, maxrss_kb;
 };
 
+/* MOUNT: the drive with this serial, read-only at target; UNMOUNT: target empty. */
+struct vx_mount {
+    struct vx_str serial, target;
+};
+
+/* LAYERS: the drives stacked above the base as the root's lower layers, bottom first. */
+struct vx_layers {
+    uint16_t count;
+    const uint8_t *serials; /* count encoded strings */
+    size_t serials_len;
+};
+
 struct vx_error {
     uint32_t code;
     int32_t err;
@@ -121,6 +141,9 @@ int vx_exec_decode(const struct vx_frame *f, struct vx_exec *e);
 int vx_exit_decode(const struct vx_frame *f, struct vx_exit *x);
 int vx_error_decode(const struct vx_frame *f, struct vx_error *e);
 int vx_u32_decode(const struct vx_frame *f, uint32_t *v);
+int vx_mount_decode(const struct vx_frame *f, struct vx_mount *m);
+int vx_unmount_decode(const struct vx_frame *f, struct vx_mount *m);
+int vx_layers_decode(const struct vx_frame *f, struct vx_layers *l);
 
 /* Reads the next encoded string at *pos within [p, p+n); 0 or VX_E_MALFORMED. */
 int vx_str_next(const uint8_t *p, size_t n, size_t *pos, struct vx_str *s);

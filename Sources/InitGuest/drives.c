@@ -1,0 +1,478 @@
+/*
+ * drives.c - the guest's root file system and the read-only drives (shards)
+ * the host attaches to it.
+ *
+ * The root that commands run in is an overlay: the base drive at the bottom,
+ * layer shards above it (bottom first), a writable upper layer on top. It can
+ * be rebuilt with other layers while no command runs. Mount shards are
+ * mounted straight onto their target inside the root, read-only, nodev,
+ * nosuid; targets are walked component by component without following a
+ * symlink, since commands (untrusted) may have planted one in the upper layer.
+ *
+ * Drives are found by serial: virtio-blk's /sys/block/vd* /serial, or a SCSI
+ * disk's unit serial number (VPD page 0x80) for the hot-plugged shards.
+ */
+#define _GNU_SOURCE
+#include "drives.h"
+
+#include "boot.h"
+#include "vx_proto.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_DRIVES 32
+#define SHARDS_DIR "/mnt/shards"
+#define ROOT_OPTS_MAX 2048
+
+enum use { UNUSED, AT_TARGET, AS_LAYER };
+
+/* A drive the host asked for: mounted at `target` in the root, or a layer. */
+static struct drive {
+    enum use use;
+    char serial[VX_MAX_SERIAL + 1];
+    char dev[32];
+    char target[256];
+} drives[MAX_DRIVES];
+
+/* The current layers, bottom first (indices into drives[]). */
+static int layers[VX_MAX_LAYERS];
+static unsigned layer_count;
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+/* Reads up to n-1 bytes of a small file; returns the count or -1. */
+static ssize_t read_small(const char *path, char *buf, size_t n)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t r = read(fd, buf, n - 1);
+    close(fd);
+    if (r >= 0)
+        buf[r] = 0;
+    return r;
+}
+
+/* Whether block device `name` (vdX or sdX) carries `serial`. */
+static int has_serial(const char *name, const char *serial)
+{
+    char path[300], val[128];
+    size_t len = strlen(serial);
+    if (strncmp(name, "vd", 2) == 0) {
+        snprintf(path, sizeof path, "/sys/block/%s/serial", name);
+        ssize_t r = read_small(path, val, sizeof val);
+        while (r > 0 && (val[r - 1] == '\n' || val[r - 1] == ' '))
+            val[--r] = 0;
+        return r >= 0 && strcmp(val, serial) == 0;
+    }
+    if (strncmp(name, "sd", 2) == 0) {
+        /* VPD page 0x80: 4 header bytes, then the serial, maybe space-padded. */
+        snprintf(path, sizeof path, "/sys/block/%s/device/vpd_pg80", name);
+        ssize_t r = read_small(path, val, sizeof val);
+        if (r < 4 || (uint8_t)val[1] != 0x80)
+            return 0;
+        size_t n = ((size_t)(uint8_t)val[2] << 8 | (uint8_t)val[3]);
+        if (n > (size_t)r - 4)
+            n = (size_t)r - 4;
+        while (n > 0 && (val[4 + n - 1] == ' ' || val[4 + n - 1] == 0))
+            n--;
+        return n == len && memcmp(val + 4, serial, len) == 0;
+    }
+    return 0;
+}
+
+int drives_find(const char *serial, char *dev, size_t n, int wait_ms)
+{
+    for (int waited = 0;; waited += 10) {
+        DIR *d = opendir("/sys/block");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (e->d_name[0] != '.' && has_serial(e->d_name, serial) &&
+                snprintf(dev, n, "/dev/%s", e->d_name) < (int)n && access(dev, R_OK) == 0) {
+                closedir(d);
+                return 0;
+            }
+        }
+        if (d)
+            closedir(d);
+        if (waited >= wait_ms)
+            return -1;
+        sleep_ms(10);
+    }
+}
+
+static struct drive *find_drive(const char *serial)
+{
+    for (int i = 0; i < MAX_DRIVES; i++)
+        if (drives[i].use != UNUSED && strcmp(drives[i].serial, serial) == 0)
+            return &drives[i];
+    return NULL;
+}
+
+/* Checks a target: absolute, no empty, '.' or '..' part, not a place the init mounts itself. */
+static int target_ok(const char *t)
+{
+    if (t[0] != '/' || !t[1])
+        return 0;
+    static const char *const own[] = {"/proc", "/sys", "/dev", "/tmp", "/run"};
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
+        size_t l = strlen(own[i]);
+        if (strncmp(t, own[i], l) == 0 && (t[l] == 0 || t[l] == '/'))
+            return 0;
+    }
+    for (const char *p = t; *p;) {
+        const char *s = p + 1, *e = strchrnul(s, '/');
+        size_t l = (size_t)(e - s);
+        if (l == 0 || (l == 1 && s[0] == '.') || (l == 2 && s[0] == '.' && s[1] == '.'))
+            return 0;
+        p = e;
+    }
+    return 1;
+}
+
+/*
+ * Opens the directory `target` inside the root, creating missing parts,
+ * never following a symlink. Returns an O_PATH fd or -1 with errno set.
+ */
+static int open_in_root(const char *target)
+{
+    int fd = open(VX_NEWROOT, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char part[256];
+    for (const char *p = target; fd >= 0 && *p;) {
+        const char *s = p + 1, *e = strchrnul(s, '/');
+        size_t l = (size_t)(e - s);
+        memcpy(part, s, l);
+        part[l] = 0;
+        if (mkdirat(fd, part, 0755) != 0 && errno != EEXIST) {
+            int saved = errno;
+            close(fd);
+            errno = saved;
+            return -1;
+        }
+        int next = openat(fd, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        fd = next;
+        p = e;
+    }
+    return fd;
+}
+
+static int mount_at_target(struct drive *d, char *err, size_t n)
+{
+    int fd = open_in_root(d->target);
+    if (fd < 0) {
+        snprintf(err, n, "cannot make the mount point %s: %s%s", d->target, strerror(errno),
+                 errno == ELOOP || errno == ENOTDIR ? " (a part of it is a symlink or a file)" : "");
+        return VX_E_MOUNT;
+    }
+    char at[64];
+    snprintf(at, sizeof at, "/proc/self/fd/%d", fd);
+    int rc = mount(d->dev, at, "squashfs", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL);
+    int saved = errno;
+    close(fd);
+    if (rc != 0) {
+        snprintf(err, n, "mount %s (drive %s) at %s: %s", d->dev, d->serial, d->target, strerror(saved));
+        return VX_E_MOUNT;
+    }
+    return 0;
+}
+
+/* Mounts the drive's squashfs under /mnt/shards/SERIAL (for use as a layer). */
+static int stage(struct drive *d, char *err, size_t n)
+{
+    char at[sizeof SHARDS_DIR + VX_MAX_SERIAL + 2];
+    snprintf(at, sizeof at, "%s/%s", SHARDS_DIR, d->serial);
+    mkdir(SHARDS_DIR, 0700);
+    mkdir(at, 0755);
+    if (mount(d->dev, at, "squashfs", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL) != 0 && errno != EBUSY) {
+        snprintf(err, n, "mount %s (drive %s): %s", d->dev, d->serial, strerror(errno));
+        return VX_E_MOUNT;
+    }
+    return 0;
+}
+
+static void unstage(struct drive *d)
+{
+    char at[sizeof SHARDS_DIR + VX_MAX_SERIAL + 2];
+    snprintf(at, sizeof at, "%s/%s", SHARDS_DIR, d->serial);
+    if (umount2(at, 0) != 0)
+        umount2(at, MNT_DETACH);
+    rmdir(at);
+}
+
+/* Mounts the root overlay over the current layers, and what commands expect inside it. */
+static int build_root(char *err, size_t n)
+{
+    char opts[ROOT_OPTS_MAX];
+    size_t o = (size_t)snprintf(opts, sizeof opts, "lowerdir=");
+    for (unsigned i = layer_count; i-- > 0;)
+        o += (size_t)snprintf(opts + o, sizeof opts - o, "%s/%s:", SHARDS_DIR, drives[layers[i]].serial);
+    snprintf(opts + o, sizeof opts - o, "/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work");
+    const unsigned long safe = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    struct {
+        const char *src, *dst, *type;
+        unsigned long flags;
+        const char *data;
+    } const m[] = {
+        {"overlay", VX_NEWROOT, "overlay", MS_NODEV, opts},
+        {"proc", VX_NEWROOT "/proc", "proc", safe, NULL},
+        {"sysfs", VX_NEWROOT "/sys", "sysfs", safe | MS_RDONLY, NULL},
+        {"/dev", VX_NEWROOT "/dev", NULL, MS_BIND | MS_REC, NULL},
+        {"tmpfs", VX_NEWROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"},
+        {"tmpfs", VX_NEWROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"},
+    };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        mkdir(m[i].dst, 0755);
+        if (mount(m[i].src, m[i].dst, m[i].type, m[i].flags, m[i].data) != 0) {
+            snprintf(err, n, "mount %s on %s: %s", m[i].src, m[i].dst, strerror(errno));
+            return VX_E_MOUNT;
+        }
+    }
+    for (int i = 0; i < MAX_DRIVES; i++) {
+        int rc = drives[i].use == AT_TARGET ? mount_at_target(&drives[i], err, n) : 0;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int drives_setup_root(char *err, size_t n)
+{
+    char dev[64];
+    if (drives_find(VX_ROOT_SERIAL, dev, sizeof dev, 5000)) {
+        snprintf(err, n, "no disk with serial %s: attach the base root file system with "
+                 "-device virtio-blk-...,serial=%s", VX_ROOT_SERIAL, VX_ROOT_SERIAL);
+        return -1;
+    }
+    mkdir("/mnt/lower", 0755);
+    mkdir("/mnt/rw", 0755);
+    if (mount(dev, "/mnt/lower", "squashfs", MS_RDONLY | MS_NODEV, NULL) != 0 ||
+        mount("tmpfs", "/mnt/rw", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0) {
+        snprintf(err, n, "mount the base root file system (%s): %s", dev, strerror(errno));
+        return -1;
+    }
+    mkdir("/mnt/rw/upper", 0755);
+    mkdir("/mnt/rw/work", 0755);
+    return build_root(err, n) ? -1 : 0;
+}
+
+/* Names a process that keeps `target` busy (its cwd, root, a file or a mapping under it). */
+static void find_user(const char *target, char *out, size_t n)
+{
+    size_t tl = strlen(target);
+    snprintf(out, n, "a process");
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9' || strcmp(e->d_name, "1") == 0)
+            continue;
+        char path[300], link[512], comm[64] = "?";
+        int hit = 0;
+        static const char *const links[] = {"cwd", "root", "exe"};
+        for (size_t i = 0; i < 3 && !hit; i++) {
+            snprintf(path, sizeof path, "/proc/%s/%s", e->d_name, links[i]);
+            ssize_t l = readlink(path, link, sizeof link - 1);
+            hit = l >= (ssize_t)tl && strncmp(link, target, tl) == 0 && (link[tl] == 0 || link[tl] == '/') &&
+                  strcmp(links[i], "root") != 0;
+        }
+        snprintf(path, sizeof path, "/proc/%s/maps", e->d_name);
+        FILE *f = hit ? NULL : fopen(path, "re");
+        char line[600];
+        while (f && !hit && fgets(line, sizeof line, f)) {
+            char *p = strchr(line, '/');
+            hit = p && strncmp(p, target, tl) == 0 && p[tl] == '/';
+        }
+        if (f)
+            fclose(f);
+        snprintf(path, sizeof path, "/proc/%s/fd", e->d_name);
+        DIR *fds = hit ? NULL : opendir(path);
+        struct dirent *fe;
+        while (fds && !hit && (fe = readdir(fds))) {
+            char fdp[600];
+            snprintf(fdp, sizeof fdp, "/proc/%s/fd/%s", e->d_name, fe->d_name);
+            ssize_t l = readlink(fdp, link, sizeof link - 1);
+            if (l > 0) {
+                link[l] = 0;
+                hit = strncmp(link, target, tl) == 0 && (link[tl] == 0 || link[tl] == '/');
+            }
+        }
+        if (fds)
+            closedir(fds);
+        if (hit) {
+            snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
+            ssize_t l = read_small(path, comm, sizeof comm);
+            if (l > 0 && comm[l - 1] == '\n')
+                comm[l - 1] = 0;
+            snprintf(out, n, "pid %.12s (%.20s)", e->d_name, comm);
+            break;
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
+int drives_mount(const char *serial, const char *target, char *err, size_t n)
+{
+    if (!target_ok(target)) {
+        snprintf(err, n, "cannot mount at %s: give an absolute path without '.' or '..' parts, "
+                 "outside /proc, /sys, /dev, /tmp and /run", target);
+        return VX_E_MOUNT;
+    }
+    if (find_drive(serial)) {
+        snprintf(err, n, "drive %s is already in use", serial);
+        return VX_E_BUSY;
+    }
+    for (int i = 0; i < MAX_DRIVES; i++) {
+        if (drives[i].use == AT_TARGET && strcmp(drives[i].target, target) == 0) {
+            snprintf(err, n, "%s is already the mount point of drive %s", target, drives[i].serial);
+            return VX_E_BUSY;
+        }
+    }
+    struct drive *d = NULL;
+    for (int i = 0; !d && i < MAX_DRIVES; i++)
+        if (drives[i].use == UNUSED)
+            d = &drives[i];
+    if (!d) {
+        snprintf(err, n, "at most %d drives at once", MAX_DRIVES);
+        return VX_E_MOUNT;
+    }
+    struct drive candidate = {AT_TARGET, {0}, {0}, {0}};
+    snprintf(candidate.serial, sizeof candidate.serial, "%s", serial);
+    snprintf(candidate.target, sizeof candidate.target, "%s", target);
+    if (drives_find(serial, candidate.dev, sizeof candidate.dev, 10000)) {
+        snprintf(err, n, "no drive with serial %s appeared within 10 s", serial);
+        return VX_E_MOUNT;
+    }
+    int rc = mount_at_target(&candidate, err, n);
+    if (rc == 0)
+        *d = candidate;
+    return rc;
+}
+
+int drives_unmount(const char *serial, char *err, size_t n)
+{
+    struct drive *d = find_drive(serial);
+    if (!d) {
+        snprintf(err, n, "no drive %s is mounted", serial);
+        return VX_E_MOUNT;
+    }
+    if (d->use == AS_LAYER) {
+        snprintf(err, n, "drive %s is a layer of the root; send LAYERS without it instead", serial);
+        return VX_E_BUSY;
+    }
+    char path[sizeof VX_NEWROOT + 256];
+    snprintf(path, sizeof path, "%s%s", VX_NEWROOT, d->target);
+    if (umount2(path, UMOUNT_NOFOLLOW) != 0) {
+        if (errno == EBUSY) {
+            char who[128];
+            find_user(d->target, who, sizeof who);
+            snprintf(err, n, "%s is in use by %s; end it first", d->target, who);
+            return VX_E_BUSY;
+        }
+        if (errno != EINVAL) { /* EINVAL: not mounted (any more) */
+            snprintf(err, n, "unmount %s: %s", d->target, strerror(errno));
+            return VX_E_MOUNT;
+        }
+    }
+    memset(d, 0, sizeof *d);
+    return 0;
+}
+
+/* Finds or stages the drive for layer i of a LAYERS request; its index goes to *slot. */
+static int want_layer(const char *const *serials, unsigned i, int *slot, char *err, size_t n)
+{
+    struct drive *d = find_drive(serials[i]);
+    if (d && d->use != AS_LAYER) {
+        snprintf(err, n, "drive %s is mounted at %s, not a layer", serials[i], d->target);
+        return VX_E_BUSY;
+    }
+    for (unsigned j = 0; j < i; j++) {
+        if (strcmp(serials[i], serials[j]) == 0) {
+            snprintf(err, n, "drive %s is named twice", serials[i]);
+            return VX_E_MOUNT;
+        }
+    }
+    for (int k = 0; !d && k < MAX_DRIVES; k++) {
+        if (drives[k].use != UNUSED)
+            continue;
+        struct drive fresh = {AS_LAYER, {0}, {0}, {0}};
+        snprintf(fresh.serial, sizeof fresh.serial, "%s", serials[i]);
+        if (drives_find(serials[i], fresh.dev, sizeof fresh.dev, 10000)) {
+            snprintf(err, n, "no drive with serial %s appeared within 10 s", serials[i]);
+            return VX_E_MOUNT;
+        }
+        int rc = stage(&fresh, err, n);
+        if (rc)
+            return rc;
+        drives[k] = fresh;
+        d = &drives[k];
+    }
+    if (!d) {
+        snprintf(err, n, "at most %d drives at once", MAX_DRIVES);
+        return VX_E_MOUNT;
+    }
+    *slot = (int)(d - drives);
+    return 0;
+}
+
+int drives_set_layers(const char *const *serials, unsigned count, unsigned running, char *err, size_t n)
+{
+    if (running) {
+        snprintf(err, n, "%u command%s still run%s in the current root; the layers change only when none does",
+                 running, running == 1 ? "" : "s", running == 1 ? "s" : "");
+        return VX_E_BUSY;
+    }
+    int next[VX_MAX_LAYERS];
+    int rc = 0;
+    unsigned i;
+    for (i = 0; i < count && rc == 0; i++)
+        rc = want_layer(serials, i, &next[i], err, n);
+    if (rc) { /* drop what this request staged */
+        for (unsigned j = 0; j + 1 < i; j++) {
+            int current = 0;
+            for (unsigned k = 0; k < layer_count; k++)
+                current |= layers[k] == next[j];
+            if (!current) {
+                unstage(&drives[next[j]]);
+                memset(&drives[next[j]], 0, sizeof drives[next[j]]);
+            }
+        }
+        return rc;
+    }
+    /* Take the old root down whole (overlay and everything mounted inside it). */
+    if (umount2(VX_NEWROOT, MNT_DETACH) != 0) {
+        snprintf(err, n, "unmount the old root: %s", strerror(errno));
+        return VX_E_MOUNT;
+    }
+    /* Drop the layers that are no longer wanted. */
+    for (unsigned i = 0; i < layer_count; i++) {
+        int kept = 0;
+        for (unsigned j = 0; j < count; j++)
+            kept |= next[j] == layers[i];
+        if (!kept) {
+            unstage(&drives[layers[i]]);
+            memset(&drives[layers[i]], 0, sizeof drives[layers[i]]);
+        }
+    }
+    memcpy(layers, next, sizeof next[0] * count);
+    layer_count = count;
+    rc = build_root(err, n);
+    if (rc)
+        vx_log("rebuilding the root failed: %s", err);
+    return rc;
+}

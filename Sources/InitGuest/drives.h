@@ -1,0 +1,25 @@
+/*
+ * drives.h - the root file system and the read-only drives (shards) in it.
+ * Each returns 0, or a VX_E_* code with a sentence for the host in err.
+ */
+#ifndef VX_DRIVES_H
+#define VX_DRIVES_H
+
+#include <stddef.h>
+
+/* Finds /dev/vdX or /dev/sdX carrying `serial`, waiting up to wait_ms; 0 or -1. */
+int drives_find(const char *serial, char *dev, size_t n, int wait_ms);
+
+/* At boot: mounts the base drive and builds the root (no layers yet); 0 or -1. */
+int drives_setup_root(char *err, size_t n);
+
+/* MOUNT: the drive with `serial`, read-only, nodev, nosuid, at `target` inside the root. */
+int drives_mount(const char *serial, const char *target, char *err, size_t n);
+
+/* UNMOUNT: refused with VX_E_BUSY (naming a user) while anything uses it. */
+int drives_unmount(const char *serial, char *err, size_t n);
+
+/* LAYERS: rebuilds the root over these drives (bottom first); only while no command runs. */
+int drives_set_layers(const char *const *serials, unsigned count, unsigned running, char *err, size_t n);
+
+#endif

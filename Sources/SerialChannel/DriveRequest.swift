@@ -1,0 +1,99 @@
+/// MOUNT, UNMOUNT and LAYERS: what the guest does with the read-only drives
+/// (shards) the host attaches. The guest finds a drive by its serial and
+/// answers DONE, or ERROR with code MOUNT or BUSY, on the request's stream.
+public enum DriveRequest: Sendable, Equatable {
+    /// Mount the drive with `serial` read-only (nodev, nosuid) at `target` in the guest's root.
+    case mount(serial: String, target: String)
+    /// Unmount the drive with `serial`; refused with BUSY while something uses it.
+    case unmount(serial: String)
+    /// Rebuild the guest's root with these drives as read-only layers above the
+    /// base, bottom first; refused with BUSY while processes run.
+    case layers([String])
+
+    /// The longest serial a drive keeps (QEMU's scsi-hd limit).
+    public static let maxSerial = 36
+    public static let maxLayers = 16
+
+    public var frameType: FrameType {
+        switch self {
+        case .mount: return .mount
+        case .unmount: return .unmount
+        case .layers: return .layers
+        }
+    }
+
+    /// Whether `serial` is 1-36 of `[A-Za-z0-9._-]`.
+    public static func isValidSerial(_ serial: String) -> Bool {
+        !serial.isEmpty && serial.utf8.count <= maxSerial && serial.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
+                || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
+        }
+    }
+
+    public init(_ type: FrameType, decoding p: [UInt8]) throws(ProtocolError) {
+        var pos = 0
+        func string() throws(ProtocolError) -> String {
+            guard p.count - pos >= 2 else { throw .malformedPayload("drive request") }
+            let len = Int(p.u16(at: pos))
+            guard p.count - pos - 2 >= len else { throw .malformedPayload("drive request") }
+            let bytes = p[(pos + 2)..<(pos + 2 + len)]
+            guard !bytes.contains(0) else { throw .malformedPayload("drive request") }
+            pos += 2 + len
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        func serial() throws(ProtocolError) -> String {
+            let s = try string()
+            guard Self.isValidSerial(s) else { throw .malformedPayload("drive serial") }
+            return s
+        }
+        switch type {
+        case .mount:
+            let s = try serial()
+            let target = try string()
+            guard target.hasPrefix("/"), target.utf8.count >= 2, target.utf8.count <= 255 else {
+                throw .malformedPayload("MOUNT target")
+            }
+            self = .mount(serial: s, target: target)
+        case .unmount:
+            self = .unmount(serial: try serial())
+        case .layers:
+            guard p.count >= 2 else { throw .malformedPayload("LAYERS") }
+            let count = Int(p.u16(at: 0))
+            guard count <= Self.maxLayers else { throw .malformedPayload("LAYERS") }
+            pos = 2
+            var serials: [String] = []
+            for _ in 0..<count { serials.append(try serial()) }
+            self = .layers(serials)
+        default:
+            throw .malformedPayload("drive request")
+        }
+        guard pos == p.count else { throw .malformedPayload("drive request") }
+    }
+
+    /// The payload bytes; throws for a request the guest would refuse as malformed.
+    public func encoded() throws(ProtocolError) -> [UInt8] {
+        var p: [UInt8] = []
+        func put(_ s: String) {
+            p.appendLE(UInt16(s.utf8.count))
+            p.append(contentsOf: s.utf8)
+        }
+        switch self {
+        case .mount(let serial, let target):
+            guard Self.isValidSerial(serial), target.hasPrefix("/"), (2...255).contains(target.utf8.count),
+                  !target.utf8.contains(0)
+            else { throw .invalidRequest("cannot mount drive '\(serial)' at '\(target)'") }
+            put(serial)
+            put(target)
+        case .unmount(let serial):
+            guard Self.isValidSerial(serial) else { throw .invalidRequest("bad drive serial '\(serial)'") }
+            put(serial)
+        case .layers(let serials):
+            guard serials.count <= Self.maxLayers, serials.allSatisfy(Self.isValidSerial) else {
+                throw .invalidRequest("at most \(Self.maxLayers) layers, each a valid drive serial")
+            }
+            p.appendLE(UInt16(serials.count))
+            serials.forEach(put)
+        }
+        return p
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import SerialChannel
+import SquashMounts
+
+/// A shard as a drive of one guest: which QEMU block node and SCSI device
+/// carry it, and the serial the init finds it by.
+struct ShardAttachment: Sendable {
+    let shard: Shard
+    let serial: String
+
+    var node: String { serial.replacingOccurrences(of: "-", with: "") }
+    var device: String { node + "-dev" }
+    var isLayer: Bool {
+        if case .layer = shard.manifest.placement { return true }
+        return false
+    }
+
+    /// Hot-plugs the shard's file as a read-only SCSI disk (QMP blockdev-add, device_add).
+    func plug(_ qmp: QMPClient) async throws {
+        try await qmp.execute("blockdev-add", arguments: [
+            "driver": "raw", "node-name": node, "read-only": true,
+            "file": ["driver": "file", "filename": shard.path, "read-only": true] as [String: any Sendable],
+        ])
+        do {
+            try await qmp.execute("device_add", arguments: [
+                "driver": "scsi-hd", "bus": "\(MachineProfile.shardBus).0", "drive": node, "id": device, "serial": serial,
+            ])
+        } catch {
+            try? await qmp.execute("blockdev-del", arguments: ["node-name": node])
+            throw error
+        }
+    }
+
+    /// Removes the disk and its block node (after the guest has let go of it).
+    func unplug(_ qmp: QMPClient) async throws {
+        try await qmp.execute("device_del", arguments: ["id": device])
+        // A SCSI disk leaves at once, but its block node may still be referenced a moment.
+        var attempt = 0
+        while true {
+            do {
+                try await qmp.execute("blockdev-del", arguments: ["node-name": node])
+                return
+            } catch {
+                attempt += 1
+                if attempt > 100 { throw error }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+    }
+}
+
+extension Sandbox {
+    /// Checks `shards` against each other and the guest's architecture, and
+    /// verifies those in `verifying` (sha256 against the manifest, every table readable) and
+    /// checks them against each other and the guest's architecture, off the
+    /// cooperative thread pool. Throws `.shardRefused` naming the shard and why.
+    static func vet(_ shards: [Shard], verifying: [Shard], architecture: GuestArchitecture) async throws {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            DispatchQueue.global().async {
+                do throws(ShardError) {
+                    try ShardSet.check(shards, guestArchitecture: architecture.rawValue)
+                    for shard in verifying { try shard.verify(deep: false) }
+                    c.resume()
+                } catch {
+                    c.resume(throwing: VMExecError(.shardRefused, error.message))
+                }
+            }
+        }
+    }
+
+    /// The guest's answer to a drive request, as a VMExecError that says what to do.
+    static func driveError(_ error: any Error, shard: Shard) -> any Error {
+        if case .refused(let reply)? = error as? ProtocolError {
+            let code: VMExecError.Code = reply.code == .busy ? .shardBusy : .shardRefused
+            return VMExecError(code, "shard \(shard.label): \(reply.message)")
+        }
+        return error
+    }
+}
