@@ -1,7 +1,7 @@
 # vmexec: build, guest images, tests, fuzzing and benchmarks.
-#   make run     deps, build and images as needed, then examples/hello.py in a guest
+#   make run     deps, build and images as needed, then the examples in a guest with the shards attached
 #   make test    the whole suite (C vectors, Swift unit tests, real guests)
-#   make images  guest kernel, initramfs and base root file system for ARCH
+#   make images  guest kernel, initramfs, base root file system and the SDK and libs shards for ARCH
 #   make fuzz    a bounded libFuzzer run over the init's frame parser
 #   make bench   benchmarks against qemu-guest-agent (not part of make test)
 
@@ -14,6 +14,11 @@ GUEST_MODULES = $(shell grep -v '^\#' images/guest-modules.txt)
 INIT_SRC := $(wildcard Sources/InitGuest/*.c Sources/InitGuest/*.h Sources/InitGuest/include/*.h)
 CFLAGS_STRICT := -std=c11 -Wall -Wextra -Werror
 FUZZ_SECONDS ?= 60
+# The libs shard: numpy from PyPI's wheel for the guest's CPython (3.11, bookworm's).
+NUMPY_VERSION ?= 1.26.4
+WHEELS := images/build/cache/wheels
+SDK_SHARD := $(IMG)/sdk-python.shard
+LIBS_SHARD := $(IMG)/libs-numpy-$(NUMPY_VERSION).shard
 
 ifeq ($(ARCH),x86_64)
 INIT_CC ?= musl-gcc
@@ -33,7 +38,7 @@ build:
 
 # ---- guest images (make-style: nothing is rebuilt that is up to date) ----
 
-images: deps $(IMG)/kernel.version $(IMG)/initramfs.cpio $(IMG)/rootfs.sqfs
+images: deps $(IMG)/kernel.version $(IMG)/initramfs.cpio $(IMG)/rootfs.sqfs $(SDK_SHARD) $(LIBS_SHARD)
 
 $(IMG)/kernel.version: images/kernel.sh images/extract-vmlinux.py
 	@mkdir -p $(IMG)
@@ -50,13 +55,32 @@ $(IMG)/noop: images/noop.c
 $(IMG)/initramfs.cpio: $(IMG)/vmexec-init $(IMG)/kernel.version images/initramfs.sh images/modorder.py images/guest-modules.txt
 	images/initramfs.sh $(IMG) $(IMG)/vmexec-init $@ $(GUEST_MODULES)
 
-$(IMG)/rootfs.sqfs: images/rootfs.sh $(IMG)/noop
-	images/rootfs.sh $(ARCH) $@ $(IMG)/noop
+# One debootstrap gives the base (no Python) and, installed into a copy, the SDK layer's tree.
+$(IMG)/rootfs.sqfs $(IMG)/sdk.tree.version &: images/rootfs.sh images/treediff.py $(IMG)/noop
+	images/rootfs.sh $(ARCH) $(IMG)/rootfs.sqfs $(IMG)/noop "" $(IMG)/sdk.tree
+
+# Shards are built by vmexec itself (libsquashfs), as a user would build them.
+$(VMEXEC):
+	$(SWIFT) build --product vmexec
+
+$(SDK_SHARD): $(IMG)/sdk.tree.version | $(VMEXEC)
+	$(VMEXEC) shard create $(IMG)/sdk.tree -o $@ --name cpython --version $$(cat $<) --kind sdk --layer 10 \
+	  --arch $(ARCH) --provides python3 --provides python3.11
+
+$(LIBS_SHARD): | $(VMEXEC)
+	@mkdir -p $(WHEELS)
+	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --platform manylinux2014_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
+	  -d $(WHEELS) numpy==$(NUMPY_VERSION)
+	$(VMEXEC) shard import $$(ls $(WHEELS)/numpy-$(NUMPY_VERSION)-cp311-cp311-*$(ARCH).whl) -o $@ \
+	  --name numpy --version $(NUMPY_VERSION) --kind libs --mount /opt/libs/numpy --arch $(ARCH) \
+	  --requires python3.11 --provides numpy==$(NUMPY_VERSION) --env PYTHONPATH=/opt/libs/numpy --root-owned
 
 # ---- run and test ----
 
 run: deps build images
-	$(VMEXEC) run --images $(IMG) -- python3 - < examples/hello.py
+	$(VMEXEC) run --images $(IMG) --shard $(SDK_SHARD) -- python3 - < examples/hello.py
+	$(VMEXEC) run --images $(IMG) --shard $(SDK_SHARD) --shard $(LIBS_SHARD) -- python3 - < examples/numpy_demo.py
 
 test: deps images test-c test-swift
 
@@ -92,7 +116,7 @@ clean-images:
 
 # The bench variant of the root file system carries qemu-guest-agent, the peer.
 $(IMG)/rootfs-bench.sqfs: images/rootfs.sh $(IMG)/noop
-	images/rootfs.sh $(ARCH) $@ $(IMG)/noop qemu-guest-agent
+	images/rootfs.sh $(ARCH) $@ $(IMG)/noop python3,qemu-guest-agent
 
 bench-images: images $(IMG)/rootfs-bench.sqfs
 

@@ -1,32 +1,56 @@
 #!/bin/sh
-# rootfs.sh ARCH OUT_SQFS NOOP_BIN [EXTRA_PACKAGES]
+# rootfs.sh ARCH OUT_SQFS NOOP_BIN [EXTRA_PACKAGES] [SDK_DIR]
 # Builds the base root file system: a debootstrap minbase of Debian bookworm
-# with python3 (plus EXTRA_PACKAGES, comma separated), the static no-op
-# binary at /usr/lib/vmexec/noop, packed as a read-only squashfs image.
+# (plus EXTRA_PACKAGES, comma separated), the static no-op binary at
+# /usr/lib/vmexec/noop, packed as a read-only squashfs image.
+# With SDK_DIR, also installs python3 into a copy and writes what that adds
+# to SDK_DIR (the tree of the SDK layer shard) and its version to SDK_DIR.version.
 set -eu
-ARCH=$1 OUT=$2 NOOP=$3 EXTRA=${4:-}
+ARCH=$1 OUT=$2 NOOP=$3 EXTRA=${4:-} SDK=${5:-}
 case "$ARCH" in
   x86_64) DEB=amd64 ;;
   aarch64) DEB=arm64 ;;
   *) echo "rootfs.sh: unsupported architecture $ARCH" >&2; exit 2 ;;
 esac
 MIRROR=${VMEXEC_MIRROR:-http://deb.debian.org/debian}
-INCLUDE=python3${EXTRA:+,$EXTRA}
 TMP=$(mktemp -d "$(dirname "$OUT")/rootfs.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-if ! debootstrap --arch="$DEB" --variant=minbase --include="$INCLUDE" bookworm "$TMP" "$MIRROR" > "$TMP.log" 2>&1; then
-  tail -n 20 "$TMP.log" >&2
-  echo "rootfs.sh: debootstrap failed (full log: $TMP.log)" >&2
+cleanup() {
+  umount "$TMP/full/proc" 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+if ! debootstrap --arch="$DEB" --variant=minbase ${EXTRA:+--include="$EXTRA"} bookworm "$TMP/base" "$MIRROR" > "$TMP/log" 2>&1; then
+  tail -n 20 "$TMP/log" >&2
+  echo "rootfs.sh: debootstrap failed" >&2
   exit 1
 fi
-rm -f "$TMP.log"
+if [ -n "$SDK" ]; then
+  cp -a "$TMP/base" "$TMP/full"
+  cp /etc/resolv.conf "$TMP/full/etc/resolv.conf"
+  mount -t proc proc "$TMP/full/proc"
+  if ! DEBIAN_FRONTEND=noninteractive chroot "$TMP/full" apt-get install -y -qq --no-install-recommends python3 > "$TMP/log" 2>&1; then
+    tail -n 20 "$TMP/log" >&2
+    echo "rootfs.sh: installing python3 for the SDK shard failed" >&2
+    exit 1
+  fi
+  chroot "$TMP/full" python3 -c 'import platform; print(platform.python_version())' > "$TMP/version"
+  umount "$TMP/full/proc"
+fi
 # Trim what a guest never reads: package caches, docs, man pages.
-rm -rf "$TMP"/var/cache/apt/* "$TMP"/var/lib/apt/lists/* "$TMP"/usr/share/doc/* "$TMP"/usr/share/man/* "$TMP"/usr/share/info/*
-install -D -m 0755 "$NOOP" "$TMP/usr/lib/vmexec/noop"
-echo vmexec > "$TMP/etc/hostname"
+for T in "$TMP/base" "$TMP/full"; do
+  [ -d "$T" ] || continue
+  rm -rf "$T"/var/cache/apt/* "$T"/var/lib/apt/lists/* "$T"/usr/share/doc/* "$T"/usr/share/man/* "$T"/usr/share/info/*
+done
+install -D -m 0755 "$NOOP" "$TMP/base/usr/lib/vmexec/noop"
+echo vmexec > "$TMP/base/etc/hostname"
+if [ -n "$SDK" ]; then
+  rm -rf "$SDK" "$SDK.version"
+  python3 "$(dirname "$0")/treediff.py" "$TMP/base" "$TMP/full" "$SDK"
+  mv "$TMP/version" "$SDK.version"
+fi
 # LZ4: the guest decompresses on every cold read and TCG makes heavier
 # codecs slow; the image stays on the host, so its size matters little.
 rm -f "$OUT.tmp"
-mksquashfs "$TMP" "$OUT.tmp" -comp lz4 -Xhc -noappend -quiet -no-progress -all-root >/dev/null
+mksquashfs "$TMP/base" "$OUT.tmp" -comp lz4 -Xhc -noappend -quiet -no-progress -all-root >/dev/null
 mv "$OUT.tmp" "$OUT"
-echo "rootfs $OUT ($INCLUDE): $(du -h "$OUT" | cut -f1)"
+echo "rootfs $OUT (minbase${EXTRA:+,$EXTRA}): $(du -h "$OUT" | cut -f1)${SDK:+; SDK tree $SDK (python $(cat "$SDK.version"))}"
