@@ -59,15 +59,17 @@ $(IMG)/initramfs.cpio: $(IMG)/vmexec-init $(IMG)/kernel.version images/initramfs
 $(IMG)/rootfs.sqfs $(IMG)/sdk.tree.version &: images/rootfs.sh images/treediff.py $(IMG)/noop
 	images/rootfs.sh $(ARCH) $(IMG)/rootfs.sqfs $(IMG)/noop "" $(IMG)/sdk.tree
 
-# Shards are built by vmexec itself (libsquashfs), as a user would build them.
-$(VMEXEC):
-	$(SWIFT) build --product vmexec
+# Shards are built by vmexec itself (libsquashfs), as a user would build them,
+# and again when the shard code changes.
+SHARD_CODE := $(wildcard Sources/SquashMounts/*.swift)
 
-$(SDK_SHARD): $(IMG)/sdk.tree.version | $(VMEXEC)
+$(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE)
+	$(SWIFT) build --product vmexec
 	$(VMEXEC) shard create $(IMG)/sdk.tree -o $@ --name cpython --version $$(cat $<) --kind sdk --layer 10 \
 	  --arch $(ARCH) --provides python3 --provides python3.11
 
-$(LIBS_SHARD): | $(VMEXEC)
+$(LIBS_SHARD): $(SHARD_CODE)
+	$(SWIFT) build --product vmexec
 	@mkdir -p $(WHEELS)
 	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
 	  --platform manylinux2014_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \

@@ -271,9 +271,12 @@ int drives_setup_root(char *err, size_t n)
     return build_root(err, n) ? -1 : 0;
 }
 
-/* Names a process that keeps `target` busy (its cwd, root, a file or a mapping under it). */
-static void find_user(const char *target, char *out, size_t n)
+/* Names a process that keeps `target` busy (its cwd, executable, a file or a mapping under it). */
+static void find_user(const char *target_in_root, char *out, size_t n)
 {
+    /* The init sees the paths of chrooted commands with the root's own path in front. */
+    char target[sizeof VX_NEWROOT + 256];
+    snprintf(target, sizeof target, "%s%s", VX_NEWROOT, target_in_root);
     size_t tl = strlen(target);
     snprintf(out, n, "a process");
     DIR *d = opendir("/proc");
@@ -283,12 +286,13 @@ static void find_user(const char *target, char *out, size_t n)
             continue;
         char path[300], link[512], comm[64] = "?";
         int hit = 0;
-        static const char *const links[] = {"cwd", "root", "exe"};
-        for (size_t i = 0; i < 3 && !hit; i++) {
+        static const char *const links[] = {"cwd", "exe"};
+        for (size_t i = 0; i < 2 && !hit; i++) {
             snprintf(path, sizeof path, "/proc/%s/%s", e->d_name, links[i]);
             ssize_t l = readlink(path, link, sizeof link - 1);
-            hit = l >= (ssize_t)tl && strncmp(link, target, tl) == 0 && (link[tl] == 0 || link[tl] == '/') &&
-                  strcmp(links[i], "root") != 0;
+            if (l > 0)
+                link[l] = 0;
+            hit = l >= (ssize_t)tl && strncmp(link, target, tl) == 0 && (link[tl] == 0 || link[tl] == '/');
         }
         snprintf(path, sizeof path, "/proc/%s/maps", e->d_name);
         FILE *f = hit ? NULL : fopen(path, "re");

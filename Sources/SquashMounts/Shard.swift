@@ -48,6 +48,13 @@ public struct Shard: Sendable, Equatable {
             let footer = try ShardFileLayout.decode(footerBytes, fileSize: size, path: path)
             try handle.seek(toOffset: footer.manifestOffset)
             let json = try handle.read(upToCount: Int(footer.manifestLength)) ?? Data()
+            let paddingBytes = Int(size - UInt64(ShardFileLayout.footerSize) - footer.manifestOffset) - json.count
+            let padding = try handle.read(upToCount: paddingBytes) ?? Data()
+            guard json.count == Int(footer.manifestLength), ShardFileLayout.digest(json) == footer.manifestSHA256,
+                  padding.count == paddingBytes, padding.allSatisfy({ $0 == 0 })
+            else {
+                throw ShardError(.checksumMismatch, "\(path): its manifest or the bytes around it changed since it was built; the file is damaged, copy it again")
+            }
             let manifest: ShardManifest
             do {
                 manifest = try JSONDecoder().decode(ShardManifest.self, from: json)

@@ -53,7 +53,8 @@ public enum ShardBuilder {
         var tail = [UInt8](json)
         tail.append(contentsOf: [UInt8](repeating: 0, count: Int(footerAt - summary.bytes) - json.count))
         tail.append(contentsOf: ShardFileLayout.encode(.init(imageBytes: summary.bytes, manifestOffset: summary.bytes,
-                                                             manifestLength: UInt32(json.count))))
+                                                             manifestLength: UInt32(json.count),
+                                                             manifestSHA256: ShardFileLayout.digest(json))))
         let fd = Glibc.open(temporary, O_WRONLY | O_APPEND | O_CLOEXEC)
         guard fd >= 0 else { throw ShardError(.io, "reopening \(temporary): \(String(cString: strerror(errno)))") }
         defer { close(fd) }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 /// How a shard file is laid out on disk:
@@ -9,8 +10,10 @@ import Foundation
 /// The whole file is a multiple of 4 KiB, so it attaches as a disk as it is;
 /// the kernel and every squashfs tool read the image and ignore what follows
 /// `bytes_used`. The manifest carries the sha256 of the image part, which
-/// therefore cannot hold the manifest itself. The footer (little-endian):
-/// `"VMXSHARD" | u32 layout 1 | u32 manifest length | u64 image bytes | u64 manifest offset | 32 zero bytes`.
+/// therefore cannot hold the manifest itself; the footer carries the sha256
+/// of the manifest, and the padding must be zeros, so that no byte of the
+/// file can change unnoticed. The footer (little-endian):
+/// `"VMXSHARD" | u32 layout 1 | u32 manifest length | u64 image bytes | u64 manifest offset | sha256(manifest)`.
 enum ShardFileLayout {
     static let magic: [UInt8] = Array("VMXSHARD".utf8)
     static let footerSize = 64
@@ -22,7 +25,10 @@ enum ShardFileLayout {
         var imageBytes: UInt64
         var manifestOffset: UInt64
         var manifestLength: UInt32
+        var manifestSHA256: [UInt8]
     }
+
+    static func digest(_ manifest: some DataProtocol) -> [UInt8] { Array(SHA256.hash(data: manifest)) }
 
     static func encode(_ footer: Footer) -> [UInt8] {
         var out = magic
@@ -31,7 +37,8 @@ enum ShardFileLayout {
         put(footer.manifestLength)
         put(footer.imageBytes)
         put(footer.manifestOffset)
-        out.append(contentsOf: [UInt8](repeating: 0, count: footerSize - out.count))
+        out.append(contentsOf: footer.manifestSHA256)
+        precondition(out.count == footerSize)
         return out
     }
 
@@ -43,10 +50,9 @@ enum ShardFileLayout {
         func get<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T {
             bytes[at..<at + MemoryLayout<T>.size].reversed().reduce(T(0)) { ($0 << 8) | T($1) }
         }
-        guard bytes[32...].allSatisfy({ $0 == 0 }) else { throw notShard("its footer's reserved bytes are not zero: damaged?") }
         guard get(8, UInt32.self) == 1 else { throw notShard("shard layout \(get(8, UInt32.self)) is unknown to this vmexec") }
         let footer = Footer(imageBytes: get(16, UInt64.self), manifestOffset: get(24, UInt64.self),
-                            manifestLength: get(12, UInt32.self))
+                            manifestLength: get(12, UInt32.self), manifestSHA256: Array(bytes[32...]))
         guard footer.imageBytes >= 96, footer.imageBytes % alignment == 0,
               footer.manifestOffset == footer.imageBytes,
               footer.manifestLength > 0, footer.manifestLength <= maxManifestBytes,

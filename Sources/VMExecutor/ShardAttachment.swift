@@ -26,7 +26,7 @@ struct ShardAttachment: Sendable {
                 "driver": "scsi-hd", "bus": "\(MachineProfile.shardBus).0", "drive": node, "id": device, "serial": serial,
             ])
         } catch {
-            try? await qmp.execute("blockdev-del", arguments: ["node-name": node])
+            _ = try? await qmp.execute("blockdev-del", arguments: ["node-name": node])
             throw error
         }
     }

@@ -46,11 +46,16 @@ struct ShardVerifyTests {
         #expect(error.code == .notAShard)
         #expect(error.message.contains("vmexec shard create"))
 
-        let (fixture2, shard2) = try built()
-        try flip(shard2.path, at: shard2.fileBytes - 10)  // inside the footer's reserved bytes
-        let footerError = try #require(throws: ShardError.self) { try Shard.open(shard2.path) }
-        #expect(footerError.code == .notAShard)
-        _ = fixture2
+        // Every byte counts: a manifest field that stays valid JSON, the zero padding, the footer's digest.
+        for offset in [{ (s: Shard) in s.imageBytes + 20 }, { $0.fileBytes - 100 }, { $0.fileBytes - 10 }] {
+            let (again, shard) = try built()
+            let json = try Data(contentsOf: URL(fileURLWithPath: shard.path))[Int(shard.imageBytes)...].prefix(40)
+            _ = json
+            try flip(shard.path, at: offset(shard))
+            let error = try #require(throws: ShardError.self) { try Shard.open(shard.path) }
+            #expect(error.code == .checksumMismatch || error.code == .notAShard, "\(error)")
+            _ = again
+        }
     }
 
     @Test("a shard cut short is refused")

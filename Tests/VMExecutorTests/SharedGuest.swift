@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SquashMounts
 import Testing
 import VMExecutor
 
@@ -25,11 +26,20 @@ actor SharedGuest {
         return s
     }
 
-    /// Test guests use the images `make test` points VMEXEC_IMAGES at.
+    /// Test guests use the images `make test` points VMEXEC_IMAGES at, with the
+    /// SDK shard (Python) attached: the base root file system has no Python.
     static func configuration() -> SandboxConfiguration {
         var c = SandboxConfiguration()
         c.images = try? GuestImages.locate()
+        if let sdk = sdkShardPath, let shard = try? Shard.open(sdk) { c.shards = [shard] }
         return c
+    }
+
+    /// The SDK shard `make images` builds beside the guest images.
+    static var sdkShardPath: String? {
+        guard let dir = try? GuestImages.locate().directory else { return nil }
+        let path = dir.appendingPathComponent("sdk-python.shard").path
+        return FileManager.default.fileExists(atPath: path) ? path : nil
     }
 
     /// A sandbox of its own, started, for tests that stop or break their guest.

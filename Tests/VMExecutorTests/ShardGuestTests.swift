@@ -1,0 +1,184 @@
+import Foundation
+import SquashMounts
+import Testing
+@testable import VMExecutor
+
+/// Shards built for a test, in a scratch directory removed at the end.
+final class ShardWorkshop {
+    let root: URL
+
+    init() throws {
+        root = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-shards-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+    }
+
+    deinit { try? FileManager.default.removeItem(at: root) }
+
+    /// A libs shard holding the module `vxlib` whose VERSION is `version`, mounted at /opt/libs/vxlib.
+    func libs(version: String, requires: [String] = ["python3.11"], architecture: String = "any",
+              mount: String = "/opt/libs/vxlib") throws -> Shard {
+        let tree = root.appendingPathComponent("vxlib-\(version)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: tree.appendingPathComponent("vxlib"), withIntermediateDirectories: true)
+        try Data("VERSION = \"\(version)\"\n".utf8).write(to: tree.appendingPathComponent("vxlib/__init__.py"))
+        let manifest = ShardManifest(name: "vxlib", version: version, kind: .libs, architecture: architecture,
+                                     placement: .mount(mount), provides: ["vxlib==\(version)"], requires: requires,
+                                     environment: ["PYTHONPATH": mount])
+        return try ShardBuilder.create(from: tree.path, to: root.appendingPathComponent("\(tree.lastPathComponent).shard").path,
+                                       manifest: manifest)
+    }
+
+    /// Another release of the SDK: the same CPython with a marker module the script reads.
+    func sdk(release: String) throws -> Shard {
+        let source = try #require(SharedGuest.sdkShardPath).replacingOccurrences(of: "sdk-python.shard", with: "sdk.tree")
+        let tree = root.appendingPathComponent("sdk-\(release)")
+        let copy = Process()
+        copy.executableURL = URL(fileURLWithPath: "/bin/cp")
+        copy.arguments = ["-a", source, tree.path]
+        try copy.run()
+        copy.waitUntilExit()
+        try Data("RELEASE = \"\(release)\"\n".utf8).write(to: tree.appendingPathComponent("usr/lib/python3.11/vxsdk.py"))
+        let original = try Shard.open(try #require(SharedGuest.sdkShardPath)).manifest
+        var manifest = ShardManifest(name: original.name, version: "\(original.version)-\(release)", kind: .sdk,
+                                     architecture: original.architecture, placement: original.placement,
+                                     provides: original.provides)
+        manifest.environment = original.environment
+        return try ShardBuilder.create(from: tree.path, to: root.appendingPathComponent("sdk-\(release).shard").path,
+                                       manifest: manifest)
+    }
+}
+
+/// What the test script sees: the SDK release (its marker, or "base" without one) and vxlib's version.
+private let probe = Command(["python3", "-c", """
+    try:
+        import vxsdk; sdk = vxsdk.RELEASE
+    except ImportError:
+        sdk = "base"
+    import vxlib
+    print(sdk, vxlib.VERSION)
+    """])
+
+extension RealGuests {
+    @Suite("Shards in a guest", .timeLimit(.minutes(10)))
+    struct ShardGuestTests {
+        @Test("bad shards are refused before boot, each with an error naming the shard and the reason")
+        func refusedBeforeBoot() async throws {
+            let workshop = try ShardWorkshop()
+            let sdk = try Shard.open(try #require(SharedGuest.sdkShardPath))
+            let good = try workshop.libs(version: "1.0")
+
+            let damaged = try workshop.libs(version: "1.1")
+            let handle = try #require(FileHandle(forUpdatingAtPath: damaged.path))
+            try handle.seek(toOffset: damaged.imageBytes / 2)  // inside the squashfs image
+            try handle.write(contentsOf: Data([0x5a]))
+            try handle.close()
+
+            let cases: [(String, [Shard], String)] = [
+                ("damaged", [sdk, damaged], "sha256"),
+                ("unmet requirement", [try workshop.libs(version: "2.0", requires: ["python9.9"])], "python9.9"),
+                ("other architecture", [sdk, try workshop.libs(version: "3.0", architecture: "aarch64")], "aarch64"),
+                ("same mount point", [sdk, good, try otherShard(workshop, at: "/opt/libs/vxlib")], "/opt/libs/vxlib"),
+            ]
+            for (what, shards, reason) in cases {
+                var c = SharedGuest.configuration()
+                c.shards = shards
+                let sandbox = Sandbox(configuration: c, logger: SharedGuest.logger())
+                let error = try await #require(throws: VMExecError.self, "\(what)") { try await sandbox.start() }
+                #expect(error.code == .shardRefused, "\(what): \(error)")
+                #expect(error.message.contains(reason), "\(what): \(error)")
+                #expect(await sandbox.qemuProcessID == nil, "\(what): refused before QEMU was launched")
+            }
+        }
+
+        private func otherShard(_ workshop: ShardWorkshop, at mount: String) throws -> Shard {
+            let tree = workshop.root.appendingPathComponent("other")
+            try FileManager.default.createDirectory(at: tree, withIntermediateDirectories: true)
+            try Data("x".utf8).write(to: tree.appendingPathComponent("x"))
+            return try ShardBuilder.create(from: tree.path, to: workshop.root.appendingPathComponent("other.shard").path,
+                                           manifest: ShardManifest(name: "other", version: "1", kind: .data, placement: .mount(mount)))
+        }
+
+        @Test("a mounted shard is read-only (EROFS), nosuid and nodev; its environment reaches commands")
+        func readOnly() async throws {
+            let workshop = try ShardWorkshop()
+            var c = SharedGuest.configuration()
+            c.shards.append(try workshop.libs(version: "1.0"))
+            let sandbox = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await sandbox.start()
+            defer { Task { await sandbox.shutdown() } }
+            let write = try await sandbox.exec(Command(["sh", "-c", "echo x > /opt/libs/vxlib/vxlib/new.py"]))
+            #expect(write.exitCode != 0)
+            #expect(write.stderrText.contains("Read-only file system"), "\(write.stderrText)")
+            let mounts = try await sandbox.exec(Command(["sh", "-c", "grep ' /opt/libs/vxlib ' /proc/mounts"]))
+            #expect(mounts.stdoutText.contains("squashfs ro,nosuid,nodev"), "\(mounts.stdoutText)")
+            let env = try await sandbox.exec(Command(["sh", "-c", "echo $PYTHONPATH"]))
+            #expect(env.stdoutText == "/opt/libs/vxlib\n")
+            #expect(try await sandbox.exec(probe).stdoutText == "base 1.0\n")
+        }
+
+        @Test("libs and SDK shards are replaced independently: in a running guest by detach and attach, and across restarts")
+        func replaceIndependently() async throws {
+            let workshop = try ShardWorkshop()
+            let sdk = try Shard.open(try #require(SharedGuest.sdkShardPath))
+            let libs1 = try workshop.libs(version: "1.0"), libs2 = try workshop.libs(version: "2.0")
+            let sdkB = try workshop.sdk(release: "B")
+            var c = SharedGuest.configuration()
+            c.shards = [sdk, libs1]
+            let sandbox = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await sandbox.start()
+            #expect(try await sandbox.exec(probe).stdoutText == "base 1.0\n")
+
+            // A libs update reaches the running guest; the SDK stays.
+            try await sandbox.detach("vxlib")
+            #expect(try await sandbox.exec(Command(["python3", "-c", "import vxlib"])).exitCode == 1)
+            try await sandbox.attach(libs2)
+            #expect(try await sandbox.exec(probe).stdoutText == "base 2.0\n")
+
+            // An SDK update (a layer) reaches it too; the libs stay.
+            try await sandbox.detach("cpython")
+            #expect(try await sandbox.exec(Command(["sh", "-c", "command -v python3"])).exitCode != 0,
+                    "without the SDK layer the base has no Python")
+            try await sandbox.attach(sdkB)
+            #expect(try await sandbox.exec(probe).stdoutText == "B 2.0\n")
+
+            // Across a restart the guest gets the shards it had.
+            await sandbox.shutdown()
+            try await sandbox.start()
+            #expect(try await sandbox.exec(probe).stdoutText == "B 2.0\n")
+            #expect(await sandbox.shards.map(\.manifest.version).sorted() == ["2.0", sdkB.manifest.version].sorted())
+            await sandbox.shutdown()
+
+            // And a fresh sandbox given other versions runs with those.
+            var other = SharedGuest.configuration()
+            other.shards = [sdk, libs2]
+            let fresh = Sandbox(configuration: other, logger: SharedGuest.logger())
+            try await fresh.start()
+            #expect(try await fresh.exec(probe).stdoutText == "base 2.0\n")
+            await fresh.shutdown()
+        }
+
+        @Test("detaching a shard in use is refused with the reason; once the user is gone it detaches")
+        func detachInUse() async throws {
+            let workshop = try ShardWorkshop()
+            var c = SharedGuest.configuration()
+            c.shards.append(try workshop.libs(version: "1.0"))
+            let sandbox = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await sandbox.start()
+            defer { Task { await sandbox.shutdown() } }
+            let user = try await sandbox.stream(Command(["sleep", "300"], workingDirectory: "/opt/libs/vxlib"))
+            try await Task.sleep(for: .milliseconds(300))
+            let busy = try await #require(throws: VMExecError.self) { try await sandbox.detach("vxlib") }
+            #expect(busy.code == .shardBusy)
+            #expect(busy.message.contains("in use by pid") && busy.message.contains("sleep"), "\(busy)")
+            let layerBusy = try await #require(throws: VMExecError.self) { try await sandbox.detach("cpython") }
+            #expect(layerBusy.code == .shardBusy, "a layer changes only while no command runs: \(layerBusy)")
+
+            try await user.signal(SIGKILL)
+            for try await _ in user {}
+            try await sandbox.detach("vxlib")
+            #expect(try await sandbox.exec(Command(["ls", "/opt/libs/vxlib"])).stdoutText == "")
+            #expect(await sandbox.shards.map(\.manifest.name) == ["cpython"])
+            let unknown = try await #require(throws: VMExecError.self) { try await sandbox.detach("vxlib") }
+            #expect(unknown.code == .invalidRequest)
+        }
+    }
+}
