@@ -57,7 +57,7 @@ let package = Package(
         // `make bench`: figures against qemu-guest-agent in the same guest.
         .executableTarget(
             name: "vmexec-bench",
-            dependencies: ["VMExecutor", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["VMExecutor", "SquashMounts", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "SerialChannelTests",
             dependencies: [

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -66,11 +67,14 @@ static ssize_t read_small(const char *path, char *buf, size_t n)
     return r;
 }
 
-/* Whether block device `name` (vdX or sdX) carries `serial`. */
+/* Whether block device `name` (vdX or sdX) carries `serial` and is ready (has a size). */
 static int has_serial(const char *name, const char *serial)
 {
     char path[300], val[128];
     size_t len = strlen(serial);
+    snprintf(path, sizeof path, "/sys/block/%s/size", name);
+    if (read_small(path, val, sizeof val) <= 0 || strtoull(val, NULL, 10) == 0)
+        return 0; /* a hot-plugged disk shows up before its capacity is read */
     if (strncmp(name, "vd", 2) == 0) {
         snprintf(path, sizeof path, "/sys/block/%s/serial", name);
         ssize_t r = read_small(path, val, sizeof val);
@@ -172,6 +176,18 @@ static int open_in_root(const char *target)
     return fd;
 }
 
+/* mount(2) of a squashfs drive, retried briefly while a fresh disk is still settling. */
+static int mount_drive(const char *dev, const char *at)
+{
+    for (int waited = 0;; waited += 20) {
+        if (mount(dev, at, "squashfs", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL) == 0)
+            return 0;
+        if ((errno != ENXIO && errno != ENODEV && errno != ENOMEDIUM) || waited >= 2000)
+            return -1;
+        sleep_ms(20);
+    }
+}
+
 static int mount_at_target(struct drive *d, char *err, size_t n)
 {
     int fd = open_in_root(d->target);
@@ -182,7 +198,7 @@ static int mount_at_target(struct drive *d, char *err, size_t n)
     }
     char at[64];
     snprintf(at, sizeof at, "/proc/self/fd/%d", fd);
-    int rc = mount(d->dev, at, "squashfs", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL);
+    int rc = mount_drive(d->dev, at);
     int saved = errno;
     close(fd);
     if (rc != 0) {
@@ -199,7 +215,7 @@ static int stage(struct drive *d, char *err, size_t n)
     snprintf(at, sizeof at, "%s/%s", SHARDS_DIR, d->serial);
     mkdir(SHARDS_DIR, 0700);
     mkdir(at, 0755);
-    if (mount(d->dev, at, "squashfs", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL) != 0 && errno != EBUSY) {
+    if (mount_drive(d->dev, at) != 0 && errno != EBUSY) {
         snprintf(err, n, "mount %s (drive %s): %s", d->dev, d->serial, strerror(errno));
         return VX_E_MOUNT;
     }

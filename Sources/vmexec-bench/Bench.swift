@@ -24,6 +24,7 @@ struct Bench {
         var logger = Logger(label: "vmexec-bench")
         logger.logLevel = .warning
         var images = try GuestImages.locate(explicit: args[1])
+        try ShardBench.run(sdkTree: images.directory.appendingPathComponent("sdk.tree"))
 
         // Start: launch to the init's hello, median of 5, on the standard image;
         // by default a start restores the state saved after the first boot,
@@ -149,10 +150,11 @@ struct Bench {
         init(_ d: String) { description = d }
     }
 
-    static func emit(_ figure: String, _ value: Double, _ unit: String, peer: Double? = nil, note: String? = nil) {
+    static func emit(_ figure: String, _ value: Double, _ unit: String, peer: Double? = nil,
+                     peerName: String = "qemu-guest-agent", note: String? = nil) {
         var obj: [String: Any] = ["figure": figure, "value": (value * 1000).rounded() / 1000, "unit": unit]
         if let peer {
-            obj["peer"] = "qemu-guest-agent"
+            obj["peer"] = peerName
             obj["peer_value"] = (peer * 1000).rounded() / 1000
         }
         if let note { obj["note"] = note }
