@@ -27,6 +27,17 @@ final class ShardWorkshop {
                                        manifest: manifest)
     }
 
+    /// A layer shard putting /etc/vxlayer (and /etc/vxlayer-NAME) into the root.
+    func layer(name: String, order: Int) throws -> Shard {
+        let tree = root.appendingPathComponent("layer-\(name)")
+        try FileManager.default.createDirectory(at: tree.appendingPathComponent("etc"), withIntermediateDirectories: true)
+        try Data("\(name)\n".utf8).write(to: tree.appendingPathComponent("etc/vxlayer"))
+        try Data("\(name)\n".utf8).write(to: tree.appendingPathComponent("etc/vxlayer-\(name)"))
+        return try ShardBuilder.create(from: tree.path, to: root.appendingPathComponent("layer-\(name).shard").path,
+                                       manifest: ShardManifest(name: "layer-\(name)", version: "1", kind: .data,
+                                                               placement: .layer(order: order)))
+    }
+
     /// Another release of the SDK: the same CPython with a marker module the script reads.
     func sdk(release: String) throws -> Shard {
         let source = try #require(SharedGuest.sdkShardPath).replacingOccurrences(of: "sdk-python.shard", with: "sdk.tree")
@@ -113,6 +124,12 @@ extension RealGuests {
             let env = try await sandbox.exec(Command(["sh", "-c", "echo $PYTHONPATH"]))
             #expect(env.stdoutText == "/opt/libs/vxlib\n")
             #expect(try await sandbox.exec(probe).stdoutText == "base 1.0\n")
+
+            // Layers stack by order, above the base: the higher one's file wins.
+            try await sandbox.attach(try workshop.layer(name: "high", order: 30))
+            try await sandbox.attach(try workshop.layer(name: "low", order: 20))
+            let layered = try await sandbox.exec(Command(["sh", "-c", "cat /etc/vxlayer /etc/vxlayer-low /etc/vxlayer-high"]))
+            #expect(layered.stdoutText == "high\nlow\nhigh\n", "\(layered.stderrText)")
         }
 
         @Test("libs and SDK shards are replaced independently: in a running guest by detach and attach, and across restarts")
