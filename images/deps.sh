@@ -16,6 +16,8 @@ need modinfo kmod
 need mkfs.ext4 e2fsprogs
 need python3 python3
 need rdsquashfs squashfs-tools-ng
+# pip fetches the libs shard's wheel (numpy) from PyPI.
+python3 -m pip --version >/dev/null 2>&1 || MISSING="$MISSING python3-pip"
 # Libraries the host binaries link (system-library targets in Package.swift).
 needlib() { pkg-config --exists "$1" 2>/dev/null || MISSING="$MISSING $2"; }
 need pkg-config pkg-config
