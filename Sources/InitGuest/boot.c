@@ -44,7 +44,7 @@ void vx_log(const char *fmt, ...)
     }
 }
 
-static void sleep_ms(int ms)
+void vx_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
@@ -61,17 +61,24 @@ static int must_mount(const char *src, const char *dst, const char *type, unsign
     return -1;
 }
 
-/* Reads a small sysfs file into buf, without its trailing newline. */
-static int read_line(const char *path, char *buf, size_t n)
+long vx_read_small(const char *path, char *buf, size_t n)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     ssize_t r = read(fd, buf, n - 1);
     close(fd);
+    if (r >= 0)
+        buf[r] = 0;
+    return (long)r;
+}
+
+/* Reads a small sysfs file into buf, without its trailing newline. */
+static int read_line(const char *path, char *buf, size_t n)
+{
+    long r = vx_read_small(path, buf, n);
     if (r < 0)
         return -1;
-    buf[r] = 0;
     while (r > 0 && (buf[r - 1] == '\n' || buf[r - 1] == ' '))
         buf[--r] = 0;
     return 0;
@@ -127,7 +134,7 @@ int boot_find_port(char *path, size_t n, int wait_ms)
             closedir(d);
         if (waited >= wait_ms)
             return -1;
-        sleep_ms(10);
+        vx_sleep_ms(10);
     }
 }
 
@@ -168,7 +175,7 @@ static void end_all(int sig, int grace_ms)
         }
         if (p < 0 && errno == ECHILD)
             return;
-        sleep_ms(10);
+        vx_sleep_ms(10);
     }
 }
 

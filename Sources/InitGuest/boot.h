@@ -16,6 +16,12 @@
 /* Logs one line to the console with the init's prefix. */
 void vx_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Sleeps ms milliseconds, through signals. */
+void vx_sleep_ms(int ms);
+
+/* Reads up to n-1 bytes of a small (sysfs, proc) file, NUL-terminated; the count or -1. */
+long vx_read_small(const char *path, char *buf, size_t n);
+
 /*
  * Mounts the pseudo file systems, loads modules, finds the root drive and
  * assembles the overlay root. On failure returns -1 and leaves a sentence

@@ -47,37 +47,17 @@ static struct drive {
 static int layers[VX_MAX_LAYERS];
 static unsigned layer_count;
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
-/* Reads up to n-1 bytes of a small file; returns the count or -1. */
-static ssize_t read_small(const char *path, char *buf, size_t n)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t r = read(fd, buf, n - 1);
-    close(fd);
-    if (r >= 0)
-        buf[r] = 0;
-    return r;
-}
-
 /* Whether block device `name` (vdX or sdX) carries `serial` and is ready (has a size). */
 static int has_serial(const char *name, const char *serial)
 {
     char path[300], val[128];
     size_t len = strlen(serial);
     snprintf(path, sizeof path, "/sys/block/%s/size", name);
-    if (read_small(path, val, sizeof val) <= 0 || strtoull(val, NULL, 10) == 0)
+    if (vx_read_small(path, val, sizeof val) <= 0 || strtoull(val, NULL, 10) == 0)
         return 0; /* a hot-plugged disk shows up before its capacity is read */
     if (strncmp(name, "vd", 2) == 0) {
         snprintf(path, sizeof path, "/sys/block/%s/serial", name);
-        ssize_t r = read_small(path, val, sizeof val);
+        long r = vx_read_small(path, val, sizeof val);
         while (r > 0 && (val[r - 1] == '\n' || val[r - 1] == ' '))
             val[--r] = 0;
         return r >= 0 && strcmp(val, serial) == 0;
@@ -85,7 +65,7 @@ static int has_serial(const char *name, const char *serial)
     if (strncmp(name, "sd", 2) == 0) {
         /* VPD page 0x80: 4 header bytes, then the serial, maybe space-padded. */
         snprintf(path, sizeof path, "/sys/block/%s/device/vpd_pg80", name);
-        ssize_t r = read_small(path, val, sizeof val);
+        long r = vx_read_small(path, val, sizeof val);
         if (r < 4 || (uint8_t)val[1] != 0x80)
             return 0;
         size_t n = ((size_t)(uint8_t)val[2] << 8 | (uint8_t)val[3]);
@@ -114,7 +94,7 @@ int drives_find(const char *serial, char *dev, size_t n, int wait_ms)
             closedir(d);
         if (waited >= wait_ms)
             return -1;
-        sleep_ms(10);
+        vx_sleep_ms(10);
     }
 }
 
@@ -184,7 +164,7 @@ static int mount_drive(const char *dev, const char *at)
             return 0;
         if ((errno != ENXIO && errno != ENODEV && errno != ENOMEDIUM) || waited >= 2000)
             return -1;
-        sleep_ms(20);
+        vx_sleep_ms(20);
     }
 }
 
@@ -335,7 +315,7 @@ static void find_user(const char *target_in_root, char *out, size_t n)
             closedir(fds);
         if (hit) {
             snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
-            ssize_t l = read_small(path, comm, sizeof comm);
+            long l = vx_read_small(path, comm, sizeof comm);
             if (l > 0 && comm[l - 1] == '\n')
                 comm[l - 1] = 0;
             snprintf(out, n, "pid %.12s (%.20s)", e->d_name, comm);

@@ -32,15 +32,7 @@ public enum DriveRequest: Sendable, Equatable {
 
     public init(_ type: FrameType, decoding p: [UInt8]) throws(ProtocolError) {
         var pos = 0
-        func string() throws(ProtocolError) -> String {
-            guard p.count - pos >= 2 else { throw .malformedPayload("drive request") }
-            let len = Int(p.u16(at: pos))
-            guard p.count - pos - 2 >= len else { throw .malformedPayload("drive request") }
-            let bytes = p[(pos + 2)..<(pos + 2 + len)]
-            guard !bytes.contains(0) else { throw .malformedPayload("drive request") }
-            pos += 2 + len
-            return String(decoding: bytes, as: UTF8.self)
-        }
+        func string() throws(ProtocolError) -> String { try p.wireString(at: &pos, in: "drive request") }
         func serial() throws(ProtocolError) -> String {
             let s = try string()
             guard Self.isValidSerial(s) else { throw .malformedPayload("drive serial") }

@@ -144,11 +144,18 @@ public struct ExecRequest: Sendable, Equatable {
     }
 
     private static func string(_ p: [UInt8], _ pos: inout Int) throws(ProtocolError) -> String {
-        guard p.count - pos >= 2 else { throw .malformedPayload("EXEC") }
-        let len = Int(p.u16(at: pos))
-        guard p.count - pos - 2 >= len else { throw .malformedPayload("EXEC") }
-        let bytes = p[(pos + 2)..<(pos + 2 + len)]
-        guard !bytes.contains(0) else { throw .malformedPayload("EXEC") }
+        try p.wireString(at: &pos, in: "EXEC")
+    }
+}
+
+extension [UInt8] {
+    /// The encoded string (u16 length, bytes, no NUL) at `pos`, advancing past it.
+    func wireString(at pos: inout Int, in what: String) throws(ProtocolError) -> String {
+        guard count - pos >= 2 else { throw .malformedPayload(what) }
+        let len = Int(u16(at: pos))
+        guard count - pos - 2 >= len else { throw .malformedPayload(what) }
+        let bytes = self[(pos + 2)..<(pos + 2 + len)]
+        guard !bytes.contains(0) else { throw .malformedPayload(what) }
         pos += 2 + len
         return String(decoding: bytes, as: UTF8.self)
     }

@@ -93,7 +93,7 @@ struct ShardCommand: ParsableCommand {
         func run() throws {
             let shard = try ShardBuilder.create(from: directory, to: build.output, manifest: try build.manifest(),
                                                 options: build.squashfsOptions)
-            print("\(shard.path): \(shard.manifest.name) \(shard.manifest.version), \(shard.fileBytes) bytes, sha256 \(shard.manifest.image?.sha256 ?? "")")
+            report(shard)
         }
     }
 
@@ -109,7 +109,7 @@ struct ShardCommand: ParsableCommand {
         func run() throws {
             let shard = try ShardBuilder.importArchive(archive, to: build.output, manifest: try build.manifest(),
                                                        options: build.squashfsOptions)
-            print("\(shard.path): \(shard.manifest.name) \(shard.manifest.version), \(shard.fileBytes) bytes, sha256 \(shard.manifest.image?.sha256 ?? "")")
+            report(shard)
         }
     }
 
@@ -178,6 +178,11 @@ struct ShardCommand: ParsableCommand {
             for check in verification.checks { print("  ok  \(check)") }
         }
     }
+}
+
+/// What `create` and `import` print: the file, what it is, its size and sha256.
+private func report(_ shard: Shard) {
+    print("\(shard.path): \(shard.manifest.name) \(shard.manifest.version), \(shard.fileBytes) bytes, sha256 \(shard.manifest.image?.sha256 ?? "")")
 }
 
 extension ShardManifest.Kind: ExpressibleByArgument {}

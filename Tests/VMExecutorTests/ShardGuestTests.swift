@@ -100,6 +100,15 @@ extension RealGuests {
             }
         }
 
+        /// A started sandbox with the SDK shard and `shard`.
+        static func started(with shard: Shard) async throws -> Sandbox {
+            var c = SharedGuest.configuration()
+            c.shards.append(shard)
+            let sandbox = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await sandbox.start()
+            return sandbox
+        }
+
         private func otherShard(_ workshop: ShardWorkshop, at mount: String) throws -> Shard {
             let tree = workshop.root.appendingPathComponent("other")
             try FileManager.default.createDirectory(at: tree, withIntermediateDirectories: true)
@@ -111,10 +120,7 @@ extension RealGuests {
         @Test("a mounted shard is read-only (EROFS), nosuid and nodev; its environment reaches commands")
         func readOnly() async throws {
             let workshop = try ShardWorkshop()
-            var c = SharedGuest.configuration()
-            c.shards.append(try workshop.libs(version: "1.0"))
-            let sandbox = Sandbox(configuration: c, logger: SharedGuest.logger())
-            try await sandbox.start()
+            let sandbox = try await Self.started(with: try workshop.libs(version: "1.0"))
             defer { Task { await sandbox.shutdown() } }
             let write = try await sandbox.exec(Command(["sh", "-c", "echo x > /opt/libs/vxlib/vxlib/new.py"]))
             #expect(write.exitCode != 0)
@@ -176,10 +182,7 @@ extension RealGuests {
         @Test("detaching a shard in use is refused with the reason; once the user is gone it detaches")
         func detachInUse() async throws {
             let workshop = try ShardWorkshop()
-            var c = SharedGuest.configuration()
-            c.shards.append(try workshop.libs(version: "1.0"))
-            let sandbox = Sandbox(configuration: c, logger: SharedGuest.logger())
-            try await sandbox.start()
+            let sandbox = try await Self.started(with: try workshop.libs(version: "1.0"))
             defer { Task { await sandbox.shutdown() } }
             let user = try await sandbox.stream(Command(["sleep", "300"], workingDirectory: "/opt/libs/vxlib"))
             try await Task.sleep(for: .milliseconds(300))
