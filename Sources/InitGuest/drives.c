@@ -225,7 +225,8 @@ static int build_root(char *err, size_t n)
         unsigned long flags;
         const char *data;
     } const m[] = {
-        {"overlay", VX_NEWROOT, "overlay", MS_NODEV, opts},
+        /* nosuid: a setuid file in a layer shard (or the base) gains nothing. */
+        {"overlay", VX_NEWROOT, "overlay", MS_NODEV | MS_NOSUID, opts},
         {"proc", VX_NEWROOT "/proc", "proc", safe, NULL},
         {"sysfs", VX_NEWROOT "/sys", "sysfs", safe | MS_RDONLY, NULL},
         {"/dev", VX_NEWROOT "/dev", NULL, MS_BIND | MS_REC, NULL},

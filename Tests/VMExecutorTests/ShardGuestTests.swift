@@ -136,6 +136,8 @@ extension RealGuests {
             try await sandbox.attach(try workshop.layer(name: "low", order: 20))
             let layered = try await sandbox.exec(Command(["sh", "-c", "cat /etc/vxlayer /etc/vxlayer-low /etc/vxlayer-high"]))
             #expect(layered.stdoutText == "high\nlow\nhigh\n", "\(layered.stderrText)")
+            let root = try await sandbox.exec(Command(["sh", "-c", "grep '^overlay / ' /proc/mounts"]))
+            #expect(root.stdoutText.contains("nosuid,nodev"), "the root with its layers is nosuid and nodev: \(root.stdoutText)")
         }
 
         @Test("libs and SDK shards are replaced independently: in a running guest by detach and attach, and across restarts")
