@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "VMExecutor", targets: ["VMExecutor"]),
         .library(name: "SerialChannel", targets: ["SerialChannel"]),
         .library(name: "SquashMounts", targets: ["SquashMounts"]),
+        .library(name: "PersistOverlay", targets: ["PersistOverlay"]),
         .executable(name: "vmexec", targets: ["vmexec"]),
         .executable(name: "vmexec-bench", targets: ["vmexec-bench"]),
     ],
@@ -41,16 +42,19 @@ let package = Package(
         .target(
             name: "SquashMounts",
             dependencies: ["CSquashfs", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
+        // The writable layer: an ext4 image per store, locked to one guest.
+        .target(name: "PersistOverlay"),
         .target(
             name: "VMExecutor",
             dependencies: [
-                "SerialChannel", "SquashMounts", "CVMExecHost",
+                "SerialChannel", "SquashMounts", "PersistOverlay", "CVMExecHost",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]),
         .executableTarget(
             name: "vmexec",
             dependencies: [
-                "VMExecutor", "SquashMounts",
+                "VMExecutor", "SquashMounts", "PersistOverlay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -69,6 +73,7 @@ let package = Package(
         .testTarget(
             name: "SquashMountsTests",
             dependencies: ["SquashMounts", .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "VMExecutorTests", dependencies: ["VMExecutor", "SerialChannel", "SquashMounts"]),
+        .testTarget(name: "PersistOverlayTests", dependencies: ["PersistOverlay"]),
+        .testTarget(name: "VMExecutorTests", dependencies: ["VMExecutor", "SerialChannel", "SquashMounts", "PersistOverlay"]),
     ]
 )

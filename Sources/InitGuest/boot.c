@@ -186,10 +186,12 @@ void boot_poweroff(void)
     sync();
     static const char *const mounts[] = {VX_NEWROOT "/run", VX_NEWROOT "/tmp", VX_NEWROOT "/dev",
                                          VX_NEWROOT "/sys", VX_NEWROOT "/proc", VX_NEWROOT,
-                                         "/mnt/rw", "/mnt/lower"};
+                                         "/mnt/store", "/mnt/rw", "/mnt/lower"};
     for (size_t i = 0; i < sizeof mounts / sizeof mounts[0]; i++)
         if (umount2(mounts[i], 0) != 0 && errno != EINVAL && errno != ENOENT)
             umount2(mounts[i], MNT_DETACH);
+    /* If the store is still busy somehow, at least leave its journal clean. */
+    mount(NULL, "/mnt/store", NULL, MS_REMOUNT | MS_RDONLY, NULL);
     sync();
     reboot(RB_POWER_OFF);
     /* QEMU runs with -no-reboot, so a reboot request ends it as well. */

@@ -43,6 +43,11 @@ static struct drive {
     char target[256];
 } drives[MAX_DRIVES];
 
+/* Where the root's writable layer lives: a tmpfs, or the store drive's ext4. */
+#define STORE_DIR "/mnt/store"
+static const char *upper_dir = "/mnt/rw/upper", *work_dir = "/mnt/rw/work";
+static int have_store;
+
 /* The current layers, bottom first (indices into drives[]). */
 static int layers[VX_MAX_LAYERS];
 static unsigned layer_count;
@@ -218,7 +223,7 @@ static int build_root(char *err, size_t n)
     size_t o = (size_t)snprintf(opts, sizeof opts, "lowerdir=");
     for (unsigned i = layer_count; i-- > 0;)
         o += (size_t)snprintf(opts + o, sizeof opts - o, "%s/%s:", SHARDS_DIR, drives[layers[i]].serial);
-    snprintf(opts + o, sizeof opts - o, "/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work");
+    snprintf(opts + o, sizeof opts - o, "/mnt/lower,upperdir=%s,workdir=%s", upper_dir, work_dir);
     const unsigned long safe = MS_NOSUID | MS_NODEV | MS_NOEXEC;
     struct {
         const char *src, *dst, *type;
@@ -476,4 +481,62 @@ int drives_set_layers(const char *const *serials, unsigned count, unsigned runni
     if (rc)
         vx_log("rebuilding the root failed: %s", err);
     return rc;
+}
+
+int drives_use_store(const char *serial, unsigned running, char *err, size_t n)
+{
+    if (have_store) {
+        snprintf(err, n, "the guest already has its store");
+        return VX_E_BUSY;
+    }
+    if (running) {
+        snprintf(err, n, "%u command%s still run%s; the store is taken on only when none does", running,
+                 running == 1 ? "" : "s", running == 1 ? "s" : "");
+        return VX_E_BUSY;
+    }
+    char dev[32];
+    if (drives_find(serial, dev, sizeof dev, 10000)) {
+        snprintf(err, n, "no drive with serial %s appeared within 10 s", serial);
+        return VX_E_MOUNT;
+    }
+    mkdir(STORE_DIR, 0755);
+    /* The journal is replayed here after a crash of the host or the guest. */
+    int rc = -1;
+    for (int waited = 0; rc != 0; waited += 20) {
+        rc = mount(dev, STORE_DIR, "ext4", MS_NODEV | MS_NOSUID, NULL);
+        if (rc != 0 && ((errno != ENXIO && errno != ENODEV) || waited >= 2000)) {
+            snprintf(err, n, "mount the store %s (drive %s) as ext4: %s", dev, serial, strerror(errno));
+            return VX_E_MOUNT;
+        }
+        if (rc != 0)
+            vx_sleep_ms(20);
+    }
+    mkdir(STORE_DIR "/upper", 0755);
+    mkdir(STORE_DIR "/work", 0755);
+    if (umount2(VX_NEWROOT, MNT_DETACH) != 0) {
+        snprintf(err, n, "unmount the old root: %s", strerror(errno));
+        umount2(STORE_DIR, 0);
+        return VX_E_MOUNT;
+    }
+    upper_dir = STORE_DIR "/upper";
+    work_dir = STORE_DIR "/work";
+    have_store = 1;
+    rc = build_root(err, n);
+    if (rc)
+        vx_log("rebuilding the root over the store failed: %s", err);
+    return rc;
+}
+
+int drives_sync(char *err, size_t n)
+{
+    const char *what = have_store ? STORE_DIR : "/";
+    int fd = open(what, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || syncfs(fd) != 0) {
+        snprintf(err, n, "sync %s: %s", what, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return VX_E_INTERNAL;
+    }
+    close(fd);
+    return 0;
 }

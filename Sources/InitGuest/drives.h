@@ -22,4 +22,10 @@ int drives_unmount(const char *serial, char *err, size_t n);
 /* LAYERS: rebuilds the root over these drives (bottom first); only while no command runs. */
 int drives_set_layers(const char *const *serials, unsigned count, unsigned running, char *err, size_t n);
 
+/* STORE: mounts the writable drive (ext4) and rebuilds the root with its upper layer; only while no command runs. */
+int drives_use_store(const char *serial, unsigned running, char *err, size_t n);
+
+/* SYNC: everything written so far reaches the store drive (and, through its flush, the host's file). */
+int drives_sync(char *err, size_t n);
+
 #endif

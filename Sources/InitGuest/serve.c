@@ -621,7 +621,7 @@ static void c_string(char *dst, size_t n, struct vx_str s)
     dst[l] = 0;
 }
 
-/* MOUNT, UNMOUNT, LAYERS: answered with DONE or ERROR on the request's stream. */
+/* MOUNT, UNMOUNT, LAYERS, STORE, SYNC: answered with DONE or ERROR on the request's stream. */
 static void on_drive(const struct vx_frame *f)
 {
     char err[512] = "";
@@ -639,6 +639,14 @@ static void on_drive(const struct vx_frame *f)
             serials[i] = names[i];
         }
         rc = drives_set_layers(serials, l.count, running_procs(), err, sizeof err);
+    } else if (f->type == VX_SYNC) {
+        rc = drives_sync(err, sizeof err);
+    } else if (f->type == VX_STORE) {
+        struct vx_mount m;
+        char serial[VX_MAX_SERIAL + 1];
+        vx_unmount_decode(f, &m);
+        c_string(serial, sizeof serial, m.serial);
+        rc = drives_use_store(serial, running_procs(), err, sizeof err);
     } else {
         struct vx_mount m;
         char serial[VX_MAX_SERIAL + 1], target[256];
@@ -694,7 +702,7 @@ static void handle_frame(const struct vx_frame *f)
     case VX_EOF: on_eof(f); break;
     case VX_WINDOW: on_window(f); break;
     case VX_SIGNAL: on_signal(f); break;
-    case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: on_drive(f); break;
+    case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_STORE: case VX_SYNC: on_drive(f); break;
     case VX_ERROR: vx_log("host reported an error on stream %u", f->stream); break;
     default:
         emit_error(f->stream, VX_E_STATE, 0, "%s is sent by the guest, not the host",

@@ -9,6 +9,12 @@ public enum DriveRequest: Sendable, Equatable {
     /// Rebuild the guest's root with these drives as read-only layers above the
     /// base, bottom first; refused with BUSY while processes run.
     case layers([String])
+    /// Mount the writable drive with `serial` (ext4) and make it the root's upper
+    /// layer; refused with BUSY while processes run.
+    case store(serial: String)
+    /// Write everything the guest holds for its store through to the drive
+    /// (syncfs, which also flushes the drive's cache to the host's file).
+    case sync
 
     /// The longest serial a drive keeps (QEMU's scsi-hd limit).
     public static let maxSerial = 36
@@ -19,6 +25,8 @@ public enum DriveRequest: Sendable, Equatable {
         case .mount: return .mount
         case .unmount: return .unmount
         case .layers: return .layers
+        case .store: return .store
+        case .sync: return .sync
         }
     }
 
@@ -48,6 +56,10 @@ public enum DriveRequest: Sendable, Equatable {
             self = .mount(serial: s, target: target)
         case .unmount:
             self = .unmount(serial: try serial())
+        case .store:
+            self = .store(serial: try serial())
+        case .sync:
+            self = .sync
         case .layers:
             guard p.count >= 2 else { throw .malformedPayload("LAYERS") }
             let count = Int(p.u16(at: 0))
@@ -76,9 +88,11 @@ public enum DriveRequest: Sendable, Equatable {
             else { throw .invalidRequest("cannot mount drive '\(serial)' at '\(target)'") }
             put(serial)
             put(target)
-        case .unmount(let serial):
+        case .unmount(let serial), .store(let serial):
             guard Self.isValidSerial(serial) else { throw .invalidRequest("bad drive serial '\(serial)'") }
             put(serial)
+        case .sync:
+            break
         case .layers(let serials):
             guard serials.count <= Self.maxLayers, serials.allSatisfy(Self.isValidSerial) else {
                 throw .invalidRequest("at most \(Self.maxLayers) layers, each a valid drive serial")

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PersistOverlay
 import SerialChannel
 import SquashMounts
 
@@ -37,6 +38,13 @@ public struct SandboxConfiguration: Sendable {
     /// Shards attached read-only to the guest (see ``Sandbox/attach(_:)``):
     /// verified and checked against each other before boot.
     public var shards: [Shard] = []
+    /// The overlay store that keeps the guest's changes (see ``Store``); nil: a
+    /// throwaway tmpfs upper layer. The sandbox holds the store's lock while its
+    /// guest lives.
+    public var store: Store?
+    /// Open a store made over another base or other layers. Its changes may not
+    /// fit the new lower (deleted files can reappear or hide new ones).
+    public var allowLowerChange = false
 
     public init() {}
 }
@@ -57,6 +65,8 @@ public actor Sandbox {
     private var attachments: [ShardAttachment] = []
     /// Numbers drive serials; never reused within a sandbox.
     private var nextDrive = 1
+    /// The store's lock while a guest uses it.
+    private var storeLease: StoreLease?
 
     /// A booted guest.
     struct Running {
@@ -109,19 +119,36 @@ public actor Sandbox {
         let images = try configuration.images ?? GuestImages.locate(architecture: configuration.architecture)
         // Refused before boot: a damaged shard, a requirement unmet, a clash, another architecture.
         try await Self.vet(desiredShards, verifying: desiredShards, architecture: configuration.architecture)
+        // And a store held by another guest, or made over another lower.
+        if let store = configuration.store, storeLease == nil {
+            do {
+                let lease = try store.lock(holder: "a vmexec sandbox")
+                try lease.checkLower(try StoreAttachment.lower(rootfs: images.rootfs, shards: desiredShards),
+                                     allowChange: configuration.allowLowerChange)
+                storeLease = lease
+            } catch let error as StoreError {
+                throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message)
+            }
+        }
         let profile = MachineProfile(architecture: configuration.architecture, qemuBinary: configuration.qemuBinary,
                                      memoryMiB: configuration.memoryMiB, cpus: configuration.cpus)
-        switch configuration.accelerator {
-        case .tcg:
-            running = try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
-        case .kvm:
-            running = try await boot(profile, images, .kvm, deadline: configuration.bootTimeout)
-        case .auto:
-            running = try await bootAuto(profile, images)
+        do {
+            switch configuration.accelerator {
+            case .tcg:
+                running = try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
+            case .kvm:
+                running = try await boot(profile, images, .kvm, deadline: configuration.bootTimeout)
+            case .auto:
+                running = try await bootAuto(profile, images)
+            }
+        } catch {
+            releaseStore()
+            throw error
         }
         // Shards are hot-plugged after boot, so the saved boot state serves any set of them.
         attachments = []
         do {
+            if let lease = storeLease { try await plugStore(lease) }
             try await plugAll(desiredShards)
         } catch {
             if let r = running { cleanUp(r) }
@@ -295,12 +322,14 @@ public actor Sandbox {
     private func qemuEnded(generation: Int, _ ending: QEMUProcess.Ending) {
         guard let r = running, r.generation == generation else { return }
         r.client.close(.closed(ending.description))
+        releaseStore()
         logger.notice("guest stopped: \(ending)")
     }
 
     private func cleanUp(_ r: Running) {
         r.client.close(.closed("the sandbox was stopped"))
         r.qemu.kill()
+        releaseStore()
         try? FileManager.default.removeItem(at: r.runDirectory)
         running = nil
     }
@@ -410,6 +439,86 @@ public actor Sandbox {
             }
         }
         return (process, r.qemu)
+    }
+
+    // MARK: the store
+
+    private func releaseStore() {
+        storeLease?.release()
+        storeLease = nil
+    }
+
+    private func plugStore(_ lease: StoreLease) async throws {
+        let r = try requireRunning()
+        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
+        try await StoreAttachment.plug(qmp, image: lease.store.image)
+        do {
+            try await r.client.request(.store(serial: StoreAttachment.serial))
+        } catch {
+            let why = (error as? ProtocolError)?.description ?? "\(error)"
+            throw VMExecError(.storeRefused, "the guest could not take on the store \(lease.store.directory.path): \(why)")
+        }
+    }
+
+    /// Returns once everything the guest wrote so far is in the store's image
+    /// on the host's disk (the guest's syncfs, whose flush QEMU turns into an
+    /// fdatasync of the image).
+    public func sync() async throws {
+        let r = try requireRunning()
+        do { try await r.client.request(.sync) } catch { throw await Self.explain(error, qemu: r.qemu) }
+    }
+
+    /// Snapshots the store while the guest runs: syncs it, pauses the guest's
+    /// CPUs (QMP stop), copies the image (a reflink where the host file system
+    /// shares blocks), resumes. Without a running guest, copies the store as it is.
+    @discardableResult
+    public func snapshot(_ name: String) async throws -> SnapshotInfo {
+        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
+        guard let r = running, r.qemu.ending == nil, let lease = storeLease else {
+            let lease = try Self.storeCall { try store.lock(holder: "taking a snapshot") }
+            return try await Self.offPool { try lease.createSnapshot(name) }
+        }
+        try await sync()
+        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
+        try await qmp.execute("stop")
+        do {
+            let info = try await Self.offPool { try lease.createSnapshot(name) }
+            try await qmp.execute("cont")
+            return info
+        } catch {
+            _ = try? await qmp.execute("cont")
+            throw error
+        }
+    }
+
+    /// Restarts the guest from a snapshot of its store: the guest is shut
+    /// down, the snapshot's image put back, and a fresh guest started.
+    public func restore(snapshot name: String) async throws {
+        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
+        let wasRunning = isRunning
+        await shutdown()
+        let lease = try Self.storeCall { try store.lock(holder: "restoring a snapshot") }
+        try await Self.offPool { try lease.restoreSnapshot(name) }
+        lease.release()
+        if wasRunning { try await start() }
+    }
+
+    /// Runs blocking store work (copies, e2fsprogs) off the cooperative thread pool.
+    static func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { c in
+            DispatchQueue.global().async {
+                c.resume(with: Result { try storeCall(work) })
+            }
+        }
+    }
+
+    /// A store call with its error as a VMExecError.
+    static func storeCall<T>(_ work: () throws -> T) throws -> T {
+        do {
+            return try work()
+        } catch let error as StoreError {
+            throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message)
+        }
     }
 
     // MARK: shards

@@ -29,6 +29,11 @@ public struct VMExecError: Error, Sendable, CustomStringConvertible, Equatable {
         case shardRefused
         /// A shard cannot be detached while something in the guest uses it.
         case shardBusy
+        /// The store is in use by another guest (the message names it).
+        case storeBusy
+        /// The store cannot be used: made over another lower, damaged, a snapshot
+        /// that does not exist, or the guest could not mount it.
+        case storeRefused
     }
 
     public let code: Code

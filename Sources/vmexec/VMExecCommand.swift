@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PersistOverlay
 import SquashMounts
 import VMExecutor
 
@@ -16,7 +17,7 @@ struct VMExec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmexec",
         abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
-        subcommands: [Run.self, ShardCommand.self])
+        subcommands: [Run.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self])
 
     /// As ArgumentParser's, but a usage error exits 125 like any other error
     /// of vmexec itself (`docker run` does the same), not 64.
@@ -29,6 +30,12 @@ struct VMExec: AsyncParsableCommand {
                 try command.run()
             }
         } catch let error as ShardError {
+            FileHandle.standardError.write(Data("vmexec: \(error.message)\n".utf8))
+            Foundation.exit(ExitCodes.vmexecError)
+        } catch let error as StoreError {
+            FileHandle.standardError.write(Data("vmexec: \(error.message)\n".utf8))
+            Foundation.exit(ExitCodes.vmexecError)
+        } catch let error as VMExecError {
             FileHandle.standardError.write(Data("vmexec: \(error.message)\n".utf8))
             Foundation.exit(ExitCodes.vmexecError)
         } catch {
@@ -67,6 +74,12 @@ struct GuestOptions: ParsableArguments {
     @Option(name: .customLong("shard"), help: "Attach this shard read-only (repeatable); verified before boot.")
     var shards: [String] = []
 
+    @Option(help: "Keep the guest's changes in this overlay store (see `vmexec store create`).")
+    var store: String?
+
+    @Flag(help: "Open a store made over another base or other layers (its changes may not fit them).")
+    var allowLowerChange = false
+
     func sandboxConfiguration() throws -> SandboxConfiguration {
         var c = SandboxConfiguration()
         c.images = try GuestImages.locate(explicit: images, architecture: arch)
@@ -76,6 +89,8 @@ struct GuestOptions: ParsableArguments {
         c.accelerator = accel
         c.reuseBootState = !coldBoot
         c.shards = try shards.map { try Shard.open($0) }
+        c.store = try store.map { try Store.open(at: URL(fileURLWithPath: $0)) }
+        c.allowLowerChange = allowLowerChange
         return c
     }
 
@@ -131,6 +146,8 @@ struct Run: AsyncParsableCommand {
             sandbox = Sandbox(configuration: try guest.sandboxConfiguration(), logger: logger)
             try await sandbox.start()
         } catch let error as ShardError {
+            fail(error.message, code: ExitCodes.vmexecError)
+        } catch let error as StoreError {
             fail(error.message, code: ExitCodes.vmexecError)
         } catch {
             fail("\(error)", code: ExitCodes.vmexecError)

@@ -128,7 +128,7 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
                 " maxrss_kb=%" PRIu64, how[x.how], x.value, x.run_ns, x.utime_us, x.stime_us, x.maxrss_kb);
         break;
     }
-    case VX_MOUNT: case VX_UNMOUNT: {
+    case VX_MOUNT: case VX_UNMOUNT: case VX_STORE: {
         struct vx_mount m;
         if (f.type == VX_MOUNT)
             vx_mount_decode(&f, &m);
@@ -149,7 +149,7 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
         put_list(&o, "serials", l.serials, l.serials_len, &pos, l.count);
         break;
     }
-    default: /* SHUTDOWN, BYE, EOF, DONE: nothing more */
+    default: /* SHUTDOWN, BYE, EOF, DONE, SYNC: nothing more */
         break;
     }
     return (size_t)n;

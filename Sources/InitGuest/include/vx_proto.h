@@ -43,6 +43,8 @@ enum vx_type {
     VX_UNMOUNT = 0x21,
     VX_LAYERS = 0x22,
     VX_DONE = 0x23,
+    VX_STORE = 0x24,
+    VX_SYNC = 0x25,
 };
 
 /* Sub-streams of a process stream (the header's `sub` byte). */
@@ -106,7 +108,7 @@ struct vx_exit {
     uint64_t run_ns, utime_us, stime_us, maxrss_kb;
 };
 
-/* MOUNT: the drive with this serial, read-only at target; UNMOUNT: target empty. */
+/* MOUNT: the drive with this serial, read-only at target; UNMOUNT and STORE: target empty. */
 struct vx_mount {
     struct vx_str serial, target;
 };

@@ -1,0 +1,154 @@
+import ArgumentParser
+import Foundation
+import PersistOverlay
+import VMExecutor
+
+/// `vmexec store …`: overlay stores that keep a guest's changes.
+struct StoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store",
+        abstract: "Create, show, grow and delete overlay stores (an ext4 image that keeps the guest's changes).",
+        subcommands: [Create.self, Info.self, Grow.self, Reset.self, Delete.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a store over the guest images (and layer shards) it will be used with.")
+
+        @Argument(help: "The store's directory.")
+        var directory: String
+
+        @Option(help: "Size of the file system (sparse on the host), e.g. 4G.")
+        var size: String = "2G"
+
+        @OptionGroup var guest: GuestOptions
+
+        func run() throws {
+            let c = try guest.sandboxConfiguration()
+            let images = try c.images ?? GuestImages.locate(architecture: c.architecture)
+            let lower = try Sandbox.lower(rootfs: images.rootfs, shards: c.shards)
+            let store = try Store.create(at: URL(fileURLWithPath: directory), size: try Store.parseSize(size), lower: lower)
+            print("store \(store.directory.path): \(size), over \(lower)")
+        }
+    }
+
+    struct Info: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a store's size, use, lower and snapshots.")
+
+        @Argument(help: "The store's directory.")
+        var directory: String
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        func run() throws {
+            let info = try Store.open(at: URL(fileURLWithPath: directory)).info()
+            if json { return try printJSON(info) }
+            func mib(_ b: UInt64) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
+            print("""
+                store      \(info.directory)
+                size       \(mib(info.sizeBytes)) (\(mib(info.usedBytes)) used, \(mib(info.freeBytes)) free; \(mib(info.allocatedBytes)) on the host)
+                created    \(ISO8601DateFormatter().string(from: info.created))
+                lower      \(info.lower)
+                in use by  \(info.holder ?? "nobody")
+                snapshots  \(info.snapshots.map { "\($0.name) (\(ISO8601DateFormatter().string(from: $0.created)))" }.joined(separator: ", "))
+                """)
+        }
+    }
+
+    struct Grow: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Grow a store (while no guest uses it).")
+
+        @Argument(help: "The store's directory.")
+        var directory: String
+
+        @Option(help: "The new size, e.g. 8G.")
+        var size: String
+
+        func run() throws {
+            let lease = try Store.open(at: URL(fileURLWithPath: directory)).lock(holder: "vmexec store grow")
+            try lease.grow(to: try Store.parseSize(size))
+            print("store \(directory): now \(size)")
+        }
+    }
+
+    struct Reset: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Empty a store (snapshots stay).")
+
+        @Argument(help: "The store's directory.")
+        var directory: String
+
+        func run() throws {
+            try Store.open(at: URL(fileURLWithPath: directory)).lock(holder: "vmexec store reset").reset()
+        }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a store and its snapshots.")
+
+        @Argument(help: "The store's directory.")
+        var directory: String
+
+        func run() throws {
+            try Store.open(at: URL(fileURLWithPath: directory)).lock(holder: "vmexec store delete").delete()
+        }
+    }
+}
+
+/// `vmexec snapshot …`: snapshots of a store that no guest uses right now
+/// (a running guest's snapshots go through `Sandbox.snapshot`).
+struct SnapshotCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snapshot",
+        abstract: "Create, list, restore and delete snapshots of a store.",
+        subcommands: [Create.self, List.self, Restore.self, Delete.self])
+
+    struct Target: ParsableArguments {
+        @Option(help: "The store's directory.")
+        var store: String
+
+        func lease(_ what: String) throws -> StoreLease {
+            try Store.open(at: URL(fileURLWithPath: store)).lock(holder: "vmexec snapshot \(what)")
+        }
+    }
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Snapshot the store as it is now.")
+        @OptionGroup var target: Target
+        @Argument(help: "The snapshot's name.") var name: String
+
+        func run() throws {
+            let info = try target.lease("create").createSnapshot(name)
+            print("snapshot \(info.name) of \(target.store)")
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List a store's snapshots.")
+        @OptionGroup var target: Target
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let snapshots = try Store.open(at: URL(fileURLWithPath: target.store)).info().snapshots
+            if json { return try printJSON(snapshots) }
+            for s in snapshots {
+                print("\(s.name)\t\(ISO8601DateFormatter().string(from: s.created))\t\(s.allocatedBytes) bytes on the host")
+            }
+        }
+    }
+
+    struct Restore: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put a snapshot back as the store's content.")
+        @OptionGroup var target: Target
+        @Argument(help: "The snapshot's name.") var name: String
+
+        func run() throws { try target.lease("restore").restoreSnapshot(name) }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a snapshot.")
+        @OptionGroup var target: Target
+        @Argument(help: "The snapshot's name.") var name: String
+
+        func run() throws { try target.lease("delete").deleteSnapshot(name) }
+    }
+}
