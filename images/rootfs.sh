@@ -3,7 +3,7 @@
 # Builds the base root file system: a debootstrap minbase of Debian bookworm
 # (plus EXTRA_PACKAGES, comma separated), the static no-op binary at
 # /usr/lib/vmexec/noop, packed as a read-only squashfs image.
-# With SDK_DIR, also installs python3 into a copy and writes what that adds
+# With SDK_DIR, also installs python3 and pip into a copy and writes what that adds
 # to SDK_DIR (the tree of the SDK layer shard) and its version to SDK_DIR.version.
 set -eu
 ARCH=$1 OUT=$2 NOOP=$3 EXTRA=${4:-} SDK=${5:-}
@@ -28,7 +28,7 @@ if [ -n "$SDK" ]; then
   cp -a "$TMP/base" "$TMP/full"
   cp /etc/resolv.conf "$TMP/full/etc/resolv.conf"
   mount -t proc proc "$TMP/full/proc"
-  if ! DEBIAN_FRONTEND=noninteractive chroot "$TMP/full" apt-get install -y -qq --no-install-recommends python3 > "$TMP/log" 2>&1; then
+  if ! DEBIAN_FRONTEND=noninteractive chroot "$TMP/full" apt-get install -y -qq --no-install-recommends python3 python3-pip > "$TMP/log" 2>&1; then
     tail -n 20 "$TMP/log" >&2
     echo "rootfs.sh: installing python3 for the SDK shard failed" >&2
     exit 1

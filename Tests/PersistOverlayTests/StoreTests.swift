@@ -1,1 +1,111 @@
+import Foundation
+import PersistOverlay
 import Testing
+
+@Suite("Stores on the host")
+struct StoreTests {
+    let lower = StoreLower(base: "base-digest", layers: ["layer-digest"])
+
+    func scratch() -> URL {
+        URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-store-\(UUID().uuidString)")
+    }
+
+    @Test("create makes a sparse ext4 image that e2fsck passes; info reports size and use; a second create is refused")
+    func create() throws {
+        let dir = scratch()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try Store.create(at: dir, size: 256 << 20, lower: lower)
+        let info = try store.info()
+        #expect(info.sizeBytes == 256 << 20)
+        #expect(info.allocatedBytes < 32 << 20, "sparse: \(info.allocatedBytes) bytes allocated")
+        #expect(info.usedBytes + info.freeBytes <= 256 << 20 && info.freeBytes > 150 << 20)
+        #expect(info.holder == nil)
+        #expect(try Store.open(at: dir).lower() == lower)
+        let fsck = try runTool(["e2fsck", "-n", "-f", store.image])
+        #expect(fsck.status == 0, "\(fsck.output)")
+        #expect(throws: StoreError.self) { try Store.create(at: dir, lower: lower) }
+        #expect(throws: StoreError.self) { try Store.create(at: scratch(), size: 1 << 20, lower: lower) }
+        #expect(throws: StoreError.self) { try Store.open(at: scratch()) }
+    }
+
+    @Test("one holder at a time, named to the next; the lock goes with its holder")
+    func lock() throws {
+        let dir = scratch()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try Store.create(at: dir, size: 128 << 20, lower: lower)
+        let first = try store.lock(holder: "the first guest")
+        let error = try #require(throws: StoreError.self) { try store.lock(holder: "the second guest") }
+        #expect(error.code == .locked)
+        #expect(error.message.contains("the first guest") && error.message.contains("pid \(getpid())"), "\(error)")
+        #expect(try store.info().holder?.contains("the first guest") == true)
+        first.release()
+        let second = try store.lock(holder: "the second guest")
+        second.release()
+    }
+
+    @Test("a different lower is refused unless allowed, and then recorded")
+    func lowerChange() throws {
+        let dir = scratch()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let lease = try Store.create(at: dir, size: 128 << 20, lower: lower).lock(holder: "test")
+        try lease.checkLower(lower, allowChange: false)
+        let other = StoreLower(base: "new-base", layers: [])
+        let error = try #require(throws: StoreError.self) { try lease.checkLower(other, allowChange: false) }
+        #expect(error.code == .lowerChanged)
+        #expect(error.message.contains("allowLowerChange"))
+        try lease.checkLower(other, allowChange: true)
+        #expect(try lease.store.lower() == other)
+    }
+
+    @Test("grow keeps the file system and its content; snapshots copy, restore and delete; reset empties")
+    func growSnapshotReset() throws {
+        let dir = scratch()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let lease = try Store.create(at: dir, size: 128 << 20, lower: lower).lock(holder: "test")
+        let image = lease.store.image
+        // Write a file into the image with debugfs, as a guest would have.
+        let file = dir.appendingPathComponent("note.txt")
+        try Data("kept\n".utf8).write(to: file)
+        #expect(try runTool(["debugfs", "-w", "-R", "write \(file.path) note.txt", image]).status == 0)
+        try lease.createSnapshot("before")
+        #expect(throws: StoreError.self) { try lease.createSnapshot("before") }
+        #expect(throws: StoreError.self) { try lease.createSnapshot("../evil") }
+        #expect(try runTool(["debugfs", "-w", "-R", "rm note.txt", image]).status == 0)
+        try lease.grow(to: 256 << 20)
+        #expect(try lease.store.info().sizeBytes == 256 << 20)
+        #expect(try lease.store.info().freeBytes > 200 << 20)
+        #expect(!(try runTool(["debugfs", "-R", "cat note.txt", image]).output.contains("kept")))
+        try lease.restoreSnapshot("before")
+        #expect(try runTool(["debugfs", "-R", "cat note.txt", image]).output.contains("kept"))
+        #expect(try lease.snapshots().map(\.name) == ["before"])
+        try lease.deleteSnapshot("before")
+        #expect(try lease.snapshots().isEmpty)
+        #expect(throws: StoreError.self) { try lease.restoreSnapshot("before") }
+        try lease.reset()
+        #expect(!(try runTool(["debugfs", "-R", "cat note.txt", image]).output.contains("kept")))
+        #expect(try runTool(["e2fsck", "-n", "-f", image]).status == 0)
+    }
+
+    @Test("sizes parse with binary units; garbage is refused", arguments: [("2G", UInt64(2) << 30), ("512M", 512 << 20), ("1.5G", 3 << 29), ("4096", 4096), ("64MiB", 64 << 20)])
+    func sizes(text: String, bytes: UInt64) throws {
+        #expect(try Store.parseSize(text) == bytes)
+        #expect(throws: StoreError.self) { try Store.parseSize("lots") }
+    }
+}
+
+@discardableResult
+func runTool(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = arguments
+    var environment = ProcessInfo.processInfo.environment
+    environment["PATH"] = (environment["PATH"] ?? "") + ":/usr/sbin:/sbin"
+    process.environment = environment
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}

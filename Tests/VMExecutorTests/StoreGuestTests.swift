@@ -1,0 +1,200 @@
+import Foundation
+import PersistOverlay
+import SquashMounts
+import Testing
+@testable import VMExecutor
+
+/// A store for one test, in a scratch directory removed at the end.
+final class ScratchStore {
+    let directory: URL
+    let store: Store
+
+    init(size: UInt64 = 512 << 20, shards: [Shard]? = nil) throws {
+        directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-store-\(UUID().uuidString)")
+        let c = SharedGuest.configuration()
+        let images = try #require(c.images)
+        store = try Store.create(at: directory, size: size, lower: try Sandbox.lower(rootfs: images.rootfs, shards: shards ?? c.shards))
+    }
+
+    deinit { try? FileManager.default.removeItem(at: directory) }
+
+    /// A sandbox over this store (not started).
+    func sandbox() -> Sandbox {
+        var c = SharedGuest.configuration()
+        c.store = store
+        return Sandbox(configuration: c, logger: SharedGuest.logger())
+    }
+}
+
+/// A minimal pure-Python wheel of the package `vxpure` (VALUE = 7), made with the host's zipfile.
+private func pureWheel() throws -> [UInt8] {
+    let out = NSTemporaryDirectory() + "vxpure-\(UUID().uuidString).whl"
+    defer { unlink(out) }
+    let script = """
+        import sys, zipfile
+        files = {
+            "vxpure/__init__.py": "VALUE = 7\\n",
+            "vxpure-1.0.dist-info/METADATA": "Metadata-Version: 2.1\\nName: vxpure\\nVersion: 1.0\\n",
+            "vxpure-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: vmexec-test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+        }
+        files["vxpure-1.0.dist-info/RECORD"] = "".join(f"{name},,\\n" for name in files) + "vxpure-1.0.dist-info/RECORD,,\\n"
+        with zipfile.ZipFile(sys.argv[1], "w") as z:
+            for name, text in files.items():
+                z.writestr(name, text)
+        """
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["python3", "-c", script, out]
+    try p.run()
+    p.waitUntilExit()
+    return [UInt8](try Data(contentsOf: URL(fileURLWithPath: out)))
+}
+
+/// Hashes of every file under a directory, as the guest computes them.
+private func treeHashes(_ s: Sandbox, _ dir: String) async throws -> String {
+    try await s.exec(Command(["sh", "-c", "cd \(dir) && find . -type f | LC_ALL=C sort | xargs -r sha256sum"])).stdoutText
+}
+
+extension RealGuests {
+    @Suite("Overlay stores in a guest", .timeLimit(.minutes(10)))
+    struct StoreGuestTests {
+        @Test("what one guest writes, the next reads; pip install --target in one run is importable in the next")
+        func persists() async throws {
+            let scratch = try ScratchStore()
+            let first = scratch.sandbox()
+            try await first.start()
+            #expect(try await first.exec(Command(["sh", "-c", "echo kept > /root/note"])).exitCode == 0)
+            let install = try await first.exec(Command(["sh", "-c", """
+                cat > /tmp/vxpure-1.0-py3-none-any.whl && \
+                python3 -m pip install --quiet --no-index --target /root/pylib /tmp/vxpure-1.0-py3-none-any.whl
+                """], stdin: .bytes(try pureWheel())))
+            #expect(install.exitCode == 0, "\(install.stderrText)")
+            await first.shutdown()
+
+            let second = scratch.sandbox()
+            try await second.start()
+            #expect(try await second.exec(Command(["cat", "/root/note"])).stdoutText == "kept\n")
+            let imported = try await second.exec(Command(["python3", "-c", "import vxpure; print(vxpure.VALUE)"],
+                                                         environment: ["PYTHONPATH": "/root/pylib"]))
+            #expect(imported.stdoutText == "7\n", "\(imported.stderrText)")
+            #expect(try await second.exec(Command(["cat", "/tmp/vxpure-1.0-py3-none-any.whl"])).exitCode != 0,
+                    "/tmp is the guest's own, not the store's")
+            await second.shutdown()
+        }
+
+        @Test("QEMU killed mid-write: the next start recovers the store, the synced file is intact, e2fsck -n passes")
+        func crash() async throws {
+            let scratch = try ScratchStore()
+            let s = scratch.sandbox()
+            try await s.start()
+            let written = try await s.exec(Command(["sh", "-c", "head -c 3000000 /dev/urandom > /root/A && sha256sum /root/A"]))
+            try await s.sync()
+            let writer = try await s.stream(Command(["sh", "-c", "while :; do head -c 1000000 /dev/urandom >> /root/B; done"]))
+            try await Task.sleep(for: .seconds(1))
+            kill(try #require(await s.qemuProcessID), SIGKILL)
+            do { for try await _ in writer {} } catch {}  // ends with the guest
+
+            try await s.start()
+            #expect(try await s.exec(Command(["sha256sum", "/root/A"])).stdoutText == written.stdoutText)
+            #expect(try await s.exec(Command(["true"])).exitCode == 0)
+            await s.shutdown()
+            let fsck = Process()
+            fsck.executableURL = URL(fileURLWithPath: "/sbin/e2fsck")
+            fsck.arguments = ["-n", "-f", scratch.store.image]
+            fsck.standardOutput = FileHandle.nullDevice
+            fsck.standardError = FileHandle.nullDevice
+            try fsck.run()
+            fsck.waitUntilExit()
+            #expect(fsck.terminationStatus == 0, "e2fsck -n found problems after recovery")
+        }
+
+        @Test("two guests on one store: the second is refused naming the first, which is unharmed; once it is killed the store opens")
+        func oneGuestAtATime() async throws {
+            let scratch = try ScratchStore()
+            let first = scratch.sandbox()
+            try await first.start()
+            let second = scratch.sandbox()
+            let error = try await #require(throws: VMExecError.self) { try await second.start() }
+            #expect(error.code == .storeBusy)
+            #expect(error.message.contains("pid \(getpid())"), "\(error)")
+            #expect(await second.qemuProcessID == nil)
+            #expect(try await first.exec(Command(["sh", "-c", "echo fine > /root/f && cat /root/f"])).stdoutText == "fine\n")
+            try await first.sync()  // what was synced survives the kill below
+
+            kill(try #require(await first.qemuProcessID), SIGKILL)
+            var opened = false
+            for _ in 0..<50 where !opened {
+                do {
+                    try await second.start()
+                    opened = true
+                } catch let e as VMExecError where e.code == .storeBusy {
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            #expect(opened)
+            #expect(try await second.exec(Command(["cat", "/root/f"])).stdoutText == "fine\n")
+            await second.shutdown()
+        }
+
+        @Test("snapshot while running, change and delete, restore: every file's hash is the snapshot's")
+        func snapshotRestore() async throws {
+            let scratch = try ScratchStore()
+            let s = scratch.sandbox()
+            try await s.start()
+            _ = try await s.exec(Command(["sh", "-c", """
+                mkdir -p /data/sub && head -c 200000 /dev/urandom > /data/a && echo b > /data/b && \
+                head -c 70000 /dev/urandom > /data/sub/c && rm -f /etc/issue
+                """]))
+            let before = try await treeHashes(s, "/data")
+            try await s.snapshot("first")
+            #expect(try await s.exec(Command(["true"])).exitCode == 0, "the guest runs on after the snapshot")
+            _ = try await s.exec(Command(["sh", "-c", "echo changed > /data/b && rm /data/sub/c && echo new > /data/d && echo back > /etc/issue"]))
+            #expect(try await treeHashes(s, "/data") != before)
+            try await s.restore(snapshot: "first")
+            #expect(await s.isRunning)
+            #expect(try await treeHashes(s, "/data") == before)
+            #expect(try await s.exec(Command(["test", "-e", "/etc/issue"])).exitCode == 1, "the deletion is restored too")
+            await s.shutdown()
+            let error = try await #require(throws: VMExecError.self) { try await s.restore(snapshot: "nope") }
+            #expect(error.code == .storeRefused)
+        }
+
+        @Test("a command filling the store gets ENOSPC; the guest answers; deleting frees the space")
+        func diskFull() async throws {
+            let scratch = try ScratchStore(size: 128 << 20)
+            let s = scratch.sandbox()
+            try await s.start()
+            let fill = try await s.exec(Command(["sh", "-c", "head -c 300M /dev/zero > /root/big"]))
+            #expect(fill.exitCode != 0)
+            #expect(fill.stderrText.contains("No space left on device"), "\(fill.stderrText)")
+            #expect(try await s.exec(Command(["true"])).exitCode == 0)
+            let full = try await s.exec(Command(["sh", "-c", "df -k --output=avail /mnt 2>/dev/null | tail -1; stat -f -c '%a %S' /root"]))
+            let freeBytes = { (text: String) -> Int in
+                let parts = text.split(separator: "\n").last?.split(separator: " ").compactMap { Int($0) } ?? []
+                return parts.count == 2 ? parts[0] * parts[1] : -1
+            }
+            #expect(freeBytes(full.stdoutText) < 4 << 20, "the store is full: \(full.stdoutText)")
+            _ = try await s.exec(Command(["rm", "/root/big"]))
+            let freed = try await s.exec(Command(["stat", "-f", "-c", "%a %S", "/root"]))
+            #expect(freeBytes(freed.stdoutText) > 50 << 20, "deleting frees the space: \(freed.stdoutText)")
+            #expect(try await s.exec(Command(["sh", "-c", "echo more > /root/small && cat /root/small"])).stdoutText == "more\n")
+            await s.shutdown()
+        }
+
+        @Test("a store made over another lower is refused before boot unless allowed")
+        func lowerChanged() async throws {
+            let scratch = try ScratchStore(shards: [])  // made over the base alone
+            let s = scratch.sandbox()
+            let error = try await #require(throws: VMExecError.self) { try await s.start() }
+            #expect(error.code == .storeRefused)
+            #expect(error.message.contains("allowLowerChange"), "\(error)")
+            var c = SharedGuest.configuration()
+            c.store = scratch.store
+            c.allowLowerChange = true
+            let allowed = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await allowed.start()
+            #expect(try await allowed.exec(Command(["true"])).exitCode == 0)
+            await allowed.shutdown()
+        }
+    }
+}
