@@ -42,8 +42,12 @@ let package = Package(
         .target(
             name: "SquashMounts",
             dependencies: ["CSquashfs", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
+        // A store's ext4 image read on the host through libext2fs (diff, export).
+        .target(name: "CStoreImage", cSettings: strictC, linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]),
         // The writable layer: an ext4 image per store, locked to one guest.
-        .target(name: "PersistOverlay"),
+        .target(
+            name: "PersistOverlay",
+            dependencies: ["CStoreImage", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "VMExecutor",
             dependencies: [

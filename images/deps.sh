@@ -23,6 +23,7 @@ needlib() { pkg-config --exists "$1" 2>/dev/null || MISSING="$MISSING $2"; }
 need pkg-config pkg-config
 needlib libsquashfs1 libsquashfs-dev
 needlib libarchive libarchive-dev
+needlib ext2fs libext2fs-dev
 MISSING=$(echo "$MISSING" | tr ' ' '\n' | grep -v '^$' | sort -u | tr '\n' ' ')
 [ -z "$MISSING" ] && exit 0
 if [ "$(id -u)" != 0 ]; then

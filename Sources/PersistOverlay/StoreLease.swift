@@ -19,9 +19,7 @@ public final class StoreLease: @unchecked Sendable {
     public func release() { lock.release() }
 
     static func holderDescription(_ what: String) -> String {
-        var name = [CChar](repeating: 0, count: 256)
-        gethostname(&name, name.count)
-        return "pid \(getpid()) on \(String(cString: name)) (\(what), since \(ISO8601DateFormatter().string(from: Date())))"
+        "pid \(getpid()) on \(ProcessInfo.processInfo.hostName) (\(what), since \(ISO8601DateFormatter().string(from: Date())))"
     }
 
     /// Refuses (or, with `allowChange`, accepts and records) a lower other than the store's.

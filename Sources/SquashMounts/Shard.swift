@@ -168,3 +168,20 @@ public struct Shard: Sendable, Equatable {
         guard found else { throw ShardError(.notFound, "shard \(label) has no file \(wanted)") }
     }
 }
+
+extension Shard {
+    /// Every path in the shard's tree (`/` and below).
+    public func paths() throws(ShardError) -> Set<String> {
+        try Self.paths(ofSquashfsImage: path, imageBytes: imageBytes)
+    }
+
+    /// Every path in a plain squashfs image (such as the base root file system).
+    public static func paths(ofSquashfsImage path: String, imageBytes: UInt64? = nil) throws(ShardError) -> Set<String> {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw ShardError(.io, "\(path): \(String(cString: strerror(errno)))") }
+        let reader = try SquashfsImageReader(path: path, imageBytes: imageBytes ?? UInt64(st.st_size))
+        var paths = Set<String>()
+        try reader.walk { path, _ throws(ShardError) in paths.insert(path) }
+        return paths
+    }
+}

@@ -503,6 +503,64 @@ public actor Sandbox {
         if wasRunning { try await start() }
     }
 
+    /// What was added, changed and deleted in the guest's root since the store
+    /// was created, or since `snapshot`. With a guest running, reads a copy of
+    /// the store taken with the guest synced and paused.
+    public func diff(since snapshot: String? = nil) async throws -> [StoreChange] {
+        let lower = try await lowerPaths()
+        return try await withStoreImage { lease, image in
+            try lease.diff(since: snapshot, image: image) { lower.contains($0) }
+        }
+    }
+
+    /// Writes what the guest changed under `path` (its upper layer; `/` for all)
+    /// as a tar with OCI whiteouts.
+    public func export(_ path: String, to tar: String) async throws {
+        try await withStoreImage { lease, image in try lease.export(path, to: tar, image: image) }
+    }
+
+    /// Paths of the lower: the base root file system and the layer shards.
+    private func lowerPaths() async throws -> Set<String> {
+        let images = try configuration.images ?? GuestImages.locate(architecture: configuration.architecture)
+        let layers = ShardSet.layers(desiredShards)
+        return try await Self.offPool {
+            do throws(ShardError) {
+                var paths = try Shard.paths(ofSquashfsImage: images.rootfs.path)
+                for layer in layers { paths.formUnion(try layer.paths()) }
+                return paths
+            } catch {
+                throw VMExecError(.storeRefused, error.message)
+            }
+        }
+    }
+
+    /// Runs `body` on a consistent image of the store: a copy taken with the
+    /// guest synced and paused while it runs, else the store itself (locked).
+    private func withStoreImage<T: Sendable>(_ body: @escaping @Sendable (StoreLease, String?) throws -> T) async throws -> T {
+        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
+        guard let r = running, r.qemu.ending == nil, let lease = storeLease else {
+            let lease = try Self.storeCall { try store.lock(holder: "reading the store") }
+            if let images = try? configuration.images ?? GuestImages.locate(architecture: configuration.architecture) {
+                let lower = try StoreAttachment.lower(rootfs: images.rootfs, shards: desiredShards)
+                try Self.storeCall { try lease.checkLower(lower, allowChange: configuration.allowLowerChange) }
+            }
+            return try await Self.offPool { try body(lease, nil) }
+        }
+        try await sync()
+        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
+        try await qmp.execute("stop")
+        let copy: String
+        do {
+            copy = try await Self.offPool { try lease.copyImage() }
+            try await qmp.execute("cont")
+        } catch {
+            _ = try? await qmp.execute("cont")
+            throw error
+        }
+        defer { lease.removeCopy(copy) }
+        return try await Self.offPool { try body(lease, copy) }
+    }
+
     /// Runs blocking store work (copies, e2fsprogs) off the cooperative thread pool.
     static func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { c in

@@ -152,3 +152,57 @@ struct SnapshotCommand: ParsableCommand {
         func run() throws { try target.lease("delete").deleteSnapshot(name) }
     }
 }
+
+/// `vmexec diff --store DIR`: what the guest changed, read from the store on the host.
+struct DiffCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "diff",
+        abstract: "List what the guest added, changed and deleted since the store was created or since a snapshot.",
+        discussion: "Give the same --shard layers the store is used with: they tell a changed file from an added one.")
+
+    @Option(help: "Compare with this snapshot instead of the empty store.")
+    var since: String?
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    @OptionGroup var guest: GuestOptions
+
+    func validate() throws {
+        if guest.store == nil { throw ValidationError("give the store: vmexec diff --store DIR") }
+    }
+
+    func run() async throws {
+        let sandbox = Sandbox(configuration: try guest.sandboxConfiguration(), logger: guest.logger())
+        let changes = try await sandbox.diff(since: since)
+        if json { return try printJSON(changes) }
+        for c in changes {
+            let mark = c.kind == .added ? "A" : c.kind == .changed ? "C" : "D"
+            print("\(mark) \(c.path)\(c.type == .directory ? "/" : "")\(c.type == .file ? "  \(c.size) bytes" : "")")
+        }
+    }
+}
+
+/// `vmexec export --store DIR PATH -o FILE.tar`: what the guest changed under PATH, as a tar.
+struct ExportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write what the guest changed under a path (its upper layer; / for all) as a tar, with OCI whiteouts.")
+
+    @Argument(help: "The path in the guest, e.g. /root or /.")
+    var path: String = "/"
+
+    @Option(name: .shortAndLong, help: "The tar file to write.")
+    var output: String
+
+    @OptionGroup var guest: GuestOptions
+
+    func validate() throws {
+        if guest.store == nil { throw ValidationError("give the store: vmexec export --store DIR PATH -o FILE.tar") }
+    }
+
+    func run() async throws {
+        let sandbox = Sandbox(configuration: try guest.sandboxConfiguration(), logger: guest.logger())
+        try await sandbox.export(path, to: output)
+    }
+}

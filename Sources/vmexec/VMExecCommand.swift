@@ -17,7 +17,7 @@ struct VMExec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmexec",
         abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
-        subcommands: [Run.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self])
+        subcommands: [Run.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self, DiffCommand.self, ExportCommand.self])
 
     /// As ArgumentParser's, but a usage error exits 125 like any other error
     /// of vmexec itself (`docker run` does the same), not 64.

@@ -150,6 +150,28 @@ extension RealGuests {
             #expect(try await s.exec(Command(["true"])).exitCode == 0, "the guest runs on after the snapshot")
             _ = try await s.exec(Command(["sh", "-c", "echo changed > /data/b && rm /data/sub/c && echo new > /data/d && echo back > /etc/issue"]))
             #expect(try await treeHashes(s, "/data") != before)
+
+            // The diff since the snapshot is exactly what changed (read from a copy while the guest runs).
+            let changes = try await s.diff(since: "first")
+            let summary = changes.map { "\($0.kind.rawValue) \($0.path)" }
+            let expected: [String] = ["changed /data/b", "added /data/d", "deleted /data/sub/c", "added /etc/issue"]
+            #expect(summary == expected, "\(summary)")
+            #expect(changes.first { $0.path == "/data/b" }?.size == 8)
+            let sinceCreation = try await s.diff().map { "\($0.kind.rawValue) \($0.path)" }
+            #expect(sinceCreation.contains("added /data/a") && sinceCreation.contains("changed /etc/issue"), "\(sinceCreation)")
+
+            let tar = scratch.directory.appendingPathComponent("data.tar").path
+            try await s.export("/data", to: tar)
+            let listing = Process()
+            listing.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            listing.arguments = ["tar", "tf", tar]
+            let pipe = Pipe()
+            listing.standardOutput = pipe
+            try listing.run()
+            let names = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            listing.waitUntilExit()
+            #expect(names.split(separator: "\n").sorted() == ["data/", "data/a", "data/b", "data/d", "data/sub/"], "\(names)")
+
             try await s.restore(snapshot: "first")
             #expect(await s.isRunning)
             #expect(try await treeHashes(s, "/data") == before)
