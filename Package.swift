@@ -65,7 +65,7 @@ let package = Package(
         // `make bench`: figures against qemu-guest-agent in the same guest.
         .executableTarget(
             name: "vmexec-bench",
-            dependencies: ["VMExecutor", "SquashMounts", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["VMExecutor", "SquashMounts", "PersistOverlay", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "SerialChannelTests",
             dependencies: [

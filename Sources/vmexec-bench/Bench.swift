@@ -52,6 +52,7 @@ struct Bench {
         let restored = try await startTimes(reuse: true, runs: 5)
         emit("boot_hello_s", median(restored), "s", note: "a start restoring the state saved after the first boot")
         emit("cold_boot_hello_s", median(cold), "s", note: "a start that boots the kernel")
+        try await StoreBench.run(images: images, logger: logger)
 
         // One guest on the bench image, with the agent on a second port.
         images.rootfs = URL(fileURLWithPath: args[2])
