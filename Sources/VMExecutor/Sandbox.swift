@@ -503,6 +503,18 @@ public actor Sandbox {
         if wasRunning { try await start() }
     }
 
+    /// Empties the store (snapshots stay): the guest is shut down, the store
+    /// gets a fresh file system, and a guest is started again if one ran.
+    public func resetStore() async throws {
+        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
+        let wasRunning = isRunning
+        await shutdown()
+        let lease = try Self.storeCall { try store.lock(holder: "resetting the store") }
+        try await Self.offPool { try lease.reset() }
+        lease.release()
+        if wasRunning { try await start() }
+    }
+
     /// What was added, changed and deleted in the guest's root since the store
     /// was created, or since `snapshot`. With a guest running, reads a copy of
     /// the store taken with the guest synced and paused.

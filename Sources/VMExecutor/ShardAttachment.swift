@@ -15,11 +15,18 @@ struct ShardAttachment: Sendable {
         return false
     }
 
-    /// Hot-plugs the shard's file as a read-only SCSI disk (QMP blockdev-add, device_add).
+    /// Hot-plugs the shard's file as a read-only SCSI disk.
     func plug(_ qmp: QMPClient) async throws {
+        try await Self.plugDisk(qmp, file: shard.path, node: node, device: device, serial: serial, readOnly: true)
+    }
+
+    /// Hot-plugs `file` as a SCSI disk with `serial` on the guest's virtio-scsi
+    /// bus (QMP blockdev-add, then device_add; the node goes again if the device fails).
+    static func plugDisk(_ qmp: QMPClient, file: String, node: String, device: String, serial: String,
+                         readOnly: Bool) async throws {
         try await qmp.execute("blockdev-add", arguments: [
-            "driver": "raw", "node-name": node, "read-only": true,
-            "file": ["driver": "file", "filename": shard.path, "read-only": true] as [String: any Sendable],
+            "driver": "raw", "node-name": node, "read-only": readOnly,
+            "file": ["driver": "file", "filename": file, "read-only": readOnly] as [String: any Sendable],
         ])
         do {
             try await qmp.execute("device_add", arguments: [

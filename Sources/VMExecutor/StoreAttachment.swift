@@ -45,17 +45,6 @@ enum StoreAttachment {
     /// fsync in the guest) reach the host's file: QEMU's default cache mode
     /// turns each into an fdatasync of the image.
     static func plug(_ qmp: QMPClient, image: String) async throws {
-        try await qmp.execute("blockdev-add", arguments: [
-            "driver": "raw", "node-name": node,
-            "file": ["driver": "file", "filename": image] as [String: any Sendable],
-        ])
-        do {
-            try await qmp.execute("device_add", arguments: [
-                "driver": "scsi-hd", "bus": "\(MachineProfile.shardBus).0", "drive": node, "id": device, "serial": serial,
-            ])
-        } catch {
-            _ = try? await qmp.execute("blockdev-del", arguments: ["node-name": node])
-            throw error
-        }
+        try await ShardAttachment.plugDisk(qmp, file: image, node: node, device: device, serial: serial, readOnly: false)
     }
 }

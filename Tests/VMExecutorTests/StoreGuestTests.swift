@@ -176,6 +176,9 @@ extension RealGuests {
             #expect(await s.isRunning)
             #expect(try await treeHashes(s, "/data") == before)
             #expect(try await s.exec(Command(["test", "-e", "/etc/issue"])).exitCode == 1, "the deletion is restored too")
+            try await s.resetStore()
+            #expect(try await s.exec(Command(["test", "-e", "/data"])).exitCode == 1, "reset empties the store")
+            #expect(try await s.exec(Command(["test", "-e", "/etc/issue"])).exitCode == 0, "the base shows through again")
             await s.shutdown()
             let error = try await #require(throws: VMExecError.self) { try await s.restore(snapshot: "nope") }
             #expect(error.code == .storeRefused)
