@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -525,6 +526,38 @@ int drives_use_store(const char *serial, unsigned running, char *err, size_t n)
     if (rc)
         vx_log("rebuilding the root over the store failed: %s", err);
     return rc;
+}
+
+/* FIFREEZE and FITHAW, _IOWR('X', 119/120, int) (musl ships no kernel headers). */
+#define VX_FIFREEZE 0xC0045877u
+#define VX_FITHAW 0xC0045878u
+static int frozen;
+
+int drives_freeze(int freeze, char *err, size_t n)
+{
+    if (!have_store) {
+        snprintf(err, n, "the guest has no store to %s", freeze ? "freeze" : "thaw");
+        return VX_E_STATE;
+    }
+    if (freeze == frozen)
+        return 0;
+    int fd = open(STORE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || ioctl(fd, freeze ? VX_FIFREEZE : VX_FITHAW, 0) != 0) {
+        snprintf(err, n, "%s the store: %s", freeze ? "freeze" : "thaw", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return VX_E_INTERNAL;
+    }
+    close(fd);
+    frozen = freeze;
+    return 0;
+}
+
+void drives_thaw_if_frozen(void)
+{
+    char err[128];
+    if (frozen && drives_freeze(0, err, sizeof err))
+        vx_log("%s", err);
 }
 
 int drives_sync(char *err, size_t n)

@@ -28,4 +28,10 @@ int drives_use_store(const char *serial, unsigned running, char *err, size_t n);
 /* SYNC: everything written so far reaches the store drive (and, through its flush, the host's file). */
 int drives_sync(char *err, size_t n);
 
+/* FREEZE / THAW: blocks every write to the store (after syncing it) until thawed. */
+int drives_freeze(int freeze, char *err, size_t n);
+
+/* A frozen store is thawed when the host that froze it goes away. */
+void drives_thaw_if_frozen(void);
+
 #endif

@@ -233,6 +233,7 @@ int vx_frame_check(const struct vx_frame *f)
     case VX_HELLO: case VX_PING: case VX_PONG: case VX_ERROR: case VX_SHUTDOWN: case VX_BYE:
     case VX_EXEC: case VX_STARTED: case VX_DATA: case VX_EOF: case VX_WINDOW: case VX_SIGNAL: case VX_EXIT:
     case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_DONE: case VX_STORE: case VX_SYNC:
+    case VX_FREEZE: case VX_THAW:
         break;
     default:
         return VX_E_UNKNOWN_TYPE;
@@ -250,7 +251,7 @@ int vx_frame_check(const struct vx_frame *f)
         struct vx_hello h;
         return vx_hello_decode(f, &h);
     }
-    case VX_SHUTDOWN: case VX_BYE: case VX_EOF: case VX_DONE: case VX_SYNC:
+    case VX_SHUTDOWN: case VX_BYE: case VX_EOF: case VX_DONE: case VX_SYNC: case VX_FREEZE: case VX_THAW:
         return f->len == 0 ? 0 : VX_E_MALFORMED;
     case VX_MOUNT: {
         struct vx_mount m;
@@ -311,6 +312,8 @@ const char *vx_type_name(uint8_t type)
     case VX_DONE: return "DONE";
     case VX_STORE: return "STORE";
     case VX_SYNC: return "SYNC";
+    case VX_FREEZE: return "FREEZE";
+    case VX_THAW: return "THAW";
     default: return "UNKNOWN";
     }
 }

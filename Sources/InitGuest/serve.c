@@ -217,6 +217,8 @@ static void free_proc(struct proc *p)
 /* Kills the process group of every process of the session; they are reaped later. */
 static void reset_session(void)
 {
+    /* First: a writer blocked on a frozen store cannot even die. */
+    drives_thaw_if_frozen();
     for (unsigned i = 0; i < MAX_PROCS; i++) {
         struct proc *p = &S.procs[i];
         if (!p->used)
@@ -621,7 +623,7 @@ static void c_string(char *dst, size_t n, struct vx_str s)
     dst[l] = 0;
 }
 
-/* MOUNT, UNMOUNT, LAYERS, STORE, SYNC: answered with DONE or ERROR on the request's stream. */
+/* MOUNT, UNMOUNT, LAYERS, STORE, SYNC, FREEZE, THAW: answered with DONE or ERROR on the request's stream. */
 static void on_drive(const struct vx_frame *f)
 {
     char err[512] = "";
@@ -641,6 +643,8 @@ static void on_drive(const struct vx_frame *f)
         rc = drives_set_layers(serials, l.count, running_procs(), err, sizeof err);
     } else if (f->type == VX_SYNC) {
         rc = drives_sync(err, sizeof err);
+    } else if (f->type == VX_FREEZE || f->type == VX_THAW) {
+        rc = drives_freeze(f->type == VX_FREEZE, err, sizeof err);
     } else if (f->type == VX_STORE) {
         struct vx_mount m;
         char serial[VX_MAX_SERIAL + 1];
@@ -702,7 +706,8 @@ static void handle_frame(const struct vx_frame *f)
     case VX_EOF: on_eof(f); break;
     case VX_WINDOW: on_window(f); break;
     case VX_SIGNAL: on_signal(f); break;
-    case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_STORE: case VX_SYNC: on_drive(f); break;
+    case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_STORE: case VX_SYNC:
+    case VX_FREEZE: case VX_THAW: on_drive(f); break;
     case VX_ERROR: vx_log("host reported an error on stream %u", f->stream); break;
     default:
         emit_error(f->stream, VX_E_STATE, 0, "%s is sent by the guest, not the host",

@@ -277,7 +277,7 @@ public final class ChannelClient: Sendable {
         case .done:
             let waiter = state.withLock { $0.driveWaiters.removeValue(forKey: frame.stream) }
             if let waiter { waiter.resume() } else { refuse(frame, .state, "DONE for stream \(frame.stream), which asked nothing") }
-        case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers, .store, .sync:
+        case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers, .store, .sync, .freeze, .thaw:
             refuse(frame, .state, "\(frame.kind!) is sent by the host, not the guest")
         }
     }

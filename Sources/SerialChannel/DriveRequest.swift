@@ -15,6 +15,10 @@ public enum DriveRequest: Sendable, Equatable {
     /// Write everything the guest holds for its store through to the drive
     /// (syncfs, which also flushes the drive's cache to the host's file).
     case sync
+    /// Quiesce the store: sync it and block every write (FIFREEZE) until `thaw`
+    /// or until the host's connection ends, so its image can be copied whole.
+    case freeze
+    case thaw
 
     /// The longest serial a drive keeps (QEMU's scsi-hd limit).
     public static let maxSerial = 36
@@ -27,6 +31,8 @@ public enum DriveRequest: Sendable, Equatable {
         case .layers: return .layers
         case .store: return .store
         case .sync: return .sync
+        case .freeze: return .freeze
+        case .thaw: return .thaw
         }
     }
 
@@ -60,6 +66,10 @@ public enum DriveRequest: Sendable, Equatable {
             self = .store(serial: try serial())
         case .sync:
             self = .sync
+        case .freeze:
+            self = .freeze
+        case .thaw:
+            self = .thaw
         case .layers:
             guard p.count >= 2 else { throw .malformedPayload("LAYERS") }
             let count = Int(p.u16(at: 0))
@@ -91,7 +101,7 @@ public enum DriveRequest: Sendable, Equatable {
         case .unmount(let serial), .store(let serial):
             guard Self.isValidSerial(serial) else { throw .invalidRequest("bad drive serial '\(serial)'") }
             put(serial)
-        case .sync:
+        case .sync, .freeze, .thaw:
             break
         case .layers(let serials):
             guard serials.count <= Self.maxLayers, serials.allSatisfy(Self.isValidSerial) else {

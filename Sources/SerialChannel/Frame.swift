@@ -22,6 +22,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case hello = 0x01, ping = 0x02, pong = 0x03, error = 0x04, shutdown = 0x05, bye = 0x06
     case exec = 0x10, started = 0x11, data = 0x12, eof = 0x13, window = 0x14, signal = 0x15, exit = 0x16
     case mount = 0x20, unmount = 0x21, layers = 0x22, done = 0x23, store = 0x24, sync = 0x25
+    case freeze = 0x26, thaw = 0x27
 
     /// Frames that belong to the connection (stream 0) rather than a process.
     var isControl: Bool { [.hello, .ping, .pong, .shutdown, .bye].contains(self) }
@@ -80,7 +81,7 @@ public struct Frame: Sendable, Equatable {
             switch kind {
             case .hello: _ = try Hello(decoding: payload)
             case .shutdown, .bye, .eof, .done: if !payload.isEmpty { return .malformed }
-            case .mount, .unmount, .layers, .store, .sync: _ = try DriveRequest(kind, decoding: payload)
+            case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw: _ = try DriveRequest(kind, decoding: payload)
             case .error: _ = try ErrorReply(decoding: payload)
             case .exec: _ = try ExecRequest(decoding: payload)
             case .started: _ = try payload.decodeU32()

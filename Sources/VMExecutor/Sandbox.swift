@@ -468,27 +468,29 @@ public actor Sandbox {
         do { try await r.client.request(.sync) } catch { throw await Self.explain(error, qemu: r.qemu) }
     }
 
-    /// Snapshots the store while the guest runs: syncs it, pauses the guest's
-    /// CPUs (QMP stop), copies the image (a reflink where the host file system
-    /// shares blocks), resumes. Without a running guest, copies the store as it is.
+    /// Snapshots the store while the guest runs, without a reboot: the guest
+    /// freezes the store (syncs it and holds every write), the image is copied
+    /// (a reflink where the host file system shares blocks), the store thaws.
+    /// Without a running guest, copies the store as it is.
     @discardableResult
     public func snapshot(_ name: String) async throws -> SnapshotInfo {
         guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        guard let r = running, r.qemu.ending == nil, let lease = storeLease else {
+        guard running?.qemu.ending == nil, let lease = storeLease else {
             let lease = try Self.storeCall { try store.lock(holder: "taking a snapshot") }
             return try await Self.offPool { try lease.createSnapshot(name) }
         }
-        try await sync()
-        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
-        try await qmp.execute("stop")
-        do {
-            let info = try await Self.offPool { try lease.createSnapshot(name) }
-            try await qmp.execute("cont")
-            return info
-        } catch {
-            _ = try? await qmp.execute("cont")
-            throw error
-        }
+        return try await whileFrozen { try await Self.offPool { try lease.createSnapshot(name) } }
+    }
+
+    /// Runs `body` with the guest's store frozen: everything written before is
+    /// in the image file, and nothing is written until it returns.
+    private func whileFrozen<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        let r = try requireRunning()
+        do { try await r.client.request(.freeze) } catch { throw await Self.explain(error, qemu: r.qemu) }
+        let result: Result<T, any Error>
+        do { result = .success(try await body()) } catch { result = .failure(error) }
+        do { try await r.client.request(.thaw) } catch { throw await Self.explain(error, qemu: r.qemu) }
+        return try result.get()
     }
 
     /// Restarts the guest from a snapshot of its store: the guest is shut
@@ -517,7 +519,7 @@ public actor Sandbox {
 
     /// What was added, changed and deleted in the guest's root since the store
     /// was created, or since `snapshot`. With a guest running, reads a copy of
-    /// the store taken with the guest synced and paused.
+    /// the store taken while the guest held it frozen.
     public func diff(since snapshot: String? = nil) async throws -> [StoreChange] {
         let lower = try await lowerPaths()
         return try await withStoreImage { lease, image in
@@ -547,10 +549,10 @@ public actor Sandbox {
     }
 
     /// Runs `body` on a consistent image of the store: a copy taken with the
-    /// guest synced and paused while it runs, else the store itself (locked).
+    /// store frozen while the guest runs, else the store itself (locked).
     private func withStoreImage<T: Sendable>(_ body: @escaping @Sendable (StoreLease, String?) throws -> T) async throws -> T {
         guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        guard let r = running, r.qemu.ending == nil, let lease = storeLease else {
+        guard running?.qemu.ending == nil, let lease = storeLease else {
             let lease = try Self.storeCall { try store.lock(holder: "reading the store") }
             if let images = try? configuration.images ?? GuestImages.locate(architecture: configuration.architecture) {
                 let lower = try StoreAttachment.lower(rootfs: images.rootfs, shards: desiredShards)
@@ -558,17 +560,7 @@ public actor Sandbox {
             }
             return try await Self.offPool { try body(lease, nil) }
         }
-        try await sync()
-        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
-        try await qmp.execute("stop")
-        let copy: String
-        do {
-            copy = try await Self.offPool { try lease.copyImage() }
-            try await qmp.execute("cont")
-        } catch {
-            _ = try? await qmp.execute("cont")
-            throw error
-        }
+        let copy = try await whileFrozen { try await Self.offPool { try lease.copyImage() } }
         defer { lease.removeCopy(copy) }
         return try await Self.offPool { try body(lease, copy) }
     }

@@ -149,7 +149,7 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
         put_list(&o, "serials", l.serials, l.serials_len, &pos, l.count);
         break;
     }
-    default: /* SHUTDOWN, BYE, EOF, DONE, SYNC: nothing more */
+    default: /* SHUTDOWN, BYE, EOF, DONE, SYNC, FREEZE, THAW: nothing more */
         break;
     }
     return (size_t)n;

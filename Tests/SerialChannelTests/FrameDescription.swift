@@ -50,13 +50,13 @@ enum FrameDescription {
             }
             s += " how=\(how) value=\(value) run_ns=\(x.runNanoseconds) utime_us=\(x.userMicroseconds)"
             s += " stime_us=\(x.systemMicroseconds) maxrss_kb=\(x.maxRSSKiB)"
-        case .mount, .unmount, .layers, .store, .sync:
+        case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw:
             switch try! DriveRequest(frame.kind!, decoding: p) {
             case .mount(let serial, let target):
                 s += " serial=\(quote(Array(serial.utf8))) target=\(quote(Array(target.utf8)))"
             case .unmount(let serial), .store(let serial):
                 s += " serial=\(quote(Array(serial.utf8)))"
-            case .sync:
+            case .sync, .freeze, .thaw:
                 break
             case .layers(let serials):
                 s += " serials=[" + serials.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
@@ -88,6 +88,8 @@ enum FrameDescription {
         case .done: "DONE"
         case .store: "STORE"
         case .sync: "SYNC"
+        case .freeze: "FREEZE"
+        case .thaw: "THAW"
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import PersistOverlay
+import SerialChannel
 import SquashMounts
 import Testing
 @testable import VMExecutor
@@ -146,8 +147,14 @@ extension RealGuests {
                 head -c 70000 /dev/urandom > /data/sub/c && rm -f /etc/issue
                 """]))
             let before = try await treeHashes(s, "/data")
+            // A writer busy during the snapshot is held, then goes on.
+            let writer = try await s.stream(Command(["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo $i >> /root/log; i=$((i+1)); done; echo done"]))
             try await s.snapshot("first")
-            #expect(try await s.exec(Command(["true"])).exitCode == 0, "the guest runs on after the snapshot")
+            var said = ""
+            for try await event in writer { if case .stdout(let b) = event { said += String(decoding: b, as: UTF8.self) } }
+            #expect(said == "done\n")
+            #expect(try await s.exec(Command(["sh", "-c", "wc -l < /root/log"])).stdoutText == "300\n")
+            _ = try await s.exec(Command(["rm", "/root/log"]))
             _ = try await s.exec(Command(["sh", "-c", "echo changed > /data/b && rm /data/sub/c && echo new > /data/d && echo back > /etc/issue"]))
             #expect(try await treeHashes(s, "/data") != before)
 
@@ -182,6 +189,25 @@ extension RealGuests {
             await s.shutdown()
             let error = try await #require(throws: VMExecError.self) { try await s.restore(snapshot: "nope") }
             #expect(error.code == .storeRefused)
+        }
+
+        @Test("a store frozen by a host that goes away thaws: writers go on")
+        func freezeThawsOnDisconnect() async throws {
+            let scratch = try ScratchStore()
+            let s = scratch.sandbox()
+            try await s.start()
+            try await #require(await s.channelForTesting).request(.freeze)
+            try await s.reconnect()
+            // A write into a store left frozen would block for good: give it 30 s, then kill the guest.
+            let pid = await s.qemuProcessID
+            let watchdog = Task {
+                try await Task.sleep(for: .seconds(30))
+                if let pid { kill(pid, SIGKILL) }
+            }
+            let wrote = try? await s.exec(Command(["sh", "-c", "echo after > /root/after && cat /root/after"]))
+            watchdog.cancel()
+            #expect(wrote?.stdoutText == "after\n", "a write into the store did not finish: it stayed frozen")
+            await s.shutdown()
         }
 
         @Test("a command filling the store gets ENOSPC; the guest answers; deleting frees the space")

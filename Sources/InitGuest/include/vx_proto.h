@@ -45,6 +45,8 @@ enum vx_type {
     VX_DONE = 0x23,
     VX_STORE = 0x24,
     VX_SYNC = 0x25,
+    VX_FREEZE = 0x26,
+    VX_THAW = 0x27,
 };
 
 /* Sub-streams of a process stream (the header's `sub` byte). */
