@@ -51,7 +51,7 @@ enum StoreBench {
         var t = ContinuousClock.now
         try await stored.snapshot("bench")
         Bench.emit("store_snapshot_s", Bench.seconds(ContinuousClock.now - t), "s",
-                   note: "live snapshot of a store holding 200 MB: sync, pause, copy, resume")
+                   note: "live snapshot of a store holding 200 MB: freeze, copy, thaw")
         t = ContinuousClock.now
         try await stored.restore(snapshot: "bench")
         Bench.emit("store_restore_s", Bench.seconds(ContinuousClock.now - t), "s",
