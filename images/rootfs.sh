@@ -24,6 +24,8 @@ if ! debootstrap --arch="$DEB" --variant=minbase ${EXTRA:+--include="$EXTRA"} bo
   echo "rootfs.sh: debootstrap failed" >&2
   exit 1
 fi
+# The unprivileged user commands run as by default (uid and gid 1000), with a home.
+chroot "$TMP/base" useradd --uid 1000 --user-group --create-home --shell /bin/sh vmexec
 if [ -n "$SDK" ]; then
   cp -a "$TMP/base" "$TMP/full"
   cp /etc/resolv.conf "$TMP/full/etc/resolv.conf"
@@ -51,6 +53,6 @@ fi
 # LZ4: the guest decompresses on every cold read and TCG makes heavier
 # codecs slow; the image stays on the host, so its size matters little.
 rm -f "$OUT.tmp"
-mksquashfs "$TMP/base" "$OUT.tmp" -comp lz4 -Xhc -noappend -quiet -no-progress -all-root >/dev/null
+mksquashfs "$TMP/base" "$OUT.tmp" -comp lz4 -Xhc -noappend -quiet -no-progress >/dev/null
 mv "$OUT.tmp" "$OUT"
 echo "rootfs $OUT (minbase${EXTRA:+,$EXTRA}): $(du -h "$OUT" | cut -f1)${SDK:+; SDK tree $SDK (python $(cat "$SDK.version"))}"

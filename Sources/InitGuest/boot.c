@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "boot.h"
 #include "drives.h"
+#include "jobs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -161,6 +162,9 @@ int boot_setup(char *err, size_t errlen)
 
     if (load_modules(err, errlen))
         return -1;
+    char why[160];
+    if (jobs_setup(why, sizeof why) != 0)
+        vx_log("%s; commands run without memory and process limits", why);
 
     return drives_setup_root(err, errlen);
 }

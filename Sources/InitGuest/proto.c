@@ -115,6 +115,21 @@ int vx_exec_decode(const struct vx_frame *f, struct vx_exec *e)
         return VX_E_MALFORMED;
     if (vx_str_next(p, n, &pos, &e->cwd))
         return VX_E_MALFORMED;
+    memset(&e->policy, 0, sizeof e->policy);
+    if (e->flags & VX_EXEC_POLICY) {
+        if (n - pos < VX_POLICY_SIZE)
+            return VX_E_MALFORMED;
+        const uint8_t *q = p + n - VX_POLICY_SIZE;
+        e->policy.uid = vx_get_u32(q);
+        e->policy.gid = vx_get_u32(q + 4);
+        e->policy.memory_max = vx_get_u64(q + 8);
+        e->policy.pids_max = vx_get_u32(q + 16);
+        e->policy.nofile = vx_get_u32(q + 20);
+        e->policy.cpu_seconds = vx_get_u32(q + 24);
+        if (vx_get_u32(q + 28) != 0)
+            return VX_E_MALFORMED; /* reserved */
+        n -= VX_POLICY_SIZE;
+    }
     e->strings = p + pos;
     e->strings_len = n - pos;
     /* Walk every string once so that users of the payload can trust it. */
@@ -136,7 +151,7 @@ int vx_exec_decode(const struct vx_frame *f, struct vx_exec *e)
 int vx_exit_decode(const struct vx_frame *f, struct vx_exit *x)
 {
     const uint8_t *p = f->payload;
-    if (f->len != VX_EXIT_SIZE || p[0] > VX_TIMED_OUT || p[1] || p[2] || p[3])
+    if (f->len != VX_EXIT_SIZE || p[0] > VX_MEMORY || p[1] || p[2] || p[3])
         return VX_E_MALFORMED;
     x->how = p[0];
     x->value = (int32_t)vx_get_u32(p + 4);

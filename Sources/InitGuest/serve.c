@@ -12,6 +12,7 @@
 
 #include "boot.h"
 #include "drives.h"
+#include "jobs.h"
 #include "vx_proto.h"
 
 #include <errno.h>
@@ -22,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -44,7 +47,7 @@
 enum session { DISCONNECTED, WAIT_HELLO, READY, RESYNC };
 
 /* Where a failed spawn stopped, reported by the child over a CLOEXEC pipe. */
-enum spawn_stage { STAGE_SETUP = 1, STAGE_CHROOT, STAGE_CHDIR, STAGE_EXEC };
+enum spawn_stage { STAGE_SETUP = 1, STAGE_CHROOT, STAGE_USER, STAGE_CHDIR, STAGE_EXEC };
 
 struct proc {
     int used;
@@ -57,6 +60,8 @@ struct proc {
     uint32_t in_len, in_credit, in_ungranted;
     int has_stdin, in_eof;
     int exited, status, timed_out;
+    int memory_limited, memory_killed;
+    struct job job;
     struct rusage ru;
     uint64_t start_ns, end_ns, deadline_ns;
 };
@@ -206,6 +211,7 @@ static void close_fd(int *fd)
 
 static void free_proc(struct proc *p)
 {
+    jobs_end(&p->job);
     close_fd(&p->fd_in);
     close_fd(&p->fd_out[VX_STDOUT]);
     close_fd(&p->fd_out[VX_STDERR]);
@@ -291,7 +297,8 @@ static void exec_search(const char *file, char **argv, char **envp)
 }
 
 /* Runs in the vfork child: only syscalls, then execve or _exit. */
-static void child_run(int in_fd, int out_fd, int err_fd, const char *cwd, char **argv, char **envp)
+static void child_run(int in_fd, int out_fd, int err_fd, const char *cwd, char **argv, char **envp,
+                      const struct vx_policy *policy, int cgroup_procs)
 {
     int stage = STAGE_SETUP;
     sigset_t none;
@@ -301,9 +308,30 @@ static void child_run(int in_fd, int out_fd, int err_fd, const char *cwd, char *
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (setsid() < 0 || dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
         goto fail;
+    /* Into the command's cgroup before anything can fork. */
+    if (cgroup_procs >= 0 && write(cgroup_procs, "0", 1) != 1)
+        goto fail;
+    if (policy->nofile) {
+        struct rlimit rl = {policy->nofile, policy->nofile};
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            goto fail;
+    }
+    if (policy->cpu_seconds) {
+        struct rlimit rl = {policy->cpu_seconds, (rlim_t)policy->cpu_seconds + 1};
+        if (setrlimit(RLIMIT_CPU, &rl) != 0)
+            goto fail;
+    }
     umask(022);
     stage = STAGE_CHROOT;
     if (chroot(VX_NEWROOT) != 0)
+        goto fail;
+    stage = STAGE_USER;
+    /* No gaining privileges through exec (setuid files, file capabilities), root or not. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        goto fail;
+    /* Dropping uid 0 clears every capability. */
+    if ((policy->uid || policy->gid) &&
+        (setgroups(0, NULL) != 0 || setgid(policy->gid) != 0 || setuid(policy->uid) != 0))
         goto fail;
     stage = STAGE_CHDIR;
     if (chdir(cwd[0] ? cwd : "/") != 0)
@@ -326,6 +354,7 @@ static const char *stage_name(int stage)
 {
     switch (stage) {
     case STAGE_CHROOT: return "enter the root file system";
+    case STAGE_USER: return "become the command's user for";
     case STAGE_CHDIR: return "change to the working directory";
     case STAGE_EXEC: return "execute";
     default: return "set up the process";
@@ -379,6 +408,12 @@ static void on_exec(const struct vx_frame *f)
     argv[e.argc] = NULL;
     envp[e.envc] = NULL;
 
+    struct job job;
+    char why[256];
+    if (jobs_create(&job, f->stream, &e.policy, why, sizeof why) != 0) {
+        emit_error(f->stream, VX_E_INTERNAL, errno, "%s", why);
+        return;
+    }
     int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1};
     int has_stdin = (e.flags & VX_EXEC_STDIN) != 0;
     if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || (has_stdin && pipe2(in, O_CLOEXEC))) {
@@ -387,6 +422,7 @@ static void on_exec(const struct vx_frame *f)
         for (unsigned i = 0; i < 6; i++)
             close_fd(&fds[i]);
         emit_error(f->stream, VX_E_INTERNAL, saved, "cannot create pipes: %s", strerror(saved));
+        jobs_end(&job);
         return;
     }
     fcntl(out[0], F_SETPIPE_SZ, STDOUT_PIPE_SIZE);
@@ -396,14 +432,16 @@ static void on_exec(const struct vx_frame *f)
      * dominate the cost of fork() under TCG. */
     pid_t pid = vfork();
     if (pid == 0)
-        child_run(has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp);
+        child_run(has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp, &e.policy, job.procs_fd);
     int saved = errno;
+    jobs_spawned(&job);
     close_fd(&out[1]);
     close_fd(&err[1]);
     close_fd(&in[0]);
     if (pid < 0 || spawn_failure.stage) {
         if (pid > 0)
             waitpid(pid, NULL, 0);
+        jobs_end(&job);
         close_fd(&out[0]);
         close_fd(&err[0]);
         close_fd(&in[1]);
@@ -432,6 +470,8 @@ static void on_exec(const struct vx_frame *f)
         set_nonblock(p->fd_in);
         p->in_credit = STDIN_WINDOW;
     }
+    p->job = job;
+    p->memory_limited = e.policy.memory_max != 0;
     p->start_ns = start;
     p->deadline_ns = e.timeout_ms ? start + (uint64_t)e.timeout_ms * 1000000ull : 0;
     emit_u32(VX_STARTED, 0, f->stream, (uint32_t)pid);
@@ -821,6 +861,7 @@ static void reap(void)
     int status;
     struct rusage ru;
     pid_t pid;
+    jobs_tick();
     while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
         for (unsigned i = 0; i < MAX_PROCS; i++) {
             struct proc *p = &S.procs[i];
@@ -829,6 +870,8 @@ static void reap(void)
                 p->status = status;
                 p->ru = ru;
                 p->end_ns = now_ns();
+                /* A command ends with its main process: what it left behind goes too. */
+                jobs_kill(&p->job);
             }
         }
     }
@@ -844,30 +887,48 @@ static void finish_procs(void)
         if (out_room() < VX_HEADER_SIZE + VX_EXIT_SIZE)
             return;
         uint8_t x[VX_EXIT_SIZE] = {0};
-        int st = p->status;
-        x[0] = p->timed_out ? VX_TIMED_OUT : WIFSIGNALED(st) ? VX_SIGNALED : VX_EXITED;
+        int st = p->status, oom = 0;
+        uint64_t peak_kb = (uint64_t)p->ru.ru_maxrss;
+        jobs_account(&p->job, &oom, &peak_kb);
+        x[0] = p->timed_out ? VX_TIMED_OUT
+               : WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL && (oom || p->memory_killed) ? VX_MEMORY
+               : WIFSIGNALED(st) ? VX_SIGNALED : VX_EXITED;
         vx_put_u32(x + 4, (uint32_t)(WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st)));
         vx_put_u64(x + 8, p->end_ns - p->start_ns);
         vx_put_u64(x + 16, (uint64_t)p->ru.ru_utime.tv_sec * 1000000u + (uint64_t)p->ru.ru_utime.tv_usec);
         vx_put_u64(x + 24, (uint64_t)p->ru.ru_stime.tv_sec * 1000000u + (uint64_t)p->ru.ru_stime.tv_usec);
-        vx_put_u64(x + 32, (uint64_t)p->ru.ru_maxrss);
+        vx_put_u64(x + 32, peak_kb);
         emit(VX_EXIT, 0, p->stream, x, VX_EXIT_SIZE);
         free_proc(p);
     }
 }
 
-/* Kills timed-out process groups; returns the poll timeout to the next deadline. */
+/* How often commands with a memory limit are checked for thrashing. */
+#define MEMORY_WATCH_NS 500000000ull
+
+/* Kills timed-out commands and commands stuck at their memory limit;
+ * returns the poll timeout to the next deadline or check. */
 static int check_deadlines(void)
 {
     uint64_t now = now_ns(), next = 0;
     for (unsigned i = 0; i < MAX_PROCS; i++) {
         struct proc *p = &S.procs[i];
+        if (p->used && p->memory_limited && !p->exited && !p->memory_killed) {
+            if (jobs_memory_stalled(&p->job)) {
+                vx_log("stream %u: stuck at its memory limit; killed", p->stream);
+                p->memory_killed = 1;
+                jobs_kill(&p->job);
+            } else if (!next || now + MEMORY_WATCH_NS < next) {
+                next = now + MEMORY_WATCH_NS;
+            }
+        }
         if (!p->used || !p->deadline_ns)
             continue;
         if (now >= p->deadline_ns) {
             if (!p->exited)
                 p->timed_out = 1;
             kill(-p->pid, SIGKILL);
+            jobs_kill(&p->job);
             p->deadline_ns = 0;
         } else if (!next || p->deadline_ns < next) {
             next = p->deadline_ns;

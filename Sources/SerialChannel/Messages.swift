@@ -62,9 +62,55 @@ public struct Hello: Sendable, Equatable {
     }
 }
 
+/// Who runs a command and within which limits; 0 means none (or root, for ids).
+public struct ExecPolicy: Sendable, Equatable {
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Bytes of memory for all the command's processes (its cgroup's memory.max).
+    public var memoryMax: UInt64
+    /// Processes and threads at once (its cgroup's pids.max).
+    public var pidsMax: UInt32
+    /// Open files per process (RLIMIT_NOFILE).
+    public var openFiles: UInt32
+    /// CPU seconds per process (RLIMIT_CPU: SIGXCPU, then SIGKILL).
+    public var cpuSeconds: UInt32
+
+    public static let size = 32
+
+    public init(uid: UInt32 = 0, gid: UInt32 = 0, memoryMax: UInt64 = 0, pidsMax: UInt32 = 0, openFiles: UInt32 = 0,
+                cpuSeconds: UInt32 = 0) {
+        self.uid = uid
+        self.gid = gid
+        self.memoryMax = memoryMax
+        self.pidsMax = pidsMax
+        self.openFiles = openFiles
+        self.cpuSeconds = cpuSeconds
+    }
+
+    init(decoding p: ArraySlice<UInt8>) throws(ProtocolError) {
+        let b = Array(p)
+        guard b.count == Self.size, b.u32(at: 28) == 0 else { throw .malformedPayload("EXEC policy") }
+        self.init(uid: b.u32(at: 0), gid: b.u32(at: 4), memoryMax: b.u64(at: 8), pidsMax: b.u32(at: 16),
+                  openFiles: b.u32(at: 20), cpuSeconds: b.u32(at: 24))
+    }
+
+    func encoded() -> [UInt8] {
+        var p: [UInt8] = []
+        p.appendLE(uid)
+        p.appendLE(gid)
+        p.appendLE(memoryMax)
+        p.appendLE(pidsMax)
+        p.appendLE(openFiles)
+        p.appendLE(cpuSeconds)
+        p.appendLE(UInt32(0))
+        return p
+    }
+}
+
 /// EXEC: what to run, in which directory, with which environment.
 public struct ExecRequest: Sendable, Equatable {
     public static let stdinFlag: UInt32 = 0x1
+    public static let policyFlag: UInt32 = 0x2
 
     public var arguments: [String]
     public var environment: [String]
@@ -73,28 +119,38 @@ public struct ExecRequest: Sendable, Equatable {
     public var timeoutMilliseconds: UInt32
     /// Whether stdin is fed by DATA frames; otherwise it is /dev/null.
     public var hasStdin: Bool
+    /// User and limits; nil runs as root without limits.
+    public var policy: ExecPolicy?
 
     public init(
         arguments: [String], environment: [String] = [], workingDirectory: String = "/",
-        timeoutMilliseconds: UInt32 = 0, hasStdin: Bool = false
+        timeoutMilliseconds: UInt32 = 0, hasStdin: Bool = false, policy: ExecPolicy? = nil
     ) {
         self.arguments = arguments
         self.environment = environment
         self.workingDirectory = workingDirectory
         self.timeoutMilliseconds = timeoutMilliseconds
         self.hasStdin = hasStdin
+        self.policy = policy
     }
 
-    public init(decoding p: [UInt8]) throws(ProtocolError) {
+    public init(decoding payload: [UInt8]) throws(ProtocolError) {
+        var p = payload
         guard p.count >= 12 else { throw .malformedPayload("EXEC") }
         let flags = p.u32(at: 0)
         timeoutMilliseconds = p.u32(at: 4)
         let argc = Int(p.u16(at: 8)), envc = Int(p.u16(at: 10))
-        guard flags & ~Self.stdinFlag == 0, argc >= 1, argc <= WireProtocol.maxArguments,
+        guard flags & ~(Self.stdinFlag | Self.policyFlag) == 0, argc >= 1, argc <= WireProtocol.maxArguments,
             envc <= WireProtocol.maxEnvironment
         else { throw .malformedPayload("EXEC") }
         hasStdin = flags & Self.stdinFlag != 0
+        policy = nil
         var pos = 12
+        if flags & Self.policyFlag != 0 {
+            guard p.count >= 12 + ExecPolicy.size else { throw .malformedPayload("EXEC") }
+            policy = try ExecPolicy(decoding: p[(p.count - ExecPolicy.size)...])
+            p.removeLast(ExecPolicy.size)
+        }
         workingDirectory = try Self.string(p, &pos)
         arguments = []
         environment = []
@@ -124,7 +180,7 @@ public struct ExecRequest: Sendable, Equatable {
             throw .invalidRequest("environment entry \"\(e)\" is not NAME=VALUE")
         }
         var p: [UInt8] = []
-        p.appendLE(hasStdin ? Self.stdinFlag : 0)
+        p.appendLE((hasStdin ? Self.stdinFlag : 0) | (policy != nil ? Self.policyFlag : 0))
         p.appendLE(timeoutMilliseconds)
         p.appendLE(UInt16(arguments.count))
         p.appendLE(UInt16(environment.count))
@@ -136,6 +192,7 @@ public struct ExecRequest: Sendable, Equatable {
             p.appendLE(UInt16(bytes.count))
             p.append(contentsOf: bytes)
         }
+        if let policy { p += policy.encoded() }
         guard p.count <= WireProtocol.maxPayload else {
             throw .invalidRequest(
                 "command line and environment take \(p.count) bytes; at most \(WireProtocol.maxPayload) fit")
@@ -169,6 +226,8 @@ public enum Termination: Sendable, Equatable {
     case signaled(Int32)
     /// It ran past its timeout; its process group was killed with this signal.
     case timedOut(Int32)
+    /// The OOM killer ended it (with this signal) inside its memory limit.
+    case outOfMemory(Int32)
 }
 
 /// EXIT: the end of a process, sent after its stdout and stderr ended.
@@ -178,7 +237,8 @@ public struct ExitStatus: Sendable, Equatable {
     public var runNanoseconds: UInt64
     public var userMicroseconds: UInt64
     public var systemMicroseconds: UInt64
-    /// Peak resident set size, in KiB.
+    /// Peak memory in KiB: of the command's cgroup (all its processes) where
+    /// the guest has cgroups, else the main process's peak resident set.
     public var maxRSSKiB: UInt64
 
     public init(
@@ -193,14 +253,15 @@ public struct ExitStatus: Sendable, Equatable {
     }
 
     public init(decoding p: [UInt8]) throws(ProtocolError) {
-        guard p.count == WireProtocol.exitPayloadSize, p[0] <= 2, p[1] == 0, p[2] == 0, p[3] == 0 else {
+        guard p.count == WireProtocol.exitPayloadSize, p[0] <= 3, p[1] == 0, p[2] == 0, p[3] == 0 else {
             throw .malformedPayload("EXIT")
         }
         let value = Int32(bitPattern: p.u32(at: 4))
         switch p[0] {
         case 0: termination = .exited(value)
         case 1: termination = .signaled(value)
-        default: termination = .timedOut(value)
+        case 2: termination = .timedOut(value)
+        default: termination = .outOfMemory(value)
         }
         runNanoseconds = p.u64(at: 8)
         userMicroseconds = p.u64(at: 16)
@@ -214,6 +275,7 @@ public struct ExitStatus: Sendable, Equatable {
         case .exited(let v): p += [0, 0, 0, 0]; p.appendLE(UInt32(bitPattern: v))
         case .signaled(let v): p += [1, 0, 0, 0]; p.appendLE(UInt32(bitPattern: v))
         case .timedOut(let v): p += [2, 0, 0, 0]; p.appendLE(UInt32(bitPattern: v))
+        case .outOfMemory(let v): p += [3, 0, 0, 0]; p.appendLE(UInt32(bitPattern: v))
         }
         p.appendLE(runNanoseconds)
         p.appendLE(userMicroseconds)

@@ -10,6 +10,10 @@ public struct Command: Sendable {
     /// Wall-clock limit enforced in the guest; past it the process group is killed.
     public var timeout: Duration?
     public var stdin: Stdin
+    /// Who runs it; nil: the sandbox's default (an unprivileged user).
+    public var user: GuestUser?
+    /// Its limits; nil: the sandbox's defaults.
+    public var limits: Limits?
 
     /// Where the command's stdin comes from.
     public enum Stdin: Sendable {
@@ -25,13 +29,74 @@ public struct Command: Sendable {
 
     public init(
         _ arguments: [String], environment: [String: String] = [:], workingDirectory: String = "/",
-        timeout: Duration? = nil, stdin: Stdin = .none
+        timeout: Duration? = nil, stdin: Stdin = .none, user: GuestUser? = nil, limits: Limits? = nil
     ) {
         self.arguments = arguments
         self.environment = environment
         self.workingDirectory = workingDirectory
         self.timeout = timeout
         self.stdin = stdin
+        self.user = user
+        self.limits = limits
+    }
+}
+
+/// Who a command runs as in the guest.
+public enum GuestUser: Sendable, Equatable, CustomStringConvertible {
+    /// uid 0, with every capability: only when asked for.
+    case root
+    case id(uid: UInt32, gid: UInt32)
+
+    /// The base image's `vmexec` user (1000:1000, home /home/vmexec): the default.
+    public static let unprivileged = GuestUser.id(uid: 1000, gid: 1000)
+
+    var ids: (uid: UInt32, gid: UInt32) {
+        switch self {
+        case .root: return (0, 0)
+        case .id(let uid, let gid): return (uid, gid)
+        }
+    }
+
+    /// The HOME a command gets unless it sets one.
+    var home: String {
+        switch self {
+        case .root: return "/root"
+        case .id(1000, _): return "/home/vmexec"
+        case .id: return "/tmp"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .root: return "root"
+        case .id(let uid, let gid): return "\(uid):\(gid)"
+        }
+    }
+}
+
+/// Per-command limits, enforced in the guest; nil means none.
+public struct Limits: Sendable, Equatable {
+    /// Memory of all the command's processes together (a cgroup's memory.max);
+    /// past it the kernel's OOM killer ends one, and the result says `outOfMemory`.
+    public var memoryBytes: UInt64?
+    /// Processes and threads at once (pids.max): a fork bomb stops there.
+    public var processes: UInt32?
+    /// Open files per process.
+    public var openFiles: UInt32?
+    /// CPU seconds per process (then SIGXCPU, and SIGKILL a second later).
+    public var cpuSeconds: UInt32?
+
+    public init(memoryBytes: UInt64? = nil, processes: UInt32? = nil, openFiles: UInt32? = nil, cpuSeconds: UInt32? = nil) {
+        self.memoryBytes = memoryBytes
+        self.processes = processes
+        self.openFiles = openFiles
+        self.cpuSeconds = cpuSeconds
+    }
+
+    /// The defaults for a guest of `memoryMiB`: three quarters of its memory,
+    /// 512 processes, 1024 open files, no CPU-time limit (the timeout bounds time).
+    public static func defaults(guestMemoryMiB: Int) -> Limits {
+        Limits(memoryBytes: UInt64(max(64, guestMemoryMiB * 3 / 4)) << 20, processes: 512, openFiles: 1024)
     }
 }
 
@@ -53,6 +118,9 @@ public struct ExecResult: Sendable {
     /// True when output passed the sandbox's output limit and was cut.
     public var stdoutTruncated: Bool
     public var stderrTruncated: Bool
+    /// Who ran it, and the limits it ran within.
+    public var user: GuestUser
+    public var limits: Limits
 
     public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
     public var stderrText: String { String(decoding: stderr, as: UTF8.self) }
@@ -69,6 +137,7 @@ extension Termination {
         case .exited(let c): c
         case .signaled(let s): 128 + s
         case .timedOut: 124
+        case .outOfMemory(let s): 128 + s
         }
     }
 }

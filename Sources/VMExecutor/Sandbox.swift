@@ -16,10 +16,13 @@ public struct SandboxConfiguration: Sendable {
     public var accelerator: AcceleratorChoice = .auto
     /// Launch to the init's hello, at most.
     public var bootTimeout: Duration = .seconds(60)
-    /// Environment every command starts from; a command's own entries win.
+    /// Who commands run as unless they say: the unprivileged `vmexec` user.
+    public var user: GuestUser = .unprivileged
+    /// Limits of commands that set none; nil: ``Limits/defaults(guestMemoryMiB:)``.
+    public var limits: Limits?
+    /// Environment every command starts from (HOME follows the user); a command's own entries win.
     public var environment: [String: String] = [
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/root",
         "LANG": "C.UTF-8",
         "TERM": "dumb",
     ]
@@ -376,7 +379,8 @@ public actor Sandbox {
             let out = try await process.collect(limit: configuration.outputLimit)
             return ExecResult(stdout: out.stdout, stderr: out.stderr, termination: out.status.termination,
                               usage: Usage(out.status), stdoutTruncated: out.stdoutTruncated,
-                              stderrTruncated: out.stderrTruncated)
+                              stderrTruncated: out.stderrTruncated, user: command.user ?? configuration.user,
+                              limits: command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB))
         } catch {
             throw await Self.explain(error, qemu: qemu)
         }
@@ -397,8 +401,14 @@ public actor Sandbox {
     /// Starts a command's process in the guest and feeds its stdin.
     private func startProcess(_ command: Command) async throws -> (RemoteProcess, QEMUProcess) {
         guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
-        let base = ShardSet.environment(attachments.map(\.shard), base: configuration.environment)
+        let user = command.user ?? configuration.user
+        let limits = command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB)
+        var base = ShardSet.environment(attachments.map(\.shard), base: configuration.environment)
+        if base["HOME"] == nil { base["HOME"] = user.home }
         let env = base.merging(command.environment) { _, new in new }
+        let policy = ExecPolicy(uid: user.ids.uid, gid: user.ids.gid, memoryMax: limits.memoryBytes ?? 0,
+                                pidsMax: limits.processes ?? 0, openFiles: limits.openFiles ?? 0,
+                                cpuSeconds: limits.cpuSeconds ?? 0)
         var timeoutMs: UInt32 = 0
         if let t = command.timeout {
             let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000
@@ -408,7 +418,8 @@ public actor Sandbox {
         if case .none = command.stdin {} else { hasStdin = true }
         let request = ExecRequest(
             arguments: command.arguments, environment: env.map { "\($0.key)=\($0.value)" }.sorted(),
-            workingDirectory: command.workingDirectory, timeoutMilliseconds: timeoutMs, hasStdin: hasStdin)
+            workingDirectory: command.workingDirectory, timeoutMilliseconds: timeoutMs, hasStdin: hasStdin,
+            policy: policy)
         let process: RemoteProcess
         do {
             process = try await r.client.exec(request)

@@ -127,6 +127,18 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.")
     var interactive = false
 
+    @Option(help: "Run as root, or as UID[:GID] (default: the unprivileged user vmexec, 1000:1000).")
+    var user: String?
+
+    @Option(help: "Memory for the command and its children, e.g. 256M (default: 3/4 of the guest's).")
+    var memoryLimit: String?
+
+    @Option(help: "Processes and threads the command may have at once (default 512).")
+    var pidsLimit: UInt32?
+
+    @Option(help: "CPU seconds per process (default: none; --timeout bounds the wall clock).")
+    var cpuLimit: UInt32?
+
     @Argument(parsing: .postTerminator, help: "The command and its arguments.")
     var command: [String] = []
 
@@ -136,6 +148,17 @@ struct Run: AsyncParsableCommand {
             throw ValidationError("--env takes NAME=VALUE, got \"\(e)\"")
         }
         if let t = timeout, t <= 0 { throw ValidationError("--timeout must be positive") }
+        _ = try guestUser()
+    }
+
+    func guestUser() throws -> GuestUser? {
+        guard let user else { return nil }
+        if user == "root" || user == "0" || user == "0:0" { return .root }
+        let parts = user.split(separator: ":", maxSplits: 1).map { UInt32($0) }
+        guard let uid = parts.first ?? nil, parts.allSatisfy({ $0 != nil }) else {
+            throw ValidationError("--user takes root or UID[:GID], not '\(user)'")
+        }
+        return .id(uid: uid, gid: parts.count == 2 ? parts[1]! : uid)
     }
 
     func run() async throws {
@@ -158,10 +181,16 @@ struct Run: AsyncParsableCommand {
             environment[String(parts[0])] = String(parts[1])
         }
         let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
+        var limits = Limits.defaults(guestMemoryMiB: guest.memory)
+        if let memoryLimit {
+            do { limits.memoryBytes = try Store.parseSize(memoryLimit) } catch { fail(error.message, code: ExitCodes.vmexecError) }
+        }
+        if let pidsLimit { limits.processes = pidsLimit }
+        if let cpuLimit { limits.cpuSeconds = cpuLimit }
         let cmd = Command(
             command, environment: environment, workingDirectory: workdir,
             timeout: timeout.map { .milliseconds(Int64($0 * 1000)) },
-            stdin: forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none)
+            stdin: forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none, user: try? guestUser(), limits: limits)
         var code: Int32 = ExitCodes.vmexecError
         do {
             let stream = try await sandbox.stream(cmd)
@@ -174,6 +203,9 @@ struct Run: AsyncParsableCommand {
                     code = termination.shellCode
                     if case .timedOut = termination {
                         FileHandle.standardError.write(Data("vmexec: command timed out after \(timeout ?? 0) s and was killed\n".utf8))
+                    }
+                    if case .outOfMemory = termination {
+                        FileHandle.standardError.write(Data("vmexec: command killed for memory: it passed its limit of \(limits.memoryBytes.map { "\($0 >> 20) MiB" } ?? "the guest's memory")\n".utf8))
                     }
                 }
             }

@@ -109,6 +109,10 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
         size_t pos = 0;
         put_list(&o, "argv", e.strings, e.strings_len, &pos, e.argc);
         put_list(&o, "env", e.strings, e.strings_len, &pos, e.envc);
+        if (e.flags & VX_EXEC_POLICY)
+            put(&o, " uid=%" PRIu32 " gid=%" PRIu32 " memory_max=%" PRIu64 " pids_max=%" PRIu32 " nofile=%" PRIu32
+                    " cpu_seconds=%" PRIu32, e.policy.uid, e.policy.gid, e.policy.memory_max, e.policy.pids_max,
+                e.policy.nofile, e.policy.cpu_seconds);
         break;
     }
     case VX_STARTED:
@@ -123,7 +127,7 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
     case VX_EXIT: {
         struct vx_exit x;
         vx_exit_decode(&f, &x);
-        static const char *const how[] = {"exited", "signaled", "timed_out"};
+        static const char *const how[] = {"exited", "signaled", "timed_out", "memory"};
         put(&o, " how=%s value=%" PRId32 " run_ns=%" PRIu64 " utime_us=%" PRIu64 " stime_us=%" PRIu64
                 " maxrss_kb=%" PRIu64, how[x.how], x.value, x.run_ns, x.utime_us, x.stime_us, x.maxrss_kb);
         break;

@@ -64,19 +64,19 @@ extension RealGuests {
             let scratch = try ScratchStore()
             let first = scratch.sandbox()
             try await first.start()
-            #expect(try await first.exec(Command(["sh", "-c", "echo kept > /root/note"])).exitCode == 0)
+            #expect(try await first.exec(Command(["sh", "-c", "echo kept > /home/vmexec/note"])).exitCode == 0)
             let install = try await first.exec(Command(["sh", "-c", """
                 cat > /tmp/vxpure-1.0-py3-none-any.whl && \
-                python3 -m pip install --quiet --no-index --target /root/pylib /tmp/vxpure-1.0-py3-none-any.whl
+                python3 -m pip install --quiet --no-index --target /home/vmexec/pylib /tmp/vxpure-1.0-py3-none-any.whl
                 """], stdin: .bytes(try pureWheel())))
             #expect(install.exitCode == 0, "\(install.stderrText)")
             await first.shutdown()
 
             let second = scratch.sandbox()
             try await second.start()
-            #expect(try await second.exec(Command(["cat", "/root/note"])).stdoutText == "kept\n")
+            #expect(try await second.exec(Command(["cat", "/home/vmexec/note"])).stdoutText == "kept\n")
             let imported = try await second.exec(Command(["python3", "-c", "import vxpure; print(vxpure.VALUE)"],
-                                                         environment: ["PYTHONPATH": "/root/pylib"]))
+                                                         environment: ["PYTHONPATH": "/home/vmexec/pylib"]))
             #expect(imported.stdoutText == "7\n", "\(imported.stderrText)")
             #expect(try await second.exec(Command(["cat", "/tmp/vxpure-1.0-py3-none-any.whl"])).exitCode != 0,
                     "/tmp is the guest's own, not the store's")
@@ -88,15 +88,15 @@ extension RealGuests {
             let scratch = try ScratchStore()
             let s = scratch.sandbox()
             try await s.start()
-            let written = try await s.exec(Command(["sh", "-c", "head -c 3000000 /dev/urandom > /root/A && sha256sum /root/A"]))
+            let written = try await s.exec(Command(["sh", "-c", "head -c 3000000 /dev/urandom > /home/vmexec/A && sha256sum /home/vmexec/A"]))
             try await s.sync()
-            let writer = try await s.stream(Command(["sh", "-c", "while :; do head -c 1000000 /dev/urandom >> /root/B; done"]))
+            let writer = try await s.stream(Command(["sh", "-c", "while :; do head -c 1000000 /dev/urandom >> /home/vmexec/B; done"]))
             try await Task.sleep(for: .seconds(1))
             kill(try #require(await s.qemuProcessID), SIGKILL)
             do { for try await _ in writer {} } catch {}  // ends with the guest
 
             try await s.start()
-            #expect(try await s.exec(Command(["sha256sum", "/root/A"])).stdoutText == written.stdoutText)
+            #expect(try await s.exec(Command(["sha256sum", "/home/vmexec/A"])).stdoutText == written.stdoutText)
             #expect(try await s.exec(Command(["true"])).exitCode == 0)
             await s.shutdown()
             let fsck = Process()
@@ -119,7 +119,7 @@ extension RealGuests {
             #expect(error.code == .storeBusy)
             #expect(error.message.contains("pid \(getpid())"), "\(error)")
             #expect(await second.qemuProcessID == nil)
-            #expect(try await first.exec(Command(["sh", "-c", "echo fine > /root/f && cat /root/f"])).stdoutText == "fine\n")
+            #expect(try await first.exec(Command(["sh", "-c", "echo fine > /home/vmexec/f && cat /home/vmexec/f"])).stdoutText == "fine\n")
             try await first.sync()  // what was synced survives the kill below
 
             kill(try #require(await first.qemuProcessID), SIGKILL)
@@ -133,7 +133,7 @@ extension RealGuests {
                 }
             }
             #expect(opened)
-            #expect(try await second.exec(Command(["cat", "/root/f"])).stdoutText == "fine\n")
+            #expect(try await second.exec(Command(["cat", "/home/vmexec/f"])).stdoutText == "fine\n")
             await second.shutdown()
         }
 
@@ -145,17 +145,18 @@ extension RealGuests {
             _ = try await s.exec(Command(["sh", "-c", """
                 mkdir -p /data/sub && head -c 200000 /dev/urandom > /data/a && echo b > /data/b && \
                 head -c 70000 /dev/urandom > /data/sub/c && rm -f /etc/issue
-                """]))
+                """], user: .root))
             let before = try await treeHashes(s, "/data")
             // A writer busy during the snapshot is held, then goes on.
-            let writer = try await s.stream(Command(["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo $i >> /root/log; i=$((i+1)); done; echo done"]))
+            let writer = try await s.stream(Command(["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo $i >> /home/vmexec/log; i=$((i+1)); done; echo done"]))
             try await s.snapshot("first")
             var said = ""
             for try await event in writer { if case .stdout(let b) = event { said += String(decoding: b, as: UTF8.self) } }
             #expect(said == "done\n")
-            #expect(try await s.exec(Command(["sh", "-c", "wc -l < /root/log"])).stdoutText == "300\n")
-            _ = try await s.exec(Command(["rm", "/root/log"]))
-            _ = try await s.exec(Command(["sh", "-c", "echo changed > /data/b && rm /data/sub/c && echo new > /data/d && echo back > /etc/issue"]))
+            #expect(try await s.exec(Command(["sh", "-c", "wc -l < /home/vmexec/log"])).stdoutText == "300\n")
+            _ = try await s.exec(Command(["rm", "/home/vmexec/log"]))
+            _ = try await s.exec(Command(["sh", "-c", "echo changed > /data/b && rm /data/sub/c && echo new > /data/d && echo back > /etc/issue"],
+                                         user: .root))
             #expect(try await treeHashes(s, "/data") != before)
 
             // The diff since the snapshot is exactly what changed (read from a copy while the guest runs).
@@ -204,7 +205,7 @@ extension RealGuests {
                 try await Task.sleep(for: .seconds(30))
                 if let pid { kill(pid, SIGKILL) }
             }
-            let wrote = try? await s.exec(Command(["sh", "-c", "echo after > /root/after && cat /root/after"]))
+            let wrote = try? await s.exec(Command(["sh", "-c", "echo after > /home/vmexec/after && cat /home/vmexec/after"]))
             watchdog.cancel()
             #expect(wrote?.stdoutText == "after\n", "a write into the store did not finish: it stayed frozen")
             await s.shutdown()
@@ -215,7 +216,7 @@ extension RealGuests {
             let scratch = try ScratchStore(size: 128 << 20)
             let s = scratch.sandbox()
             try await s.start()
-            let fill = try await s.exec(Command(["sh", "-c", "head -c 300M /dev/zero > /root/big"]))
+            let fill = try await s.exec(Command(["sh", "-c", "head -c 300M /dev/zero > /home/vmexec/big"]))
             #expect(fill.exitCode != 0)
             #expect(fill.stderrText.contains("No space left on device"), "\(fill.stderrText)")
             #expect(try await s.exec(Command(["true"])).exitCode == 0)
@@ -225,10 +226,10 @@ extension RealGuests {
                 return parts.count == 2 ? parts[0] * parts[1] : -1
             }
             #expect(freeBytes(full.stdoutText) < 4 << 20, "the store is full: \(full.stdoutText)")
-            _ = try await s.exec(Command(["rm", "/root/big"]))
+            _ = try await s.exec(Command(["rm", "/home/vmexec/big"]))
             let freed = try await s.exec(Command(["stat", "-f", "-c", "%a %S", "/root"]))
             #expect(freeBytes(freed.stdoutText) > 50 << 20, "deleting frees the space: \(freed.stdoutText)")
-            #expect(try await s.exec(Command(["sh", "-c", "echo more > /root/small && cat /root/small"])).stdoutText == "more\n")
+            #expect(try await s.exec(Command(["sh", "-c", "echo more > /home/vmexec/small && cat /home/vmexec/small"])).stdoutText == "more\n")
             await s.shutdown()
         }
 

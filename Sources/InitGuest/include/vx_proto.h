@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VX_MAJOR 1
-#define VX_MINOR 1
+#define VX_MINOR 2
 
 #define VX_HEADER_SIZE 12u
 /* Hard cap on a frame's payload; a header claiming more is fatal. */
@@ -71,10 +71,12 @@ enum vx_err {
 
 /* EXEC flags. */
 #define VX_EXEC_STDIN 0x1u /* stdin is fed by DATA frames, else /dev/null */
-#define VX_EXEC_KNOWN_FLAGS VX_EXEC_STDIN
+#define VX_EXEC_POLICY 0x2u /* a 32-byte policy block follows the strings */
+#define VX_EXEC_KNOWN_FLAGS (VX_EXEC_STDIN | VX_EXEC_POLICY)
+#define VX_POLICY_SIZE 32u
 
 /* How a process ended (EXIT payload). */
-enum vx_how { VX_EXITED = 0, VX_SIGNALED = 1, VX_TIMED_OUT = 2 };
+enum vx_how { VX_EXITED = 0, VX_SIGNALED = 1, VX_TIMED_OUT = 2, VX_MEMORY = 3 };
 
 struct vx_frame {
     uint32_t len;
@@ -96,12 +98,22 @@ struct vx_hello {
     struct vx_str info;
 };
 
+/* Who runs a command and within which limits (0: none / the default). */
+struct vx_policy {
+    uint32_t uid, gid;
+    uint64_t memory_max; /* bytes, the command's cgroup memory.max */
+    uint32_t pids_max;   /* its cgroup pids.max */
+    uint32_t nofile;     /* RLIMIT_NOFILE */
+    uint32_t cpu_seconds; /* RLIMIT_CPU of each process */
+};
+
 struct vx_exec {
     uint32_t flags, timeout_ms;
     uint16_t argc, envc;
     struct vx_str cwd;
     const uint8_t *strings; /* argc then envc encoded strings */
     size_t strings_len;
+    struct vx_policy policy; /* all zero without VX_EXEC_POLICY: root, no limits */
 };
 
 struct vx_exit {

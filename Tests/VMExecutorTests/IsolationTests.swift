@@ -1,0 +1,82 @@
+import Foundation
+import SerialChannel
+import Testing
+@testable import VMExecutor
+
+/// What an untrusted command may do to its guest: each attack is followed by
+/// `true`, which must answer within a second.
+extension RealGuests {
+    @Suite("Isolation and limits", .timeLimit(.minutes(10)))
+    struct IsolationTests {
+        /// `true`, timed: the guest still answers at once.
+        private func answers(_ s: Sandbox) async throws -> Bool {
+            let t = ContinuousClock.now
+            let r = try await s.exec(Command(["true"]))
+            return r.exitCode == 0 && ContinuousClock.now - t < .seconds(1)
+        }
+
+        @Test("commands run as an unprivileged user without capabilities and with no_new_privs; root only when asked; the result says so")
+        func unprivileged() async throws {
+            let s = try await SharedGuest.shared.get()
+            let me = try await s.exec(Command(["sh", "-c", "id -u; id -g; echo $HOME; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status"]))
+            #expect(me.stdoutText == "1000\n1000\n/home/vmexec\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n", "\(me.stdoutText)")
+            #expect(me.user == .unprivileged)
+            #expect(me.limits.processes == 512 && me.limits.memoryBytes != nil)
+            let root = try await s.exec(Command(["id", "-u"], user: .root))
+            #expect(root.stdoutText == "0\n")
+            #expect(root.user == .root)
+            let pid1 = try await s.exec(Command(["sh", "-c", "kill -9 1; echo $?"]))
+            #expect(pid1.stdoutText.hasSuffix("1\n"), "an unprivileged command cannot signal the init: \(pid1.stdoutText)\(pid1.stderrText)")
+            let sysrq = try await s.exec(Command(["sh", "-c", "echo b > /proc/sysrq-trigger"]))
+            #expect(sysrq.exitCode != 0)
+            let mount = try await s.exec(Command(["mount", "-t", "tmpfs", "x", "/tmp"]))
+            #expect(mount.exitCode != 0)
+            #expect(try await answers(s))
+        }
+
+        @Test("a memory bomb is killed for memory, reported as such, and the guest answers")
+        func memoryBomb() async throws {
+            let s = try await SharedGuest.shared.get()
+            let bomb = try await s.exec(Command(["python3", "-c", "b = b'a' * (400 << 20)"], timeout: .seconds(120),
+                                                limits: Limits(memoryBytes: 64 << 20, processes: 64)))
+            #expect(bomb.termination == .outOfMemory(SIGKILL), "\(bomb.termination) \(bomb.stderrText)")
+            #expect(bomb.exitCode == 137)
+            #expect(bomb.usage.maxRSSKiB >= 32 << 10 && bomb.usage.maxRSSKiB <= 68 << 10, "peak \(bomb.usage.maxRSSKiB) KiB")
+            #expect(try await answers(s))
+        }
+
+        @Test("a fork bomb stops at the process limit, ends with its command, and the guest answers")
+        func forkBomb() async throws {
+            let s = try await SharedGuest.shared.get()
+            let bomb = try await s.exec(Command(["sh", "-c", "b() { b | b & }; b; sleep 3; echo bombed"], timeout: .seconds(30),
+                                                limits: Limits(processes: 64)))
+            #expect(bomb.stdoutText == "bombed\n", "\(bomb.termination) \(bomb.stderrText.prefix(300))")
+            #expect(try await answers(s))
+            let left = try await s.exec(Command(["sh", "-c", "ps -e -o comm= | grep -c '^sh$' || true"], user: .root))
+            #expect((Int(left.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 99) <= 1,
+                    "the bomb's processes ended with its command: \(left.stdoutText)")
+        }
+
+        @Test("what a command leaves running in the background ends with it")
+        func leftovers() async throws {
+            let s = try await SharedGuest.shared.get()
+            let t = ContinuousClock.now
+            let r = try await s.exec(Command(["sh", "-c", "sleep 300 & sleep 301 & echo started"]))
+            #expect(r.stdoutText == "started\n")
+            #expect(ContinuousClock.now - t < .seconds(10))
+            let sleeping = try await s.exec(Command(["sh", "-c", "ps -e -o comm= | grep -c '^sleep$' || true"], user: .root))
+            #expect(sleeping.stdoutText == "0\n")
+        }
+
+        @Test("a setuid-root binary planted by root gives an unprivileged command nothing")
+        func plantedSetuid() async throws {
+            let s = try await SharedGuest.shared.get()
+            let plant = try await s.exec(Command(["sh", "-c", "cp /usr/bin/id /home/vmexec/suid-id && chmod 4755 /home/vmexec/suid-id"],
+                                                 user: .root))
+            #expect(plant.exitCode == 0, "\(plant.stderrText)")
+            let run = try await s.exec(Command(["/home/vmexec/suid-id", "-u"]))
+            #expect(run.stdoutText == "1000\n", "euid stays 1000: \(run.stdoutText)")
+            _ = try await s.exec(Command(["rm", "-f", "/home/vmexec/suid-id"], user: .root))
+        }
+    }
+}
