@@ -68,6 +68,35 @@ extension RealGuests {
             #expect(sleeping.stdoutText == "0\n")
         }
 
+        @Test("no network: only loopback in the guest, and a listener on the host's loopback is out of reach")
+        func noNetwork() async throws {
+            // A listener of our own on the host's loopback: what user-mode networking would expose as 10.0.2.2.
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            addr.sin_port = 0
+            let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            #expect(bound == 0 && listen(fd, 4) == 0)
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+            let port = UInt16(bigEndian: addr.sin_port)
+
+            let s = try await SharedGuest.shared.get()
+            let links = try await s.exec(Command(["ls", "/sys/class/net"]))
+            #expect(links.stdoutText == "lo\n", "the guest has no network device: \(links.stdoutText)")
+            let reach = try await s.exec(Command(["python3", "-c", """
+                import socket
+                for host in ("10.0.2.2", "127.0.0.1"):
+                    try:
+                        socket.create_connection((host, \(port)), timeout=3); print(host, "reached")
+                    except OSError as e:
+                        print(host, "unreachable")
+                """]))
+            #expect(reach.stdoutText == "10.0.2.2 unreachable\n127.0.0.1 unreachable\n", "\(reach.stdoutText)\(reach.stderrText)")
+        }
+
         @Test("a setuid-root binary planted by root gives an unprivileged command nothing")
         func plantedSetuid() async throws {
             let s = try await SharedGuest.shared.get()
