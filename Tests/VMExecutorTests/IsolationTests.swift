@@ -97,6 +97,21 @@ extension RealGuests {
             #expect(reach.stdoutText == "10.0.2.2 unreachable\n127.0.0.1 unreachable\n", "\(reach.stdoutText)\(reach.stderrText)")
         }
 
+        @Test("output past the cap is cut and the result says so; the guest answers")
+        func outputFlood() async throws {
+            var c = SharedGuest.configuration()
+            c.outputLimit = 1 << 20
+            let s = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await s.start()
+            let flood = try await s.exec(Command(["sh", "-c", "head -c 256M /dev/zero; echo done >&2"], timeout: .seconds(300)))
+            #expect(flood.stdout.count == 1 << 20)
+            #expect(flood.stdoutTruncated && !flood.stderrTruncated)
+            #expect(flood.stderrText == "done\n", "the command ran to its end")
+            #expect(flood.exitCode == 0)
+            #expect(try await answers(s))
+            await s.shutdown()
+        }
+
         @Test("a setuid-root binary planted by root gives an unprivileged command nothing")
         func plantedSetuid() async throws {
             let s = try await SharedGuest.shared.get()
