@@ -27,10 +27,10 @@ enum StoreBench {
             var best = Double.infinity
             for _ in 0..<3 {
                 let t = ContinuousClock.now
-                let r = try await s.exec(Command(["dd", "if=/dev/zero", "of=/root/bench", "bs=1M", "count=\(writeMiB)", "conv=fsync"]))
+                let r = try await s.exec(Command(["dd", "if=/dev/zero", "of=/home/vmexec/bench", "bs=1M", "count=\(writeMiB)", "conv=fsync"]))
                 guard r.termination == .exited(0) else { throw Bench.Failure("dd failed: \(r.stderrText)") }
                 best = min(best, Bench.seconds(ContinuousClock.now - t))
-                _ = try await s.exec(Command(["rm", "/root/bench"]))
+                _ = try await s.exec(Command(["rm", "/home/vmexec/bench"]))
             }
             return best
         }
@@ -47,7 +47,7 @@ enum StoreBench {
                    peer: Double(writeMiB) * 1.048576 / tmpfsSeconds, peerName: "tmpfs upper",
                    note: "dd of \(writeMiB) MiB with fsync from inside the guest, best of 3")
 
-        _ = try await stored.exec(Command(["sh", "-c", "head -c 200M /dev/zero > /root/data"]))
+        _ = try await stored.exec(Command(["sh", "-c", "head -c 200M /dev/zero > /home/vmexec/data"]))
         var t = ContinuousClock.now
         try await stored.snapshot("bench")
         Bench.emit("store_snapshot_s", Bench.seconds(ContinuousClock.now - t), "s",
