@@ -57,7 +57,7 @@ public final class StoreLease: @unchecked Sendable {
     /// Empties the store: a fresh file system of the same size; snapshots stay.
     public func reset() throws(StoreError) {
         let m = try store.metadata()
-        unlink(store.imagePath)
+        // The fresh image replaces the old one only once it is complete.
         try store.makeFileSystem(size: m.sizeBytes, at: store.imagePath)
     }
 

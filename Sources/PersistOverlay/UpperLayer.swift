@@ -107,9 +107,16 @@ final class StoreImage {
     func upperEntries() throws -> [String: UpperEntry] {
         guard let upper = lookup("/upper") else { return [:] }  // a store no guest has used yet
         var result: [String: UpperEntry] = [:]
+        // The image was written by the guest, which may be hostile: a directory
+        // reached twice (a hard-linked directory) or a path past PATH_MAX is
+        // refused, never followed around a loop.
+        var seen: Set<UInt32> = [upper]
         func walk(_ dir: UInt32, _ prefix: String) throws {
             for (name, ino) in try list(dir) {
                 let path = prefix + "/" + name
+                guard path.utf8.count <= 4096 else {
+                    throw StoreError(.notAStore, "\(self.path): a path in the upper layer is longer than 4096 bytes; the store is damaged")
+                }
                 let st = try stat(ino)
                 let type = mode_t(st.mode) & S_IFMT
                 var entry = UpperEntry(path: path, kind: .other, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid,
@@ -133,7 +140,12 @@ final class StoreImage {
                     entry.kind = .other
                 }
                 result[path] = entry
-                if type == S_IFDIR { try walk(ino, path) }
+                if type == S_IFDIR {
+                    guard seen.insert(ino).inserted else {
+                        throw StoreError(.notAStore, "\(self.path): the directory \(path) is reached twice (a directory loop); the store is damaged")
+                    }
+                    try walk(ino, path)
+                }
             }
         }
         try walk(upper, "")

@@ -68,6 +68,7 @@ struct StoreTests {
         try Data("kept\n".utf8).write(to: file)
         #expect(try runTool(["debugfs", "-w", "-R", "write \(file.path) note.txt", image]).status == 0)
         try lease.createSnapshot("before")
+        #expect(try lease.snapshots().first!.allocatedBytes < 48 << 20, "the copy of a sparse image stays sparse")
         #expect(throws: StoreError.self) { try lease.createSnapshot("before") }
         #expect(throws: StoreError.self) { try lease.createSnapshot("../evil") }
         #expect(try runTool(["debugfs", "-w", "-R", "rm note.txt", image]).status == 0)
@@ -84,6 +85,20 @@ struct StoreTests {
         try lease.reset()
         #expect(!(try runTool(["debugfs", "-R", "cat note.txt", image]).output.contains("kept")))
         #expect(try runTool(["e2fsck", "-n", "-f", image]).status == 0)
+    }
+
+    @Test("an image the guest made hostile (a directory loop) is refused by diff and export, not followed")
+    func directoryLoop() throws {
+        let dir = scratch()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let lease = try Store.create(at: dir, size: 128 << 20, lower: lower).lock(holder: "test")
+        for command in ["mkdir upper", "mkdir upper/a", "ln upper/a upper/a/loop"] {
+            #expect(try runTool(["debugfs", "-w", "-R", command, lease.store.image]).status == 0)
+        }
+        let error = try #require(throws: StoreError.self) { try lease.diff { _ in false } }
+        #expect(error.message.contains("loop"), "\(error)")
+        #expect(throws: StoreError.self) { try lease.export("/", to: dir.appendingPathComponent("x.tar").path) }
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("x.tar").path))
     }
 
     @Test("sizes parse with binary units; garbage is refused", arguments: [("2G", UInt64(2) << 30), ("512M", 512 << 20), ("1.5G", 3 << 29), ("4096", 4096), ("64MiB", 64 << 20)])
