@@ -59,17 +59,17 @@ public struct SandboxConfiguration: Sendable {
 /// ``VMExecError/Code/guestStopped`` at once, and ``start()`` boots a fresh guest.
 public actor Sandbox {
     public let configuration: SandboxConfiguration
-    private let logger: Logger
-    private var running: Running?
+    let logger: Logger
+    var running: Running?
     private var generation = 0
     /// The shards the guest should have; ``start()`` attaches them all.
-    private var desiredShards: [Shard]
+    var desiredShards: [Shard]
     /// The shards attached to the running guest, as drives.
-    private var attachments: [ShardAttachment] = []
+    var attachments: [ShardAttachment] = []
     /// Numbers drive serials; never reused within a sandbox.
-    private var nextDrive = 1
+    var nextDrive = 1
     /// The store's lock while a guest uses it.
-    private var storeLease: StoreLease?
+    var storeLease: StoreLease?
 
     /// A booted guest.
     struct Running {
@@ -218,10 +218,9 @@ public actor Sandbox {
     /// start time; a guest left stopped by the save is unusable, so that ends
     /// this start with an error (after which QEMU is gone).
     private func saveBootState(_ r: Running) async throws {
-        let monitor = r.runDirectory.appendingPathComponent("qmp.sock").path
         do {
             try await r.client.ping()  // nothing of this session is in flight when saved
-            let qmp = try await QMPClient.connect(path: monitor)
+            let qmp = try await monitor(r)
             let started = ContinuousClock.now
             try await r.state.save(monitor: qmp)
             logger.info("boot state saved", metadata: ["file": "\(r.state.file.path)", "took": "\(ContinuousClock.now - started)"])
@@ -372,6 +371,18 @@ public actor Sandbox {
 
     // MARK: commands
 
+    func requireRunning() throws -> Running {
+        guard let r = running, r.qemu.ending == nil else {
+            throw VMExecError(.notRunning, "the sandbox is not running; call start() first")
+        }
+        return r
+    }
+
+    /// A connection to the running guest's QEMU monitor (hot-plug, boot states).
+    func monitor(_ r: Running) async throws -> QMPClient {
+        try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
+    }
+
     /// Runs a command and returns its collected output and status.
     public func exec(_ command: Command) async throws -> ExecResult {
         let (process, qemu) = try await startProcess(command)
@@ -452,240 +463,14 @@ public actor Sandbox {
         return (process, r.qemu)
     }
 
-    // MARK: the store
-
-    private func releaseStore() {
-        storeLease?.release()
-        storeLease = nil
-    }
-
-    private func plugStore(_ lease: StoreLease) async throws {
-        let r = try requireRunning()
-        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
-        try await StoreAttachment.plug(qmp, image: lease.store.image)
-        do {
-            try await r.client.request(.store(serial: StoreAttachment.serial))
-        } catch {
-            let why = (error as? ProtocolError)?.description ?? "\(error)"
-            throw VMExecError(.storeRefused, "the guest could not take on the store \(lease.store.directory.path): \(why)")
-        }
-    }
-
-    /// Returns once everything the guest wrote so far is in the store's image
-    /// on the host's disk (the guest's syncfs, whose flush QEMU turns into an
-    /// fdatasync of the image).
-    public func sync() async throws {
-        let r = try requireRunning()
-        do { try await r.client.request(.sync) } catch { throw await Self.explain(error, qemu: r.qemu) }
-    }
-
-    /// Snapshots the store while the guest runs, without a reboot: the guest
-    /// freezes the store (syncs it and holds every write), the image is copied
-    /// (a reflink where the host file system shares blocks), the store thaws.
-    /// Without a running guest, copies the store as it is.
-    @discardableResult
-    public func snapshot(_ name: String) async throws -> SnapshotInfo {
-        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        guard running?.qemu.ending == nil, let lease = storeLease else {
-            let lease = try Self.storeCall { try store.lock(holder: "taking a snapshot") }
-            return try await Self.offPool { try lease.createSnapshot(name) }
-        }
-        return try await whileFrozen { try await Self.offPool { try lease.createSnapshot(name) } }
-    }
-
-    /// Runs `body` with the guest's store frozen: everything written before is
-    /// in the image file, and nothing is written until it returns.
-    private func whileFrozen<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-        let r = try requireRunning()
-        do { try await r.client.request(.freeze) } catch { throw await Self.explain(error, qemu: r.qemu) }
-        let result: Result<T, any Error>
-        do { result = .success(try await body()) } catch { result = .failure(error) }
-        do { try await r.client.request(.thaw) } catch { throw await Self.explain(error, qemu: r.qemu) }
-        return try result.get()
-    }
-
-    /// Restarts the guest from a snapshot of its store: the guest is shut
-    /// down, the snapshot's image put back, and a fresh guest started.
-    public func restore(snapshot name: String) async throws {
-        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        let wasRunning = isRunning
-        await shutdown()
-        let lease = try Self.storeCall { try store.lock(holder: "restoring a snapshot") }
-        try await Self.offPool { try lease.restoreSnapshot(name) }
-        lease.release()
-        if wasRunning { try await start() }
-    }
-
-    /// Empties the store (snapshots stay): the guest is shut down, the store
-    /// gets a fresh file system, and a guest is started again if one ran.
-    public func resetStore() async throws {
-        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        let wasRunning = isRunning
-        await shutdown()
-        let lease = try Self.storeCall { try store.lock(holder: "resetting the store") }
-        try await Self.offPool { try lease.reset() }
-        lease.release()
-        if wasRunning { try await start() }
-    }
-
-    /// What was added, changed and deleted in the guest's root since the store
-    /// was created, or since `snapshot`. With a guest running, reads a copy of
-    /// the store taken while the guest held it frozen.
-    public func diff(since snapshot: String? = nil) async throws -> [StoreChange] {
-        let lower = try await lowerPaths()
-        return try await withStoreImage { lease, image in
-            try lease.diff(since: snapshot, image: image) { lower.contains($0) }
-        }
-    }
-
-    /// Writes what the guest changed under `path` (its upper layer; `/` for all)
-    /// as a tar with OCI whiteouts.
-    public func export(_ path: String, to tar: String) async throws {
-        try await withStoreImage { lease, image in try lease.export(path, to: tar, image: image) }
-    }
-
-    /// Paths of the lower: the base root file system and the layer shards.
-    private func lowerPaths() async throws -> Set<String> {
-        let images = try configuration.images ?? GuestImages.locate(architecture: configuration.architecture)
-        let layers = ShardSet.layers(desiredShards)
-        return try await Self.offPool {
-            do throws(ShardError) {
-                var paths = try Shard.paths(ofSquashfsImage: images.rootfs.path)
-                for layer in layers { paths.formUnion(try layer.paths()) }
-                return paths
-            } catch {
-                throw VMExecError(.storeRefused, error.message)
-            }
-        }
-    }
-
-    /// Runs `body` on a consistent image of the store: a copy taken with the
-    /// store frozen while the guest runs, else the store itself (locked).
-    private func withStoreImage<T: Sendable>(_ body: @escaping @Sendable (StoreLease, String?) throws -> T) async throws -> T {
-        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        guard running?.qemu.ending == nil, let lease = storeLease else {
-            let lease = try Self.storeCall { try store.lock(holder: "reading the store") }
-            if let images = try? configuration.images ?? GuestImages.locate(architecture: configuration.architecture) {
-                let lower = try StoreAttachment.lower(rootfs: images.rootfs, shards: desiredShards)
-                try Self.storeCall { try lease.checkLower(lower, allowChange: configuration.allowLowerChange) }
-            }
-            return try await Self.offPool { try body(lease, nil) }
-        }
-        let copy = try await whileFrozen { try await Self.offPool { try lease.copyImage() } }
-        defer { lease.removeCopy(copy) }
-        return try await Self.offPool { try body(lease, copy) }
-    }
-
-    /// Runs blocking store work (copies, e2fsprogs) off the cooperative thread pool.
+    /// Runs blocking work (hashing shards, copying images, e2fsprogs) off the
+    /// cooperative thread pool; a StoreError comes out as a VMExecError.
     static func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { c in
             DispatchQueue.global().async {
                 c.resume(with: Result { try storeCall(work) })
             }
         }
-    }
-
-    /// A store call with its error as a VMExecError.
-    static func storeCall<T>(_ work: () throws -> T) throws -> T {
-        do {
-            return try work()
-        } catch let error as StoreError {
-            throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message)
-        }
-    }
-
-    // MARK: shards
-
-    /// The shards given to the guest, attached or to be attached at ``start()``.
-    public var shards: [Shard] { desiredShards }
-
-    private func requireRunning() throws -> Running {
-        guard let r = running, r.qemu.ending == nil else {
-            throw VMExecError(.notRunning, "the sandbox is not running; call start() first")
-        }
-        return r
-    }
-
-    private func newAttachment(_ shard: Shard) -> ShardAttachment {
-        defer { nextDrive += 1 }
-        return ShardAttachment(shard: shard, serial: "vxs-\(nextDrive)")
-    }
-
-    /// The layers request for these attachments: layer shards, bottom first.
-    private static func layersRequest(_ attachments: [ShardAttachment]) -> DriveRequest {
-        let order = ShardSet.layers(attachments.map(\.shard))
-        return .layers(order.compactMap { shard in attachments.first { $0.shard == shard }?.serial })
-    }
-
-    private func plugAll(_ shards: [Shard]) async throws {
-        guard !shards.isEmpty else { return }
-        let r = try requireRunning()
-        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
-        for shard in shards {
-            let a = newAttachment(shard)
-            try await a.plug(qmp)
-            attachments.append(a)
-            if case .mount(let target) = shard.manifest.placement {
-                do {
-                    try await r.client.request(.mount(serial: a.serial, target: target))
-                } catch {
-                    throw Self.driveError(error, shard: shard)
-                }
-            }
-        }
-        if attachments.contains(where: \.isLayer) {
-            do {
-                try await r.client.request(Self.layersRequest(attachments))
-            } catch {
-                throw VMExecError(.shardRefused, "the guest could not stack the layer shards: \((error as? ProtocolError)?.description ?? "\(error)")")
-            }
-        }
-    }
-
-    /// Attaches a shard to the running guest without a reboot: verified,
-    /// checked against the attached ones, hot-plugged as a read-only disk,
-    /// then mounted (or stacked as a layer, which needs no command running).
-    /// Later starts attach it too.
-    public func attach(_ shard: Shard) async throws {
-        let r = try requireRunning()
-        try await Self.vet(desiredShards + [shard], verifying: [shard], architecture: configuration.architecture)
-        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
-        let a = newAttachment(shard)
-        try await a.plug(qmp)
-        do {
-            switch shard.manifest.placement {
-            case .mount(let target): try await r.client.request(.mount(serial: a.serial, target: target))
-            case .layer: try await r.client.request(Self.layersRequest(attachments + [a]))
-            }
-        } catch {
-            try? await a.unplug(qmp)
-            throw Self.driveError(error, shard: shard)
-        }
-        attachments.append(a)
-        desiredShards.append(shard)
-        logger.info("shard attached", metadata: ["shard": "\(shard.label)", "drive": "\(a.serial)"])
-    }
-
-    /// Detaches the shard named `name` from the running guest. Refused
-    /// (``VMExecError/Code/shardBusy``, naming the user) while a process uses it;
-    /// a layer shard only while no command runs.
-    public func detach(_ name: String) async throws {
-        let r = try requireRunning()
-        guard let a = attachments.first(where: { $0.shard.manifest.name == name }) else {
-            let names = attachments.map(\.shard.manifest.name).joined(separator: ", ")
-            throw VMExecError(.invalidRequest, "no shard named \(name) is attached (attached: \(names.isEmpty ? "none" : names))")
-        }
-        let rest = attachments.filter { $0.serial != a.serial }
-        do {
-            try await r.client.request(a.isLayer ? Self.layersRequest(rest) : .unmount(serial: a.serial))
-        } catch {
-            throw Self.driveError(error, shard: a.shard)
-        }
-        attachments = rest
-        desiredShards.removeAll { $0.manifest.name == name }
-        let qmp = try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
-        try await a.unplug(qmp)
-        logger.info("shard detached", metadata: ["shard": "\(a.shard.label)"])
     }
 
     /// One blocking read of up to 64 KiB, off the cooperative pool; nil on error.

@@ -55,32 +55,3 @@ struct ShardAttachment: Sendable {
         }
     }
 }
-
-extension Sandbox {
-    /// Checks `shards` against each other and the guest's architecture, and
-    /// verifies those in `verifying` (sha256 against the manifest, every table readable) and
-    /// checks them against each other and the guest's architecture, off the
-    /// cooperative thread pool. Throws `.shardRefused` naming the shard and why.
-    static func vet(_ shards: [Shard], verifying: [Shard], architecture: GuestArchitecture) async throws {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-            DispatchQueue.global().async {
-                do throws(ShardError) {
-                    try ShardSet.check(shards, guestArchitecture: architecture.rawValue)
-                    for shard in verifying { try shard.verify(deep: false) }
-                    c.resume()
-                } catch {
-                    c.resume(throwing: VMExecError(.shardRefused, error.message))
-                }
-            }
-        }
-    }
-
-    /// The guest's answer to a drive request, as a VMExecError that says what to do.
-    static func driveError(_ error: any Error, shard: Shard) -> any Error {
-        if case .refused(let reply)? = error as? ProtocolError {
-            let code: VMExecError.Code = reply.code == .busy ? .shardBusy : .shardRefused
-            return VMExecError(code, "shard \(shard.label): \(reply.message)")
-        }
-        return error
-    }
-}

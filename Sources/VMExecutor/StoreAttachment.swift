@@ -7,13 +7,6 @@ import SquashMounts
 /// The overlay store as a drive of one guest: hot-plugged writable after
 /// boot (like shards, so the saved boot state serves every store), then
 /// taken on by the init as the root's upper layer.
-extension Sandbox {
-    /// What a store made for these images and shards records as its lower.
-    public static func lower(rootfs: URL, shards: [Shard]) throws -> StoreLower {
-        try StoreAttachment.lower(rootfs: rootfs, shards: shards)
-    }
-}
-
 enum StoreAttachment {
     static let serial = "vxstore"
     static let node = "vxstore"
