@@ -6,6 +6,8 @@ import SquashMounts
 final class TreeFixture {
     let root: URL
     var tree: URL { root.appendingPathComponent("tree") }
+    /// Whether the host's file system took the user xattr `populate` sets (tmpfs before Linux 6.6 does not).
+    private(set) var hasXattr = false
 
     init() throws {
         root = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-shard-\(UUID().uuidString)")
@@ -41,7 +43,7 @@ final class TreeFixture {
         link(tree.appendingPathComponent("hello.txt").path, tree.appendingPathComponent("data/hard.txt").path)
         mkfifo(tree.appendingPathComponent("data/pipe").path, 0o640)
         let path = tree.appendingPathComponent("hello.txt").path
-        try runTool(["python3", "-c", "import os, sys; os.setxattr(sys.argv[1], 'user.vmexec.test', b'label')", path])
+        hasXattr = try runTool(["python3", "-c", "import os, sys; os.setxattr(sys.argv[1], 'user.vmexec.test', b'label')", path]).status == 0
     }
 
     /// The tree as `inspect` should list it: path → (type, mode, size, link target, sha256).
