@@ -231,6 +231,111 @@ int vx_layers_decode(const struct vx_frame *f, struct vx_layers *l)
     return pos == l->serials_len ? 0 : VX_E_MALFORMED;
 }
 
+/* Which flags each file request accepts. */
+static uint32_t file_flags(uint8_t type)
+{
+    switch (type) {
+    case VX_PUT: return VX_F_NO_REPLACE | VX_F_PARENTS;
+    case VX_MKDIR: return VX_F_PARENTS | VX_F_EXIST_OK;
+    case VX_STAT: return VX_F_NOFOLLOW;
+    case VX_DELETE: return VX_F_RECURSIVE;
+    case VX_MOVE: return VX_F_NO_REPLACE;
+    default: return 0;
+    }
+}
+
+static int path_ok(struct vx_str s)
+{
+    return s.len >= 1 && s.len <= VX_MAX_PATH;
+}
+
+int vx_file_decode(const struct vx_frame *f, struct vx_file_req *r)
+{
+    const uint8_t *p = f->payload;
+    size_t pos = VX_FILE_FIXED;
+    if (f->len < VX_FILE_FIXED)
+        return VX_E_MALFORMED;
+    r->flags = vx_get_u32(p);
+    r->mode = vx_get_u32(p + 4);
+    r->uid = vx_get_u32(p + 8);
+    r->gid = vx_get_u32(p + 12);
+    r->size = vx_get_u64(p + 16);
+    r->to.p = NULL;
+    r->to.len = 0;
+    if (r->flags & ~file_flags(f->type))
+        return VX_E_MALFORMED;
+    /* Only PUT and MKDIR create something with a mode and owner. */
+    int owns = f->type == VX_PUT || f->type == VX_MKDIR;
+    if (r->mode > 07777 || (!owns && (r->mode || r->uid || r->gid)))
+        return VX_E_MALFORMED;
+    if (r->size && f->type != VX_PUT && f->type != VX_GET && f->type != VX_LIST)
+        return VX_E_MALFORMED;
+    if (vx_str_next(p, f->len, &pos, &r->path) || !path_ok(r->path))
+        return VX_E_MALFORMED;
+    if (f->type == VX_MOVE && (vx_str_next(p, f->len, &pos, &r->to) || !path_ok(r->to)))
+        return VX_E_MALFORMED;
+    return pos == f->len ? 0 : VX_E_MALFORMED;
+}
+
+int vx_entry_decode(const struct vx_frame *f, struct vx_entry *e)
+{
+    const uint8_t *p = f->payload;
+    size_t pos = VX_ENTRY_FIXED;
+    if (f->len < VX_ENTRY_FIXED)
+        return VX_E_MALFORMED;
+    e->mode = vx_get_u32(p);
+    e->uid = vx_get_u32(p + 4);
+    e->gid = vx_get_u32(p + 8);
+    e->nlink = vx_get_u32(p + 12);
+    e->size = vx_get_u64(p + 16);
+    e->mtime_ns = (int64_t)vx_get_u64(p + 24);
+    if (vx_str_next(p, f->len, &pos, &e->name) || e->name.len > 255 ||
+        vx_str_next(p, f->len, &pos, &e->link) || e->link.len > VX_MAX_PATH)
+        return VX_E_MALFORMED;
+    return pos == f->len ? 0 : VX_E_MALFORMED;
+}
+
+int vx_process_decode(const struct vx_frame *f, struct vx_process *x)
+{
+    const uint8_t *p = f->payload;
+    if (f->len < VX_PROCESS_FIXED || p[21] || p[22] || p[23])
+        return VX_E_MALFORMED;
+    x->pid = vx_get_u32(p);
+    x->ppid = vx_get_u32(p + 4);
+    x->pgid = vx_get_u32(p + 8);
+    x->uid = vx_get_u32(p + 12);
+    x->stream = vx_get_u32(p + 16);
+    x->state = p[20];
+    x->start_ns = vx_get_u64(p + 24);
+    x->cpu_us = vx_get_u64(p + 32);
+    x->rss_kb = vx_get_u64(p + 40);
+    if (f->len < VX_PROCESS_FIXED + 2)
+        return VX_E_MALFORMED;
+    x->argc = vx_get_u16(p + VX_PROCESS_FIXED);
+    x->argv = p + VX_PROCESS_FIXED + 2;
+    x->argv_len = f->len - VX_PROCESS_FIXED - 2;
+    if (x->state < 'A' || x->state > 'Z' || x->argv_len > VX_MAX_ARGV + 2u * x->argc)
+        return VX_E_MALFORMED;
+    size_t pos = 0;
+    struct vx_str s;
+    for (unsigned i = 0; i < x->argc; i++)
+        if (vx_str_next(x->argv, x->argv_len, &pos, &s))
+            return VX_E_MALFORMED;
+    return pos == x->argv_len ? 0 : VX_E_MALFORMED;
+}
+
+int vx_kill_decode(const struct vx_frame *f, struct vx_kill *k)
+{
+    if (f->len != 12)
+        return VX_E_MALFORMED;
+    k->pid = vx_get_u32(f->payload);
+    k->signal = vx_get_u32(f->payload + 4);
+    k->flags = vx_get_u32(f->payload + 8);
+    if (k->pid < 2 || k->pid > 0x3fffffff || k->signal < 1 || k->signal > 64 || (k->flags & ~VX_KILL_GROUP))
+        return VX_E_MALFORMED;
+    return 0;
+}
+
 /* Which frames live on stream 0, and which use the sub byte. */
 static int is_control(uint8_t t)
 {
@@ -248,7 +353,8 @@ int vx_frame_check(const struct vx_frame *f)
     case VX_HELLO: case VX_PING: case VX_PONG: case VX_ERROR: case VX_SHUTDOWN: case VX_BYE:
     case VX_EXEC: case VX_STARTED: case VX_DATA: case VX_EOF: case VX_WINDOW: case VX_SIGNAL: case VX_EXIT:
     case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_DONE: case VX_STORE: case VX_SYNC:
-    case VX_FREEZE: case VX_THAW:
+    case VX_FREEZE: case VX_THAW: case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST: case VX_MKDIR:
+    case VX_DELETE: case VX_MOVE: case VX_ENTRY: case VX_PS: case VX_PROCESS: case VX_KILL:
         break;
     default:
         return VX_E_UNKNOWN_TYPE;
@@ -267,7 +373,24 @@ int vx_frame_check(const struct vx_frame *f)
         return vx_hello_decode(f, &h);
     }
     case VX_SHUTDOWN: case VX_BYE: case VX_EOF: case VX_DONE: case VX_SYNC: case VX_FREEZE: case VX_THAW:
+    case VX_PS:
         return f->len == 0 ? 0 : VX_E_MALFORMED;
+    case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST: case VX_MKDIR: case VX_DELETE: case VX_MOVE: {
+        struct vx_file_req r;
+        return vx_file_decode(f, &r);
+    }
+    case VX_ENTRY: {
+        struct vx_entry e;
+        return vx_entry_decode(f, &e);
+    }
+    case VX_PROCESS: {
+        struct vx_process x;
+        return vx_process_decode(f, &x);
+    }
+    case VX_KILL: {
+        struct vx_kill k;
+        return vx_kill_decode(f, &k);
+    }
     case VX_MOUNT: {
         struct vx_mount m;
         return vx_mount_decode(f, &m);
@@ -329,6 +452,17 @@ const char *vx_type_name(uint8_t type)
     case VX_SYNC: return "SYNC";
     case VX_FREEZE: return "FREEZE";
     case VX_THAW: return "THAW";
+    case VX_PUT: return "PUT";
+    case VX_GET: return "GET";
+    case VX_STAT: return "STAT";
+    case VX_LIST: return "LIST";
+    case VX_MKDIR: return "MKDIR";
+    case VX_DELETE: return "DELETE";
+    case VX_MOVE: return "MOVE";
+    case VX_ENTRY: return "ENTRY";
+    case VX_PS: return "PS";
+    case VX_PROCESS: return "PROCESS";
+    case VX_KILL: return "KILL";
     default: return "UNKNOWN";
     }
 }
@@ -349,6 +483,8 @@ const char *vx_err_name(int code)
     case VX_E_WORKDIR: return "WORKDIR";
     case VX_E_MOUNT: return "MOUNT";
     case VX_E_BUSY: return "BUSY";
+    case VX_E_FILE: return "FILE";
+    case VX_E_PROCESS: return "PROCESS";
     default: return "UNKNOWN";
     }
 }

@@ -12,9 +12,12 @@
 
 #include "boot.h"
 #include "drives.h"
+#include "files.h"
 #include "jobs.h"
+#include "procs.h"
 #include "vx_proto.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -49,8 +52,16 @@ enum session { DISCONNECTED, WAIT_HELLO, READY, RESYNC };
 /* Where a failed spawn stopped, reported by the child over a CLOEXEC pipe. */
 enum spawn_stage { STAGE_SETUP = 1, STAGE_CHROOT, STAGE_USER, STAGE_CHDIR, STAGE_EXEC };
 
+/*
+ * What a stream carries. A command is a process; PUT and GET move a file
+ * through the same stdin / stdout machinery (credit, EOF) with the file in
+ * place of the pipe; LIST and PS stream entries while the output has room.
+ */
+enum kind { K_COMMAND, K_PUT, K_GET, K_LIST, K_PS };
+
 struct proc {
     int used;
+    enum kind kind;
     uint32_t stream;
     pid_t pid;
     int fd_in;         /* write end of the child's stdin, or -1 */
@@ -64,6 +75,10 @@ struct proc {
     struct job job;
     struct rusage ru;
     uint64_t start_ns, end_ns, deadline_ns;
+    /* PUT: bytes announced; GET: most bytes accepted; LIST: most entries (0: no cap). */
+    uint64_t expect, moved;
+    struct put_target put; /* PUT */
+    DIR *dir;              /* LIST, PS */
 };
 
 static struct {
@@ -211,13 +226,22 @@ static void close_fd(int *fd)
 
 static void free_proc(struct proc *p)
 {
-    jobs_end(&p->job);
+    if (p->kind == K_COMMAND)
+        jobs_end(&p->job);
+    if (p->kind == K_PUT) { /* fd_in is the put target's file: it closes it */
+        p->fd_in = -1;
+        files_put_abort(&p->put);
+    }
+    if (p->dir)
+        closedir(p->dir);
     close_fd(&p->fd_in);
     close_fd(&p->fd_out[VX_STDOUT]);
     close_fd(&p->fd_out[VX_STDERR]);
     free(p->in_buf);
     memset(p, 0, sizeof *p);
     p->fd_in = p->fd_out[0] = p->fd_out[1] = p->fd_out[2] = -1;
+    p->job.procs_fd = -1;
+    p->put.fd = p->put.dirfd = -1;
 }
 
 /* Kills the process group of every process of the session; they are reaped later. */
@@ -229,9 +253,9 @@ static void reset_session(void)
         struct proc *p = &S.procs[i];
         if (!p->used)
             continue;
-        if (kill(-p->pid, SIGKILL) != 0)
+        if (p->kind == K_COMMAND && kill(-p->pid, SIGKILL) != 0)
             kill(p->pid, SIGKILL);
-        free_proc(p);
+        free_proc(p); /* an unfinished PUT leaves nothing behind */
     }
 }
 
@@ -361,6 +385,25 @@ static const char *stage_name(int stage)
     }
 }
 
+/* A free slot for a new stream, or NULL after answering why not. */
+static struct proc *new_stream(uint32_t stream)
+{
+    if (find_proc(stream)) {
+        emit_error(stream, VX_E_BAD_STREAM, 0, "stream %u is in use", stream);
+        return NULL;
+    }
+    for (unsigned i = 0; i < MAX_PROCS; i++) {
+        struct proc *p = &S.procs[i];
+        if (!p->used) {
+            free_proc(p);
+            p->stream = stream;
+            return p;
+        }
+    }
+    emit_error(stream, VX_E_LIMIT, 0, "too many processes and transfers at once (at most %u)", MAX_PROCS);
+    return NULL;
+}
+
 static void on_exec(const struct vx_frame *f)
 {
     /* Static: the init is single-threaded and the child uses them only before exec. */
@@ -371,18 +414,9 @@ static void on_exec(const struct vx_frame *f)
         emit_error(f->stream, VX_E_INTERNAL, 0, "the guest did not boot: %s", S.boot_error);
         return;
     }
-    if (find_proc(f->stream)) {
-        emit_error(f->stream, VX_E_BAD_STREAM, 0, "stream %u already has a process", f->stream);
+    struct proc *p = new_stream(f->stream);
+    if (!p)
         return;
-    }
-    struct proc *p = NULL;
-    for (unsigned i = 0; i < MAX_PROCS && !p; i++)
-        if (!S.procs[i].used)
-            p = &S.procs[i];
-    if (!p) {
-        emit_error(f->stream, VX_E_LIMIT, 0, "too many processes at once (at most %u)", MAX_PROCS);
-        return;
-    }
     struct vx_exec e;
     if (vx_exec_decode(f, &e)) {
         emit_error(f->stream, VX_E_MALFORMED, 0, "EXEC payload is malformed");
@@ -455,7 +489,6 @@ static void on_exec(const struct vx_frame *f)
     }
     set_nonblock(out[0]);
     set_nonblock(err[0]);
-    memset(p, 0, sizeof *p);
     p->used = 1;
     p->stream = f->stream;
     p->pid = pid;
@@ -487,6 +520,20 @@ static void maybe_grant_stdin(struct proc *p)
     }
 }
 
+/* The host's EOF of a PUT, with every byte written: checks the count, puts the file in place. */
+static void finish_put(struct proc *p)
+{
+    struct file_fail why;
+    if (p->moved != p->expect)
+        emit_error(p->stream, VX_E_FILE, EIO, "%llu bytes arrived for %s, %llu were announced; nothing written",
+                   (unsigned long long)p->moved, p->put.name, (unsigned long long)p->expect);
+    else if (files_put_commit(&p->put, &why) != 0)
+        emit_error(p->stream, why.code, why.err, "%s", why.msg);
+    else
+        emit(VX_DONE, 0, p->stream, NULL, 0);
+    free_proc(p);
+}
+
 static struct proc *stream_proc(const struct vx_frame *f)
 {
     struct proc *p = find_proc(f->stream);
@@ -510,6 +557,13 @@ static void on_data(const struct vx_frame *f)
         return;
     }
     p->in_credit -= f->len;
+    if (p->kind == K_PUT && f->len > p->expect - p->moved) {
+        emit_error(f->stream, VX_E_FILE, EFBIG, "more bytes than the %llu announced for %s; nothing written",
+                   (unsigned long long)p->expect, p->put.name);
+        free_proc(p);
+        return;
+    }
+    p->moved += f->len;
     if (p->fd_in < 0) { /* the process closed its stdin: drop, but give the credit back */
         p->in_ungranted += f->len;
         maybe_grant_stdin(p);
@@ -533,7 +587,9 @@ static void on_eof(const struct vx_frame *f)
         return;
     }
     p->in_eof = 1;
-    if (p->in_len == 0)
+    if (p->kind == K_PUT && p->in_len == 0)
+        finish_put(p);
+    else if (p->in_len == 0)
         close_fd(&p->fd_in);
 }
 
@@ -559,6 +615,11 @@ static void on_signal(const struct vx_frame *f)
     struct proc *p = stream_proc(f);
     if (!p)
         return;
+    if (p->kind != K_COMMAND) { /* a transfer or listing: SIGNAL cancels it, leaving nothing behind */
+        emit_error(f->stream, VX_E_STATE, ECANCELED, "cancelled by the host");
+        free_proc(p);
+        return;
+    }
     int sig = (int)vx_get_u32(f->payload);
     if (kill(-p->pid, sig) != 0 && kill(p->pid, sig) != 0 && errno != ESRCH)
         emit_error(f->stream, VX_E_INTERNAL, errno, "kill: %s", strerror(errno));
@@ -709,6 +770,154 @@ static void on_drive(const struct vx_frame *f)
         emit(VX_DONE, 0, f->stream, NULL, 0);
 }
 
+/* The largest ENTRY or PROCESS payload. */
+#define LISTING_MAX (PROCS_ENTRY_MAX > FILES_ENTRY_MAX ? PROCS_ENTRY_MAX : FILES_ENTRY_MAX)
+
+/* PUT, GET, LIST: a stream that lives until the file or listing is through. */
+static void start_transfer(const struct vx_frame *f, const struct vx_file_req *r, const char *path)
+{
+    static uint8_t entry[FILES_ENTRY_MAX];
+    struct file_fail why;
+    uint32_t len;
+    struct proc *p = new_stream(f->stream);
+    if (!p)
+        return;
+    if (f->type == VX_PUT) {
+        if (files_put_begin(r, path, &p->put, &why) != 0) {
+            emit_error(f->stream, why.code, why.err, "%s", why.msg);
+            return;
+        }
+        p->kind = K_PUT;
+        p->fd_in = p->put.fd;
+        p->has_stdin = 1;
+        p->in_credit = STDIN_WINDOW;
+        emit_u32(VX_STARTED, 0, f->stream, 0);
+    } else if (f->type == VX_GET) {
+        int fd = files_open_get(path, r->size, entry, &len, &why);
+        if (fd < 0) {
+            emit_error(f->stream, why.code, why.err, "%s", why.msg);
+            return;
+        }
+        p->kind = K_GET;
+        p->fd_out[VX_STDOUT] = fd;
+        p->credit[VX_STDOUT] = S.host_window;
+        emit(VX_ENTRY, 0, f->stream, entry, len);
+    } else {
+        if (!(p->dir = files_open_dir(path, &why))) {
+            emit_error(f->stream, why.code, why.err, "%s", why.msg);
+            return;
+        }
+        p->kind = K_LIST;
+    }
+    p->used = 1;
+    p->expect = r->size;
+}
+
+/* PUT, GET, STAT, LIST, MKDIR, DELETE, MOVE: paths resolved inside the command root (files.c). */
+static void on_file(const struct vx_frame *f)
+{
+    static uint8_t entry[FILES_ENTRY_MAX];
+    static char path[VX_MAX_PATH + 1], to[VX_MAX_PATH + 1];
+    struct vx_file_req r;
+    struct file_fail why;
+    uint32_t len = 0;
+    int rc;
+    if (S.boot_error[0]) {
+        emit_error(f->stream, VX_E_INTERNAL, 0, "the guest did not boot: %s", S.boot_error);
+        return;
+    }
+    vx_file_decode(f, &r); /* validated by vx_frame_check */
+    files_path(r.path, path);
+    switch (f->type) {
+    case VX_STAT:
+        rc = files_stat(path, (r.flags & VX_F_NOFOLLOW) != 0, entry, &len, &why);
+        if (rc == 0)
+            emit(VX_ENTRY, 0, f->stream, entry, len);
+        break;
+    case VX_MKDIR: rc = files_mkdir(&r, path, &why); break;
+    case VX_DELETE: rc = files_delete(&r, path, &why); break;
+    case VX_MOVE:
+        files_path(r.to, to);
+        rc = files_move(&r, path, to, &why);
+        break;
+    default:
+        start_transfer(f, &r, path);
+        return;
+    }
+    if (rc)
+        emit_error(f->stream, why.code, why.err, "%s", why.msg);
+    else
+        emit(VX_DONE, 0, f->stream, NULL, 0);
+}
+
+static void on_ps(const struct vx_frame *f)
+{
+    struct file_fail why;
+    struct proc *p = new_stream(f->stream);
+    if (!p)
+        return;
+    if (!(p->dir = procs_open(&why))) {
+        emit_error(f->stream, why.code, why.err, "%s", why.msg);
+        return;
+    }
+    p->kind = K_PS;
+    p->used = 1;
+}
+
+static void on_kill(const struct vx_frame *f)
+{
+    struct vx_kill k;
+    struct file_fail why;
+    vx_kill_decode(f, &k);
+    if (procs_kill(&k, &why) != 0)
+        emit_error(f->stream, why.code, why.err, "%s", why.msg);
+    else
+        emit(VX_DONE, 0, f->stream, NULL, 0);
+}
+
+/* The stream of the command whose process group is `pgid`, or 0. */
+static uint32_t stream_of_group(uint32_t pgid)
+{
+    for (unsigned i = 0; i < MAX_PROCS; i++)
+        if (S.procs[i].used && S.procs[i].kind == K_COMMAND && (uint32_t)S.procs[i].pid == pgid)
+            return S.procs[i].stream;
+    return 0;
+}
+
+/* Streams LIST and PS entries while the output buffer has room; the rest waits for the host to read. */
+static void pump_listings(void)
+{
+    static uint8_t entry[LISTING_MAX];
+    for (unsigned i = 0; i < MAX_PROCS; i++) {
+        struct proc *p = &S.procs[i];
+        while (p->used && (p->kind == K_LIST || p->kind == K_PS) && out_used() < OUT_DATA_LIMIT) {
+            struct file_fail why;
+            uint32_t len = 0, pgid = 0;
+            int rc = p->kind == K_LIST ? files_next_entry(p->dir, entry, &len, &why)
+                                       : procs_next(p->dir, entry, &len, &pgid);
+            if (rc > 0 && p->expect && p->moved == p->expect) {
+                why.code = VX_E_LIMIT;
+                why.err = E2BIG;
+                snprintf(why.msg, sizeof why.msg, "the directory has more than the %llu entries asked for",
+                         (unsigned long long)p->expect);
+                rc = -1;
+            }
+            if (rc < 0) {
+                emit_error(p->stream, why.code, why.err, "%s", why.msg);
+                free_proc(p);
+            } else if (rc == 0) {
+                emit(VX_DONE, 0, p->stream, NULL, 0);
+                free_proc(p);
+            } else {
+                if (p->kind == K_PS)
+                    vx_put_u32(entry + 16, stream_of_group(pgid));
+                emit(p->kind == K_LIST ? VX_ENTRY : VX_PROCESS, 0, p->stream, entry, len);
+                p->moved++;
+            }
+        }
+    }
+}
+
 static void on_shutdown(void)
 {
     reset_session();
@@ -748,6 +957,11 @@ static void handle_frame(const struct vx_frame *f)
     case VX_SIGNAL: on_signal(f); break;
     case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_STORE: case VX_SYNC:
     case VX_FREEZE: case VX_THAW: on_drive(f); break;
+    case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST: case VX_MKDIR: case VX_DELETE: case VX_MOVE:
+        on_file(f);
+        break;
+    case VX_PS: on_ps(f); break;
+    case VX_KILL: on_kill(f); break;
     case VX_ERROR: vx_log("host reported an error on stream %u", f->stream); break;
     default:
         emit_error(f->stream, VX_E_STATE, 0, "%s is sent by the guest, not the host",
@@ -824,16 +1038,32 @@ static void pump_output(struct proc *p, int sub)
     if (!d)
         return;
     ssize_t r = read(p->fd_out[sub], d + VX_HEADER_SIZE, want);
+    if (r > 0 && p->kind == K_GET && p->expect && p->moved + (uint64_t)r > p->expect) {
+        emit_error(p->stream, VX_E_LIMIT, EFBIG, "the file grew past the %llu bytes accepted while it was read",
+                   (unsigned long long)p->expect);
+        free_proc(p);
+        return;
+    }
     if (r > 0) {
         vx_header_write(d, VX_DATA, (uint8_t)sub, p->stream, (uint32_t)r);
         S.out_end += VX_HEADER_SIZE + (size_t)r;
         p->credit[sub] -= (uint32_t)r;
+        p->moved += (uint64_t)r;
         return;
     }
     if (r < 0 && (errno == EAGAIN || errno == EINTR))
         return;
+    if (r < 0 && p->kind == K_GET) { /* EIO: a short file must not pass for a whole one */
+        emit_error(p->stream, VX_E_FILE, errno, "cannot read the file: %s", strerror(errno));
+        free_proc(p);
+        return;
+    }
     close_fd(&p->fd_out[sub]);
     emit(VX_EOF, (uint8_t)sub, p->stream, NULL, 0);
+    if (p->kind == K_GET) {
+        emit(VX_DONE, 0, p->stream, NULL, 0);
+        free_proc(p);
+    }
 }
 
 static void pump_input(struct proc *p)
@@ -841,6 +1071,11 @@ static void pump_input(struct proc *p)
     ssize_t w = write(p->fd_in, p->in_buf, p->in_len);
     if (w < 0 && (errno == EAGAIN || errno == EINTR))
         return;
+    if (w < 0 && p->kind == K_PUT) { /* ENOSPC, EIO, EDQUOT: the file is dropped whole */
+        emit_error(p->stream, VX_E_FILE, errno, "cannot write %s: %s; nothing written", p->put.name, strerror(errno));
+        free_proc(p);
+        return;
+    }
     if (w < 0) { /* EPIPE: the process stopped reading; drop what is left */
         close_fd(&p->fd_in);
         w = (ssize_t)p->in_len;
@@ -848,9 +1083,11 @@ static void pump_input(struct proc *p)
     memmove(p->in_buf, p->in_buf + w, p->in_len - (size_t)w);
     p->in_len -= (uint32_t)w;
     p->in_ungranted += (uint32_t)w;
-    if (p->in_len == 0 && p->in_eof)
-        close_fd(&p->fd_in);
     maybe_grant_stdin(p);
+    if (p->in_len == 0 && p->in_eof && p->kind == K_PUT)
+        finish_put(p);
+    else if (p->in_len == 0 && p->in_eof)
+        close_fd(&p->fd_in);
 }
 
 static void reap(void)
@@ -972,6 +1209,7 @@ void serve_forever(const char *port_path, const char *boot_error, long init_ms, 
         }
         process_input();
         finish_procs();
+        pump_listings();
         if (S.state != DISCONNECTED)
             flush_out();
 

@@ -29,11 +29,20 @@ public final class ChannelClient: Sendable {
         var nextPing: UInt64 = 1
         var pingWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var byeWaiters: [CheckedContinuation<Void, any Error>] = []
-        /// MOUNT/UNMOUNT/LAYERS waiting for their DONE or ERROR, by stream.
-        var driveWaiters: [UInt32: CheckedContinuation<Void, any Error>] = [:]
+        /// Requests waiting for their DONE or ERROR (drives, files, processes), by stream.
+        var calls: [UInt32: PendingCall] = [:]
         var closed: ProtocolError?
         /// Frames of the guest refused so far (for logging without flooding).
         var refusals = 0
+    }
+
+    /// A request answered by DONE, after any number (up to a cap) of ENTRY or
+    /// PROCESS replies, or by ERROR.
+    struct PendingCall {
+        var continuation: CheckedContinuation<[[UInt8]], any Error>
+        var replyType: FrameType?
+        var maxReplies: Int
+        var replies: [[UInt8]] = []
     }
 
     init(channel: any Channel, hostWindow: Int, logger: Logger) {
@@ -148,17 +157,80 @@ public final class ChannelClient: Sendable {
     /// guest answers DONE; throws ``ProtocolError/refused(_:)`` with the
     /// guest's reason (codes MOUNT, BUSY) otherwise.
     public func request(_ request: DriveRequest) async throws {
+        _ = try await call(request.frameType, payload: try request.encoded())
+    }
+
+    /// STAT: one file's facts (resolved inside the guest's root).
+    public func stat(_ request: FileRequest) async throws -> FileEntry {
+        let replies = try await call(.stat, payload: try request.encoded(), replies: .entry, maxReplies: 1)
+        guard let first = replies.first else { throw ProtocolError.violation("STAT answered without an ENTRY") }
+        return try FileEntry(decoding: first)
+    }
+
+    /// LIST: a directory's entries, at most `maxEntries` (the guest refuses
+    /// a longer directory with LIMIT rather than cut it silently).
+    public func list(_ path: String, maxEntries: Int) async throws -> [FileEntry] {
+        let replies = try await call(.list, payload: try FileRequest.list(path, maxEntries: UInt64(maxEntries)).encoded(),
+                                     replies: .entry, maxReplies: maxEntries)
+        return try replies.map { (p: [UInt8]) throws(ProtocolError) in try FileEntry(decoding: p) }
+    }
+
+    /// MKDIR, DELETE, MOVE: returns once the guest did it.
+    public func perform(_ request: FileRequest) async throws {
+        guard [.mkdir, .delete, .move].contains(request.type) else {
+            throw ProtocolError.invalidRequest("\(request.type) is not answered by DONE alone")
+        }
+        _ = try await call(request.type, payload: try request.encoded())
+    }
+
+    /// PS: the guest's processes (PID 1 and kernel threads left out).
+    public func processes(maxEntries: Int = 1 << 16) async throws -> [ProcessEntry] {
+        let replies = try await call(.ps, payload: [], replies: .process, maxReplies: maxEntries)
+        return try replies.map { (p: [UInt8]) throws(ProtocolError) in try ProcessEntry(decoding: p) }
+    }
+
+    /// KILL: a signal to a guest process or its process group.
+    public func kill(_ request: KillRequest) async throws {
+        _ = try await call(.kill, payload: try request.encoded())
+    }
+
+    /// PUT or GET: a file moving on its own stream, with the same credit as
+    /// a process's stdin (PUT) or stdout (GET). Returns once the guest
+    /// accepted it (PUT: STARTED; GET: the file's ENTRY, in
+    /// ``RemoteProcess/fileEntry``); throws ``ProtocolError/refused(_:)`` otherwise.
+    public func openTransfer(_ request: FileRequest) async throws -> RemoteProcess {
+        guard request.type == .put || request.type == .get else {
+            throw ProtocolError.invalidRequest("only PUT and GET move file contents")
+        }
         let payload = try request.encoded()
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+        let transfer: RemoteProcess = try state.withLock { s in
+            if let e = s.closed { throw e }
+            let stream = s.nextStream
+            s.nextStream = s.nextStream == UInt32.max ? 1 : s.nextStream + 1
+            let t = RemoteProcess(stream: stream, client: self, hostWindow: hostWindow,
+                                  stdinWindow: Int(s.guestHello?.window ?? 0),
+                                  transfer: request.type == .put ? .put : .get)
+            s.processes[stream] = t
+            return t
+        }
+        try await send(Frame(request.type, stream: transfer.stream, payload: payload))
+        _ = try await transfer.awaitStart()
+        return transfer
+    }
+
+    /// Sends a request on a fresh stream and waits for its DONE, gathering up
+    /// to `maxReplies` frames of `replies` type before it.
+    func call(_ type: FrameType, payload: [UInt8], replies: FrameType? = nil, maxReplies: Int = 0) async throws -> [[UInt8]] {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<[[UInt8]], any Error>) in
             let stream: UInt32? = state.withLock { s in
                 if s.closed != nil { return nil }
                 let stream = s.nextStream
                 s.nextStream = s.nextStream == UInt32.max ? 1 : s.nextStream + 1
-                s.driveWaiters[stream] = c
+                s.calls[stream] = PendingCall(continuation: c, replyType: replies, maxReplies: maxReplies)
                 return stream
             }
             guard let stream else { return c.resume(throwing: state.withLock { $0.closed! }) }
-            channel.writeAndFlush(Frame(request.frameType, stream: stream, payload: payload)).whenFailure { [weak self] error in
+            channel.writeAndFlush(Frame(type, stream: stream, payload: payload)).whenFailure { [weak self] error in
                 self?.close(.closed("write failed: \(error)"))
             }
         }
@@ -275,10 +347,49 @@ public final class ChannelClient: Sendable {
             let p = state.withLock { $0.processes.removeValue(forKey: frame.stream) }
             if let status = try? ExitStatus(decoding: frame.payload) { p?.exited(status) }
         case .done:
-            let waiter = state.withLock { $0.driveWaiters.removeValue(forKey: frame.stream) }
-            if let waiter { waiter.resume() } else { refuse(frame, .state, "DONE for stream \(frame.stream), which asked nothing") }
-        case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers, .store, .sync, .freeze, .thaw:
+            if let call = state.withLock({ $0.calls.removeValue(forKey: frame.stream) }) {
+                call.continuation.resume(returning: call.replies)
+            } else if let t = state.withLock({ s in s.processes[frame.stream].flatMap { $0.transfer != nil ? $0 : nil } }) {
+                state.withLock { _ = $0.processes.removeValue(forKey: frame.stream) }
+                t.transferDone()
+            } else {
+                refuse(frame, .state, "DONE for stream \(frame.stream), which asked nothing")
+            }
+        case .entry, .process:
+            receiveReply(frame)
+        case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers, .store, .sync, .freeze, .thaw,
+             .put, .get, .stat, .list, .mkdir, .delete, .move, .ps, .kill:
             refuse(frame, .state, "\(frame.kind!) is sent by the host, not the guest")
+        }
+    }
+
+    /// ENTRY or PROCESS: a reply gathered for a waiting call, or a GET's file facts.
+    private func receiveReply(_ frame: Frame) {
+        enum Outcome { case kept, tooMany(PendingCall), unexpected }
+        let outcome: Outcome = state.withLock { s in
+            guard var call = s.calls[frame.stream], call.replyType == frame.kind else { return .unexpected }
+            guard call.replies.count < call.maxReplies else {
+                s.calls.removeValue(forKey: frame.stream)
+                return .tooMany(call)
+            }
+            call.replies.append(frame.payload)
+            s.calls[frame.stream] = call
+            return .kept
+        }
+        switch outcome {
+        case .kept:
+            return
+        case .tooMany(let call):
+            let why = "stream \(frame.stream) sent more than the \(call.maxReplies) \(frame.kind!) replies asked for"
+            refuse(frame, .limit, why)
+            call.continuation.resume(throwing: ProtocolError.violation(why))
+        case .unexpected:
+            if frame.kind == .entry, let t = process(frame), t.transfer == .get, t.fileEntry == nil,
+               let entry = try? FileEntry(decoding: frame.payload) {
+                t.received(entry: entry)
+            } else {
+                refuse(frame, .state, "\(frame.kind!) on stream \(frame.stream), which expects none")
+            }
         }
     }
 
@@ -333,12 +444,16 @@ public final class ChannelClient: Sendable {
             }
             return
         }
-        if let waiter = state.withLock({ $0.driveWaiters.removeValue(forKey: frame.stream) }) {
-            waiter.resume(throwing: ProtocolError.refused(reply))
+        if let call = state.withLock({ $0.calls.removeValue(forKey: frame.stream) }) {
+            call.continuation.resume(throwing: ProtocolError.refused(reply))
             return
         }
         guard let p = state.withLock({ $0.processes[frame.stream] }) else { return }
-        if p.pid == nil {
+        if p.transfer != nil {
+            // A transfer ends at its first error (the guest dropped it, nothing half-written left).
+            state.withLock { _ = $0.processes.removeValue(forKey: frame.stream) }
+            p.fail(.refused(reply))
+        } else if p.pid == nil {
             state.withLock { _ = $0.processes.removeValue(forKey: frame.stream) }
             p.fail(reply.code == .exec || reply.code == .workdir ? .execFailed(reply) : .refused(reply))
         } else {
@@ -348,23 +463,23 @@ public final class ChannelClient: Sendable {
 
     /// The connection is gone: fail everything that waits on it.
     func connectionEnded(_ reason: ProtocolError) {
-        let (processes, hellos, pings, byes, drives) = state.withLock { s in
+        let (processes, hellos, pings, byes, calls) = state.withLock { s in
             if s.closed == nil { s.closed = reason }
             defer {
                 s.processes = [:]
                 s.helloWaiters = []
                 s.pingWaiters = [:]
                 s.byeWaiters = []
-                s.driveWaiters = [:]
+                s.calls = [:]
             }
             return (Array(s.processes.values), s.helloWaiters, Array(s.pingWaiters.values), s.byeWaiters,
-                    Array(s.driveWaiters.values))
+                    s.calls.values.map(\.continuation))
         }
         let error = state.withLock { $0.closed! }
         for p in processes { p.fail(error) }
         for w in hellos { w.resume(throwing: error) }
         for w in pings { w.resume(throwing: error) }
-        for w in drives { w.resume(throwing: error) }
+        for w in calls { w.resume(throwing: error) }
         // A BYE cut short by the guest powering off is still a clean shutdown.
         for w in byes { w.resume() }
     }

@@ -87,10 +87,7 @@ public enum DriveRequest: Sendable, Equatable {
     /// The payload bytes; throws for a request the guest would refuse as malformed.
     public func encoded() throws(ProtocolError) -> [UInt8] {
         var p: [UInt8] = []
-        func put(_ s: String) {
-            p.appendLE(UInt16(s.utf8.count))
-            p.append(contentsOf: s.utf8)
-        }
+        func put(_ s: String) { p.appendWireString(s) }
         switch self {
         case .mount(let serial, let target):
             guard Self.isValidSerial(serial), target.hasPrefix("/"), (2...255).contains(target.utf8.count),

@@ -3,7 +3,7 @@ import NIOCore
 /// Constants of the vmexec wire protocol (docs/PROTOCOL.md).
 public enum WireProtocol {
     public static let major: UInt16 = 1
-    public static let minor: UInt16 = 2
+    public static let minor: UInt16 = 3
     /// Bytes in a frame header: length, type, sub, reserved, stream.
     public static let headerSize = 12
     /// Hard cap on a frame's payload. A header claiming more is fatal.
@@ -23,6 +23,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case exec = 0x10, started = 0x11, data = 0x12, eof = 0x13, window = 0x14, signal = 0x15, exit = 0x16
     case mount = 0x20, unmount = 0x21, layers = 0x22, done = 0x23, store = 0x24, sync = 0x25
     case freeze = 0x26, thaw = 0x27
+    case put = 0x30, get = 0x31, stat = 0x32, list = 0x33, mkdir = 0x34, delete = 0x35, move = 0x36
+    case entry = 0x37, ps = 0x38, process = 0x39, kill = 0x3a
 
     /// Frames that belong to the connection (stream 0) rather than a process.
     var isControl: Bool { [.hello, .ping, .pong, .shutdown, .bye].contains(self) }
@@ -80,7 +82,11 @@ public struct Frame: Sendable, Equatable {
         do {
             switch kind {
             case .hello: _ = try Hello(decoding: payload)
-            case .shutdown, .bye, .eof, .done: if !payload.isEmpty { return .malformed }
+            case .shutdown, .bye, .eof, .done, .ps: if !payload.isEmpty { return .malformed }
+            case .put, .get, .stat, .list, .mkdir, .delete, .move: _ = try FileRequest(kind, decoding: payload)
+            case .entry: _ = try FileEntry(decoding: payload)
+            case .process: _ = try ProcessEntry(decoding: payload)
+            case .kill: _ = try KillRequest(decoding: payload)
             case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw: _ = try DriveRequest(kind, decoding: payload)
             case .error: _ = try ErrorReply(decoding: payload)
             case .exec: _ = try ExecRequest(decoding: payload)

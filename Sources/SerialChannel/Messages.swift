@@ -216,6 +216,12 @@ extension [UInt8] {
         pos += 2 + len
         return String(decoding: bytes, as: UTF8.self)
     }
+
+    /// Appends `s` as an encoded string (u16 length, bytes).
+    mutating func appendWireString(_ s: String) {
+        appendLE(UInt16(s.utf8.count))
+        append(contentsOf: s.utf8)
+    }
 }
 
 /// How a process ended.

@@ -13,6 +13,8 @@ public enum ErrorCode: UInt32, Sendable, CaseIterable {
     case workdir = 11
     case mount = 12
     case busy = 13
+    case file = 14
+    case process = 15
     /// A code this side does not know (kept in ``ErrorReply/rawCode``).
     case unknown = 0
 
@@ -32,6 +34,8 @@ public enum ErrorCode: UInt32, Sendable, CaseIterable {
         case .workdir: "WORKDIR"
         case .mount: "MOUNT"
         case .busy: "BUSY"
+        case .file: "FILE"
+        case .process: "PROCESS"
         case .unknown: "UNKNOWN"
         }
     }

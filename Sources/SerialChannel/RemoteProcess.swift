@@ -30,7 +30,14 @@ public struct CollectedOutput: Sendable {
 /// stalls in the guest while memory here stays within one window per stream.
 /// The exit status arrives after all output (``wait()``).
 public final class RemoteProcess: Sendable {
+    /// PUT and GET move a file on a stream of their own with a process's
+    /// machinery: a PUT's bytes go as stdin, a GET's come as stdout; DONE
+    /// ends them where a process would EXIT.
+    public enum Transfer: Sendable { case put, get }
+
     public let stream: UInt32
+    /// Set for a file transfer rather than a process.
+    public let transfer: Transfer?
     private let client: ChannelClient
     private let state: Mutex<State>
 
@@ -54,19 +61,26 @@ public final class RemoteProcess: Sendable {
         /// Set by collect(): chunks go straight into these buffers.
         var collecting: CollectedOutput?
         var collectLimit = 0
+        /// A GET's file, as the guest opened it.
+        var fileEntry: FileEntry?
     }
 
-    init(stream: UInt32, client: ChannelClient, hostWindow: Int, stdinWindow: Int) {
+    init(stream: UInt32, client: ChannelClient, hostWindow: Int, stdinWindow: Int, transfer: Transfer? = nil) {
         self.stream = stream
         self.client = client
+        self.transfer = transfer
         var s = State()
         s.granted = [0, hostWindow, hostWindow]
+        if let transfer { s.open = [false, transfer == .get, false] }
         s.stdinCredit = stdinWindow
         state = Mutex(s)
     }
 
-    /// The guest's process id, once started.
+    /// The guest's process id, once started (0 for a transfer).
     public var pid: UInt32? { state.withLock { $0.pid } }
+
+    /// A GET's file as the guest opened it (its size is what should arrive).
+    public var fileEntry: FileEntry? { state.withLock { $0.fileEntry } }
 
     // MARK: consumer side
 
@@ -244,6 +258,17 @@ public final class RemoteProcess: Sendable {
             return s.startWaiter
         }
         waiter?.resume(returning: pid)
+    }
+
+    /// A GET's ENTRY: the file is open and its bytes follow.
+    func received(entry: FileEntry) {
+        state.withLock { $0.fileEntry = entry }
+        started(pid: 0)
+    }
+
+    /// A transfer's DONE: the guest has the whole file in place (PUT) or sent all of it (GET).
+    func transferDone() {
+        exited(ExitStatus(termination: .exited(0)))
     }
 
     /// Returns a violation when the guest sent more than it was granted.

@@ -165,6 +165,8 @@ public struct ExecStream: AsyncSequence, Sendable {
 
     /// The guest's process id.
     public var pid: UInt32 { process.pid ?? 0 }
+    /// The channel stream it runs on (``ProcessEntry/stream`` of its processes).
+    public var streamID: UInt32 { process.stream }
 
     /// Signals the command's process group.
     public func signal(_ number: Int32) async throws {

@@ -29,6 +29,9 @@ public struct SandboxConfiguration: Sendable {
     /// Bytes of stdout and of stderr kept per collected command; the rest is
     /// dropped and the result says so.
     public var outputLimit = 64 << 20
+    /// The largest file ``Sandbox/upload(_:to:options:)`` and
+    /// ``Sandbox/download(_:to:maxBytes:)`` move (default 4 GiB).
+    public var fileSizeLimit: UInt64 = 4 << 30
     /// Appended to QEMU's command line (extra devices, e.g. a second port for a benchmark peer).
     public var extraQEMUArguments: [String] = []
     /// Start by restoring the machine state saved after the first boot of the
@@ -474,7 +477,7 @@ public actor Sandbox {
     }
 
     /// One blocking read of up to 64 KiB, off the cooperative pool; nil on error.
-    private static func read(_ fd: Int32) async -> [UInt8]? {
+    static func read(_ fd: Int32) async -> [UInt8]? {
         await withCheckedContinuation { c in
             DispatchQueue.global().async {
                 var buf = [UInt8](repeating: 0, count: 65536)

@@ -34,6 +34,13 @@ public struct VMExecError: Error, Sendable, CustomStringConvertible, Equatable {
         /// The store cannot be used: made over another lower, damaged, a snapshot
         /// that does not exist, or the guest could not mount it.
         case storeRefused
+        /// A file request failed in the guest: no such file, permission, disk
+        /// full, a read-only shard (the message says which, with the guest's errno text).
+        case fileRefused
+        /// A file (or a directory listing) is beyond the limit set for it.
+        case fileTooLarge
+        /// A process request failed: no such process, or the init's own.
+        case processRefused
     }
 
     public let code: Code

@@ -153,7 +153,46 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
         put_list(&o, "serials", l.serials, l.serials_len, &pos, l.count);
         break;
     }
-    default: /* SHUTDOWN, BYE, EOF, DONE, SYNC, FREEZE, THAW: nothing more */
+    case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST: case VX_MKDIR: case VX_DELETE: case VX_MOVE: {
+        struct vx_file_req r;
+        vx_file_decode(&f, &r);
+        put(&o, " flags=%" PRIu32 " mode=%" PRIo32 " uid=%" PRIu32 " gid=%" PRIu32 " size=%" PRIu64 " path=",
+            r.flags, r.mode, r.uid, r.gid, r.size);
+        put_str(&o, r.path.p, r.path.len);
+        if (f.type == VX_MOVE) {
+            put(&o, " to=");
+            put_str(&o, r.to.p, r.to.len);
+        }
+        break;
+    }
+    case VX_ENTRY: {
+        struct vx_entry e;
+        vx_entry_decode(&f, &e);
+        put(&o, " mode=%" PRIo32 " uid=%" PRIu32 " gid=%" PRIu32 " nlink=%" PRIu32 " size=%" PRIu64
+                " mtime_ns=%" PRId64 " name=",
+            e.mode, e.uid, e.gid, e.nlink, e.size, e.mtime_ns);
+        put_str(&o, e.name.p, e.name.len);
+        put(&o, " link=");
+        put_str(&o, e.link.p, e.link.len);
+        break;
+    }
+    case VX_PROCESS: {
+        struct vx_process x;
+        vx_process_decode(&f, &x);
+        put(&o, " pid=%" PRIu32 " ppid=%" PRIu32 " pgid=%" PRIu32 " uid=%" PRIu32 " process_stream=%" PRIu32
+                " state=%c start_ns=%" PRIu64 " cpu_us=%" PRIu64 " rss_kb=%" PRIu64,
+            x.pid, x.ppid, x.pgid, x.uid, x.stream, x.state, x.start_ns, x.cpu_us, x.rss_kb);
+        size_t pos = 0;
+        put_list(&o, "argv", x.argv, x.argv_len, &pos, x.argc);
+        break;
+    }
+    case VX_KILL: {
+        struct vx_kill k;
+        vx_kill_decode(&f, &k);
+        put(&o, " pid=%" PRIu32 " signal=%" PRIu32 " flags=%" PRIu32, k.pid, k.signal, k.flags);
+        break;
+    }
+    default: /* SHUTDOWN, BYE, EOF, DONE, SYNC, FREEZE, THAW, PS: nothing more */
         break;
     }
     return (size_t)n;

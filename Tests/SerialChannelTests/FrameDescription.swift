@@ -65,7 +65,24 @@ enum FrameDescription {
             case .layers(let serials):
                 s += " serials=[" + serials.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
             }
-        case .shutdown, .bye, .eof, .done:
+        case .put, .get, .stat, .list, .mkdir, .delete, .move:
+            let r = try! FileRequest(frame.kind!, decoding: p)
+            s += " flags=\(r.flags.rawValue) mode=\(String(r.mode, radix: 8)) uid=\(r.uid) gid=\(r.gid) size=\(r.size)"
+            s += " path=\(quote(Array(r.path.utf8)))"
+            if let to = r.to { s += " to=\(quote(Array(to.utf8)))" }
+        case .entry:
+            let e = try! FileEntry(decoding: p)
+            s += " mode=\(String(e.mode, radix: 8)) uid=\(e.uid) gid=\(e.gid) nlink=\(e.linkCount) size=\(e.size)"
+            s += " mtime_ns=\(e.modifiedNanoseconds) name=\(quote(Array(e.name.utf8))) link=\(quote(Array(e.linkTarget.utf8)))"
+        case .process:
+            let x = try! ProcessEntry(decoding: p)
+            s += " pid=\(x.pid) ppid=\(x.parentPID) pgid=\(x.processGroup) uid=\(x.uid) process_stream=\(x.stream)"
+            s += " state=\(x.state) start_ns=\(x.startNanoseconds) cpu_us=\(x.cpuMicroseconds) rss_kb=\(x.residentKiB)"
+            s += " argv=[" + x.arguments.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
+        case .kill:
+            let k = try! KillRequest(decoding: p)
+            s += " pid=\(k.pid) signal=\(k.signal) flags=\(k.group ? 1 : 0)"
+        case .shutdown, .bye, .eof, .done, .ps:
             break
         }
         return (s, consumed)
@@ -94,6 +111,17 @@ enum FrameDescription {
         case .sync: "SYNC"
         case .freeze: "FREEZE"
         case .thaw: "THAW"
+        case .put: "PUT"
+        case .get: "GET"
+        case .stat: "STAT"
+        case .list: "LIST"
+        case .mkdir: "MKDIR"
+        case .delete: "DELETE"
+        case .move: "MOVE"
+        case .entry: "ENTRY"
+        case .ps: "PS"
+        case .process: "PROCESS"
+        case .kill: "KILL"
         }
     }
 

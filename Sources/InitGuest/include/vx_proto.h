@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VX_MAJOR 1
-#define VX_MINOR 2
+#define VX_MINOR 3
 
 #define VX_HEADER_SIZE 12u
 /* Hard cap on a frame's payload; a header claiming more is fatal. */
@@ -24,6 +24,12 @@
 #define VX_EXIT_SIZE 40u
 #define VX_MAX_SERIAL 36u
 #define VX_MAX_LAYERS 16u
+/* File requests: fixed fields before the path; longest path. */
+#define VX_FILE_FIXED 24u
+#define VX_MAX_PATH 4095u
+#define VX_ENTRY_FIXED 32u
+#define VX_PROCESS_FIXED 48u
+#define VX_MAX_ARGV 4096u
 
 enum vx_type {
     VX_HELLO = 0x01,
@@ -47,6 +53,17 @@ enum vx_type {
     VX_SYNC = 0x25,
     VX_FREEZE = 0x26,
     VX_THAW = 0x27,
+    VX_PUT = 0x30,
+    VX_GET = 0x31,
+    VX_STAT = 0x32,
+    VX_LIST = 0x33,
+    VX_MKDIR = 0x34,
+    VX_DELETE = 0x35,
+    VX_MOVE = 0x36,
+    VX_ENTRY = 0x37,
+    VX_PS = 0x38,
+    VX_PROCESS = 0x39,
+    VX_KILL = 0x3a,
 };
 
 /* Sub-streams of a process stream (the header's `sub` byte). */
@@ -67,6 +84,8 @@ enum vx_err {
     VX_E_WORKDIR = 11,
     VX_E_MOUNT = 12,
     VX_E_BUSY = 13,
+    VX_E_FILE = 14,
+    VX_E_PROCESS = 15,
 };
 
 /* EXEC flags. */
@@ -74,6 +93,14 @@ enum vx_err {
 #define VX_EXEC_POLICY 0x2u /* a 32-byte policy block follows the strings */
 #define VX_EXEC_KNOWN_FLAGS (VX_EXEC_STDIN | VX_EXEC_POLICY)
 #define VX_POLICY_SIZE 32u
+
+/* Flags of the file requests (each request allows some, see docs/PROTOCOL.md) and of KILL. */
+#define VX_F_NO_REPLACE 0x1u /* PUT, MOVE: fail with EEXIST rather than replace */
+#define VX_F_PARENTS 0x2u    /* PUT, MKDIR: create missing parent directories */
+#define VX_F_NOFOLLOW 0x4u   /* STAT: describe a final symlink itself */
+#define VX_F_RECURSIVE 0x8u  /* DELETE: a directory with everything in it */
+#define VX_F_EXIST_OK 0x10u  /* MKDIR: an existing directory is success */
+#define VX_KILL_GROUP 0x1u   /* KILL: the process's whole process group */
 
 /* How a process ended (EXIT payload). */
 enum vx_how { VX_EXITED = 0, VX_SIGNALED = 1, VX_TIMED_OUT = 2, VX_MEMORY = 3 };
@@ -134,6 +161,39 @@ struct vx_layers {
     size_t serials_len;
 };
 
+/*
+ * PUT, GET, STAT, LIST, MKDIR, DELETE, MOVE share one layout; fields a
+ * request does not use are 0. `size` is PUT's byte count, GET's largest
+ * accepted file and LIST's most entries.
+ */
+struct vx_file_req {
+    uint32_t flags, mode, uid, gid;
+    uint64_t size;
+    struct vx_str path, to; /* `to` only for MOVE */
+};
+
+/* ENTRY: one file's facts (STAT, GET, LIST). */
+struct vx_entry {
+    uint32_t mode, uid, gid, nlink;
+    uint64_t size;
+    int64_t mtime_ns;
+    struct vx_str name, link;
+};
+
+/* PROCESS: one process of the guest (PS). */
+struct vx_process {
+    uint32_t pid, ppid, pgid, uid, stream;
+    uint8_t state;
+    uint64_t start_ns, cpu_us, rss_kb;
+    uint16_t argc;
+    const uint8_t *argv; /* argc encoded strings */
+    size_t argv_len;
+};
+
+struct vx_kill {
+    uint32_t pid, signal, flags;
+};
+
 struct vx_error {
     uint32_t code;
     int32_t err;
@@ -160,6 +220,10 @@ int vx_u32_decode(const struct vx_frame *f, uint32_t *v);
 int vx_mount_decode(const struct vx_frame *f, struct vx_mount *m);
 int vx_unmount_decode(const struct vx_frame *f, struct vx_mount *m);
 int vx_layers_decode(const struct vx_frame *f, struct vx_layers *l);
+int vx_file_decode(const struct vx_frame *f, struct vx_file_req *r);
+int vx_entry_decode(const struct vx_frame *f, struct vx_entry *e);
+int vx_process_decode(const struct vx_frame *f, struct vx_process *p);
+int vx_kill_decode(const struct vx_frame *f, struct vx_kill *k);
 
 /* Reads the next encoded string at *pos within [p, p+n); 0 or VX_E_MALFORMED. */
 int vx_str_next(const uint8_t *p, size_t n, size_t *pos, struct vx_str *s);

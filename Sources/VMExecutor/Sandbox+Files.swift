@@ -1,0 +1,262 @@
+import Foundation
+import SerialChannel
+
+/// How a file or directory is created in the guest.
+public struct FileOptions: Sendable, Equatable {
+    /// Permission bits; nil: the host file's (upload), 0644 (bytes), 0755 (directories).
+    public var mode: UInt32?
+    /// Its owner; nil: the sandbox's default user, so commands can use it.
+    public var owner: GuestUser?
+    /// Create missing parent directories (owned by `owner`, mode 0755).
+    public var createParents: Bool
+    /// Replace what is at the path (a file is swapped in whole: never half-written).
+    public var replace: Bool
+
+    public init(mode: UInt32? = nil, owner: GuestUser? = nil, createParents: Bool = false, replace: Bool = true) {
+        self.mode = mode
+        self.owner = owner
+        self.createParents = createParents
+        self.replace = replace
+    }
+}
+
+/// Files and processes of the running guest. Every guest path is resolved by
+/// the guest inside its root (a `..` or a symlink a command planted cannot
+/// lead out of it), and nothing of the guest is ever opened on the host.
+/// Contents move in chunks within the channel's credit, so a file of any size
+/// takes a bounded amount of memory on both sides.
+extension Sandbox {
+    // MARK: contents
+
+    /// Copies the host file at `hostPath` to `guestPath`. The guest writes a
+    /// temporary file beside the destination and renames it into place only
+    /// when every byte arrived, so a failure (disk full, the guest gone)
+    /// leaves the destination as it was. Returns the bytes copied.
+    @discardableResult
+    public func upload(_ hostPath: String, to guestPath: String, options: FileOptions = FileOptions()) async throws -> UInt64 {
+        let fd = open(hostPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw VMExecError(.invalidRequest, "cannot open \(hostPath): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw VMExecError(.invalidRequest, "\(hostPath) is not a regular file")
+        }
+        let size = UInt64(st.st_size)
+        try checkSize(size, of: hostPath)
+        let mode = options.mode ?? UInt32(st.st_mode) & 0o7777
+        return try await put(guestPath, size: size, mode: mode, options: options) { _ in await Self.read(fd) }
+    }
+
+    /// Writes `bytes` to `guestPath` (mode 0644 unless `options` says otherwise).
+    public func writeFile(_ guestPath: String, contents bytes: [UInt8], options: FileOptions = FileOptions()) async throws {
+        try checkSize(UInt64(bytes.count), of: guestPath)
+        let chunk = WireProtocol.maxPayload
+        try await put(guestPath, size: UInt64(bytes.count), mode: options.mode ?? 0o644, options: options) { offset in
+            Array(bytes[offset..<min(bytes.count, offset + chunk)])
+        }
+    }
+
+    /// Copies the guest file at `guestPath` to `hostPath`, atomically: the bytes go
+    /// to a temporary file beside it, renamed into place once all arrived. The
+    /// host file gets the guest file's permission bits (without setuid, setgid
+    /// or sticky). Refused with ``VMExecError/Code/fileTooLarge`` beyond
+    /// `maxBytes` (default: the configuration's `fileSizeLimit`). Returns the
+    /// guest file's facts, `size` being the bytes copied.
+    @discardableResult
+    public func download(_ guestPath: String, to hostPath: String, maxBytes: UInt64? = nil) async throws -> FileEntry {
+        let r = try requireRunning()
+        let limit = maxBytes ?? configuration.fileSizeLimit
+        let transfer: RemoteProcess
+        do {
+            transfer = try await r.client.openTransfer(.get(guestPath, maxSize: limit))
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+        let part = hostPath + ".vmexec-part-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            let why = String(cString: strerror(errno))
+            try? await transfer.signal(SIGKILL)
+            throw VMExecError(.invalidRequest, "cannot create \(part): \(why)")
+        }
+        var entry = transfer.fileEntry!
+        do {
+            var copied: UInt64 = 0
+            for try await chunk in transfer.output {
+                try await Self.offPool { try Self.writeAll(fd, chunk.bytes, to: part) }
+                copied += UInt64(chunk.bytes.count)
+            }
+            _ = try await transfer.wait()
+            try Self.posix(fchmod(fd, mode_t(entry.permissions & 0o777)), "set the mode of \(part)")
+            try Self.posix(close(fd), "write \(part)")
+            try Self.posix(rename(part, hostPath), "move \(part) to \(hostPath)")
+            entry.size = copied
+            return entry
+        } catch {
+            close(fd)
+            unlink(part)
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+    }
+
+    /// The contents of a guest file of at most `maxBytes` (default 64 MiB).
+    public func readFile(_ guestPath: String, maxBytes: Int = 64 << 20) async throws -> [UInt8] {
+        let r = try requireRunning()
+        do {
+            let transfer = try await r.client.openTransfer(.get(guestPath, maxSize: UInt64(maxBytes)))
+            var bytes: [UInt8] = []
+            for try await chunk in transfer.output { bytes += chunk.bytes }
+            _ = try await transfer.wait()
+            return bytes
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+    }
+
+    // MARK: names
+
+    /// One file's facts; with `followSymlinks: false` a final symlink itself.
+    public func fileInfo(_ guestPath: String, followSymlinks: Bool = true) async throws -> FileEntry {
+        let r = try requireRunning()
+        do {
+            return try await r.client.stat(.stat(guestPath, followSymlink: followSymlinks))
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+    }
+
+    /// A directory's entries (not following symlinks), refused beyond `maxEntries`.
+    public func listDirectory(_ guestPath: String, maxEntries: Int = 100_000) async throws -> [FileEntry] {
+        let r = try requireRunning()
+        do {
+            return try await r.client.list(guestPath, maxEntries: maxEntries)
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+    }
+
+    /// Creates a directory (mode 0755 unless `options` says otherwise); with
+    /// `createParents`, an existing directory is fine too.
+    public func makeDirectory(_ guestPath: String, options: FileOptions = FileOptions()) async throws {
+        let owner = (options.owner ?? configuration.user).ids
+        let flags: FileRequest.Flags = options.createParents ? [.parents, .existOK] : []
+        try await perform(.mkdir(guestPath, mode: options.mode ?? 0o755, uid: owner.uid, gid: owner.gid, flags: flags))
+    }
+
+    /// Removes a file, a symlink (never what it points to) or an empty
+    /// directory; with `recursive`, a directory and everything in it.
+    public func remove(_ guestPath: String, recursive: Bool = false) async throws {
+        try await perform(.delete(guestPath, recursive: recursive))
+    }
+
+    /// Renames within the guest (a rename across mounts fails with EXDEV).
+    public func move(_ guestPath: String, to destination: String, replace: Bool = true) async throws {
+        try await perform(.move(guestPath, to: destination, replace: replace))
+    }
+
+    // MARK: processes
+
+    /// The guest's processes, the init and kernel threads left out. A
+    /// process's `stream` tells which running command it belongs to.
+    public func processes() async throws -> [ProcessEntry] {
+        let r = try requireRunning()
+        do {
+            return try await r.client.processes()
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+    }
+
+    /// Sends `signal` to guest process `pid`, or with `group` to its whole
+    /// process group (a command and everything it started). PID 1 and its
+    /// group are refused.
+    public func signal(pid: UInt32, _ signal: Int32 = SIGTERM, group: Bool = false) async throws {
+        let r = try requireRunning()
+        do {
+            try await r.client.kill(KillRequest(pid: pid, signal: UInt32(signal), group: group))
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+    }
+
+    // MARK: helpers
+
+    private func perform(_ request: FileRequest) async throws {
+        let r = try requireRunning()
+        do {
+            try await r.client.perform(request)
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+    }
+
+    private func checkSize(_ size: UInt64, of what: String) throws {
+        guard size <= configuration.fileSizeLimit else {
+            throw VMExecError(.fileTooLarge, "\(what) has \(size) bytes, more than the file size limit of \(configuration.fileSizeLimit); raise fileSizeLimit to move it")
+        }
+    }
+
+    /// Sends `size` bytes from `next` (called with the offset so far; nil or
+    /// empty is the end) as a PUT, and waits until the guest put the file in place.
+    private func put(_ guestPath: String, size: UInt64, mode: UInt32, options: FileOptions,
+                     next: @escaping @Sendable (Int) async -> [UInt8]?) async throws -> UInt64 {
+        let r = try requireRunning()
+        let owner = (options.owner ?? configuration.user).ids
+        var flags: FileRequest.Flags = []
+        if options.createParents { flags.insert(.parents) }
+        if !options.replace { flags.insert(.noReplace) }
+        let transfer: RemoteProcess
+        do {
+            transfer = try await r.client.openTransfer(
+                .put(guestPath, size: size, mode: mode, uid: owner.uid, gid: owner.gid, flags: flags))
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+        var sent: UInt64 = 0
+        do {
+            while sent < size {
+                guard let chunk = await next(Int(sent)), !chunk.isEmpty else {
+                    throw VMExecError(.invalidRequest, "the source of \(guestPath) ended after \(sent) of \(size) bytes")
+                }
+                let take = Array(chunk.prefix(Int(min(UInt64(chunk.count), size - sent))))
+                try await transfer.writeStdin(take)
+                sent += UInt64(take.count)
+            }
+            try await transfer.closeStdin()
+            _ = try await transfer.wait()
+            return sent
+        } catch {
+            try? await transfer.signal(SIGKILL)  // the guest drops the temporary file
+            throw await Self.fileError(error, qemu: r.qemu)
+        }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], to path: String) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes[done...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                throw VMExecError(.invalidRequest, "cannot write \(path): \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+    }
+
+    static func posix(_ rc: Int32, _ what: String) throws {
+        if rc != 0 { throw VMExecError(.invalidRequest, "cannot \(what): \(String(cString: strerror(errno)))") }
+    }
+
+    /// A refused file or process request as the ``VMExecError`` that says which.
+    static func fileError(_ error: any Error, qemu: QEMUProcess) async -> any Error {
+        guard case .refused(let reply) = error as? ProtocolError else { return await explain(error, qemu: qemu) }
+        switch reply.code {
+        case .file: return VMExecError(.fileRefused, reply.message)
+        case .limit: return VMExecError(.fileTooLarge, reply.message)
+        case .process: return VMExecError(.processRefused, reply.message)
+        default: return await explain(error, qemu: qemu)
+        }
+    }
+}
