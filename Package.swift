@@ -58,9 +58,11 @@ let package = Package(
         .executableTarget(
             name: "vmexec",
             dependencies: [
-                "VMExecutor", "SquashMounts", "PersistOverlay",
+                "VMExecutor", "SquashMounts", "PersistOverlay", "SerialChannel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]),
         // `make bench`: figures against qemu-guest-agent in the same guest.
         .executableTarget(
@@ -78,6 +80,9 @@ let package = Package(
             name: "SquashMountsTests",
             dependencies: ["SquashMounts", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PersistOverlayTests", dependencies: ["PersistOverlay"]),
-        .testTarget(name: "VMExecutorTests", dependencies: ["VMExecutor", "SerialChannel", "SquashMounts", "PersistOverlay"]),
+        .testTarget(
+            name: "VMExecutorTests",
+            dependencies: ["VMExecutor", "SerialChannel", "SquashMounts", "PersistOverlay",
+                           .product(name: "Crypto", package: "swift-crypto")]),
     ]
 )

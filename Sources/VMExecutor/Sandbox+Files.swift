@@ -1,5 +1,6 @@
 import Foundation
 import SerialChannel
+import Synchronization
 
 /// How a file or directory is created in the guest.
 public struct FileOptions: Sendable, Equatable {
@@ -43,18 +44,57 @@ extension Sandbox {
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
             throw VMExecError(.invalidRequest, "\(hostPath) is not a regular file")
         }
-        let size = UInt64(st.st_size)
-        try checkSize(size, of: hostPath)
-        let mode = options.mode ?? UInt32(st.st_mode) & 0o7777
-        return try await put(guestPath, size: size, mode: mode, options: options) { _ in await Self.read(fd) }
+        var opts = options
+        if opts.mode == nil { opts.mode = UInt32(st.st_mode) & 0o7777 }
+        let upload = try await beginUpload(to: guestPath, size: UInt64(st.st_size), options: opts)
+        do {
+            while upload.remaining > 0 {
+                guard let chunk = await Self.read(fd), !chunk.isEmpty else {
+                    throw VMExecError(.invalidRequest, "\(hostPath) ended after \(upload.sent) of \(upload.size) bytes (it changed while read)")
+                }
+                try await upload.write(Array(chunk.prefix(Int(min(UInt64(chunk.count), upload.remaining)))))
+            }
+            try await upload.finish()
+        } catch {
+            await upload.cancel()
+            throw error
+        }
+        return upload.size
     }
 
     /// Writes `bytes` to `guestPath` (mode 0644 unless `options` says otherwise).
     public func writeFile(_ guestPath: String, contents bytes: [UInt8], options: FileOptions = FileOptions()) async throws {
-        try checkSize(UInt64(bytes.count), of: guestPath)
-        let chunk = WireProtocol.maxPayload
-        try await put(guestPath, size: UInt64(bytes.count), mode: options.mode ?? 0o644, options: options) { offset in
-            Array(bytes[offset..<min(bytes.count, offset + chunk)])
+        var opts = options
+        if opts.mode == nil { opts.mode = 0o644 }
+        let upload = try await beginUpload(to: guestPath, size: UInt64(bytes.count), options: opts)
+        do {
+            try await upload.write(bytes)
+            try await upload.finish()
+        } catch {
+            await upload.cancel()
+            throw error
+        }
+    }
+
+    /// Starts writing a file of `size` bytes at `guestPath` (mode from
+    /// `options`, else 0644): ``FileUpload/write(_:)`` its bytes as they come,
+    /// then ``FileUpload/finish()``. Each write waits for the guest's credit,
+    /// so a fast source cannot pile up memory here.
+    public func beginUpload(to guestPath: String, size: UInt64, options: FileOptions = FileOptions()) async throws -> FileUpload {
+        guard size <= configuration.fileSizeLimit else {
+            throw VMExecError(.fileTooLarge, "\(guestPath) would have \(size) bytes, more than the file size limit of \(configuration.fileSizeLimit); raise fileSizeLimit to move it")
+        }
+        let r = try requireRunning()
+        let owner = (options.owner ?? configuration.user).ids
+        var flags: FileRequest.Flags = []
+        if options.createParents { flags.insert(.parents) }
+        if !options.replace { flags.insert(.noReplace) }
+        do {
+            let transfer = try await r.client.openTransfer(
+                .put(guestPath, size: size, mode: options.mode ?? 0o644, uid: owner.uid, gid: owner.gid, flags: flags))
+            return FileUpload(transfer: transfer, path: guestPath, size: size, qemu: r.qemu)
+        } catch {
+            throw await Self.fileError(error, qemu: r.qemu)
         }
     }
 
@@ -66,50 +106,49 @@ extension Sandbox {
     /// guest file's facts, `size` being the bytes copied.
     @discardableResult
     public func download(_ guestPath: String, to hostPath: String, maxBytes: UInt64? = nil) async throws -> FileEntry {
-        let r = try requireRunning()
-        let limit = maxBytes ?? configuration.fileSizeLimit
-        let transfer: RemoteProcess
-        do {
-            transfer = try await r.client.openTransfer(.get(guestPath, maxSize: limit))
-        } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
-        }
+        let download = try await beginDownload(guestPath, maxBytes: maxBytes)
         let part = hostPath + ".vmexec-part-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             let why = String(cString: strerror(errno))
-            try? await transfer.signal(SIGKILL)
+            await download.cancel()
             throw VMExecError(.invalidRequest, "cannot create \(part): \(why)")
         }
-        var entry = transfer.fileEntry!
         do {
-            var copied: UInt64 = 0
-            for try await chunk in transfer.output {
-                try await Self.offPool { try Self.writeAll(fd, chunk.bytes, to: part) }
-                copied += UInt64(chunk.bytes.count)
+            while let chunk = try await download.next() {
+                try await Self.offPool { try Self.writeAll(fd, chunk, to: part) }
             }
-            _ = try await transfer.wait()
-            try Self.posix(fchmod(fd, mode_t(entry.permissions & 0o777)), "set the mode of \(part)")
+            try Self.posix(fchmod(fd, mode_t(download.entry.permissions & 0o777)), "set the mode of \(part)")
             try Self.posix(close(fd), "write \(part)")
             try Self.posix(rename(part, hostPath), "move \(part) to \(hostPath)")
-            entry.size = copied
+            var entry = download.entry
+            entry.size = download.received
             return entry
         } catch {
             close(fd)
             unlink(part)
-            throw await Self.fileError(error, qemu: r.qemu)
+            await download.cancel()
+            throw error
         }
     }
 
     /// The contents of a guest file of at most `maxBytes` (default 64 MiB).
     public func readFile(_ guestPath: String, maxBytes: Int = 64 << 20) async throws -> [UInt8] {
+        let download = try await beginDownload(guestPath, maxBytes: UInt64(maxBytes))
+        var bytes: [UInt8] = []
+        while let chunk = try await download.next() { bytes += chunk }
+        return bytes
+    }
+
+    /// Starts reading the guest file at `guestPath` (at most `maxBytes`,
+    /// default the configuration's `fileSizeLimit`): its facts are in
+    /// ``FileDownload/entry``, its bytes come from ``FileDownload/next()``;
+    /// the guest sends only as fast as they are taken.
+    public func beginDownload(_ guestPath: String, maxBytes: UInt64? = nil) async throws -> FileDownload {
         let r = try requireRunning()
         do {
-            let transfer = try await r.client.openTransfer(.get(guestPath, maxSize: UInt64(maxBytes)))
-            var bytes: [UInt8] = []
-            for try await chunk in transfer.output { bytes += chunk.bytes }
-            _ = try await transfer.wait()
-            return bytes
+            let transfer = try await r.client.openTransfer(.get(guestPath, maxSize: maxBytes ?? configuration.fileSizeLimit))
+            return FileDownload(transfer: transfer, qemu: r.qemu)
         } catch {
             throw await Self.fileError(error, qemu: r.qemu)
         }
@@ -192,47 +231,6 @@ extension Sandbox {
         }
     }
 
-    private func checkSize(_ size: UInt64, of what: String) throws {
-        guard size <= configuration.fileSizeLimit else {
-            throw VMExecError(.fileTooLarge, "\(what) has \(size) bytes, more than the file size limit of \(configuration.fileSizeLimit); raise fileSizeLimit to move it")
-        }
-    }
-
-    /// Sends `size` bytes from `next` (called with the offset so far; nil or
-    /// empty is the end) as a PUT, and waits until the guest put the file in place.
-    private func put(_ guestPath: String, size: UInt64, mode: UInt32, options: FileOptions,
-                     next: @escaping @Sendable (Int) async -> [UInt8]?) async throws -> UInt64 {
-        let r = try requireRunning()
-        let owner = (options.owner ?? configuration.user).ids
-        var flags: FileRequest.Flags = []
-        if options.createParents { flags.insert(.parents) }
-        if !options.replace { flags.insert(.noReplace) }
-        let transfer: RemoteProcess
-        do {
-            transfer = try await r.client.openTransfer(
-                .put(guestPath, size: size, mode: mode, uid: owner.uid, gid: owner.gid, flags: flags))
-        } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
-        }
-        var sent: UInt64 = 0
-        do {
-            while sent < size {
-                guard let chunk = await next(Int(sent)), !chunk.isEmpty else {
-                    throw VMExecError(.invalidRequest, "the source of \(guestPath) ended after \(sent) of \(size) bytes")
-                }
-                let take = Array(chunk.prefix(Int(min(UInt64(chunk.count), size - sent))))
-                try await transfer.writeStdin(take)
-                sent += UInt64(take.count)
-            }
-            try await transfer.closeStdin()
-            _ = try await transfer.wait()
-            return sent
-        } catch {
-            try? await transfer.signal(SIGKILL)  // the guest drops the temporary file
-            throw await Self.fileError(error, qemu: r.qemu)
-        }
-    }
-
     static func writeAll(_ fd: Int32, _ bytes: [UInt8], to path: String) throws {
         var done = 0
         while done < bytes.count {
@@ -258,5 +256,91 @@ extension Sandbox {
         case .process: return VMExecError(.processRefused, reply.message)
         default: return await explain(error, qemu: qemu)
         }
+    }
+}
+
+/// A file being written into the guest (``Sandbox/beginUpload(to:size:options:)``).
+/// Not for concurrent use: one writer at a time.
+public final class FileUpload: Sendable {
+    public let path: String
+    public let size: UInt64
+    private let transfer: RemoteProcess
+    private let qemu: QEMUProcess
+    private let count = Mutex<UInt64>(0)
+
+    init(transfer: RemoteProcess, path: String, size: UInt64, qemu: QEMUProcess) {
+        self.transfer = transfer
+        self.path = path
+        self.size = size
+        self.qemu = qemu
+    }
+
+    /// Bytes written so far.
+    public var sent: UInt64 { count.withLock { $0 } }
+    public var remaining: UInt64 { size - sent }
+
+    /// Sends the next bytes; refused past the announced size.
+    public func write(_ bytes: [UInt8]) async throws {
+        guard UInt64(bytes.count) <= remaining else {
+            throw VMExecError(.invalidRequest, "\(path): more than the \(size) bytes announced")
+        }
+        do { try await transfer.writeStdin(bytes) } catch { throw await Sandbox.fileError(error, qemu: qemu) }
+        count.withLock { $0 += UInt64(bytes.count) }
+    }
+
+    /// Ends the upload and waits until the guest put the file in place.
+    public func finish() async throws {
+        guard remaining == 0 else {
+            throw VMExecError(.invalidRequest, "\(path): \(sent) of the \(size) bytes announced were written")
+        }
+        do {
+            try await transfer.closeStdin()
+            _ = try await transfer.wait()
+        } catch {
+            throw await Sandbox.fileError(error, qemu: qemu)
+        }
+    }
+
+    /// Abandons the upload: the guest removes its temporary file, the destination stays as it was.
+    public func cancel() async {
+        try? await transfer.signal(SIGKILL)
+    }
+}
+
+/// A file being read from the guest (``Sandbox/beginDownload(_:maxBytes:)``).
+public final class FileDownload: Sendable {
+    /// The file as the guest opened it.
+    public let entry: FileEntry
+    private let transfer: RemoteProcess
+    private let qemu: QEMUProcess
+    private let count = Mutex<UInt64>(0)
+
+    init(transfer: RemoteProcess, qemu: QEMUProcess) {
+        self.transfer = transfer
+        self.entry = transfer.fileEntry!
+        self.qemu = qemu
+    }
+
+    /// Bytes received so far.
+    public var received: UInt64 { count.withLock { $0 } }
+
+    /// The next chunk, or nil once the guest sent all of it and said so.
+    public func next() async throws -> [UInt8]? {
+        do {
+            var it = transfer.output.makeAsyncIterator()
+            if let chunk = try await it.next() {
+                count.withLock { $0 += UInt64(chunk.bytes.count) }
+                return chunk.bytes
+            }
+            _ = try await transfer.wait()
+            return nil
+        } catch {
+            throw await Sandbox.fileError(error, qemu: qemu)
+        }
+    }
+
+    /// Abandons the download.
+    public func cancel() async {
+        try? await transfer.signal(SIGKILL)
     }
 }

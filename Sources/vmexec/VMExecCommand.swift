@@ -17,7 +17,7 @@ struct VMExec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmexec",
         abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
-        subcommands: [Run.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self, DiffCommand.self, ExportCommand.self])
+        subcommands: [Run.self, Exec.self, Copy.self, ProcessList.self, Kill.self, Stop.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self, DiffCommand.self, ExportCommand.self])
 
     /// As ArgumentParser's, but a usage error exits 125 like any other error
     /// of vmexec itself (`docker run` does the same), not 64.
@@ -111,6 +111,10 @@ struct Run: AsyncParsableCommand {
             Exit codes follow `docker run`: the command's own code; 124 when it ran past --timeout; \
             128+N when signal N killed it; 125 for an error of vmexec itself; 126 when the program \
             cannot be executed; 127 when it is not found.
+
+            With --keep-alive NAME the guest stays up after the command (or without one) and serves \
+            vmexec exec, cp, ps, kill and stop under that name until vmexec stop NAME, SIGINT or SIGTERM; \
+            vmexec run then exits with the command's code (0 without one).
             """)
 
     @OptionGroup var guest: GuestOptions
@@ -139,11 +143,19 @@ struct Run: AsyncParsableCommand {
     @Option(help: "CPU seconds per process (default: none; --timeout bounds the wall clock).")
     var cpuLimit: UInt32?
 
+    @Option(help: "Keep the guest running under this name for vmexec exec, cp, ps, kill and stop.")
+    var keepAlive: String?
+
     @Argument(parsing: .postTerminator, help: "The command and its arguments.")
     var command: [String] = []
 
     func validate() throws {
-        if command.isEmpty { throw ValidationError("give the command after --, e.g. vmexec run -- python3 -V") }
+        if command.isEmpty && keepAlive == nil {
+            throw ValidationError("give the command after --, e.g. vmexec run -- python3 -V")
+        }
+        if let name = keepAlive, !Control.validate(name: name) {
+            throw ValidationError("--keep-alive takes a name of 1-64 of A-Z a-z 0-9 . _ - (not starting with .)")
+        }
         for e in env where !e.contains("=") || e.hasPrefix("=") {
             throw ValidationError("--env takes NAME=VALUE, got \"\(e)\"")
         }
@@ -175,6 +187,38 @@ struct Run: AsyncParsableCommand {
         } catch {
             fail("\(error)", code: ExitCodes.vmexecError)
         }
+        var keeper: ControlServer?
+        if let name = keepAlive {
+            do {
+                keeper = try await ControlServer.start(name: name, sandbox: sandbox)
+            } catch {
+                await sandbox.shutdown()
+                fail("\(error)", code: ExitCodes.vmexecError)
+            }
+            let k = keeper!
+            Task { await k.serve() }
+        }
+        var code: Int32 = 0
+        if !command.isEmpty { code = await runCommand(sandbox) }
+        if let keeper {
+            FileHandle.standardError.write(Data("vmexec: guest \(keeper.name) is running; vmexec stop \(keeper.name) ends it\n".utf8))
+            let sources = [SIGINT, SIGTERM, SIGHUP].map { sig in
+                signal(sig, SIG_IGN)
+                let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                s.setEventHandler { keeper.stop() }
+                s.resume()
+                return s
+            }
+            await keeper.waitForStop()
+            sources.forEach { $0.cancel() }
+            await keeper.close()
+        }
+        await sandbox.shutdown()
+        throw ExitCode(code)
+    }
+
+    /// Runs the command, streaming its output; returns its exit code (or fails the process for an error of vmexec).
+    private func runCommand(_ sandbox: Sandbox) async -> Int32 {
         var environment: [String: String] = [:]
         for e in env {
             let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
@@ -222,8 +266,7 @@ struct Run: AsyncParsableCommand {
             await sandbox.shutdown()
             fail("\(error)", code: ExitCodes.vmexecError)
         }
-        await sandbox.shutdown()
-        throw ExitCode(code)
+        return code
     }
 
     private func write(_ fd: Int32, _ bytes: [UInt8]) {

@@ -1,0 +1,168 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import SerialChannel
+import Synchronization
+import VMExecutor
+
+/// Serves a kept-alive guest on its control socket (see ``Control``) until
+/// a client asks it to stop.
+final class ControlServer: Sendable {
+    let name: String
+    let path: String
+    private let sandbox: Sandbox
+    private let server: NIOAsyncChannel<NIOAsyncChannel<ControlFrame, ControlFrame>, Never>
+    private let stopped = Mutex<CheckedContinuation<Void, Never>?>(nil)
+    private let stopRequested = Mutex(false)
+
+    /// Binds `NAME.sock`; refused when a live guest already has the name.
+    static func start(name: String, sandbox: Sandbox) async throws -> ControlServer {
+        let dir = Control.directory()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        let path = Control.socketPath(name)
+        if FileManager.default.fileExists(atPath: path) {
+            if (try? await ControlClient.connect(name: name)) != nil {
+                throw VMExecError(.invalidRequest, "a guest named \(name) is already running (vmexec stop \(name) ends it)")
+            }
+        }
+        let old = umask(0o077)
+        defer { umask(old) }
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ControlFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(ControlFrameEncoder()))
+                    return try NIOAsyncChannel<ControlFrame, ControlFrame>(wrappingChannelSynchronously: channel)
+                }
+            }
+        return ControlServer(name: name, path: path, sandbox: sandbox, server: server)
+    }
+
+    private init(name: String, path: String, sandbox: Sandbox,
+                 server: NIOAsyncChannel<NIOAsyncChannel<ControlFrame, ControlFrame>, Never>) {
+        self.name = name
+        self.path = path
+        self.sandbox = sandbox
+        self.server = server
+    }
+
+    /// Accepts clients until ``waitForStop()`` returns; one task per client.
+    func serve() async {
+        try? await withThrowingDiscardingTaskGroup { group in
+            try await server.executeThenClose { clients in
+                for try await client in clients {
+                    group.addTask { await self.handle(client) }
+                }
+            }
+        }
+    }
+
+    /// Returns once a client sent `stop` (or ``stop()`` was called).
+    func waitForStop() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let already = stopRequested.withLock { done in
+                if !done { stopped.withLock { $0 = c } }
+                return done
+            }
+            if already { c.resume() }
+        }
+    }
+
+    func stop() {
+        let waiter: CheckedContinuation<Void, Never>? = stopRequested.withLock { done in
+            done = true
+            return stopped.withLock { w in
+                defer { w = nil }
+                return w
+            }
+        }
+        waiter?.resume()
+    }
+
+    /// Stops accepting and removes the socket.
+    func close() async {
+        try? await server.channel.close()
+        unlink(path)
+    }
+
+    private func handle(_ client: NIOAsyncChannel<ControlFrame, ControlFrame>) async {
+        try? await client.executeThenClose { inbound, outbound in
+            var frames = inbound.makeAsyncIterator()
+            guard let first = try await frames.next(), first.kind == .request,
+                  let request = try? first.decode(ControlRequest.self)
+            else {
+                try await outbound.write(.json(.result, ControlResult(ok: false, code: "invalidRequest", message: "expected a request")))
+                return
+            }
+            let result: ControlResult
+            do {
+                result = try await perform(request, &frames, outbound)
+            } catch {
+                result = .failure(error)
+            }
+            try await outbound.write(.json(.result, result))
+            if request.op == .stop && result.ok { stop() }
+        }
+    }
+
+    private func perform(_ r: ControlRequest, _ frames: inout NIOAsyncChannelInboundStream<ControlFrame>.AsyncIterator,
+                         _ out: NIOAsyncChannelOutboundWriter<ControlFrame>) async throws -> ControlResult {
+        switch r.op {
+        case .put:
+            guard let path = r.path, let size = r.size else { throw VMExecError(.invalidRequest, "put needs a path and a size") }
+            let upload = try await sandbox.beginUpload(
+                to: path, size: size, options: FileOptions(mode: r.mode, createParents: r.parents ?? false))
+            do {
+                while let f = try await frames.next() {
+                    if f.kind == .end { break }
+                    guard f.kind == .data else { throw VMExecError(.invalidRequest, "expected file data") }
+                    try await upload.write(Array(f.payload.readableBytesView))
+                }
+                try await upload.finish()
+            } catch {
+                await upload.cancel()
+                throw error
+            }
+            return ControlResult(ok: true)
+        case .get:
+            guard let path = r.path else { throw VMExecError(.invalidRequest, "get needs a path") }
+            let download = try await sandbox.beginDownload(path)
+            try await out.write(.json(.header, ControlEntry(download.entry)))
+            while let chunk = try await download.next() {
+                try await out.write(ControlFrame(kind: .data, payload: ByteBuffer(bytes: chunk)))
+            }
+            try await out.write(ControlFrame(kind: .end, payload: ByteBuffer()))
+            var entry = ControlEntry(download.entry)
+            entry.size = download.received
+            return ControlResult(ok: true, entry: entry)
+        case .ps:
+            return ControlResult(ok: true, processes: try await sandbox.processes().map(ControlProcess.init))
+        case .kill:
+            guard let pid = r.pid else { throw VMExecError(.invalidRequest, "kill needs a pid") }
+            try await sandbox.signal(pid: pid, r.signal ?? SIGTERM, group: r.group ?? false)
+            return ControlResult(ok: true)
+        case .exec:
+            guard let argv = r.argv, !argv.isEmpty else { throw VMExecError(.invalidRequest, "exec needs a command") }
+            let stream = try await sandbox.stream(Command(
+                argv, environment: r.env ?? [:], workingDirectory: r.workdir ?? "/",
+                timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: r.root == true ? .root : nil))
+            var code: Int32 = 0
+            do {
+                for try await event in stream {
+                    switch event {
+                    case .stdout(let b): try await out.write(ControlFrame(kind: .data, payload: ByteBuffer(bytes: b)))
+                    case .stderr(let b): try await out.write(ControlFrame(kind: .stderr, payload: ByteBuffer(bytes: b)))
+                    case .exit(let t, _): code = t.shellCode
+                    }
+                }
+            } catch {
+                try? await stream.signal(SIGKILL)  // the client went away: so does its command
+                throw error
+            }
+            return ControlResult(ok: true, exitCode: code)
+        case .stop:
+            return ControlResult(ok: true)
+        }
+    }
+}
