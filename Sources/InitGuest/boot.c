@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "boot.h"
+#include "net.h"
 #include "drives.h"
 #include "jobs.h"
 
@@ -165,6 +166,8 @@ int boot_setup(char *err, size_t errlen)
     char why[160];
     if (jobs_setup(why, sizeof why) != 0)
         vx_log("%s; commands run without memory and process limits", why);
+    if (net_setup(err, errlen) != 0)
+        return -1;
 
     return drives_setup_root(err, errlen);
 }

@@ -21,12 +21,15 @@ public struct MachineProfile: Sendable {
     public var qemuBinary: String
     public var memoryMiB: Int
     public var cpus: Int
+    /// Whether the guest has a network device (its backend: ``NetworkPolicy``).
+    public var network: Bool
 
-    public init(architecture: GuestArchitecture, qemuBinary: String? = nil, memoryMiB: Int, cpus: Int) {
+    public init(architecture: GuestArchitecture, qemuBinary: String? = nil, memoryMiB: Int, cpus: Int, network: Bool = false) {
         self.architecture = architecture
         self.qemuBinary = qemuBinary ?? "qemu-system-\(architecture.rawValue)"
         self.memoryMiB = memoryMiB
         self.cpus = cpus
+        self.network = network
     }
 
     /// Paths a launch needs.
@@ -39,6 +42,8 @@ public struct MachineProfile: Sendable {
 
     /// The id of the virtio-scsi controller that shards are hot-plugged on.
     static let shardBus = "vxscsi"
+    /// The id of the network backend the network device uses.
+    static let networkID = "vxnet"
 
     /// The kernel command line. `quiet` and a low loglevel because every
     /// console byte is an emulated UART write under TCG; `panic=-1` with
@@ -93,6 +98,7 @@ public struct MachineProfile: Sendable {
               "-chardev", "socket,id=ctl,path=\(paths.controlSocket),server=on,wait=off",
               "-device", "virtserialport,chardev=ctl,name=org.vmexec.ctl"]
         a += ["-qmp", "unix:\(paths.monitorSocket),server=on,wait=off"]
+        if network { a += ["-device", "virtio-net-device,netdev=\(Self.networkID),mac=52:54:00:12:34:56"] }
         return a
     }
 }

@@ -32,6 +32,8 @@ public struct SandboxConfiguration: Sendable {
     /// The largest file ``Sandbox/upload(_:to:options:)`` and
     /// ``Sandbox/download(_:to:maxBytes:)`` move (default 4 GiB).
     public var fileSizeLimit: UInt64 = 4 << 30
+    /// No network device unless asked for; see ``NetworkPolicy``.
+    public var network: NetworkPolicy = .none
     /// Appended to QEMU's command line (extra devices, e.g. a second port for a benchmark peer).
     public var extraQEMUArguments: [String] = []
     /// Start by restoring the machine state saved after the first boot of the
@@ -137,7 +139,8 @@ public actor Sandbox {
             }
         }
         let profile = MachineProfile(architecture: configuration.architecture, qemuBinary: configuration.qemuBinary,
-                                     memoryMiB: configuration.memoryMiB, cpus: configuration.cpus)
+                                     memoryMiB: configuration.memoryMiB, cpus: configuration.cpus,
+                                     network: configuration.network.enabled)
         do {
             switch configuration.accelerator {
             case .tcg:
@@ -252,7 +255,7 @@ public actor Sandbox {
         let paths = MachineProfile.Paths(images: images, controlSocket: socket, consoleLog: console,
                                          monitorSocket: dir.appendingPathComponent("qmp.sock").path)
         let (state, initialArguments) = bootState(profile, images, accelerator, dir, paths)
-        var arguments = initialArguments
+        var arguments = initialArguments + (try configuration.network.backendArguments())
         if restoring {
             guard state.exists else {
                 try? FileManager.default.removeItem(at: dir)

@@ -80,6 +80,35 @@ struct GuestOptions: ParsableArguments {
     @Flag(help: "Open a store made over another base or other layers (its changes may not fit them).")
     var allowLowerChange = false
 
+    @Flag(help: "Give the guest QEMU's user-mode network, restricted: no connection out except --forward ones.")
+    var network = false
+
+    @Option(help: "With --network: make guest TCP port GUEST reachable on the host's 127.0.0.1:HOST (HOST:GUEST, repeatable).")
+    var publish: [String] = []
+
+    @Option(help: "With --network: let the guest reach the host's 127.0.0.1:HOST at 10.0.2.100:GUEST (GUEST:HOST, repeatable; one connection, made at start).")
+    var forward: [String] = []
+
+    /// "A:B" as two ports.
+    private func ports(_ text: String, _ option: String) throws -> (UInt16, UInt16) {
+        let parts = text.split(separator: ":").map { UInt16($0) }
+        guard parts.count == 2, let a = parts[0], let b = parts[1], a > 0, b > 0 else {
+            throw ValidationError("--\(option) takes two ports as A:B, not '\(text)'")
+        }
+        return (a, b)
+    }
+
+    func networkPolicy() throws -> NetworkPolicy {
+        guard network else {
+            if !publish.isEmpty || !forward.isEmpty { throw ValidationError("--publish and --forward need --network") }
+            return .none
+        }
+        return NetworkPolicy(
+            enabled: true,
+            published: try publish.map { let p = try ports($0, "publish"); return .init(hostPort: p.0, guestPort: p.1) },
+            forwarded: try forward.map { let p = try ports($0, "forward"); return .init(guestPort: p.0, hostPort: p.1) })
+    }
+
     func sandboxConfiguration() throws -> SandboxConfiguration {
         var c = SandboxConfiguration()
         c.images = try GuestImages.locate(explicit: images, architecture: arch)
@@ -91,6 +120,7 @@ struct GuestOptions: ParsableArguments {
         c.shards = try shards.map { try Shard.open($0) }
         c.store = try store.map { try Store.open(at: URL(fileURLWithPath: $0)) }
         c.allowLowerChange = allowLowerChange
+        c.network = try networkPolicy()
         return c
     }
 
