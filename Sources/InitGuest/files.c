@@ -336,8 +336,8 @@ int files_put_begin(const struct vx_file_req *r, const char *path, struct put_ta
     if (fstatvfs(t->fd, &vfs) == 0 && (unsigned long long)vfs.f_bavail * vfs.f_frsize < r->size) {
         unsigned long long room = (unsigned long long)vfs.f_bavail * vfs.f_frsize;
         files_put_abort(t);
-        return fail(f, VX_E_FILE, ENOSPC, "cannot write %s: %llu bytes do not fit in the %llu bytes free", path,
-                    (unsigned long long)r->size, room);
+        return fail(f, VX_E_FILE, ENOSPC, "cannot write %s: %s (%llu bytes do not fit in the %llu bytes free)", path,
+                    strerror(ENOSPC), (unsigned long long)r->size, room);
     }
     t->mode = r->mode;
     t->uid = r->uid;
