@@ -1,4 +1,5 @@
 import SerialChannel
+import Synchronization
 
 /// A command to run in the guest.
 public struct Command: Sendable {
@@ -85,18 +86,24 @@ public struct Limits: Sendable, Equatable {
     public var openFiles: UInt32?
     /// CPU seconds per process (then SIGXCPU, and SIGKILL a second later).
     public var cpuSeconds: UInt32?
+    /// Bytes of stdin passed on; past them stdin is closed (the command sees
+    /// end of file) and the result says ``ExecResult/stdinTruncated``.
+    public var stdinBytes: UInt64?
 
-    public init(memoryBytes: UInt64? = nil, processes: UInt32? = nil, openFiles: UInt32? = nil, cpuSeconds: UInt32? = nil) {
+    public init(memoryBytes: UInt64? = nil, processes: UInt32? = nil, openFiles: UInt32? = nil, cpuSeconds: UInt32? = nil,
+                stdinBytes: UInt64? = nil) {
         self.memoryBytes = memoryBytes
         self.processes = processes
         self.openFiles = openFiles
         self.cpuSeconds = cpuSeconds
+        self.stdinBytes = stdinBytes
     }
 
     /// The defaults for a guest of `memoryMiB`: three quarters of its memory,
-    /// 512 processes, 1024 open files, no CPU-time limit (the timeout bounds time).
+    /// 512 processes, 1024 open files, 4 GiB of stdin, no CPU-time limit (the timeout bounds time).
     public static func defaults(guestMemoryMiB: Int) -> Limits {
-        Limits(memoryBytes: UInt64(max(64, guestMemoryMiB * 3 / 4)) << 20, processes: 512, openFiles: 1024)
+        Limits(memoryBytes: UInt64(max(64, guestMemoryMiB * 3 / 4)) << 20, processes: 512, openFiles: 1024,
+               stdinBytes: 4 << 30)
     }
 }
 
@@ -118,6 +125,8 @@ public struct ExecResult: Sendable {
     /// True when output passed the sandbox's output limit and was cut.
     public var stdoutTruncated: Bool
     public var stderrTruncated: Bool
+    /// True when stdin passed its limit (``Limits/stdinBytes``) and the rest was not passed on.
+    public var stdinTruncated = false
     /// Who ran it, and the limits it ran within.
     public var user: GuestUser
     public var limits: Limits
@@ -161,7 +170,11 @@ public enum ExecEvent: Sendable, Equatable {
 public struct ExecStream: AsyncSequence, Sendable {
     public typealias Element = ExecEvent
     let process: RemoteProcess
+    let stdin: StdinFeed
     let mapError: @Sendable (any Error) async -> any Error
+
+    /// Whether stdin passed its limit and was cut (final once the exit arrived).
+    public var stdinTruncated: Bool { stdin.truncated }
 
     /// The guest's process id.
     public var pid: UInt32 { process.pid ?? 0 }
@@ -196,5 +209,27 @@ public struct ExecStream: AsyncSequence, Sendable {
 
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(stream: self, output: process.output.makeAsyncIterator())
+    }
+}
+
+/// Feeds a command's stdin within its byte limit and remembers whether it cut it.
+final class StdinFeed: Sendable {
+    let limit: UInt64
+    private let state = Mutex((sent: UInt64(0), truncated: false))
+
+    init(limit: UInt64?) { self.limit = limit ?? .max }
+
+    var truncated: Bool { state.withLock { $0.truncated } }
+
+    /// Sends `chunk`, or the part of it within the limit; false once the limit is reached.
+    func feed(_ chunk: [UInt8], to process: RemoteProcess) async throws -> Bool {
+        let room = state.withLock { limit - $0.sent }
+        let take = chunk.count <= room ? chunk : Array(chunk.prefix(Int(room)))
+        if !take.isEmpty { try await process.writeStdin(take) }
+        return state.withLock { s in
+            s.sent += UInt64(take.count)
+            if take.count < chunk.count { s.truncated = true }
+            return !s.truncated
+        }
     }
 }

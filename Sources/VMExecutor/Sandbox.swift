@@ -391,12 +391,13 @@ public actor Sandbox {
 
     /// Runs a command and returns its collected output and status.
     public func exec(_ command: Command) async throws -> ExecResult {
-        let (process, qemu) = try await startProcess(command)
+        let (process, stdin, qemu) = try await startProcess(command)
         do {
             let out = try await process.collect(limit: configuration.outputLimit)
             return ExecResult(stdout: out.stdout, stderr: out.stderr, termination: out.status.termination,
                               usage: Usage(out.status), stdoutTruncated: out.stdoutTruncated,
-                              stderrTruncated: out.stderrTruncated, user: command.user ?? configuration.user,
+                              stderrTruncated: out.stderrTruncated, stdinTruncated: stdin.truncated,
+                              user: command.user ?? configuration.user,
                               limits: command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB))
         } catch {
             throw await Self.explain(error, qemu: qemu)
@@ -405,8 +406,8 @@ public actor Sandbox {
 
     /// Runs a command and streams its output as it is produced, then its exit.
     public func stream(_ command: Command) async throws -> ExecStream {
-        let (process, qemu) = try await startProcess(command)
-        return ExecStream(process: process) { error in await Self.explain(error, qemu: qemu) }
+        let (process, stdin, qemu) = try await startProcess(command)
+        return ExecStream(process: process, stdin: stdin) { error in await Self.explain(error, qemu: qemu) }
     }
 
     /// Round trip through the guest init (liveness check, latency probe).
@@ -416,7 +417,7 @@ public actor Sandbox {
     }
 
     /// Starts a command's process in the guest and feeds its stdin.
-    private func startProcess(_ command: Command) async throws -> (RemoteProcess, QEMUProcess) {
+    private func startProcess(_ command: Command) async throws -> (RemoteProcess, StdinFeed, QEMUProcess) {
         guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
         let user = command.user ?? configuration.user
         let limits = command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB)
@@ -443,30 +444,31 @@ public actor Sandbox {
         } catch {
             throw await Self.explain(error, qemu: r.qemu)
         }
+        let feed = StdinFeed(limit: limits.stdinBytes)
         switch command.stdin {
         case .none:
             break
         case .bytes(let bytes):
             Task {
-                try? await process.writeStdin(bytes)
+                _ = try? await feed.feed(bytes, to: process)
                 try? await process.closeStdin()
             }
         case .stream(let chunks):
             Task {
                 for await chunk in chunks where !chunk.isEmpty {
-                    do { try await process.writeStdin(chunk) } catch { break }
+                    guard (try? await feed.feed(chunk, to: process)) == true else { break }
                 }
                 try? await process.closeStdin()
             }
         case .fileDescriptor(let fd):
             Task {
                 while let chunk = await Self.read(fd), !chunk.isEmpty {
-                    do { try await process.writeStdin(chunk) } catch { break }
+                    guard (try? await feed.feed(chunk, to: process)) == true else { break }
                 }
                 try? await process.closeStdin()
             }
         }
-        return (process, r.qemu)
+        return (process, feed, r.qemu)
     }
 
     /// Runs blocking work (hashing shards, copying images, e2fsprogs) off the

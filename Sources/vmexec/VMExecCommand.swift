@@ -173,6 +173,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "CPU seconds per process (default: none; --timeout bounds the wall clock).")
     var cpuLimit: UInt32?
 
+    @Option(help: "Bytes of stdin passed on, e.g. 64M; past them the command sees end of file (default 4G).")
+    var stdinLimit: String?
+
     @Option(help: "Keep the guest running under this name for vmexec exec, cp, ps, kill and stop.")
     var keepAlive: String?
 
@@ -261,6 +264,9 @@ struct Run: AsyncParsableCommand {
         }
         if let pidsLimit { limits.processes = pidsLimit }
         if let cpuLimit { limits.cpuSeconds = cpuLimit }
+        if let stdinLimit {
+            do { limits.stdinBytes = try Store.parseSize(stdinLimit) } catch { fail(error.message, code: ExitCodes.vmexecError) }
+        }
         let cmd = Command(
             command, environment: environment, workingDirectory: workdir,
             timeout: timeout.map { .milliseconds(Int64($0 * 1000)) },
@@ -284,6 +290,9 @@ struct Run: AsyncParsableCommand {
                 }
             }
             forwarder.cancel()
+            if stream.stdinTruncated {
+                FileHandle.standardError.write(Data("vmexec: stdin was cut at its limit of \(limits.stdinBytes ?? 0) bytes\n".utf8))
+            }
         } catch let e as VMExecError {
             await sandbox.shutdown()
             let exit: Int32 = switch e.code {

@@ -34,6 +34,18 @@ extension RealGuests {
             #expect(try await answers(s))
         }
 
+        @Test("stdin past its limit is cut, the command sees end of file, and the result says so")
+        func stdinLimit() async throws {
+            let s = try await SharedGuest.shared.get()
+            let cut = try await s.exec(Command(["wc", "-c"], stdin: .bytes([UInt8](repeating: 7, count: 100_000)),
+                                               limits: Limits(stdinBytes: 4096)))
+            #expect(cut.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "4096" && cut.stdinTruncated)
+            #expect(cut.limits.stdinBytes == 4096)
+            let whole = try await s.exec(Command(["wc", "-c"], stdin: .bytes([UInt8](repeating: 7, count: 4096)),
+                                                 limits: Limits(stdinBytes: 4096)))
+            #expect(whole.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "4096" && !whole.stdinTruncated)
+        }
+
         @Test("what a command leaves running in the background ends with it")
         func leftovers() async throws {
             let s = try await SharedGuest.shared.get()
