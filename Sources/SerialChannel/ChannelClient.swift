@@ -26,6 +26,12 @@ public final class ChannelClient: Sendable {
         var helloWaiters: [CheckedContinuation<Hello, any Error>] = []
         var processes: [UInt32: RemoteProcess] = [:]
         var nextStream: UInt32 = 1
+
+        /// The next stream id (non-zero, wrapping).
+        mutating func takeStream() -> UInt32 {
+            defer { nextStream = nextStream == UInt32.max ? 1 : nextStream + 1 }
+            return nextStream
+        }
         var nextPing: UInt64 = 1
         var pingWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var byeWaiters: [CheckedContinuation<Void, any Error>] = []
@@ -138,16 +144,7 @@ public final class ChannelClient: Sendable {
     /// non-executable program or a bad working directory.
     public func exec(_ request: ExecRequest) async throws -> RemoteProcess {
         let payload = try request.encoded()
-        let process: RemoteProcess = try state.withLock { s in
-            if let e = s.closed { throw e }
-            let stream = s.nextStream
-            s.nextStream = s.nextStream == UInt32.max ? 1 : s.nextStream + 1
-            // The guest's HELLO window is each new process's initial stdin credit.
-            let p = RemoteProcess(stream: stream, client: self, hostWindow: hostWindow,
-                                  stdinWindow: Int(s.guestHello?.window ?? 0))
-            s.processes[stream] = p
-            return p
-        }
+        let process = try register(transfer: nil)
         try await send(Frame(.exec, stream: process.stream, payload: payload))
         _ = try await process.awaitStart()
         return process
@@ -203,19 +200,23 @@ public final class ChannelClient: Sendable {
             throw ProtocolError.invalidRequest("only PUT and GET move file contents")
         }
         let payload = try request.encoded()
-        let transfer: RemoteProcess = try state.withLock { s in
-            if let e = s.closed { throw e }
-            let stream = s.nextStream
-            s.nextStream = s.nextStream == UInt32.max ? 1 : s.nextStream + 1
-            let t = RemoteProcess(stream: stream, client: self, hostWindow: hostWindow,
-                                  stdinWindow: Int(s.guestHello?.window ?? 0),
-                                  transfer: request.type == .put ? .put : .get)
-            s.processes[stream] = t
-            return t
-        }
+        // A GET's file may not bring more than asked for, whatever the guest says.
+        let transfer = try register(transfer: request.type == .put ? .put : .get,
+                                    byteLimit: request.type == .get && request.size > 0 ? request.size : nil)
         try await send(Frame(request.type, stream: transfer.stream, payload: payload))
         _ = try await transfer.awaitStart()
         return transfer
+    }
+
+    /// A process or transfer on a fresh stream; the guest's HELLO window is its initial stdin credit.
+    private func register(transfer: RemoteProcess.Transfer?, byteLimit: UInt64? = nil) throws -> RemoteProcess {
+        try state.withLock { s in
+            if let e = s.closed { throw e }
+            let p = RemoteProcess(stream: s.takeStream(), client: self, hostWindow: hostWindow,
+                                  stdinWindow: Int(s.guestHello?.window ?? 0), transfer: transfer, byteLimit: byteLimit)
+            s.processes[p.stream] = p
+            return p
+        }
     }
 
     /// Sends a request on a fresh stream and waits for its DONE, gathering up
@@ -224,8 +225,7 @@ public final class ChannelClient: Sendable {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<[[UInt8]], any Error>) in
             let stream: UInt32? = state.withLock { s in
                 if s.closed != nil { return nil }
-                let stream = s.nextStream
-                s.nextStream = s.nextStream == UInt32.max ? 1 : s.nextStream + 1
+                let stream = s.takeStream()
                 s.calls[stream] = PendingCall(continuation: c, replyType: replies, maxReplies: maxReplies)
                 return stream
             }
@@ -336,6 +336,10 @@ public final class ChannelClient: Sendable {
             if let p = process(frame), let why = p.received(OutputChunk(stream: sub, bytes: frame.payload)) {
                 refuse(frame, .flow, why)
                 p.fail(.violation(why))
+                if p.transfer != nil {  // a transfer is over at its first breach; the guest is told to drop it
+                    state.withLock { _ = $0.processes.removeValue(forKey: frame.stream) }
+                    Task { try? await p.signal(SIGKILL) }
+                }
             }
         case .eof:
             if let sub = SubStream(rawValue: frame.sub), sub != .stdin { process(frame)?.endOfOutput(sub) }

@@ -63,12 +63,19 @@ public final class RemoteProcess: Sendable {
         var collectLimit = 0
         /// A GET's file, as the guest opened it.
         var fileEntry: FileEntry?
+        /// Output bytes received so far (checked against ``byteLimit``).
+        var received: UInt64 = 0
     }
 
-    init(stream: UInt32, client: ChannelClient, hostWindow: Int, stdinWindow: Int, transfer: Transfer? = nil) {
+    /// Most output bytes accepted (a GET's `maxSize`); more is a breach of the protocol.
+    let byteLimit: UInt64?
+
+    init(stream: UInt32, client: ChannelClient, hostWindow: Int, stdinWindow: Int, transfer: Transfer? = nil,
+         byteLimit: UInt64? = nil) {
         self.stream = stream
         self.client = client
         self.transfer = transfer
+        self.byteLimit = byteLimit
         var s = State()
         s.granted = [0, hostWindow, hostWindow]
         if let transfer { s.open = [false, transfer == .get, false] }
@@ -281,6 +288,10 @@ public final class RemoteProcess: Sendable {
             }
             guard s.granted[sub] >= chunk.bytes.count else {
                 return ("stream \(stream) sent \(chunk.bytes.count) bytes of output beyond its credit", nil)
+            }
+            s.received += UInt64(chunk.bytes.count)
+            if let limit = byteLimit, s.received > limit {
+                return ("stream \(stream) sent more than the \(limit) bytes asked for", nil)
             }
             s.granted[sub] -= chunk.bytes.count
             if s.collecting != nil {

@@ -356,3 +356,64 @@ struct ProtocolBreachTests {
         #expect(client.isOpen)
     }
 }
+
+/// File and process requests against a guest that lies about them.
+@Suite("File requests over a socketpair", .timeLimit(.minutes(2)))
+struct FileRequestBreachTests {
+    static func entry(size: UInt64) -> [UInt8] {
+        FileEntry(mode: 0o100644, uid: 0, gid: 0, linkCount: 1, size: size, modifiedNanoseconds: 0, name: "f").encoded()
+    }
+
+    @Test("a GET that brings more bytes than asked for fails, and the guest is told to drop it")
+    func getBeyondItsLimit() async throws {
+        let (client, guest) = try await connectedPair()
+        async let opened = client.openTransfer(.get("/f", maxSize: 10))
+        let get = try #require(try await guest.receive())
+        let request = try FileRequest(.get, decoding: get.payload)
+        #expect(get.kind == .get && request.size == 10)
+        guest.send(Frame(.entry, stream: get.stream, payload: Self.entry(size: 10)))
+        let transfer = try await opened
+        guest.send(Frame(.data, sub: 1, stream: get.stream, payload: [UInt8](repeating: 1, count: 11)))
+        var outcome: (any Error)?
+        do { for try await _ in transfer.output {} } catch { outcome = error }
+        #expect((outcome as? ProtocolError)?.description.contains("more than the 10 bytes") == true, "\(String(describing: outcome))")
+        var kinds: [FrameType] = []
+        while kinds.count < 2, let f = try await guest.receive() { kinds.append(f.kind!) }
+        #expect(kinds == [.error, .signal])
+        #expect(client.isOpen)
+    }
+
+    @Test("a LIST answered with more entries than asked for fails instead of growing without bound")
+    func listBeyondItsLimit() async throws {
+        let (client, guest) = try await connectedPair()
+        let listed = Task { try await client.list("/", maxEntries: 2) }
+        let list = try #require(try await guest.receive())
+        for _ in 0..<3 { guest.send(Frame(.entry, stream: list.stream, payload: Self.entry(size: 0))) }
+        guest.send(Frame(.done, stream: list.stream))
+        await #expect(throws: ProtocolError.self) { _ = try await listed.value }
+        #expect(client.isOpen)
+    }
+
+    @Test("a PUT's bytes go within the guest's credit and end with EOF; DONE completes it")
+    func putRoundTrip() async throws {
+        let (client, guest) = try await connectedPair(window: 1000)
+        async let opened = client.openTransfer(.put("/f", size: 2500, mode: 0o644, uid: 1000, gid: 1000))
+        let put = try #require(try await guest.receive())
+        guest.send(Frame(.started, stream: put.stream, payload: ScriptedGuest.u32(0)))
+        let transfer = try await opened
+        let writer = Task {
+            try await transfer.writeStdin([UInt8](repeating: 7, count: 2500))
+            try await transfer.closeStdin()
+        }
+        var got = 0
+        while got < 2500, let f = try await guest.receive() {
+            #expect(f.kind == .data && f.payload.count <= 1000)
+            got += f.payload.count
+            if got % 1000 == 0 { guest.send(Frame(.window, stream: put.stream, payload: ScriptedGuest.u32(1000))) }
+        }
+        try await writer.value
+        #expect(try await guest.receive()?.kind == .eof)
+        guest.send(Frame(.done, stream: put.stream))
+        #expect(try await transfer.wait().termination == .exited(0))
+    }
+}
