@@ -50,9 +50,9 @@ static int rename_at(int olddir, const char *oldname, int newdir, const char *ne
 /* How deep DELETE descends; deeper trees are refused rather than exhaust descriptors. */
 #define MAX_DEPTH 256
 
-static int fail(struct file_fail *f, int code, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int fail(struct request_fail *f, int code, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-static int fail(struct file_fail *f, int code, int err, const char *fmt, ...)
+static int fail(struct request_fail *f, int code, int err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -92,7 +92,7 @@ static int open_in_root(const char *path, int flags)
  * that component to `name`. A path must end in a name: the root, "." and
  * ".." cannot be created, removed or renamed.
  */
-static int open_parent(const char *path, char name[256], const char *verb, struct file_fail *f)
+static int open_parent(const char *path, char name[256], const char *verb, struct request_fail *f)
 {
     char buf[VX_MAX_PATH + 1];
     snprintf(buf, sizeof buf, "%s", path);
@@ -169,11 +169,11 @@ static const char *base_name(const char *path, char out[256])
     return out;
 }
 
-int files_stat(const char *path, int nofollow, uint8_t *entry, uint32_t *len, struct file_fail *f)
+int files_stat(const char *path, int nofollow, uint8_t *entry, uint32_t *len, struct request_fail *f)
 {
     char name[256];
     if (nofollow) {
-        struct file_fail ignored;
+        struct request_fail ignored;
         int dirfd = open_parent(path, name, "stat", &ignored);
         if (dirfd >= 0) {
             int rc = entry_at(dirfd, name, entry, len);
@@ -196,7 +196,7 @@ int files_stat(const char *path, int nofollow, uint8_t *entry, uint32_t *len, st
     return 0;
 }
 
-int files_open_get(const char *path, uint64_t max, uint8_t *entry, uint32_t *len, struct file_fail *f)
+int files_open_get(const char *path, uint64_t max, uint8_t *entry, uint32_t *len, struct request_fail *f)
 {
     /* O_NONBLOCK: opening a FIFO planted under the name must not hang the init. */
     int fd = open_in_root(path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
@@ -221,7 +221,7 @@ int files_open_get(const char *path, uint64_t max, uint8_t *entry, uint32_t *len
     return fd;
 }
 
-DIR *files_open_dir(const char *path, struct file_fail *f)
+DIR *files_open_dir(const char *path, struct request_fail *f)
 {
     int fd = open_in_root(path, O_RDONLY | O_DIRECTORY);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
@@ -233,7 +233,7 @@ DIR *files_open_dir(const char *path, struct file_fail *f)
     return d;
 }
 
-int files_next_entry(DIR *dir, uint8_t *entry, uint32_t *len, struct file_fail *f)
+int files_next_entry(DIR *dir, uint8_t *entry, uint32_t *len, struct request_fail *f)
 {
     for (;;) {
         errno = 0;
@@ -286,7 +286,7 @@ static int make_dir(int dirfd, const char *name, const char *path, uint32_t uid,
 }
 
 /* Creates the missing directories above the last component of `path` (owner uid:gid, mode 0755). */
-static int make_parents(const char *path, uint32_t uid, uint32_t gid, struct file_fail *f)
+static int make_parents(const char *path, uint32_t uid, uint32_t gid, struct request_fail *f)
 {
     char prefix[VX_MAX_PATH + 1], name[256];
     size_t n = strlen(path);
@@ -309,7 +309,7 @@ static int make_parents(const char *path, uint32_t uid, uint32_t gid, struct fil
     return 0;
 }
 
-int files_put_begin(const struct vx_file_req *r, const char *path, struct put_target *t, struct file_fail *f)
+int files_put_begin(const struct vx_file_req *r, const char *path, struct put_target *t, struct request_fail *f)
 {
     static unsigned long serial;
     memset(t, 0, sizeof *t);
@@ -346,7 +346,7 @@ int files_put_begin(const struct vx_file_req *r, const char *path, struct put_ta
     return 0;
 }
 
-int files_put_commit(struct put_target *t, struct file_fail *f)
+int files_put_commit(struct put_target *t, struct request_fail *f)
 {
     int rc = set_owner(t->fd, t->uid, t->gid, t->mode);
     if (rc == 0)
@@ -376,7 +376,7 @@ void files_put_abort(struct put_target *t)
     t->tmp[0] = 0;
 }
 
-int files_mkdir(const struct vx_file_req *r, const char *path, struct file_fail *f)
+int files_mkdir(const struct vx_file_req *r, const char *path, struct request_fail *f)
 {
     char name[256];
     if ((r->flags & VX_F_PARENTS) && make_parents(path, r->uid, r->gid, f) != 0)
@@ -432,7 +432,7 @@ fail:
     return -1;
 }
 
-int files_delete(const struct vx_file_req *r, const char *path, struct file_fail *f)
+int files_delete(const struct vx_file_req *r, const char *path, struct request_fail *f)
 {
     char name[256], failed[256] = "";
     int dirfd = open_parent(path, name, "delete", f);
@@ -454,7 +454,7 @@ int files_delete(const struct vx_file_req *r, const char *path, struct file_fail
     return fail(f, VX_E_FILE, saved, "cannot delete %s: %s", path, strerror(saved));
 }
 
-int files_move(const struct vx_file_req *r, const char *from, const char *to, struct file_fail *f)
+int files_move(const struct vx_file_req *r, const char *from, const char *to, struct request_fail *f)
 {
     char name_from[256], name_to[256];
     int a = open_parent(from, name_from, "move", f);

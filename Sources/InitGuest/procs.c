@@ -18,7 +18,7 @@
 
 #define PF_KTHREAD 0x00200000u /* /proc/PID/stat flags: a kernel thread */
 
-DIR *procs_open(struct file_fail *f)
+DIR *procs_open(struct request_fail *f)
 {
     DIR *d = opendir("/proc");
     if (!d) {
@@ -113,7 +113,7 @@ int procs_next(DIR *proc, uint8_t *out, uint32_t *len, uint32_t *pgid)
     return 0;
 }
 
-int procs_kill(const struct vx_kill *k, struct file_fail *f)
+int procs_kill(const struct vx_kill *k, struct request_fail *f)
 {
     pid_t target = (pid_t)k->pid;
     f->code = VX_E_PROCESS;

@@ -523,7 +523,7 @@ static void maybe_grant_stdin(struct proc *p)
 /* The host's EOF of a PUT, with every byte written: checks the count, puts the file in place. */
 static void finish_put(struct proc *p)
 {
-    struct file_fail why;
+    struct request_fail why;
     if (p->moved != p->expect)
         emit_error(p->stream, VX_E_FILE, EIO, "%llu bytes arrived for %s, %llu were announced; nothing written",
                    (unsigned long long)p->moved, p->put.name, (unsigned long long)p->expect);
@@ -777,7 +777,7 @@ static void on_drive(const struct vx_frame *f)
 static void start_transfer(const struct vx_frame *f, const struct vx_file_req *r, const char *path)
 {
     static uint8_t entry[FILES_ENTRY_MAX];
-    struct file_fail why;
+    struct request_fail why;
     uint32_t len;
     struct proc *p = new_stream(f->stream);
     if (!p)
@@ -819,7 +819,7 @@ static void on_file(const struct vx_frame *f)
     static uint8_t entry[FILES_ENTRY_MAX];
     static char path[VX_MAX_PATH + 1], to[VX_MAX_PATH + 1];
     struct vx_file_req r;
-    struct file_fail why;
+    struct request_fail why;
     uint32_t len = 0;
     int rc;
     if (S.boot_error[0]) {
@@ -852,7 +852,7 @@ static void on_file(const struct vx_frame *f)
 
 static void on_ps(const struct vx_frame *f)
 {
-    struct file_fail why;
+    struct request_fail why;
     struct proc *p = new_stream(f->stream);
     if (!p)
         return;
@@ -867,7 +867,7 @@ static void on_ps(const struct vx_frame *f)
 static void on_kill(const struct vx_frame *f)
 {
     struct vx_kill k;
-    struct file_fail why;
+    struct request_fail why;
     vx_kill_decode(f, &k);
     if (procs_kill(&k, &why) != 0)
         emit_error(f->stream, why.code, why.err, "%s", why.msg);
@@ -891,7 +891,7 @@ static void pump_listings(void)
     for (unsigned i = 0; i < MAX_PROCS; i++) {
         struct proc *p = &S.procs[i];
         while (p->used && (p->kind == K_LIST || p->kind == K_PS) && out_used() < OUT_DATA_LIMIT) {
-            struct file_fail why;
+            struct request_fail why;
             uint32_t len = 0, pgid = 0;
             int rc = p->kind == K_LIST ? files_next_entry(p->dir, entry, &len, &why)
                                        : procs_next(p->dir, entry, &len, &pgid);

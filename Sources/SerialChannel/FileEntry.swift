@@ -2,7 +2,7 @@
 /// `noFollow`) or `stat` (STAT, GET) saw them.
 ///
 /// `u32 mode | u32 uid | u32 gid | u32 nlink | u64 size | i64 mtime_ns | str name | str link`
-public struct FileEntry: Sendable, Equatable, Hashable {
+public struct FileEntry: Sendable, Equatable, Hashable, Codable {
     /// The file type and permission bits (`st_mode`).
     public var mode: UInt32
     public var uid: UInt32
@@ -86,7 +86,7 @@ public struct FileEntry: Sendable, Equatable, Hashable {
 ///
 /// `u32 pid | u32 ppid | u32 pgid | u32 uid | u32 stream | u8 state | 3 zero |
 ///  u64 start_ns | u64 cpu_us | u64 rss_kb | u16 argc | argc × str`
-public struct ProcessEntry: Sendable, Equatable, Hashable {
+public struct ProcessEntry: Sendable, Equatable, Hashable, Codable {
     public var pid: UInt32
     public var parentPID: UInt32
     public var processGroup: UInt32
@@ -94,7 +94,7 @@ public struct ProcessEntry: Sendable, Equatable, Hashable {
     /// The stream of the command whose process group it is in; 0 for none.
     public var stream: UInt32
     /// /proc's state letter: R running, S sleeping, D disk wait, Z zombie, T stopped, ...
-    public var state: Character
+    public var state: String
     /// When it started, nanoseconds since the epoch (guest clock).
     public var startNanoseconds: UInt64
     /// User plus system CPU time.
@@ -107,7 +107,7 @@ public struct ProcessEntry: Sendable, Equatable, Hashable {
     public static let fixedSize = 48
 
     public init(pid: UInt32, parentPID: UInt32, processGroup: UInt32, uid: UInt32, stream: UInt32,
-                state: Character, startNanoseconds: UInt64, cpuMicroseconds: UInt64, residentKiB: UInt64,
+                state: String, startNanoseconds: UInt64, cpuMicroseconds: UInt64, residentKiB: UInt64,
                 arguments: [String]) {
         self.pid = pid
         self.parentPID = parentPID
@@ -130,7 +130,7 @@ public struct ProcessEntry: Sendable, Equatable, Hashable {
         processGroup = p.u32(at: 8)
         uid = p.u32(at: 12)
         stream = p.u32(at: 16)
-        state = Character(Unicode.Scalar(p[20]))
+        state = String(Unicode.Scalar(p[20]))
         startNanoseconds = p.u64(at: 24)
         cpuMicroseconds = p.u64(at: 32)
         residentKiB = p.u64(at: 40)
@@ -149,7 +149,7 @@ public struct ProcessEntry: Sendable, Equatable, Hashable {
         p.appendLE(processGroup)
         p.appendLE(uid)
         p.appendLE(stream)
-        p.append(state.asciiValue ?? UInt8(ascii: "S"))
+        p.append(state.utf8.first ?? UInt8(ascii: "S"))
         p.append(contentsOf: [0, 0, 0])
         p.appendLE(startNanoseconds)
         p.appendLE(cpuMicroseconds)

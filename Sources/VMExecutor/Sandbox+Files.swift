@@ -49,7 +49,8 @@ extension Sandbox {
         let upload = try await beginUpload(to: guestPath, size: UInt64(st.st_size), options: opts)
         do {
             while upload.remaining > 0 {
-                guard let chunk = await Self.read(fd), !chunk.isEmpty else {
+                let chunk = try await HostIO.read(fd)
+                guard !chunk.isEmpty else {
                     throw VMExecError(.invalidRequest, "\(hostPath) ended after \(upload.sent) of \(upload.size) bytes (it changed while read)")
                 }
                 try await upload.write(Array(chunk.prefix(Int(min(UInt64(chunk.count), upload.remaining)))))
@@ -116,7 +117,7 @@ extension Sandbox {
         }
         do {
             while let chunk = try await download.next() {
-                try await Self.offPool { try Self.writeAll(fd, chunk, to: part) }
+                try await HostIO.write(fd, chunk, path: part)
             }
             try Self.posix(fchmod(fd, mode_t(download.entry.permissions & 0o777)), "set the mode of \(part)")
             try Self.posix(close(fd), "write \(part)")
@@ -228,18 +229,6 @@ extension Sandbox {
             try await r.client.perform(request)
         } catch {
             throw await Self.fileError(error, qemu: r.qemu)
-        }
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], to path: String) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes[done...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                throw VMExecError(.invalidRequest, "cannot write \(path): \(String(cString: strerror(errno)))")
-            }
-            done += n
         }
     }
 

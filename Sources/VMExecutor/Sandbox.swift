@@ -462,7 +462,7 @@ public actor Sandbox {
             }
         case .fileDescriptor(let fd):
             Task {
-                while let chunk = await Self.read(fd), !chunk.isEmpty {
+                while let chunk = try? await HostIO.read(fd), !chunk.isEmpty {
                     guard (try? await feed.feed(chunk, to: process)) == true else { break }
                 }
                 try? await process.closeStdin()
@@ -477,18 +477,6 @@ public actor Sandbox {
         try await withCheckedThrowingContinuation { c in
             DispatchQueue.global().async {
                 c.resume(with: Result { try storeCall(work) })
-            }
-        }
-    }
-
-    /// One blocking read of up to 64 KiB, off the cooperative pool; nil on error.
-    static func read(_ fd: Int32) async -> [UInt8]? {
-        await withCheckedContinuation { c in
-            DispatchQueue.global().async {
-                var buf = [UInt8](repeating: 0, count: 65536)
-                var n: Int
-                repeat { n = Foundation.read(fd, &buf, buf.count) } while n < 0 && errno == EINTR
-                c.resume(returning: n < 0 ? nil : Array(buf.prefix(n)))
             }
         }
     }

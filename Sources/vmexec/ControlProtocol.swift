@@ -97,58 +97,14 @@ struct ControlRequest: Codable, Sendable {
     var root: Bool?
 }
 
-/// A guest file's facts on the control socket.
-struct ControlEntry: Codable, Sendable {
-    var name: String
-    var mode: UInt32
-    var uid: UInt32
-    var gid: UInt32
-    var size: UInt64
-
-    init(_ e: FileEntry) {
-        name = e.name
-        mode = e.mode
-        uid = e.uid
-        gid = e.gid
-        size = e.size
-    }
-}
-
-/// A guest process on the control socket.
-struct ControlProcess: Codable, Sendable {
-    var pid: UInt32
-    var ppid: UInt32
-    var pgid: UInt32
-    var uid: UInt32
-    var stream: UInt32
-    var state: String
-    var startNs: UInt64
-    var cpuUs: UInt64
-    var rssKiB: UInt64
-    var argv: [String]
-
-    init(_ p: ProcessEntry) {
-        pid = p.pid
-        ppid = p.parentPID
-        pgid = p.processGroup
-        uid = p.uid
-        stream = p.stream
-        state = String(p.state)
-        startNs = p.startNanoseconds
-        cpuUs = p.cpuMicroseconds
-        rssKiB = p.residentKiB
-        argv = p.arguments
-    }
-}
-
 /// How a request ended.
 struct ControlResult: Codable, Sendable {
     var ok: Bool
     var code: String?
     var message: String?
     var exitCode: Int32?
-    var entry: ControlEntry?
-    var processes: [ControlProcess]?
+    var entry: FileEntry?
+    var processes: [ProcessEntry]?
 
     /// Throws the failure a RESULT reports, as the VMExecError the keeper had.
     func check() throws -> ControlResult {

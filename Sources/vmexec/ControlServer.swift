@@ -12,8 +12,8 @@ final class ControlServer: Sendable {
     let path: String
     private let sandbox: Sandbox
     private let server: NIOAsyncChannel<NIOAsyncChannel<ControlFrame, ControlFrame>, Never>
-    private let stopped = Mutex<CheckedContinuation<Void, Never>?>(nil)
-    private let stopRequested = Mutex(false)
+    /// Whether a stop was asked for, and who waits for it.
+    private let stopping = Mutex<(requested: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
 
     /// Binds `NAME.sock`; refused when a live guest already has the name.
     static func start(name: String, sandbox: Sandbox) async throws -> ControlServer {
@@ -22,7 +22,8 @@ final class ControlServer: Sendable {
                                                 attributes: [.posixPermissions: 0o700])
         let path = Control.socketPath(name)
         if FileManager.default.fileExists(atPath: path) {
-            if (try? await ControlClient.connect(name: name)) != nil {
+            if let live = try? await ControlClient.connect(name: name) {
+                try? await live.channel.channel.close()
                 throw VMExecError(.invalidRequest, "a guest named \(name) is already running (vmexec stop \(name) ends it)")
             }
         }
@@ -61,21 +62,19 @@ final class ControlServer: Sendable {
     /// Returns once a client sent `stop` (or ``stop()`` was called).
     func waitForStop() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let already = stopRequested.withLock { done in
-                if !done { stopped.withLock { $0 = c } }
-                return done
+            let already = stopping.withLock { s in
+                if !s.requested { s.waiter = c }
+                return s.requested
             }
             if already { c.resume() }
         }
     }
 
     func stop() {
-        let waiter: CheckedContinuation<Void, Never>? = stopRequested.withLock { done in
-            done = true
-            return stopped.withLock { w in
-                defer { w = nil }
-                return w
-            }
+        let waiter = stopping.withLock { s in
+            s.requested = true
+            defer { s.waiter = nil }
+            return s.waiter
         }
         waiter?.resume()
     }
@@ -128,16 +127,16 @@ final class ControlServer: Sendable {
         case .get:
             guard let path = r.path else { throw VMExecError(.invalidRequest, "get needs a path") }
             let download = try await sandbox.beginDownload(path)
-            try await out.write(.json(.header, ControlEntry(download.entry)))
+            try await out.write(.json(.header, download.entry))
             while let chunk = try await download.next() {
                 try await out.write(ControlFrame(kind: .data, payload: ByteBuffer(bytes: chunk)))
             }
             try await out.write(ControlFrame(kind: .end, payload: ByteBuffer()))
-            var entry = ControlEntry(download.entry)
+            var entry = download.entry
             entry.size = download.received
             return ControlResult(ok: true, entry: entry)
         case .ps:
-            return ControlResult(ok: true, processes: try await sandbox.processes().map(ControlProcess.init))
+            return ControlResult(ok: true, processes: try await sandbox.processes())
         case .kill:
             guard let pid = r.pid else { throw VMExecError(.invalidRequest, "kill needs a pid") }
             try await sandbox.signal(pid: pid, r.signal ?? SIGTERM, group: r.group ?? false)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NIOCore
+import SerialChannel
 import VMExecutor
 
 /// `vmexec cp`, `ps`, `kill`, `exec` and `stop`: requests to a guest kept
@@ -82,7 +83,7 @@ struct Copy: AsyncParsableCommand {
             let result = try await ControlClient.connect(name: name).call(ControlRequest(op: .get, path: guestPath)) { frames, _ in
                 while let f = try await frames.next() {
                     switch f.kind {
-                    case .header: mode = try f.decode(ControlEntry.self).mode & 0o777
+                    case .header: mode = try f.decode(FileEntry.self).permissions & 0o777
                     case .data: try await HostIO.write(fd, Array(f.payload.readableBytesView), path: part)
                     case .end: return
                     case .result: _ = try f.decode(ControlResult.self).check()
@@ -125,10 +126,10 @@ struct ProcessList: AsyncParsableCommand {
         }
         print(row(["PID", "PPID", "UID", "STREAM", "S", "CPU_S", "RSS_KIB", "AGE_S", "COMMAND"]))
         for p in processes {
-            let age = max(0, now - Double(p.startNs) / 1e9)
-            let cpu = String(format: "%.2f", Double(p.cpuUs) / 1e6)
-            print(row(["\(p.pid)", "\(p.ppid)", "\(p.uid)", p.stream == 0 ? "-" : "\(p.stream)", p.state, cpu,
-                       "\(p.rssKiB)", String(format: "%.1f", age), p.argv.joined(separator: " ")]))
+            let age = max(0, now - Double(p.startNanoseconds) / 1e9)
+            let cpu = String(format: "%.2f", Double(p.cpuMicroseconds) / 1e6)
+            print(row(["\(p.pid)", "\(p.parentPID)", "\(p.uid)", p.stream == 0 ? "-" : "\(p.stream)", p.state, cpu,
+                       "\(p.residentKiB)", String(format: "%.1f", age), p.arguments.joined(separator: " ")]))
         }
     }
 }
@@ -171,16 +172,11 @@ struct Exec: AsyncParsableCommand {
 
     func validate() throws {
         if command.isEmpty { throw ValidationError("give the command after --") }
-        for e in env where !e.contains("=") || e.hasPrefix("=") { throw ValidationError("--env takes NAME=VALUE, got \"\(e)\"") }
+        _ = try parseEnvironment(env)
     }
 
     func run() async throws {
-        var environment: [String: String] = [:]
-        for e in env {
-            let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            environment[String(parts[0])] = String(parts[1])
-        }
-        let request = ControlRequest(op: .exec, argv: command, env: environment, workdir: workdir, timeoutSeconds: timeout, root: root)
+        let request = ControlRequest(op: .exec, argv: command, env: try parseEnvironment(env), workdir: workdir, timeoutSeconds: timeout, root: root)
         let result = try await ControlClient.connect(name: name).call(request) { frames, _ in
             while let f = try await frames.next() {
                 switch f.kind {
@@ -203,41 +199,6 @@ struct Stop: AsyncParsableCommand {
 
     func run() async throws {
         _ = try await ControlClient.connect(name: name).call(ControlRequest(op: .stop))
-    }
-}
-
-/// Blocking reads and writes of host descriptors, off Swift's cooperative pool.
-enum HostIO {
-    static func read(_ fd: Int32, upTo n: Int) async throws -> [UInt8] {
-        try await withCheckedThrowingContinuation { c in
-            DispatchQueue.global().async {
-                var buf = [UInt8](repeating: 0, count: n)
-                var got: Int
-                repeat { got = Foundation.read(fd, &buf, n) } while got < 0 && errno == EINTR
-                if got < 0 {
-                    c.resume(throwing: VMExecError(.invalidRequest, "read failed: \(String(cString: strerror(errno)))"))
-                } else {
-                    c.resume(returning: Array(buf.prefix(got)))
-                }
-            }
-        }
-    }
-
-    static func write(_ fd: Int32, _ bytes: [UInt8], path: String) async throws {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-            DispatchQueue.global().async {
-                var done = 0
-                while done < bytes.count {
-                    let n = bytes[done...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else {
-                        return c.resume(throwing: VMExecError(.invalidRequest, "cannot write \(path): \(String(cString: strerror(errno)))"))
-                    }
-                    done += n
-                }
-                c.resume()
-            }
-        }
     }
 }
 

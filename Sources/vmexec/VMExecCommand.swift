@@ -48,6 +48,17 @@ struct VMExec: AsyncParsableCommand {
     }
 }
 
+/// `--env NAME=VALUE` options as a dictionary; a malformed one is a usage error.
+func parseEnvironment(_ entries: [String]) throws -> [String: String] {
+    var out: [String: String] = [:]
+    for e in entries {
+        let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty else { throw ValidationError("--env takes NAME=VALUE, got \"\(e)\"") }
+        out[String(parts[0])] = String(parts[1])
+    }
+    return out
+}
+
 /// Options shared by commands that boot a guest.
 struct GuestOptions: ParsableArguments {
     @Option(help: "Folder holding the guest images (default: $VMEXEC_IMAGES, then the build folder).")
@@ -189,9 +200,7 @@ struct Run: AsyncParsableCommand {
         if let name = keepAlive, !Control.validate(name: name) {
             throw ValidationError("--keep-alive takes a name of 1-64 of A-Z a-z 0-9 . _ - (not starting with .)")
         }
-        for e in env where !e.contains("=") || e.hasPrefix("=") {
-            throw ValidationError("--env takes NAME=VALUE, got \"\(e)\"")
-        }
+        _ = try parseEnvironment(env)
         if let t = timeout, t <= 0 { throw ValidationError("--timeout must be positive") }
         _ = try guestUser()
     }
@@ -252,11 +261,7 @@ struct Run: AsyncParsableCommand {
 
     /// Runs the command, streaming its output; returns its exit code (or fails the process for an error of vmexec).
     private func runCommand(_ sandbox: Sandbox) async -> Int32 {
-        var environment: [String: String] = [:]
-        for e in env {
-            let parts = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            environment[String(parts[0])] = String(parts[1])
-        }
+        let environment = (try? parseEnvironment(env)) ?? [:]
         let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
         var limits = Limits.defaults(guestMemoryMiB: guest.memory)
         if let memoryLimit {
@@ -277,8 +282,8 @@ struct Run: AsyncParsableCommand {
             let forwarder = SignalForwarder(stream: stream)
             for try await event in stream {
                 switch event {
-                case .stdout(let bytes): write(STDOUT_FILENO, bytes)
-                case .stderr(let bytes): write(STDERR_FILENO, bytes)
+                case .stdout(let bytes): try? await HostIO.write(STDOUT_FILENO, bytes, path: "stdout")
+                case .stderr(let bytes): try? await HostIO.write(STDERR_FILENO, bytes, path: "stderr")
                 case .exit(let termination, _):
                     code = termination.shellCode
                     if case .timedOut = termination {
@@ -306,16 +311,6 @@ struct Run: AsyncParsableCommand {
             fail("\(error)", code: ExitCodes.vmexecError)
         }
         return code
-    }
-
-    private func write(_ fd: Int32, _ bytes: [UInt8]) {
-        var off = 0
-        while off < bytes.count {
-            let n = bytes[off...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            off += n
-        }
     }
 
     private func fail(_ message: String, code: Int32) -> Never {

@@ -88,6 +88,14 @@ extension RealGuests {
             #expect(try await s.fileInfo("/tmp/big").size == 100_000)
             let dir = await #expect(throws: VMExecError.self) { try await s.readFile("/tmp") }
             #expect(dir?.message.contains("not a regular file") == true)
+            // A listing longer than asked for is refused, not cut.
+            let long = await #expect(throws: VMExecError.self) { try await s.listDirectory("/usr/bin", maxEntries: 3) }
+            #expect(long?.code == .fileTooLarge && long?.message.contains("more than the 3 entries") == true)
+            // An upload abandoned half-way leaves the destination as it was, and no temporary file.
+            let upload = try await s.beginUpload(to: "/tmp/big", size: 1 << 20)
+            try await upload.write([UInt8](repeating: 3, count: 100_000))
+            await upload.cancel()
+            #expect(try await s.fileInfo("/tmp/big").size == 100_000)
             let leftovers = try await s.exec(Command(["sh", "-c", "ls -a /tmp | grep -c vmexec-put || true"], user: .root))
             #expect(leftovers.stdoutText == "0\n")
             try await s.remove("/tmp/big")

@@ -3,11 +3,7 @@ import Foundation
 import Testing
 
 /// Peak resident memory (VmHWM) of a running process, in KiB; nil once it is gone.
-func peakKiB(of pid: Int32) -> Int? {
-    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-    let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
-    return line.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) }
-}
+func peakKiB(of pid: Int32) -> Int? { memoryKiB("VmHWM", of: pid) }
 
 /// The CLI binary `make test` builds.
 var vmexecBinary: String {
@@ -85,7 +81,7 @@ extension RealGuests {
             for _ in 0..<60 where pids.count < 2 {
                 let ps = try await CLITests.vmexec(["ps", name, "--json"])
                 let list = try JSONSerialization.jsonObject(with: Data(ps.stdout.utf8)) as? [[String: Any]] ?? []
-                pids = list.filter { ($0["argv"] as? [String])?.first == "sleep" && ($0["stream"] as? Int ?? 0) != 0 }
+                pids = list.filter { ($0["arguments"] as? [String])?.first == "sleep" && ($0["stream"] as? Int ?? 0) != 0 }
                     .compactMap { $0["pid"] as? Int }
                 if pids.count < 2 { try await Task.sleep(for: .milliseconds(200)) }
             }
