@@ -58,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "vmexec",
             dependencies: [
-                "VMExecutor", "SquashMounts", "PersistOverlay", "SerialChannel",
+                "VMExecutor", "SquashMounts", "PersistOverlay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -2,6 +2,11 @@ import Foundation
 import SerialChannel
 import Synchronization
 
+/// A guest file's facts (the protocol's ENTRY), as the files API returns them.
+public typealias FileEntry = SerialChannel.FileEntry
+/// A guest process's facts (the protocol's PROCESS), as ``Sandbox/processes()`` returns them.
+public typealias ProcessEntry = SerialChannel.ProcessEntry
+
 /// How a file or directory is created in the guest.
 public struct FileOptions: Sendable, Equatable {
     /// Permission bits; nil: the host file's (upload), 0644 (bytes), 0755 (directories).

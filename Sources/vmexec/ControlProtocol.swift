@@ -1,6 +1,5 @@
 import Foundation
 import NIOCore
-import SerialChannel
 import VMExecutor
 
 /// The local control socket of a guest kept alive by `vmexec run --keep-alive

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import NIOCore
-import SerialChannel
 import VMExecutor
 
 /// `vmexec cp`, `ps`, `kill`, `exec` and `stop`: requests to a guest kept
