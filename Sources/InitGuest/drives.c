@@ -251,6 +251,16 @@ static int build_root(char *err, size_t n)
         if (rc)
             return rc;
     }
+    /*
+     * Shared, so that a command with a mount namespace of its own (a private
+     * /tmp) holds slave copies: a shard unmounted here is unmounted there too
+     * (and found busy only if that command uses it), and one mounted here
+     * appears there. Mounts made later under the root are shared as well.
+     */
+    if (mount(NULL, VX_NEWROOT, NULL, MS_REC | MS_SHARED, NULL) != 0) {
+        snprintf(err, n, "make the root's mounts shared: %s", strerror(errno));
+        return VX_E_MOUNT;
+    }
     return 0;
 }
 

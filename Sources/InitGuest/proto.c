@@ -126,8 +126,9 @@ int vx_exec_decode(const struct vx_frame *f, struct vx_exec *e)
         e->policy.pids_max = vx_get_u32(q + 16);
         e->policy.nofile = vx_get_u32(q + 20);
         e->policy.cpu_seconds = vx_get_u32(q + 24);
-        if (vx_get_u32(q + 28) != 0)
-            return VX_E_MALFORMED; /* reserved */
+        e->policy.options = vx_get_u32(q + 28);
+        if (e->policy.options & ~VX_POLICY_KNOWN_OPTIONS)
+            return VX_E_MALFORMED;
         n -= VX_POLICY_SIZE;
     }
     e->strings = p + pos;

@@ -27,7 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -50,7 +52,7 @@
 enum session { DISCONNECTED, WAIT_HELLO, READY, RESYNC };
 
 /* Where a failed spawn stopped, reported by the child over a CLOEXEC pipe. */
-enum spawn_stage { STAGE_SETUP = 1, STAGE_CHROOT, STAGE_USER, STAGE_CHDIR, STAGE_EXEC };
+enum spawn_stage { STAGE_SETUP = 1, STAGE_TMP, STAGE_CHROOT, STAGE_USER, STAGE_CHDIR, STAGE_EXEC };
 
 /*
  * What a stream carries. A command is a process; PUT and GET move a file
@@ -322,7 +324,7 @@ static void exec_search(const char *file, char **argv, char **envp)
 
 /* Runs in the vfork child: only syscalls, then execve or _exit. */
 static void child_run(int in_fd, int out_fd, int err_fd, const char *cwd, char **argv, char **envp,
-                      const struct vx_policy *policy, int cgroup_procs)
+                      const struct vx_policy *policy, int cgroup_procs, const char *tmp_options)
 {
     int stage = STAGE_SETUP;
     sigset_t none;
@@ -346,6 +348,15 @@ static void child_run(int in_fd, int out_fd, int err_fd, const char *cwd, char *
             goto fail;
     }
     umask(022);
+    if (policy->options & VX_POLICY_PRIVATE_TMP) {
+        /* A mount namespace of its own whose copies of the root's (shared)
+         * mounts are slaves: what it mounts stays its own, what the init
+         * unmounts goes from it too. It ends with the command's last process. */
+        stage = STAGE_TMP;
+        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0 ||
+            mount("tmpfs", VX_NEWROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp_options) != 0)
+            goto fail;
+    }
     stage = STAGE_CHROOT;
     if (chroot(VX_NEWROOT) != 0)
         goto fail;
@@ -377,6 +388,7 @@ static int set_nonblock(int fd)
 static const char *stage_name(int stage)
 {
     switch (stage) {
+    case STAGE_TMP: return "make a private /tmp for";
     case STAGE_CHROOT: return "enter the root file system";
     case STAGE_USER: return "become the command's user for";
     case STAGE_CHDIR: return "change to the working directory";
@@ -460,13 +472,18 @@ static void on_exec(const struct vx_frame *f)
         return;
     }
     fcntl(out[0], F_SETPIPE_SZ, STDOUT_PIPE_SIZE);
+    /* A private /tmp holds no more than the command's memory limit (its
+     * pages are charged to the command's cgroup either way). */
+    char tmp_options[64] = "mode=1777";
+    if (e.policy.memory_max)
+        snprintf(tmp_options, sizeof tmp_options, "mode=1777,size=%llu", (unsigned long long)e.policy.memory_max);
     spawn_failure.stage = 0;
     uint64_t start = now_ns();
     /* vfork: no page tables to copy and no copy-on-write faults, which
      * dominate the cost of fork() under TCG. */
     pid_t pid = vfork();
     if (pid == 0)
-        child_run(has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp, &e.policy, job.procs_fd);
+        child_run(has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp, &e.policy, job.procs_fd, tmp_options);
     int saved = errno;
     jobs_spawned(&job);
     close_fd(&out[1]);

@@ -74,24 +74,32 @@ public struct ExecPolicy: Sendable, Equatable {
     public var openFiles: UInt32
     /// CPU seconds per process (RLIMIT_CPU: SIGXCPU, then SIGKILL).
     public var cpuSeconds: UInt32
+    /// A /tmp of its own (since 1.4): an empty tmpfs in a mount namespace of
+    /// its own, gone when the command's last process ends.
+    public var privateTmp: Bool
 
     public static let size = 32
+    /// Bit of the options word: ``privateTmp``.
+    static let privateTmpOption: UInt32 = 1
 
     public init(uid: UInt32 = 0, gid: UInt32 = 0, memoryMax: UInt64 = 0, pidsMax: UInt32 = 0, openFiles: UInt32 = 0,
-                cpuSeconds: UInt32 = 0) {
+                cpuSeconds: UInt32 = 0, privateTmp: Bool = false) {
         self.uid = uid
         self.gid = gid
         self.memoryMax = memoryMax
         self.pidsMax = pidsMax
         self.openFiles = openFiles
         self.cpuSeconds = cpuSeconds
+        self.privateTmp = privateTmp
     }
 
     init(decoding p: ArraySlice<UInt8>) throws(ProtocolError) {
         let b = Array(p)
-        guard b.count == Self.size, b.u32(at: 28) == 0 else { throw .malformedPayload("EXEC policy") }
+        guard b.count == Self.size, b.u32(at: 28) & ~Self.privateTmpOption == 0 else {
+            throw .malformedPayload("EXEC policy")
+        }
         self.init(uid: b.u32(at: 0), gid: b.u32(at: 4), memoryMax: b.u64(at: 8), pidsMax: b.u32(at: 16),
-                  openFiles: b.u32(at: 20), cpuSeconds: b.u32(at: 24))
+                  openFiles: b.u32(at: 20), cpuSeconds: b.u32(at: 24), privateTmp: b.u32(at: 28) != 0)
     }
 
     func encoded() -> [UInt8] {
@@ -102,7 +110,7 @@ public struct ExecPolicy: Sendable, Equatable {
         p.appendLE(pidsMax)
         p.appendLE(openFiles)
         p.appendLE(cpuSeconds)
-        p.appendLE(UInt32(0))
+        p.appendLE(privateTmp ? Self.privateTmpOption : 0)
         return p
     }
 }

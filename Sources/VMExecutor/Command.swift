@@ -15,6 +15,11 @@ public struct Command: Sendable {
     public var user: GuestUser?
     /// Its limits; nil: the sandbox's defaults.
     public var limits: Limits?
+    /// Whether it gets a /tmp of its own (an empty tmpfs that ends with it,
+    /// which other commands cannot see); nil: the sandbox's default
+    /// (``SandboxConfiguration/privateTmp``, on). Off, it shares the guest's
+    /// /tmp with other such commands and the files API.
+    public var privateTmp: Bool?
 
     /// Where the command's stdin comes from.
     public enum Stdin: Sendable {
@@ -30,7 +35,8 @@ public struct Command: Sendable {
 
     public init(
         _ arguments: [String], environment: [String: String] = [:], workingDirectory: String = "/",
-        timeout: Duration? = nil, stdin: Stdin = .none, user: GuestUser? = nil, limits: Limits? = nil
+        timeout: Duration? = nil, stdin: Stdin = .none, user: GuestUser? = nil, limits: Limits? = nil,
+        privateTmp: Bool? = nil
     ) {
         self.arguments = arguments
         self.environment = environment
@@ -39,6 +45,7 @@ public struct Command: Sendable {
         self.stdin = stdin
         self.user = user
         self.limits = limits
+        self.privateTmp = privateTmp
     }
 }
 
@@ -127,9 +134,10 @@ public struct ExecResult: Sendable {
     public var stderrTruncated: Bool
     /// True when stdin passed its limit (``Limits/stdinBytes``) and the rest was not passed on.
     public var stdinTruncated = false
-    /// Who ran it, and the limits it ran within.
+    /// Who ran it, the limits it ran within, and whether its /tmp was its own.
     public var user: GuestUser
     public var limits: Limits
+    public var privateTmp: Bool
 
     public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
     public var stderrText: String { String(decoding: stderr, as: UTF8.self) }

@@ -20,6 +20,8 @@ public struct SandboxConfiguration: Sendable {
     public var user: GuestUser = .unprivileged
     /// Limits of commands that set none; nil: ``Limits/defaults(guestMemoryMiB:)``.
     public var limits: Limits?
+    /// Whether commands that do not say get a /tmp of their own (see ``Command/privateTmp``).
+    public var privateTmp = true
     /// Environment every command starts from (HOME follows the user); a command's own entries win.
     public var environment: [String: String] = [
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -392,13 +394,13 @@ public actor Sandbox {
     /// Runs a command and returns its collected output and status.
     public func exec(_ command: Command) async throws -> ExecResult {
         let (process, stdin, qemu) = try await startProcess(command)
+        let policy = resolvedPolicy(command)
         do {
             let out = try await process.collect(limit: configuration.outputLimit)
             return ExecResult(stdout: out.stdout, stderr: out.stderr, termination: out.status.termination,
                               usage: Usage(out.status), stdoutTruncated: out.stdoutTruncated,
                               stderrTruncated: out.stderrTruncated, stdinTruncated: stdin.truncated,
-                              user: command.user ?? configuration.user,
-                              limits: command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB))
+                              user: policy.user, limits: policy.limits, privateTmp: policy.privateTmp)
         } catch {
             throw await Self.explain(error, qemu: qemu)
         }
@@ -416,17 +418,24 @@ public actor Sandbox {
         do { try await r.client.ping() } catch { throw await Self.explain(error, qemu: r.qemu) }
     }
 
+    /// Who runs a command, within which limits and with which /tmp: its own
+    /// settings, else the sandbox's.
+    private func resolvedPolicy(_ command: Command) -> (user: GuestUser, limits: Limits, privateTmp: Bool) {
+        (command.user ?? configuration.user,
+         command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB),
+         command.privateTmp ?? configuration.privateTmp)
+    }
+
     /// Starts a command's process in the guest and feeds its stdin.
     private func startProcess(_ command: Command) async throws -> (RemoteProcess, StdinFeed, QEMUProcess) {
         guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
-        let user = command.user ?? configuration.user
-        let limits = command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB)
+        let (user, limits, privateTmp) = resolvedPolicy(command)
         var base = ShardSet.environment(attachments.map(\.shard), base: configuration.environment)
         if base["HOME"] == nil { base["HOME"] = user.home }
         let env = base.merging(command.environment) { _, new in new }
         let policy = ExecPolicy(uid: user.ids.uid, gid: user.ids.gid, memoryMax: limits.memoryBytes ?? 0,
                                 pidsMax: limits.processes ?? 0, openFiles: limits.openFiles ?? 0,
-                                cpuSeconds: limits.cpuSeconds ?? 0)
+                                cpuSeconds: limits.cpuSeconds ?? 0, privateTmp: privateTmp)
         var timeoutMs: UInt32 = 0
         if let t = command.timeout {
             let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000

@@ -94,6 +94,7 @@ struct ControlRequest: Codable, Sendable {
     var workdir: String?
     var timeoutSeconds: Double?
     var root: Bool?
+    var sharedTmp: Bool?
 }
 
 /// How a request ended.

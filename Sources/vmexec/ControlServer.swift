@@ -144,7 +144,8 @@ final class ControlServer: Sendable {
             guard let argv = r.argv, !argv.isEmpty else { throw VMExecError(.invalidRequest, "exec needs a command") }
             let stream = try await sandbox.stream(Command(
                 argv, environment: r.env ?? [:], workingDirectory: r.workdir ?? "/",
-                timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: r.root == true ? .root : nil))
+                timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: r.root == true ? .root : nil,
+                privateTmp: r.sharedTmp == true ? false : nil))
             var code: Int32 = 0
             do {
                 for try await event in stream {

@@ -167,6 +167,7 @@ struct Exec: AsyncParsableCommand {
     @Option(help: "Working directory in the guest.") var workdir: String = "/"
     @Option(help: "Kill the command after this many seconds.") var timeout: Double?
     @Flag(help: "Run as root (default: the guest's unprivileged user).") var root = false
+    @Flag(help: "Share the guest's /tmp (which vmexec cp reaches) instead of an empty /tmp of its own.") var sharedTmp = false
     @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
 
     func validate() throws {
@@ -175,7 +176,8 @@ struct Exec: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let request = ControlRequest(op: .exec, argv: command, env: try parseEnvironment(env), workdir: workdir, timeoutSeconds: timeout, root: root)
+        let request = ControlRequest(op: .exec, argv: command, env: try parseEnvironment(env), workdir: workdir, timeoutSeconds: timeout, root: root,
+                                     sharedTmp: sharedTmp)
         let result = try await ControlClient.connect(name: name).call(request) { frames, _ in
             while let f = try await frames.next() {
                 switch f.kind {

@@ -187,6 +187,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Bytes of stdin passed on, e.g. 64M; past them the command sees end of file (default 4G).")
     var stdinLimit: String?
 
+    @Flag(help: "Share the guest's /tmp (which vmexec cp reaches) instead of giving the command an empty /tmp of its own.")
+    var sharedTmp = false
+
     @Option(help: "Keep the guest running under this name for vmexec exec, cp, ps, kill and stop.")
     var keepAlive: String?
 
@@ -275,7 +278,8 @@ struct Run: AsyncParsableCommand {
         let cmd = Command(
             command, environment: environment, workingDirectory: workdir,
             timeout: timeout.map { .milliseconds(Int64($0 * 1000)) },
-            stdin: forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none, user: try? guestUser(), limits: limits)
+            stdin: forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none, user: try? guestUser(), limits: limits,
+            privateTmp: !sharedTmp)
         var code: Int32 = ExitCodes.vmexecError
         do {
             let stream = try await sandbox.stream(cmd)

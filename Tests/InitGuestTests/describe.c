@@ -113,6 +113,8 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
             put(&o, " uid=%" PRIu32 " gid=%" PRIu32 " memory_max=%" PRIu64 " pids_max=%" PRIu32 " nofile=%" PRIu32
                     " cpu_seconds=%" PRIu32, e.policy.uid, e.policy.gid, e.policy.memory_max, e.policy.pids_max,
                 e.policy.nofile, e.policy.cpu_seconds);
+        if (e.policy.options & VX_POLICY_PRIVATE_TMP)
+            put(&o, " private_tmp");
         break;
     }
     case VX_STARTED:

@@ -37,6 +37,7 @@ enum FrameDescription {
             s += " env=[" + e.environment.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
             if let q = e.policy {
                 s += " uid=\(q.uid) gid=\(q.gid) memory_max=\(q.memoryMax) pids_max=\(q.pidsMax) nofile=\(q.openFiles) cpu_seconds=\(q.cpuSeconds)"
+                if q.privateTmp { s += " private_tmp" }
             }
         case .started:
             s += " pid=\(le32(p))"

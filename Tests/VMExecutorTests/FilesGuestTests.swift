@@ -43,7 +43,7 @@ extension RealGuests {
             let planted = try await s.exec(Command(["sh", "-c", """
                 cd /home/vmexec && ln -sfn / up && ln -sfn ../../../../../../init init-link && ln -sfn /etc/passwd passwd-link
                 echo guest > /tmp/marker
-                """]))
+                """], privateTmp: false))
             #expect(planted.exitCode == 0, "\(planted.stderrText)")
             for path in ["/../../../init", "../../init", "/home/vmexec/init-link", "/home/vmexec/up/../../init"] {
                 let e = await #expect(throws: VMExecError.self) { try await s.readFile(path) }
@@ -58,10 +58,11 @@ extension RealGuests {
             #expect(try await s.readFile("/etc/passwd") == before)
             #expect(try await s.fileInfo("/home/vmexec/passwd-link", followSymlinks: false).kind == .regular)
             // A FIFO planted where a file is expected is refused, not waited on.
-            _ = try await s.exec(Command(["mkfifo", "/tmp/fifo"]))
+            _ = try await s.exec(Command(["mkfifo", "/tmp/fifo"], privateTmp: false))
             let fifo = await #expect(throws: VMExecError.self) { try await s.readFile("/tmp/fifo") }
             #expect(fifo?.code == .fileRefused)
-            _ = try await s.exec(Command(["sh", "-c", "cd /home/vmexec && rm -f up init-link passwd-link /tmp/marker /tmp/fifo"]))
+            _ = try await s.exec(Command(["sh", "-c", "cd /home/vmexec && rm -f up init-link passwd-link /tmp/marker /tmp/fifo"],
+                                         privateTmp: false))
         }
 
         @Test("failures say which: missing, too large, read-only shard, replace refused; nothing is left half-written")

@@ -46,6 +46,51 @@ extension RealGuests {
             #expect(whole.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "4096" && !whole.stdinTruncated)
         }
 
+        @Test("each command has a /tmp of its own that ends with it; a shared /tmp only when asked, which the files API sees")
+        func privateTmp() async throws {
+            let s = try await SharedGuest.shared.get()
+            // A command keeps a file in its /tmp while others look.
+            let (input, go) = AsyncStream<[UInt8]>.makeStream()
+            let keeper = try await s.stream(Command(["sh", "-c", "echo secret > /tmp/mine && echo ready && read x && cat /tmp/mine"],
+                                                    stdin: .stream(input)))
+            var events = keeper.makeAsyncIterator()
+            var said: [UInt8] = []
+            while !said.elementsEqual("ready\n".utf8), let e = try await events.next() {
+                if case .stdout(let b) = e { said += b }
+            }
+            let other = try await s.exec(Command(["ls", "-A", "/tmp"]))
+            #expect(other.exitCode == 0 && other.stdoutText == "", "another command sees an empty /tmp: \(other.stdoutText)")
+            #expect(other.privateTmp)
+            let asRoot = try await s.exec(Command(["ls", "-A", "/tmp"], user: .root))
+            #expect(asRoot.stdoutText == "", "root's command too: \(asRoot.stdoutText)")
+
+            // The guest's shared /tmp: the files API and commands that ask for it.
+            try await s.writeFile("/tmp/shared-note", contents: [UInt8]("handed over\n".utf8))
+            let shared = try await s.exec(Command(["cat", "/tmp/shared-note"], privateTmp: false))
+            #expect(shared.stdoutText == "handed over\n" && !shared.privateTmp)
+            let isolated = try await s.exec(Command(["ls", "-A", "/tmp"]))
+            #expect(isolated.stdoutText == "")
+            let leftBy = try await s.exec(Command(["sh", "-c", "echo from-a-command > /tmp/from-command"], privateTmp: false))
+            #expect(leftBy.exitCode == 0)
+            #expect(try await s.readFile("/tmp/from-command") == [UInt8]("from-a-command\n".utf8))
+
+            // The keeper still has its file, and it is gone when the keeper ends.
+            go.yield([UInt8]("go\n".utf8))
+            go.finish()
+            var rest: [UInt8] = []
+            var ended: Termination?
+            while let e = try await events.next() {
+                if case .stdout(let b) = e { rest += b }
+                if case .exit(let t, _) = e { ended = t }
+            }
+            #expect(String(decoding: rest, as: UTF8.self) == "secret\n" && ended == .exited(0))
+            let after = try await s.exec(Command(["ls", "-A", "/tmp"], privateTmp: false))
+            #expect(!after.stdoutText.contains("mine"), "\(after.stdoutText)")
+            try await s.remove("/tmp/shared-note")
+            try await s.remove("/tmp/from-command")
+            #expect(try await answers(s))
+        }
+
         @Test("what a command leaves running in the background ends with it")
         func leftovers() async throws {
             let s = try await SharedGuest.shared.get()

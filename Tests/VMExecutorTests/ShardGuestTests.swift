@@ -196,6 +196,25 @@ extension RealGuests {
 
             try await user.signal(SIGKILL)
             for try await _ in user {}
+
+            // A command with a mount namespace of its own (its private /tmp)
+            // that does not use the shard does not hold it, and sees it go.
+            let (input, go) = AsyncStream<[UInt8]>.makeStream()
+            let bystander = try await sandbox.stream(Command(["sh", "-c", "ls /opt/libs/vxlib; read x; ls /opt/libs/vxlib; echo done"],
+                                                             stdin: .stream(input), privateTmp: true))
+            var events = bystander.makeAsyncIterator()
+            var seen: [UInt8] = []
+            while !seen.contains(UInt8(ascii: "\n")), let e = try await events.next() {
+                if case .stdout(let b) = e { seen += b }
+            }
+            #expect(!seen.isEmpty, "the bystander saw the shard before")
+            try await sandbox.detach("vxlib")
+            go.yield([UInt8]("go\n".utf8))
+            go.finish()
+            var after: [UInt8] = []
+            while let e = try await events.next() { if case .stdout(let b) = e { after += b } }
+            #expect(String(decoding: after, as: UTF8.self) == "done\n", "gone from the bystander's view too: \(String(decoding: after, as: UTF8.self))")
+            try await sandbox.attach(try workshop.libs(version: "1.0"))
             try await sandbox.detach("vxlib")
             #expect(try await sandbox.exec(Command(["ls", "/opt/libs/vxlib"])).stdoutText == "")
             #expect(await sandbox.shards.map(\.manifest.name) == ["cpython"])

@@ -81,7 +81,7 @@ extension RealGuests {
             let install = try await first.exec(Command(["sh", "-c", """
                 cat > /tmp/vxpure-1.0-py3-none-any.whl && \
                 python3 -m pip install --quiet --no-index --target /home/vmexec/pylib /tmp/vxpure-1.0-py3-none-any.whl
-                """], stdin: .bytes(try pureWheel())))
+                """], stdin: .bytes(try pureWheel()), privateTmp: false))
             #expect(install.exitCode == 0, "\(install.stderrText)")
             await first.shutdown()
 
@@ -91,8 +91,8 @@ extension RealGuests {
             let imported = try await second.exec(Command(["python3", "-c", "import vxpure; print(vxpure.VALUE)"],
                                                          environment: ["PYTHONPATH": "/home/vmexec/pylib"]))
             #expect(imported.stdoutText == "7\n", "\(imported.stderrText)")
-            #expect(try await second.exec(Command(["cat", "/tmp/vxpure-1.0-py3-none-any.whl"])).exitCode != 0,
-                    "/tmp is the guest's own, not the store's")
+            #expect(try await second.exec(Command(["cat", "/tmp/vxpure-1.0-py3-none-any.whl"], privateTmp: false)).exitCode != 0,
+                    "the guest's shared /tmp is its own, not the store's")
             await second.shutdown()
         }
 

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VX_MAJOR 1
-#define VX_MINOR 3
+#define VX_MINOR 4
 
 #define VX_HEADER_SIZE 12u
 /* Hard cap on a frame's payload; a header claiming more is fatal. */
@@ -132,7 +132,11 @@ struct vx_policy {
     uint32_t pids_max;   /* its cgroup pids.max */
     uint32_t nofile;     /* RLIMIT_NOFILE */
     uint32_t cpu_seconds; /* RLIMIT_CPU of each process */
+    uint32_t options;     /* VX_POLICY_* bits (since 1.4) */
 };
+
+#define VX_POLICY_PRIVATE_TMP 0x1u /* a /tmp of its own: a tmpfs in a mount namespace of its own */
+#define VX_POLICY_KNOWN_OPTIONS VX_POLICY_PRIVATE_TMP
 
 struct vx_exec {
     uint32_t flags, timeout_ms;
