@@ -52,7 +52,7 @@ static int write_file(const char *path, const char *value)
 
 int jobs_setup(char *err, size_t n)
 {
-    if (mount("cgroup2", CG, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, "nsdelegate") != 0 ||
+    if (mount("cgroup2", CG, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, "nsdelegate,favordynmods") != 0 ||
         mkdir(CG "/init", 0755) != 0 || write_file(CG "/init/cgroup.procs", "1") != 0 ||
         write_file(CG "/cgroup.subtree_control", "+memory +pids") != 0 || mkdir(CG "/jobs", 0755) != 0 ||
         write_file(CG "/jobs/cgroup.subtree_control", "+memory +pids") != 0) {
