@@ -15,6 +15,7 @@
 #include "files.h"
 #include "jobs.h"
 #include "procs.h"
+#include "spawn.h"
 #include "vx_proto.h"
 
 #include <dirent.h>
@@ -26,11 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <grp.h>
-#include <sched.h>
 #include <sys/ioctl.h>
-#include <sys/mount.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -50,9 +47,6 @@
 #define STDOUT_PIPE_SIZE (256 << 10)
 
 enum session { DISCONNECTED, WAIT_HELLO, READY, RESYNC };
-
-/* Where a failed spawn stopped, reported by the child over a CLOEXEC pipe. */
-enum spawn_stage { STAGE_SETUP = 1, STAGE_TMP, STAGE_CHROOT, STAGE_USER, STAGE_CHDIR, STAGE_EXEC };
 
 /*
  * What a stream carries. A command is a process; PUT and GET move a file
@@ -242,7 +236,7 @@ static void free_proc(struct proc *p)
     free(p->in_buf);
     memset(p, 0, sizeof *p);
     p->fd_in = p->fd_out[0] = p->fd_out[1] = p->fd_out[2] = -1;
-    p->job.procs_fd = -1;
+    jobs_clear(&p->job);
     p->put.fd = p->put.dirfd = -1;
 }
 
@@ -279,122 +273,10 @@ static void on_connect(void)
     send_hello();
 }
 
-/*
- * Where a failed spawn stopped. The child is created with vfork() and shares
- * our memory until it executes, so it reports a failure here before _exit;
- * we read it once vfork returns. This is the only memory it writes.
- */
-static struct {
-    volatile int stage;
-    volatile int err;
-} spawn_failure;
-
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-/* execve() of `file`, searched in envp's PATH when it has no slash (as execvp,
- * but without touching `environ`, which the vfork child must not change). */
-static void exec_search(const char *file, char **argv, char **envp)
-{
-    if (strchr(file, '/')) {
-        execve(file, argv, envp);
-        return;
-    }
-    const char *path = DEFAULT_PATH;
-    for (char **e = envp; *e; e++)
-        if (strncmp(*e, "PATH=", 5) == 0)
-            path = *e + 5;
-    char buf[4096];
-    int denied = 0;
-    for (const char *p = path;; p++) {
-        const char *end = strchrnul(p, ':');
-        int n = snprintf(buf, sizeof buf, "%.*s/%s", end == p ? 1 : (int)(end - p), end == p ? "." : p, file);
-        if (n > 0 && (size_t)n < sizeof buf) {
-            execve(buf, argv, envp);
-            if (errno == EACCES)
-                denied = 1;
-            else if (errno != ENOENT && errno != ENOTDIR)
-                return;
-        }
-        if (!*end)
-            break;
-        p = end;
-    }
-    errno = denied ? EACCES : ENOENT;
-}
-
-/* Runs in the vfork child: only syscalls, then execve or _exit. */
-static void child_run(int in_fd, int out_fd, int err_fd, const char *cwd, char **argv, char **envp,
-                      const struct vx_policy *policy, int cgroup_procs, const char *tmp_options)
-{
-    int stage = STAGE_SETUP;
-    sigset_t none;
-    sigemptyset(&none);
-    /* The init ignores SIGPIPE and blocks SIGCHLD; give the program the defaults. */
-    signal(SIGPIPE, SIG_DFL);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    if (setsid() < 0 || dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
-        goto fail;
-    /* Into the command's cgroup before anything can fork. */
-    if (cgroup_procs >= 0 && write(cgroup_procs, "0", 1) != 1)
-        goto fail;
-    if (policy->nofile) {
-        struct rlimit rl = {policy->nofile, policy->nofile};
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            goto fail;
-    }
-    if (policy->cpu_seconds) {
-        struct rlimit rl = {policy->cpu_seconds, (rlim_t)policy->cpu_seconds + 1};
-        if (setrlimit(RLIMIT_CPU, &rl) != 0)
-            goto fail;
-    }
-    umask(022);
-    if (policy->options & VX_POLICY_PRIVATE_TMP) {
-        /* A mount namespace of its own whose copies of the root's (shared)
-         * mounts are slaves: what it mounts stays its own, what the init
-         * unmounts goes from it too. It ends with the command's last process. */
-        stage = STAGE_TMP;
-        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0 ||
-            mount("tmpfs", VX_NEWROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp_options) != 0)
-            goto fail;
-    }
-    stage = STAGE_CHROOT;
-    if (chroot(VX_NEWROOT) != 0)
-        goto fail;
-    stage = STAGE_USER;
-    /* No gaining privileges through exec (setuid files, file capabilities), root or not. */
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        goto fail;
-    /* Dropping uid 0 clears every capability. */
-    if ((policy->uid || policy->gid) &&
-        (setgroups(0, NULL) != 0 || setgid(policy->gid) != 0 || setuid(policy->uid) != 0))
-        goto fail;
-    stage = STAGE_CHDIR;
-    if (chdir(cwd[0] ? cwd : "/") != 0)
-        goto fail;
-    stage = STAGE_EXEC;
-    exec_search(argv[0], argv, envp);
-fail:
-    spawn_failure.err = errno;
-    spawn_failure.stage = stage;
-    _exit(127);
-}
-
 /* Our pipe ends carry no other status flags, so this replaces none. */
 static int set_nonblock(int fd)
 {
     return fcntl(fd, F_SETFL, O_NONBLOCK);
-}
-
-static const char *stage_name(int stage)
-{
-    switch (stage) {
-    case STAGE_TMP: return "make a private /tmp for";
-    case STAGE_CHROOT: return "enter the root file system";
-    case STAGE_USER: return "become the command's user for";
-    case STAGE_CHDIR: return "change to the working directory";
-    case STAGE_EXEC: return "execute";
-    default: return "set up the process";
-    }
 }
 
 /* A free slot for a new stream, or NULL after answering why not. */
@@ -456,7 +338,7 @@ static void on_exec(const struct vx_frame *f)
 
     struct job job;
     char why[256];
-    if (jobs_create(&job, f->stream, &e.policy, why, sizeof why) != 0) {
+    if (jobs_create(&job, &e.policy, why, sizeof why) != 0) {
         emit_error(f->stream, VX_E_INTERNAL, errno, "%s", why);
         return;
     }
@@ -477,19 +359,17 @@ static void on_exec(const struct vx_frame *f)
     char tmp_options[64] = "mode=1777";
     if (e.policy.memory_max)
         snprintf(tmp_options, sizeof tmp_options, "mode=1777,size=%llu", (unsigned long long)e.policy.memory_max);
-    spawn_failure.stage = 0;
+    struct spawn_request req = {has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp, &e.policy,
+                                job.dir_fd, tmp_options};
+    struct spawn_failure failed;
     uint64_t start = now_ns();
-    /* vfork: no page tables to copy and no copy-on-write faults, which
-     * dominate the cost of fork() under TCG. */
-    pid_t pid = vfork();
-    if (pid == 0)
-        child_run(has_stdin ? in[0] : S.devnull, out[1], err[1], cwd, argv, envp, &e.policy, job.procs_fd, tmp_options);
+    pid_t pid = spawn_command(&req, &failed);
     int saved = errno;
     jobs_spawned(&job);
     close_fd(&out[1]);
     close_fd(&err[1]);
     close_fd(&in[0]);
-    if (pid < 0 || spawn_failure.stage) {
+    if (pid < 0 || failed.stage) {
         if (pid > 0)
             waitpid(pid, NULL, 0);
         jobs_end(&job);
@@ -499,9 +379,9 @@ static void on_exec(const struct vx_frame *f)
         if (pid < 0)
             emit_error(f->stream, VX_E_INTERNAL, saved, "fork: %s", strerror(saved));
         else
-            emit_error(f->stream, spawn_failure.stage == STAGE_CHDIR ? VX_E_WORKDIR : VX_E_EXEC, spawn_failure.err,
-                       "cannot %s %s: %s", stage_name(spawn_failure.stage),
-                       spawn_failure.stage == STAGE_CHDIR ? cwd : argv[0], strerror(spawn_failure.err));
+            emit_error(f->stream, failed.stage == STAGE_CHDIR ? VX_E_WORKDIR : VX_E_EXEC, failed.err,
+                       "cannot %s %s: %s", spawn_stage_name(failed.stage),
+                       failed.stage == STAGE_CHDIR ? cwd : argv[0], strerror(failed.err));
         return;
     }
     set_nonblock(out[0]);
@@ -1115,8 +995,8 @@ static void reap(void)
     int status;
     struct rusage ru;
     pid_t pid;
-    jobs_tick();
     while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
+        jobs_reaped();
         for (unsigned i = 0; i < MAX_PROCS; i++) {
             struct proc *p = &S.procs[i];
             if (p->used && p->pid == pid && !p->exited) {
@@ -1199,6 +1079,7 @@ void serve_forever(const char *port_path, const char *boot_error, long init_ms, 
     static struct proc *owner[2 + 3 * MAX_PROCS];
     static int which[2 + 3 * MAX_PROCS];
 
+    spawn_setup();
     S.boot_error = boot_error;
     S.init_ms = init_ms;
     S.ready_ms = ready_ms;
@@ -1256,7 +1137,14 @@ void serve_forever(const char *port_path, const char *boot_error, long init_ms, 
                 which[n++] = VX_STDIN;
             }
         }
-        if (poll(pfd, n, timeout) < 0) {
+        /* Deferred work (cgroups of ended commands, cgroups for the next
+         * ones) is done only while nothing else is ready, a piece at a time. */
+        int ready = poll(pfd, n, 0);
+        while (ready == 0 && jobs_idle())
+            ready = poll(pfd, n, 0);
+        if (ready == 0)
+            ready = poll(pfd, n, timeout);
+        if (ready < 0) {
             if (errno != EINTR)
                 vx_log("poll: %s", strerror(errno));
             continue;

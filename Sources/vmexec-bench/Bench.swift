@@ -82,13 +82,13 @@ struct Bench {
         for _ in 0..<20 { _ = try await guest.exec(Command(["/usr/lib/vmexec/noop"])) }
         for _ in 0..<5 { _ = try agent.exec("/usr/lib/vmexec/noop") }
 
-        // Like the peer's guest-exec: no memory or process limit, so no cgroup of its own
-        // (a command with the default limits is measured below as its own figure).
-        let unlimited = Limits()
+        // Like the peer's guest-exec: no memory or process limit, so no cgroup of its own,
+        // and the guest's /tmp (a command with the default policy is measured below as its own figure).
+        let asThePeer = Command(["/usr/lib/vmexec/noop"], limits: Limits(), privateTmp: false)
         var rounds: [Double] = [], overheads: [Double] = []
         for _ in 0..<noopRuns {
             let t = ContinuousClock.now
-            let r = try await guest.exec(Command(["/usr/lib/vmexec/noop"], limits: unlimited))
+            let r = try await guest.exec(asThePeer)
             let ms = millis(ContinuousClock.now - t)
             rounds.append(ms)
             overheads.append(ms - Double(r.usage.wallNanoseconds) / 1e6)
@@ -109,7 +109,7 @@ struct Bench {
             limited.append(millis(ContinuousClock.now - t))
         }
         emit("exec_noop_limited_p50_ms", percentile(limited, 50), "ms",
-             note: "with the default limits: a cgroup per command (memory.max, pids.max), created and removed each time")
+             note: "with the default policy: a cgroup of its own (memory.max, pids.max) and a private /tmp (a mount namespace)")
 
         var py: [Double] = [], peerPy: [Double] = [], native: [Double] = []
         for _ in 0..<pythonRuns {

@@ -22,6 +22,10 @@ extension RealGuests {
             #expect(me.stdoutText == "1000\n1000\n/home/vmexec\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n", "\(me.stdoutText)")
             #expect(me.user == .unprivileged)
             #expect(me.limits.processes == 512 && me.limits.memoryBytes != nil)
+            // Born in a cgroup of its own (clone3 into it, or moved there before it executes).
+            var cgroups: [String] = []
+            for _ in 0..<2 { cgroups.append(try await s.exec(Command(["cat", "/proc/self/cgroup"])).stdoutText) }
+            #expect(cgroups.allSatisfy { $0.hasPrefix("0::/jobs/") } && cgroups[0] != cgroups[1], "\(cgroups)")
             let root = try await s.exec(Command(["id", "-u"], user: .root))
             #expect(root.stdoutText == "0\n")
             #expect(root.user == .root)
