@@ -926,34 +926,36 @@ static void read_port(void)
         on_disconnect();
 }
 
-static void pump_output(struct proc *p, int sub)
+/* One read of a process's output into a DATA frame; returns 1 when the
+ * read filled the frame (more may be waiting), else 0. */
+static int pump_output_once(struct proc *p, int sub)
 {
     uint32_t want = p->credit[sub] < VX_MAX_PAYLOAD ? p->credit[sub] : VX_MAX_PAYLOAD;
     if (!want || out_used() >= OUT_DATA_LIMIT)
-        return;
+        return 0;
     uint8_t *d = out_reserve(VX_HEADER_SIZE + want);
     if (!d)
-        return;
+        return 0;
     ssize_t r = read(p->fd_out[sub], d + VX_HEADER_SIZE, want);
     if (r > 0 && p->kind == K_GET && p->expect && p->moved + (uint64_t)r > p->expect) {
         emit_error(p->stream, VX_E_LIMIT, EFBIG, "the file grew past the %llu bytes accepted while it was read",
                    (unsigned long long)p->expect);
         free_proc(p);
-        return;
+        return 0;
     }
     if (r > 0) {
         vx_header_write(d, VX_DATA, (uint8_t)sub, p->stream, (uint32_t)r);
         S.out_end += VX_HEADER_SIZE + (size_t)r;
         p->credit[sub] -= (uint32_t)r;
         p->moved += (uint64_t)r;
-        return;
+        return (uint32_t)r == want;
     }
     if (r < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
+        return 0;
     if (r < 0 && p->kind == K_GET) { /* EIO: a short file must not pass for a whole one */
         emit_error(p->stream, VX_E_FILE, errno, "cannot read the file: %s", strerror(errno));
         free_proc(p);
-        return;
+        return 0;
     }
     close_fd(&p->fd_out[sub]);
     emit(VX_EOF, (uint8_t)sub, p->stream, NULL, 0);
@@ -961,6 +963,16 @@ static void pump_output(struct proc *p, int sub)
         emit(VX_DONE, 0, p->stream, NULL, 0);
         free_proc(p);
     }
+    return 0;
+}
+
+/* Reads a process's output while it has credit, the output buffer has room
+ * and the pipe has more: fewer trips through poll() per byte streamed. */
+static void pump_output(struct proc *p, int sub)
+{
+    for (int frames = 0; frames < 8 && pump_output_once(p, sub); frames++)
+        if (!p->used || p->fd_out[sub] < 0)
+            break;
 }
 
 static void pump_input(struct proc *p)

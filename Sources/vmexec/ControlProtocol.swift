@@ -39,6 +39,14 @@ struct ControlFrame: Sendable {
     var kind: Control.Kind
     var payload: ByteBuffer
 
+    /// `bytes` as frames of `kind` of at most ``Control/maxFrame`` bytes each
+    /// (a chunk of guest output can be as large as the channel's window).
+    static func split(_ kind: Control.Kind, _ bytes: [UInt8]) -> [ControlFrame] {
+        stride(from: 0, to: bytes.count, by: Control.maxFrame).map { start in
+            ControlFrame(kind: kind, payload: ByteBuffer(bytes: bytes[start..<min(start + Control.maxFrame, bytes.count)]))
+        }
+    }
+
     static func json<T: Encodable>(_ kind: Control.Kind, _ value: T) throws -> ControlFrame {
         ControlFrame(kind: kind, payload: ByteBuffer(bytes: Array(try JSONEncoder().encode(value))))
     }

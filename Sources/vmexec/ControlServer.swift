@@ -128,7 +128,7 @@ final class ControlServer: Sendable {
             let download = try await sandbox.beginDownload(path)
             try await out.write(.json(.header, download.entry))
             while let chunk = try await download.next() {
-                try await out.write(ControlFrame(kind: .data, payload: ByteBuffer(bytes: chunk)))
+                try await out.write(contentsOf: ControlFrame.split(.data, chunk))
             }
             try await out.write(ControlFrame(kind: .end, payload: ByteBuffer()))
             var entry = download.entry
@@ -150,8 +150,8 @@ final class ControlServer: Sendable {
             do {
                 for try await event in stream {
                     switch event {
-                    case .stdout(let b): try await out.write(ControlFrame(kind: .data, payload: ByteBuffer(bytes: b)))
-                    case .stderr(let b): try await out.write(ControlFrame(kind: .stderr, payload: ByteBuffer(bytes: b)))
+                    case .stdout(let b): try await out.write(contentsOf: ControlFrame.split(.data, b))
+                    case .stderr(let b): try await out.write(contentsOf: ControlFrame.split(.stderr, b))
                     case .exit(let t, _): code = t.shellCode
                     }
                 }
