@@ -26,6 +26,10 @@ extension RealGuests {
             var cgroups: [String] = []
             for _ in 0..<2 { cgroups.append(try await s.exec(Command(["cat", "/proc/self/cgroup"])).stdoutText) }
             #expect(cgroups.allSatisfy { $0.hasPrefix("0::/jobs/") } && cgroups[0] != cgroups[1], "\(cgroups)")
+            // Started on the init's CPU, it may run on every CPU once it executes.
+            let cpus = try await s.exec(Command(["sh", "-c", "echo $(nproc) $(grep -c ^processor /proc/cpuinfo)"]))
+            let counts = cpus.stdoutText.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            #expect(counts.count == 2 && counts[0] == counts[1], "a command may use every CPU: \(cpus.stdoutText)")
             let root = try await s.exec(Command(["id", "-u"], user: .root))
             #expect(root.stdoutText == "0\n")
             #expect(root.user == .root)
@@ -104,6 +108,14 @@ extension RealGuests {
             #expect(ContinuousClock.now - t < .seconds(10))
             let sleeping = try await s.exec(Command(["sh", "-c", "ps -e -o comm= | grep -c '^sleep$' || true"], user: .root))
             #expect(sleeping.stdoutText == "0\n")
+            // Ended commands' cgroups are removed (in the init's idle moments): what is
+            // left is this command's own and the few made ahead for the next ones.
+            for _ in 0..<20 { _ = try await s.exec(Command(["true"])) }
+            try await Task.sleep(for: .milliseconds(200))
+            let cgroups = try await s.exec(Command(["sh", "-c", "mkdir /tmp/cg && mount -t cgroup2 none /tmp/cg && ls /tmp/cg/jobs | grep -c '^[0-9]'"],
+                                                 user: .root))
+            let left = Int(cgroups.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            #expect(left >= 1 && left <= 3, "cgroups under /jobs: \(cgroups.stdoutText)\(cgroups.stderrText)")
         }
 
     }
