@@ -26,6 +26,19 @@ if ! debootstrap --arch="$DEB" --variant=minbase ${EXTRA:+--include="$EXTRA"} bo
 fi
 # The unprivileged user commands run as by default (uid and gid 1000), with a home.
 chroot "$TMP/base" useradd --uid 1000 --user-group --create-home --shell /bin/sh vmexec
+# What Debian's installer would leave in /etc, where debootstrap copies the
+# build host's own files: the guest's name, its hosts (localhost and the
+# name, IPv4 and IPv6), /etc/mtab. No resolv.conf: the guest has no DNS.
+echo vmexec > "$TMP/base/etc/hostname"
+cat > "$TMP/base/etc/hosts" <<'HOSTS'
+127.0.0.1	localhost
+127.0.1.1	vmexec
+::1	localhost ip6-localhost ip6-loopback vmexec
+ff02::1	ip6-allnodes
+ff02::2	ip6-allrouters
+HOSTS
+chmod 0644 "$TMP/base/etc/hostname" "$TMP/base/etc/hosts"
+ln -sfn ../proc/self/mounts "$TMP/base/etc/mtab"
 if [ -n "$SDK" ]; then
   cp -a "$TMP/base" "$TMP/full"
   cp /etc/resolv.conf "$TMP/full/etc/resolv.conf"
@@ -42,9 +55,9 @@ fi
 for T in "$TMP/base" "$TMP/full"; do
   [ -d "$T" ] || continue
   rm -rf "$T"/var/cache/apt/* "$T"/var/lib/apt/lists/* "$T"/usr/share/doc/* "$T"/usr/share/man/* "$T"/usr/share/info/*
+  rm -f "$T/etc/resolv.conf"
 done
 install -D -m 0755 "$NOOP" "$TMP/base/usr/lib/vmexec/noop"
-echo vmexec > "$TMP/base/etc/hostname"
 if [ -n "$SDK" ]; then
   rm -rf "$SDK" "$SDK.version"
   python3 "$(dirname "$0")/treediff.py" "$TMP/base" "$TMP/full" "$SDK"

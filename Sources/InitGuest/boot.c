@@ -11,6 +11,7 @@
 #include "net.h"
 #include "drives.h"
 #include "jobs.h"
+#include "userland.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -160,10 +161,12 @@ int boot_setup(char *err, size_t errlen)
         close(con);
     }
     sethostname("vmexec", 6);
+    char why[160];
+    if (userland_setup(why, sizeof why) != 0)
+        vx_log("%s; programs may miss part of the usual /dev", why);
 
     if (load_modules(err, errlen))
         return -1;
-    char why[160];
     if (jobs_setup(why, sizeof why) != 0)
         vx_log("%s; commands run without memory and process limits", why);
     if (net_setup(err, errlen) != 0)

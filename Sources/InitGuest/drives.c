@@ -16,6 +16,7 @@
 #include "drives.h"
 
 #include "boot.h"
+#include "userland.h"
 #include "vx_proto.h"
 
 #include <dirent.h>
@@ -246,6 +247,8 @@ static int build_root(char *err, size_t n)
             return VX_E_MOUNT;
         }
     }
+    if (userland_setup_root(err, n) != 0)
+        return VX_E_MOUNT;
     for (int i = 0; i < MAX_DRIVES; i++) {
         int rc = drives[i].use == AT_TARGET ? mount_at_target(&drives[i], err, n) : 0;
         if (rc)

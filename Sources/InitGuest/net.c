@@ -37,19 +37,27 @@ static int up(int s, const char *name)
 
 int net_setup(char *err, size_t n)
 {
-    struct stat st;
-    if (stat("/sys/class/net/eth0", &st) != 0)
-        return 0;
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) {
         snprintf(err, n, "no socket for the network setup: %s", strerror(errno));
         return -1;
     }
+    /* The kernel gives lo 127.0.0.1/8 and ::1 as it comes up. */
+    if (up(s, "lo") != 0) {
+        snprintf(err, n, "cannot bring up lo: %s", strerror(errno));
+        close(s);
+        return -1;
+    }
+    struct stat st;
+    if (stat("/sys/class/net/eth0", &st) != 0) {
+        close(s);
+        return 0;
+    }
     struct ifreq r;
     memset(&r, 0, sizeof r);
     snprintf(r.ifr_name, sizeof r.ifr_name, "eth0");
     set_addr(&r.ifr_addr, "10.0.2.15");
-    int rc = up(s, "lo") == 0 && ioctl(s, SIOCSIFADDR, &r) == 0 ? 0 : -1;
+    int rc = ioctl(s, SIOCSIFADDR, &r) == 0 ? 0 : -1;
     set_addr(&r.ifr_netmask, "255.255.255.0");
     if (rc == 0)
         rc = ioctl(s, SIOCSIFNETMASK, &r) == 0 && up(s, "eth0") == 0 ? 0 : -1;

@@ -7,8 +7,9 @@
 
 #include <stddef.h>
 
-/* With an eth0: brings up lo, gives eth0 10.0.2.15/24 and a default route
- * through 10.0.2.2. Without one (the default): nothing, not even lo. 0, or -1 with a sentence. */
+/* Brings up lo (always: programs talk to themselves over 127.0.0.1 and ::1).
+ * With an eth0, gives it 10.0.2.15/24 and a default route through 10.0.2.2.
+ * 0, or -1 with a sentence. */
 int net_setup(char *err, size_t n);
 
 #endif

@@ -354,6 +354,14 @@ static void on_exec(const struct vx_frame *f)
         return;
     }
     fcntl(out[0], F_SETPIPE_SZ, STDOUT_PIPE_SIZE);
+    /* The command's ends belong to its user, as pipes it made itself would:
+     * reopening them (/dev/stdin, /proc/self/fd/N) checks the owner. */
+    if (e.policy.uid || e.policy.gid) {
+        int ends[] = {in[0], out[1], err[1]};
+        for (unsigned i = 0; i < 3; i++)
+            if (ends[i] >= 0 && fchown(ends[i], e.policy.uid, e.policy.gid) != 0)
+                vx_log("cannot give a command its pipe: %s", strerror(errno));
+    }
     /* A private /tmp holds no more than the command's memory limit (its
      * pages are charged to the command's cgroup either way). */
     char tmp_options[64] = "mode=1777";

@@ -16,6 +16,7 @@
 #include "spawn.h"
 
 #include "boot.h"
+#include "userland.h"
 #include "vx_proto.h"
 
 #include <errno.h>
@@ -130,10 +131,11 @@ static void child_run(const struct spawn_request *r, int join_cgroup)
     if (policy->options & VX_POLICY_PRIVATE_TMP) {
         /* A mount namespace of its own whose copies of the root's (shared)
          * mounts are slaves: what it mounts stays its own, what the init
-         * unmounts goes from it too. It ends with the command's last process. */
+         * unmounts goes from it too; and an IPC namespace of its own (System V
+         * IPC, message queues). Both end with the command's last process. */
         stage = STAGE_TMP;
-        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0 ||
-            mount("tmpfs", VX_NEWROOT "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, r->tmp_options) != 0)
+        if (unshare(CLONE_NEWNS | CLONE_NEWIPC) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0 ||
+            userland_private(r->tmp_options) != 0)
             goto fail;
     }
     stage = STAGE_CHROOT;
@@ -253,7 +255,7 @@ pid_t spawn_command(const struct spawn_request *r, struct spawn_failure *failed)
 const char *spawn_stage_name(int stage)
 {
     switch (stage) {
-    case STAGE_TMP: return "make a private /tmp for";
+    case STAGE_TMP: return "make a private /tmp and /dev/shm for";
     case STAGE_CHROOT: return "enter the root file system";
     case STAGE_USER: return "become the command's user for";
     case STAGE_CHDIR: return "change to the working directory";

@@ -75,7 +75,8 @@ public struct ExecPolicy: Sendable, Equatable {
     /// CPU seconds per process (RLIMIT_CPU: SIGXCPU, then SIGKILL).
     public var cpuSeconds: UInt32
     /// A /tmp of its own (since 1.4): an empty tmpfs in a mount namespace of
-    /// its own, gone when the command's last process ends.
+    /// its own, and so a /dev/shm, with an IPC namespace of its own; gone when
+    /// the command's last process ends.
     public var privateTmp: Bool
 
     public static let size = 32

@@ -15,10 +15,11 @@ public struct Command: Sendable {
     public var user: GuestUser?
     /// Its limits; nil: the sandbox's defaults.
     public var limits: Limits?
-    /// Whether it gets a /tmp of its own (an empty tmpfs that ends with it,
-    /// which other commands cannot see); nil: the sandbox's default
+    /// Whether it gets a /tmp and /dev/shm of its own (empty tmpfs that end
+    /// with it, which other commands cannot see) and System V IPC and
+    /// message queues of its own; nil: the sandbox's default
     /// (``SandboxConfiguration/privateTmp``, on). Off, it shares the guest's
-    /// /tmp with other such commands and the files API.
+    /// /tmp, /dev/shm and IPC with other such commands and the files API.
     public var privateTmp: Bool?
 
     /// Where the command's stdin comes from.

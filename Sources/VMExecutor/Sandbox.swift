@@ -503,7 +503,12 @@ public actor Sandbox {
             return VMExecError(.invalidRequest, why)
         case .closed(let why):
             if let ending = await qemu.waitForExit(timeout: .milliseconds(500)) {
-                return VMExecError(.guestStopped, "the guest stopped: \(ending); call start() to boot a fresh one")
+                // The guest's last words (a kernel panic, the init's complaint) say why.
+                let console = URL(fileURLWithPath: qemu.logPath).deletingLastPathComponent()
+                    .appendingPathComponent("console.log").path
+                let last = QEMUProcess.tail(of: console, lines: 12)
+                return VMExecError(.guestStopped, "the guest stopped: \(ending); call start() to boot a fresh one"
+                                   + (last.isEmpty ? "" : "\nguest console:\n\(last)"))
             }
             return VMExecError(.guestStopped, "the channel to the guest closed (\(why)); call start() to boot a fresh one")
         default:

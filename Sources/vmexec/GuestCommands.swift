@@ -167,7 +167,7 @@ struct Exec: AsyncParsableCommand {
     @Option(help: "Working directory in the guest.") var workdir: String = "/"
     @Option(help: "Kill the command after this many seconds.") var timeout: Double?
     @Flag(help: "Run as root (default: the guest's unprivileged user).") var root = false
-    @Flag(help: "Share the guest's /tmp (which vmexec cp reaches) instead of an empty /tmp of its own.") var sharedTmp = false
+    @Flag(help: "Share the guest's /tmp (which vmexec cp reaches), /dev/shm and IPC instead of having its own.") var sharedTmp = false
     @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
 
     func validate() throws {

@@ -99,6 +99,78 @@ extension RealGuests {
             #expect(try await answers(s))
         }
 
+        @Test("each command has a /dev/shm and message queues of its own: another command, root's and the next one see none of them")
+        func privateSharedMemory() async throws {
+            let s = try await SharedGuest.shared.get()
+            let (input, go) = AsyncStream<[UInt8]>.makeStream()
+            let keeper = try await s.stream(Command(["python3", "-c", """
+                import ctypes, sys
+                from multiprocessing import shared_memory
+                m = shared_memory.SharedMemory(name="vmexec-secret", create=True, size=4096)
+                m.buf[:6] = b"secret"
+                libc = ctypes.CDLL(None, use_errno=True)
+                assert libc.mq_open(b"/vmexec-queue", 0o100 | 0o2, 0o600, None) >= 0
+                assert libc.shmget(0x766d78, 4096, 0o1000 | 0o600) >= 0  # System V, IPC_CREAT
+                print("ready", flush=True)
+                sys.stdin.readline()
+                print(sorted(__import__("os").listdir("/dev/shm")), sorted(__import__("os").listdir("/dev/mqueue")))
+                """], stdin: .stream(input)))
+            var events = keeper.makeAsyncIterator()
+            var said: [UInt8] = []
+            while !said.elementsEqual("ready\n".utf8), let e = try await events.next() {
+                if case .stdout(let b) = e { said += b }
+                if case .exit(let t, _) = e { Issue.record("the keeper ended early: \(t)"); return }
+            }
+            let look = ["sh", "-c", "ls -A /dev/shm /dev/mqueue; ipcs -m 2>/dev/null | grep -c '^0x' || true"]
+            for user in [GuestUser.unprivileged, .root] {
+                let other = try await s.exec(Command(look, user: user))
+                #expect(other.stdoutText == "/dev/mqueue:\n\n/dev/shm:\n0\n", "\(user) sees none of it: \(other.stdoutText)")
+            }
+            go.yield([UInt8]("go\n".utf8))
+            go.finish()
+            var rest: [UInt8] = []
+            while let e = try await events.next() {
+                if case .stdout(let b) = e { rest += b }
+            }
+            #expect(String(decoding: rest, as: UTF8.self) == "['vmexec-secret'] ['vmexec-queue']\n", "the keeper saw its own")
+            let next = try await s.exec(Command(look))
+            #expect(next.stdoutText == "/dev/mqueue:\n\n/dev/shm:\n0\n", "the next command sees none: \(next.stdoutText)")
+            // Commands that share the guest's /tmp share its /dev/shm too.
+            let left = try await s.exec(Command(["sh", "-c", "echo shared > /dev/shm/vmexec-shared"], privateTmp: false))
+            let seen = try await s.exec(Command(["sh", "-c", "cat /dev/shm/vmexec-shared; rm /dev/shm/vmexec-shared"], privateTmp: false))
+            #expect(left.exitCode == 0 && seen.stdoutText == "shared\n")
+            #expect(try await answers(s))
+        }
+
+        @Test("a /dev/shm flood is stopped by the command's memory limit and leaves nothing behind")
+        func sharedMemoryFlood() async throws {
+            let s = try await SharedGuest.shared.get()
+            let limit: UInt64 = 64 << 20
+            let flood = try await s.exec(Command(["dd", "if=/dev/zero", "of=/dev/shm/flood", "bs=1M", "count=512"],
+                                                 timeout: .seconds(120), limits: Limits(memoryBytes: limit, processes: 64)))
+            #expect(flood.exitCode != 0, "the flood did not fit: \(flood.termination) \(flood.stderrText)")
+            #expect(flood.usage.maxRSSKiB * 1024 <= limit, "its memory stayed within the limit: \(flood.usage.maxRSSKiB) KiB")
+            let after = try await s.exec(Command(["sh", "-c", "ls -A /dev/shm; awk '/^MemAvailable/ {print int($2 / 1024)}' /proc/meminfo"]))
+            let lines = after.stdoutText.split(separator: "\n")
+            #expect(lines.count == 1, "the next command's /dev/shm is empty: \(after.stdoutText)")
+            #expect((Int(lines.last ?? "") ?? 0) > 128, "its memory came back: \(after.stdoutText) MiB available")
+            #expect(try await answers(s))
+        }
+
+        @Test("the kernel log is for root only: an unprivileged command reads neither /dev/kmsg nor dmesg")
+        func kernelLog() async throws {
+            let s = try await SharedGuest.shared.get()
+            let kmsg = try await s.exec(Command(["head", "-c", "1", "/dev/kmsg"]))
+            #expect(kmsg.exitCode != 0 && kmsg.stdout.isEmpty, "\(kmsg.stdoutText)")
+            let dmesg = try await s.exec(Command(["dmesg"]))
+            #expect(dmesg.exitCode != 0 && dmesg.stdout.isEmpty, "\(dmesg.stdoutText)")
+            let pointers = try await s.exec(Command(["sh", "-c", "grep -m1 ' T ' /proc/kallsyms | cut -c1-16"]))
+            #expect(pointers.stdoutText == "0000000000000000\n", "kernel addresses are hidden: \(pointers.stdoutText)")
+            // The log is there: root reads it.
+            let root = try await s.exec(Command(["dmesg"], user: .root))
+            #expect(root.exitCode == 0 && !root.stdout.isEmpty, "\(root.stderrText)")
+        }
+
         @Test("what a command leaves running in the background ends with it")
         func leftovers() async throws {
             let s = try await SharedGuest.shared.get()
@@ -106,7 +178,7 @@ extension RealGuests {
             let r = try await s.exec(Command(["sh", "-c", "sleep 300 & sleep 301 & echo started"]))
             #expect(r.stdoutText == "started\n")
             #expect(ContinuousClock.now - t < .seconds(10))
-            let sleeping = try await s.exec(Command(["sh", "-c", "ps -e -o comm= | grep -c '^sleep$' || true"], user: .root))
+            let sleeping = try await s.exec(Command(["sh", "-c", "cat /proc/[0-9]*/comm | grep -c '^sleep$' || true"], user: .root))
             #expect(sleeping.stdoutText == "0\n")
         }
 

@@ -72,12 +72,15 @@ private func treeHashes(_ s: Sandbox, _ dir: String) async throws -> String {
 extension RealGuests {
     @Suite("Overlay stores in a guest", .timeLimit(.minutes(10)))
     struct StoreGuestTests {
-        @Test("what one guest writes, the next reads; pip install --target in one run is importable in the next")
+        @Test("what one guest writes, the next reads (user xattrs too); pip install --target in one run is importable in the next")
         func persists() async throws {
             let scratch = try ScratchStore()
             let first = scratch.sandbox()
             try await first.start()
             #expect(try await first.exec(Command(["sh", "-c", "echo kept > /home/vmexec/note"])).exitCode == 0)
+            let tagged = try await first.exec(Command(["python3", "-c",
+                                                       "import os; os.setxattr('/home/vmexec/note', 'user.vmexec', b'kept')"]))
+            #expect(tagged.exitCode == 0, "user xattrs work on the store's ext4: \(tagged.stderrText)")
             let install = try await first.exec(Command(["sh", "-c", """
                 cat > /tmp/vxpure-1.0-py3-none-any.whl && \
                 python3 -m pip install --quiet --no-index --target /home/vmexec/pylib /tmp/vxpure-1.0-py3-none-any.whl
@@ -88,6 +91,9 @@ extension RealGuests {
             let second = scratch.sandbox()
             try await second.start()
             #expect(try await second.exec(Command(["cat", "/home/vmexec/note"])).stdoutText == "kept\n")
+            let tag = try await second.exec(Command(["python3", "-c",
+                                                     "import os; print(os.getxattr('/home/vmexec/note', 'user.vmexec').decode())"]))
+            #expect(tag.stdoutText == "kept\n", "\(tag.stderrText)")
             let imported = try await second.exec(Command(["python3", "-c", "import vxpure; print(vxpure.VALUE)"],
                                                          environment: ["PYTHONPATH": "/home/vmexec/pylib"]))
             #expect(imported.stdoutText == "7\n", "\(imported.stderrText)")
