@@ -1,6 +1,9 @@
 # vmexec: build, guest images, tests, fuzzing and benchmarks.
 #   make run     deps, build and images as needed, then the examples in a guest with the shards attached
-#   make test    the whole suite (C vectors, Swift unit tests, real guests)
+#   make test    the whole suite: test-unit, then test-guests, then test-cli
+#   make test-unit    host-only tests (C vectors, Swift units, a machine double): no images, about a minute
+#   make test-guests  real guests under QEMU (builds the images first)
+#   make test-cli     the vmexec command on real guests (builds the images first)
 #   make images  guest kernel, initramfs, base root file system and the SDK and libs shards for ARCH
 #   make fuzz    a bounded libFuzzer run over the init's frame parser
 #   make bench   benchmarks against qemu-guest-agent (not part of make test)
@@ -26,7 +29,7 @@ else
 INIT_CC ?= $(ARCH)-linux-gnu-gcc
 endif
 
-.PHONY: all deps build images run test test-c test-swift fuzz bench bench-images clean clean-images
+.PHONY: all deps build build-tests images run test test-unit test-guests test-cli test-c fuzz bench bench-images clean clean-images
 
 all: build images
 
@@ -35,6 +38,10 @@ deps:
 
 build:
 	$(SWIFT) build --product vmexec
+
+# Every target, the test bundles and the vmexec binary the CLI suites run.
+build-tests:
+	$(SWIFT) build --build-tests
 
 # ---- guest images (make-style: nothing is rebuilt that is up to date) ----
 
@@ -84,7 +91,23 @@ run: deps build images
 	$(VMEXEC) run --images $(IMG) --shard $(SDK_SHARD) -- python3 - < examples/hello.py
 	$(VMEXEC) run --images $(IMG) --shard $(SDK_SHARD) --shard $(LIBS_SHARD) -- python3 - < examples/numpy_demo.py
 
-test: deps images test-c test-swift
+test: test-unit test-guests test-cli
+
+# Host-only: needs the build dependencies, no guest images.
+UNIT_TARGETS := SerialChannelTests|SquashMountsTests|PersistOverlayTests|VMExecutorUnitTests
+test-unit: deps test-c build-tests
+	timeout -s KILL 300 $(SWIFT) test --skip-build --filter '$(UNIT_TARGETS)'
+
+# The guest and CLI suites run one guest at a time (each is serialized), and
+# apart from each other: two TCG guests at once on 2 cores measure contention.
+# A hung test must fail the run, not hold CI: after 20 minutes the whole
+# process group is killed (SIGKILL: the test runner survives SIGTERM).
+GUEST_ENV := VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache
+test-guests: deps images build-tests
+	$(GUEST_ENV) timeout -s KILL 1200 $(SWIFT) test --skip-build --filter VMExecutorTests
+
+test-cli: deps images build-tests
+	$(GUEST_ENV) timeout -s KILL 900 $(SWIFT) test --skip-build --filter VMExecCLITests
 
 # The init's parser against the golden vectors, under ASan and UBSan.
 test-c: .build/c/vectors_test
@@ -94,11 +117,6 @@ test-c: .build/c/vectors_test
 	@mkdir -p .build/c
 	cc $(CFLAGS_STRICT) -g -fsanitize=address,undefined -fno-sanitize-recover=all -ISources/InitGuest/include \
 	  Sources/InitGuest/proto.c Tests/InitGuestTests/describe.c Tests/InitGuestTests/vectors_test.c -o $@
-
-# A hung test must fail the run, not hold CI: after 20 minutes the whole
-# process group is killed (SIGKILL: the test runner survives SIGTERM).
-test-swift: images build
-	VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache timeout -s KILL 1200 $(SWIFT) test
 
 # A bounded libFuzzer run, seeded with the golden vectors.
 fuzz:

@@ -80,9 +80,22 @@ let package = Package(
             name: "SquashMountsTests",
             dependencies: ["SquashMounts", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PersistOverlayTests", dependencies: ["PersistOverlay"]),
+        // Host-only: Sandbox over a machine double, QEMU's process wrapper. No images needed.
+        .testTarget(
+            name: "VMExecutorUnitTests",
+            dependencies: ["VMExecutor", "SerialChannel", "SquashMounts",
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "Logging", package: "swift-log")]),
+        // Fixtures the guest and CLI suites share: where the images are, whether they are built.
+        .target(name: "VMExecTestSupport", dependencies: ["VMExecutor", "SquashMounts"], path: "Tests/VMExecTestSupport"),
+        // Real guests under QEMU: `make images` first.
         .testTarget(
             name: "VMExecutorTests",
-            dependencies: ["VMExecutor", "SerialChannel", "SquashMounts", "PersistOverlay",
+            dependencies: ["VMExecutor", "VMExecTestSupport", "SerialChannel", "SquashMounts", "PersistOverlay",
                            .product(name: "Crypto", package: "swift-crypto")]),
+        // The vmexec command as a user runs it, on real guests: `make images` first.
+        .testTarget(
+            name: "VMExecCLITests",
+            dependencies: ["VMExecutor", "VMExecTestSupport", "SquashMounts", "PersistOverlay"]),
     ]
 )

@@ -98,9 +98,9 @@ extension Sandbox {
         do {
             let transfer = try await r.client.openTransfer(
                 .put(guestPath, size: size, mode: options.mode ?? 0o644, uid: owner.uid, gid: owner.gid, flags: flags))
-            return FileUpload(transfer: transfer, path: guestPath, size: size, qemu: r.qemu)
+            return FileUpload(transfer: transfer, path: guestPath, size: size, machine: r.machine)
         } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
+            throw await Self.fileError(error, machine: r.machine)
         }
     }
 
@@ -154,9 +154,9 @@ extension Sandbox {
         let r = try requireRunning()
         do {
             let transfer = try await r.client.openTransfer(.get(guestPath, maxSize: maxBytes ?? configuration.fileSizeLimit))
-            return FileDownload(transfer: transfer, qemu: r.qemu)
+            return FileDownload(transfer: transfer, machine: r.machine)
         } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
+            throw await Self.fileError(error, machine: r.machine)
         }
     }
 
@@ -168,7 +168,7 @@ extension Sandbox {
         do {
             return try await r.client.stat(.stat(guestPath, followSymlink: followSymlinks))
         } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
+            throw await Self.fileError(error, machine: r.machine)
         }
     }
 
@@ -178,7 +178,7 @@ extension Sandbox {
         do {
             return try await r.client.list(guestPath, maxEntries: maxEntries)
         } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
+            throw await Self.fileError(error, machine: r.machine)
         }
     }
 
@@ -210,7 +210,7 @@ extension Sandbox {
         do {
             return try await r.client.processes()
         } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
+            throw await Self.fileError(error, machine: r.machine)
         }
     }
 
@@ -222,7 +222,7 @@ extension Sandbox {
         do {
             try await r.client.kill(KillRequest(pid: pid, signal: UInt32(signal), group: group))
         } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
+            throw await Self.fileError(error, machine: r.machine)
         }
     }
 
@@ -233,7 +233,7 @@ extension Sandbox {
         do {
             try await r.client.perform(request)
         } catch {
-            throw await Self.fileError(error, qemu: r.qemu)
+            throw await Self.fileError(error, machine: r.machine)
         }
     }
 
@@ -242,13 +242,13 @@ extension Sandbox {
     }
 
     /// A refused file or process request as the ``VMExecError`` that says which.
-    static func fileError(_ error: any Error, qemu: QEMUProcess) async -> any Error {
-        guard case .refused(let reply) = error as? ProtocolError else { return await explain(error, qemu: qemu) }
+    static func fileError(_ error: any Error, machine: any GuestMachine) async -> any Error {
+        guard case .refused(let reply) = error as? ProtocolError else { return await explain(error, machine: machine) }
         switch reply.code {
         case .file: return VMExecError(.fileRefused, reply.message)
         case .limit: return VMExecError(.fileTooLarge, reply.message)
         case .process: return VMExecError(.processRefused, reply.message)
-        default: return await explain(error, qemu: qemu)
+        default: return await explain(error, machine: machine)
         }
     }
 }
@@ -259,14 +259,14 @@ public final class FileUpload: Sendable {
     public let path: String
     public let size: UInt64
     private let transfer: RemoteProcess
-    private let qemu: QEMUProcess
+    private let machine: any GuestMachine
     private let count = Mutex<UInt64>(0)
 
-    init(transfer: RemoteProcess, path: String, size: UInt64, qemu: QEMUProcess) {
+    init(transfer: RemoteProcess, path: String, size: UInt64, machine: any GuestMachine) {
         self.transfer = transfer
         self.path = path
         self.size = size
-        self.qemu = qemu
+        self.machine = machine
     }
 
     /// Bytes written so far.
@@ -278,7 +278,7 @@ public final class FileUpload: Sendable {
         guard UInt64(bytes.count) <= remaining else {
             throw VMExecError(.invalidRequest, "\(path): more than the \(size) bytes announced")
         }
-        do { try await transfer.writeStdin(bytes) } catch { throw await Sandbox.fileError(error, qemu: qemu) }
+        do { try await transfer.writeStdin(bytes) } catch { throw await Sandbox.fileError(error, machine: machine) }
         count.withLock { $0 += UInt64(bytes.count) }
     }
 
@@ -291,7 +291,7 @@ public final class FileUpload: Sendable {
             try await transfer.closeStdin()
             _ = try await transfer.wait()
         } catch {
-            throw await Sandbox.fileError(error, qemu: qemu)
+            throw await Sandbox.fileError(error, machine: machine)
         }
     }
 
@@ -306,13 +306,13 @@ public final class FileDownload: Sendable {
     /// The file as the guest opened it.
     public let entry: FileEntry
     private let transfer: RemoteProcess
-    private let qemu: QEMUProcess
+    private let machine: any GuestMachine
     private let count = Mutex<UInt64>(0)
 
-    init(transfer: RemoteProcess, qemu: QEMUProcess) {
+    init(transfer: RemoteProcess, machine: any GuestMachine) {
         self.transfer = transfer
         self.entry = transfer.fileEntry!
-        self.qemu = qemu
+        self.machine = machine
     }
 
     /// Bytes received so far.
@@ -329,7 +329,7 @@ public final class FileDownload: Sendable {
             _ = try await transfer.wait()
             return nil
         } catch {
-            throw await Sandbox.fileError(error, qemu: qemu)
+            throw await Sandbox.fileError(error, machine: machine)
         }
     }
 

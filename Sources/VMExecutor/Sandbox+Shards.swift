@@ -22,10 +22,9 @@ extension Sandbox {
     func plugAll(_ shards: [Shard]) async throws {
         guard !shards.isEmpty else { return }
         let r = try requireRunning()
-        let qmp = try await monitor(r)
         for shard in shards {
             let a = newAttachment(shard)
-            try await a.plug(qmp)
+            try await r.machine.plug(a.disk)
             attachments.append(a)
             if case .mount(let target) = shard.manifest.placement {
                 do {
@@ -49,18 +48,21 @@ extension Sandbox {
     /// then mounted (or stacked as a layer, which needs no command running).
     /// Later starts attach it too.
     public func attach(_ shard: Shard) async throws {
+        try await exclusively { try await attachNow(shard) }
+    }
+
+    private func attachNow(_ shard: Shard) async throws {
         let r = try requireRunning()
         try await Self.vet(desiredShards + [shard], verifying: [shard], architecture: configuration.architecture)
-        let qmp = try await monitor(r)
         let a = newAttachment(shard)
-        try await a.plug(qmp)
+        try await r.machine.plug(a.disk)
         do {
             switch shard.manifest.placement {
             case .mount(let target): try await r.client.request(.mount(serial: a.serial, target: target))
             case .layer: try await r.client.request(Self.layersRequest(attachments + [a]))
             }
         } catch {
-            try? await a.unplug(qmp)
+            try? await r.machine.unplug(a.disk)
             throw Self.driveError(error, shard: shard)
         }
         attachments.append(a)
@@ -72,6 +74,10 @@ extension Sandbox {
     /// (``VMExecError/Code/shardBusy``, naming the user) while a process uses it;
     /// a layer shard only while no command runs.
     public func detach(_ name: String) async throws {
+        try await exclusively { try await detachNow(name) }
+    }
+
+    private func detachNow(_ name: String) async throws {
         let r = try requireRunning()
         guard let a = attachments.first(where: { $0.shard.manifest.name == name }) else {
             let names = attachments.map(\.shard.manifest.name).joined(separator: ", ")
@@ -85,8 +91,7 @@ extension Sandbox {
         }
         attachments = rest
         desiredShards.removeAll { $0.manifest.name == name }
-        let qmp = try await monitor(r)
-        try await a.unplug(qmp)
+        try await r.machine.unplug(a.disk)
         logger.info("shard detached", metadata: ["shard": "\(a.shard.label)"])
     }
 

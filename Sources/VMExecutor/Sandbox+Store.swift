@@ -18,8 +18,7 @@ extension Sandbox {
 
     func plugStore(_ lease: StoreLease) async throws {
         let r = try requireRunning()
-        let qmp = try await monitor(r)
-        try await StoreAttachment.plug(qmp, image: lease.store.image)
+        try await r.machine.plug(StoreAttachment.disk(image: lease.store.image))
         do {
             try await r.client.request(.store(serial: StoreAttachment.serial))
         } catch {
@@ -33,7 +32,7 @@ extension Sandbox {
     /// fdatasync of the image).
     public func sync() async throws {
         let r = try requireRunning()
-        do { try await r.client.request(.sync) } catch { throw await Self.explain(error, qemu: r.qemu) }
+        do { try await r.client.request(.sync) } catch { throw await Self.explain(error, machine: r.machine) }
     }
 
     /// Snapshots the store while the guest runs, without a reboot: the guest
@@ -42,8 +41,12 @@ extension Sandbox {
     /// Without a running guest, copies the store as it is.
     @discardableResult
     public func snapshot(_ name: String) async throws -> SnapshotInfo {
+        try await exclusively { try await takeSnapshot(name) }
+    }
+
+    private func takeSnapshot(_ name: String) async throws -> SnapshotInfo {
         guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        guard running?.qemu.ending == nil, let lease = storeLease else {
+        guard running?.machine.ending == nil, let lease = storeLease else {
             let lease = try Self.storeCall { try store.lock(holder: "taking a snapshot") }
             return try await Self.offPool { try lease.createSnapshot(name) }
         }
@@ -54,51 +57,59 @@ extension Sandbox {
     /// in the image file, and nothing is written until it returns.
     func whileFrozen<T: Sendable>(_ body: () async throws -> T) async throws -> T {
         let r = try requireRunning()
-        do { try await r.client.request(.freeze) } catch { throw await Self.explain(error, qemu: r.qemu) }
+        do { try await r.client.request(.freeze) } catch { throw await Self.explain(error, machine: r.machine) }
         let result: Result<T, any Error>
         do { result = .success(try await body()) } catch { result = .failure(error) }
-        do { try await r.client.request(.thaw) } catch { throw await Self.explain(error, qemu: r.qemu) }
+        do { try await r.client.request(.thaw) } catch { throw await Self.explain(error, machine: r.machine) }
         return try result.get()
     }
 
     /// Restarts the guest from a snapshot of its store: the guest is shut
     /// down, the snapshot's image put back, and a fresh guest started.
     public func restore(snapshot name: String) async throws {
-        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        let wasRunning = isRunning
-        await shutdown()
-        let lease = try Self.storeCall { try store.lock(holder: "restoring a snapshot") }
-        try await Self.offPool { try lease.restoreSnapshot(name) }
-        lease.release()
-        if wasRunning { try await start() }
+        try await exclusively {
+            guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
+            let wasRunning = isRunning
+            await stopMachine()
+            let lease = try Self.storeCall { try store.lock(holder: "restoring a snapshot") }
+            try await Self.offPool { try lease.restoreSnapshot(name) }
+            lease.release()
+            if wasRunning { try await startMachine() }
+        }
     }
 
     /// Empties the store (snapshots stay): the guest is shut down, the store
     /// gets a fresh file system, and a guest is started again if one ran.
     public func resetStore() async throws {
-        guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        let wasRunning = isRunning
-        await shutdown()
-        let lease = try Self.storeCall { try store.lock(holder: "resetting the store") }
-        try await Self.offPool { try lease.reset() }
-        lease.release()
-        if wasRunning { try await start() }
+        try await exclusively {
+            guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
+            let wasRunning = isRunning
+            await stopMachine()
+            let lease = try Self.storeCall { try store.lock(holder: "resetting the store") }
+            try await Self.offPool { try lease.reset() }
+            lease.release()
+            if wasRunning { try await startMachine() }
+        }
     }
 
     /// What was added, changed and deleted in the guest's root since the store
     /// was created, or since `snapshot`. With a guest running, reads a copy of
     /// the store taken while the guest held it frozen.
     public func diff(since snapshot: String? = nil) async throws -> [StoreChange] {
-        let lower = try await lowerPaths()
-        return try await withStoreImage { lease, image in
-            try lease.diff(since: snapshot, image: image) { lower.contains($0) }
+        try await exclusively {
+            let lower = try await lowerPaths()
+            return try await withStoreImage { lease, image in
+                try lease.diff(since: snapshot, image: image) { lower.contains($0) }
+            }
         }
     }
 
     /// Writes what the guest changed under `path` (its upper layer; `/` for all)
     /// as a tar with OCI whiteouts.
     public func export(_ path: String, to tar: String) async throws {
-        try await withStoreImage { lease, image in try lease.export(path, to: tar, image: image) }
+        try await exclusively {
+            try await withStoreImage { lease, image in try lease.export(path, to: tar, image: image) }
+        }
     }
 
     /// Paths of the lower: the base root file system and the layer shards.
@@ -120,7 +131,7 @@ extension Sandbox {
     /// store frozen while the guest runs, else the store itself (locked).
     func withStoreImage<T: Sendable>(_ body: @escaping @Sendable (StoreLease, String?) throws -> T) async throws -> T {
         guard let store = configuration.store else { throw VMExecError(.invalidRequest, "this sandbox has no store") }
-        guard running?.qemu.ending == nil, let lease = storeLease else {
+        guard running?.machine.ending == nil, let lease = storeLease else {
             let lease = try Self.storeCall { try store.lock(holder: "reading the store") }
             if let images = try? configuration.images ?? GuestImages.locate(architecture: configuration.architecture) {
                 let lower = try StoreAttachment.lower(rootfs: images.rootfs, shards: desiredShards)

@@ -9,8 +9,11 @@ public struct SandboxConfiguration: Sendable {
     /// Guest images; nil finds them with ``GuestImages/locate(explicit:architecture:environment:)``.
     public var images: GuestImages?
     public var architecture: GuestArchitecture = .host
-    /// QEMU binary; nil picks `qemu-system-<arch>` from PATH.
+    /// QEMU binary; nil picks `qemu-system-<arch>` from PATH. Used by the
+    /// default hypervisor.
     public var qemuBinary: String?
+    /// What runs the guest; nil: ``QEMUHypervisor`` with ``qemuBinary``.
+    public var hypervisor: (any GuestHypervisor)?
     public var memoryMiB = 512
     public var cpus = 1
     public var accelerator: AcceleratorChoice = .auto
@@ -36,7 +39,8 @@ public struct SandboxConfiguration: Sendable {
     public var fileSizeLimit: UInt64 = 4 << 30
     /// No network device unless asked for; see ``NetworkPolicy``.
     public var network: NetworkPolicy = .none
-    /// Appended to QEMU's command line (extra devices, e.g. a second port for a benchmark peer).
+    /// Appended to QEMU's command line (extra devices, e.g. a second port for
+    /// a benchmark peer); given to other hypervisors as they are.
     public var extraQEMUArguments: [String] = []
     /// Start by restoring the machine state saved after the first boot of the
     /// same images and command line (see ``BootState``), and save one after a
@@ -68,7 +72,8 @@ public actor Sandbox {
     public let configuration: SandboxConfiguration
     let logger: Logger
     var running: Running?
-    private var generation = 0
+    /// Numbers launched machines, so that a late end of an old one is ignored.
+    var nextGeneration = 0
     /// The shards the guest should have; ``start()`` attaches them all.
     var desiredShards: [Shard]
     /// The shards attached to the running guest, as drives.
@@ -77,17 +82,17 @@ public actor Sandbox {
     var nextDrive = 1
     /// The store's lock while a guest uses it.
     var storeLease: StoreLease?
+    /// Whether a lifecycle operation runs (see ``exclusively(_:)``), and who waits for it.
+    private var operationRunning = false
+    private var operationWaiters: [CheckedContinuation<Void, Never>] = []
 
-    /// A booted guest.
+    /// A booted guest: its machine and the channel to its init.
     struct Running {
         let generation: Int
-        let qemu: QEMUProcess
+        let machine: any GuestMachine
         let client: ChannelClient
-        let runDirectory: URL
-        let accelerator: Accelerator
         let hello: Hello
         let restored: Bool
-        let state: BootState
     }
 
     public init(configuration: SandboxConfiguration = SandboxConfiguration(), logger: Logger = Logger(label: "vmexec")) {
@@ -97,18 +102,23 @@ public actor Sandbox {
     }
 
     deinit {
-        running?.qemu.kill()
-        if let dir = running?.runDirectory { try? FileManager.default.removeItem(at: dir) }
+        running?.machine.kill()
+        running?.machine.discard()
+    }
+
+    /// The hypervisor this sandbox launches its machines with.
+    var hypervisor: any GuestHypervisor {
+        configuration.hypervisor ?? QEMUHypervisor(binary: configuration.qemuBinary)
     }
 
     // MARK: state
 
     /// Whether a guest is up and its channel open.
-    public var isRunning: Bool { running.map { $0.qemu.ending == nil && $0.client.isOpen } ?? false }
+    public var isRunning: Bool { running.map { $0.machine.ending == nil && $0.client.isOpen } ?? false }
     /// The accelerator of the running guest.
-    public var accelerator: Accelerator? { running?.accelerator }
-    /// QEMU's process id (for diagnostics and crash tests).
-    public var qemuProcessID: Int32? { running?.qemu.pid }
+    public var accelerator: Accelerator? { running?.machine.accelerator }
+    /// The process id of the running guest's hypervisor (QEMU's; for diagnostics and crash tests).
+    public var qemuProcessID: Int32? { running?.machine.processID }
     /// What the init said about itself in its HELLO (init version, kernel).
     public var guestInfo: [String: String] { running?.hello.fields ?? [:] }
     /// The channel of the running guest, for tests that speak to the init directly.
@@ -117,13 +127,35 @@ public actor Sandbox {
     /// Whether the running guest was restored from a saved boot state.
     public var restoredFromSavedState: Bool { running?.restored ?? false }
     /// The guest console's log file of the running guest.
-    public var consoleLog: String? { running.map { $0.runDirectory.appendingPathComponent("console.log").path } }
+    public var consoleLog: String? { running?.machine.consoleLogPath }
 
     // MARK: lifecycle
 
     /// Boots the guest and waits for the init's hello. Does nothing if the
     /// guest is already running; replaces a guest that died.
     public func start() async throws {
+        try await exclusively { try await startMachine() }
+    }
+
+    /// Runs one lifecycle operation (start, shutdown, attach, detach, snapshot,
+    /// restore, reset, diff, export) at a time. Actor methods interleave at
+    /// every await, and two of these interleaved would plug disks into a
+    /// guest being replaced or copy a store being restored. Commands, files
+    /// and pings do not wait here.
+    func exclusively<T>(_ body: () async throws -> T) async rethrows -> T {
+        while operationRunning {
+            await withCheckedContinuation { operationWaiters.append($0) }
+        }
+        operationRunning = true
+        defer {
+            operationRunning = false
+            if !operationWaiters.isEmpty { operationWaiters.removeFirst().resume() }
+        }
+        return try await body()
+    }
+
+    /// ``start()`` inside an operation.
+    func startMachine() async throws {
         if isRunning { return }
         if let dead = running { cleanUp(dead) }
         let images = try configuration.images ?? GuestImages.locate(architecture: configuration.architecture)
@@ -140,18 +172,11 @@ public actor Sandbox {
                 throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message)
             }
         }
-        let profile = MachineProfile(architecture: configuration.architecture, qemuBinary: configuration.qemuBinary,
-                                     memoryMiB: configuration.memoryMiB, cpus: configuration.cpus,
-                                     network: configuration.network.enabled)
+        let spec = MachineSpec(architecture: configuration.architecture, images: images,
+                               memoryMiB: configuration.memoryMiB, cpus: configuration.cpus,
+                               network: configuration.network, extraArguments: configuration.extraQEMUArguments)
         do {
-            switch configuration.accelerator {
-            case .tcg:
-                running = try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
-            case .kvm:
-                running = try await boot(profile, images, .kvm, deadline: configuration.bootTimeout)
-            case .auto:
-                running = try await bootAuto(profile, images)
-            }
+            running = try await boot(spec)
         } catch {
             releaseStore()
             throw error
@@ -165,194 +190,39 @@ public actor Sandbox {
             if let r = running { cleanUp(r) }
             throw error
         }
-        logger.info("guest up", metadata: ["accelerator": "\(running!.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")",
+        logger.info("guest up", metadata: ["accelerator": "\(running!.machine.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")",
                                            "start": "\(running!.restored ? "restored saved state" : "cold boot")"])
     }
 
-    /// Tries KVM for real (see ``AcceleratorProbe``) and falls back to TCG.
-    private func bootAuto(_ profile: MachineProfile, _ images: GuestImages) async throws -> Running {
-        if let why = await AcceleratorProbe.quickCheck() {
-            logger.info("KVM not usable (\(why)); using TCG")
-            return try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
-        }
-        switch AcceleratorProbe.cachedVerdict(qemu: profile.qemuBinary) {
-        case false?:
-            logger.info("KVM hung on this host before (cached verdict); using TCG")
-            return try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
-        case true?:
-            return try await boot(profile, images, .kvm, deadline: configuration.bootTimeout)
-        case nil:
-            do {
-                let r = try await boot(profile, images, .kvm, deadline: AcceleratorProbe.trialDeadline)
-                AcceleratorProbe.record(usable: true, qemu: profile.qemuBinary, reason: "trial boot said hello")
-                return r
-            } catch let e as VMExecError where e.code == .bootTimeout || e.code == .launchFailed {
-                let why = "a guest under KVM did not reach its init within \(AcceleratorProbe.trialDeadline) (\(e.code))"
-                AcceleratorProbe.record(usable: false, qemu: profile.qemuBinary, reason: why)
-                logger.warning("\(why); falling back to TCG")
-                return try await boot(profile, images, .tcg, deadline: configuration.bootTimeout)
-            }
-        }
-    }
-
-    /// Restores the saved boot state when there is one (falling back to a
-    /// cold boot if it fails), else boots and saves a state for next time.
-    private func boot(
-        _ profile: MachineProfile, _ images: GuestImages, _ accelerator: Accelerator, deadline: Duration
-    ) async throws -> Running {
-        if configuration.reuseBootState {
-            do {
-                if let r = try await launch(profile, images, accelerator, deadline: deadline, restoring: true) { return r }
-            } catch {
-                logger.warning("restoring the saved boot state failed; booting afresh: \(error)")
-            }
-        }
-        let r = try await launch(profile, images, accelerator, deadline: deadline, restoring: false)!
-        if configuration.reuseBootState { try await saveBootState(r) }
-        return r
-    }
-
-    private func bootState(_ profile: MachineProfile, _ images: GuestImages, _ accelerator: Accelerator,
-                           _ dir: URL, _ paths: MachineProfile.Paths) -> (BootState, [String]) {
-        let arguments = profile.arguments(accelerator: accelerator, paths: paths) + configuration.extraQEMUArguments
-        let files = [images.kernel.path, images.initramfs.path, images.rootfs.path,
-                     QEMUProcess.find(profile.qemuBinary) ?? profile.qemuBinary]
-        let state = BootState(arguments: arguments, runDirectory: dir.path, files: files,
-                              directory: configuration.bootStateDirectory ?? BootState.defaultDirectory)
-        return (state, arguments)
-    }
-
-    /// Saves the just-booted guest's state. Not saving only costs the next
-    /// start time; a guest left stopped by the save is unusable, so that ends
-    /// this start with an error (after which QEMU is gone).
-    private func saveBootState(_ r: Running) async throws {
-        do {
-            try await r.client.ping()  // nothing of this session is in flight when saved
-            let qmp = try await monitor(r)
-            let started = ContinuousClock.now
-            try await r.state.save(monitor: qmp)
-            logger.info("boot state saved", metadata: ["file": "\(r.state.file.path)", "took": "\(ContinuousClock.now - started)"])
-        } catch let failure as BootState.SaveFailure {
-            if case .notResumed = failure {
-                r.qemu.kill()
-                try? FileManager.default.removeItem(at: r.runDirectory)
-                throw VMExecError(.launchFailed, "\(failure)")
-            }
-            logger.warning("\(failure) (the next start boots again)")
-        } catch {
-            logger.warning("could not save the boot state (the next start boots again): \(error)")
-        }
-        try await r.client.ping()  // the guest answers again
-    }
-
-    /// Launches QEMU and waits for the init's hello. With `restoring`, loads
-    /// the saved boot state instead of booting, and returns nil if there is none.
-    private func launch(
-        _ profile: MachineProfile, _ images: GuestImages, _ accelerator: Accelerator, deadline: Duration,
-        restoring: Bool
-    ) async throws -> Running? {
-        let dir = try RunDirectory.make()
-        let socket = dir.appendingPathComponent("ctl.sock").path
-        let console = dir.appendingPathComponent("console.log").path
-        let paths = MachineProfile.Paths(images: images, controlSocket: socket, consoleLog: console,
-                                         monitorSocket: dir.appendingPathComponent("qmp.sock").path)
-        let (state, initialArguments) = bootState(profile, images, accelerator, dir, paths)
-        var arguments = initialArguments + (try configuration.network.backendArguments())
-        if restoring {
-            guard state.exists else {
-                try? FileManager.default.removeItem(at: dir)
-                return nil
-            }
-            arguments += state.incomingArguments
-        }
-        generation += 1
-        let generation = self.generation
-        let qemu: QEMUProcess
-        do {
-            qemu = try QEMUProcess(
-                binary: profile.qemuBinary,
-                arguments: arguments,
-                logPath: dir.appendingPathComponent("qemu.log").path
-            ) { [weak self] ending in
-                Task { await self?.qemuEnded(generation: generation, ending) }
-            }
-        } catch {
-            try? FileManager.default.removeItem(at: dir)
-            throw error
-        }
-        let clock = ContinuousClock()
-        let started = clock.now
-        func fail(_ code: VMExecError.Code, _ what: String) -> VMExecError {
-            qemu.kill()
-            if restoring { state.remove() }  // a state that does not restore is of no use
-            let consoleTail = QEMUProcess.tail(of: console, lines: 8)
-            let qemuTail = qemu.logTail()
-            var message = what
-            if !qemuTail.isEmpty { message += "\nQEMU said:\n\(qemuTail)" }
-            if !consoleTail.isEmpty { message += "\nguest console (\(console)):\n\(consoleTail)" }
-            return VMExecError(code, message)
-        }
-        while true {
-            if let ending = qemu.ending {
-                throw fail(.launchFailed, "\(ending) before the guest booted (\(accelerator))")
-            }
-            let remaining = deadline - (clock.now - started)
-            if remaining <= .zero {
-                throw fail(.bootTimeout, "the guest did not say hello within \(deadline) (\(accelerator))")
-            }
-            if FileManager.default.fileExists(atPath: socket) {
-                do {
-                    let (client, hello) = try await ChannelClient.connect(
-                        unixSocket: socket, handshakeTimeout: remaining, logger: logger)
-                    if let bootError = hello.fields["boot_error"], !bootError.isEmpty {
-                        client.close(.closed("boot failed"))
-                        throw fail(.bootFailed, "the guest init could not set up the guest: \(bootError)")
-                    }
-                    return Running(generation: generation, qemu: qemu, client: client, runDirectory: dir,
-                                   accelerator: accelerator, hello: hello, restored: restoring, state: state)
-                } catch let e as ProtocolError {
-                    if case .handshakeTimeout = e {
-                        throw fail(.bootTimeout, "the guest did not say hello within \(deadline) (\(accelerator))")
-                    }
-                    if case .versionMismatch = e { throw fail(.bootFailed, e.description) }
-                    if let ending = await qemu.waitForExit(timeout: .milliseconds(200)) {
-                        throw fail(.launchFailed, "\(ending) before the guest booted (\(accelerator))")
-                    }
-                    throw fail(.protocolError, e.description)
-                } catch let e as VMExecError {
-                    throw e
-                } catch {
-                    // QEMU created the socket but is not listening yet: try again.
-                }
-            }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-    }
-
-    private func qemuEnded(generation: Int, _ ending: QEMUProcess.Ending) {
+    func machineEnded(generation: Int, _ ending: MachineEnding) {
         guard let r = running, r.generation == generation else { return }
         r.client.close(.closed(ending.description))
         releaseStore()
         logger.notice("guest stopped: \(ending)")
     }
 
-    private func cleanUp(_ r: Running) {
+    func cleanUp(_ r: Running) {
         r.client.close(.closed("the sandbox was stopped"))
-        r.qemu.kill()
+        r.machine.kill()
         releaseStore()
-        try? FileManager.default.removeItem(at: r.runDirectory)
+        r.machine.discard()
         running = nil
     }
 
     /// Ends every process, syncs and powers the guest off (QEMU is killed if
     /// it does not exit within `timeout`).
     public func shutdown(timeout: Duration = .seconds(10)) async {
+        await exclusively { await stopMachine(timeout: timeout) }
+    }
+
+    /// ``shutdown(timeout:)`` inside an operation.
+    func stopMachine(timeout: Duration = .seconds(10)) async {
         guard let r = running else { return }
         running = nil
-        if r.qemu.ending == nil {
+        if r.machine.ending == nil {
             let asked = Task { try? await r.client.shutdown() }
-            if await r.qemu.waitForExit(timeout: timeout) == nil {
-                logger.warning("guest did not power off within \(timeout); killing QEMU")
+            if await r.machine.waitForExit(timeout: timeout) == nil {
+                logger.warning("guest did not power off within \(timeout); killing its machine")
             }
             asked.cancel()
         }
@@ -363,37 +233,30 @@ public actor Sandbox {
     /// host would. The init ends the processes of the old session; calls
     /// waiting on them fail. The guest itself keeps running.
     public func reconnect(timeout: Duration = .seconds(10)) async throws {
-        guard let r = running, r.qemu.ending == nil else {
+        guard let r = running, r.machine.ending == nil else {
             throw VMExecError(.notRunning, "the sandbox is not running; call start() first")
         }
         r.client.close(.closed("the host reconnected"))
-        let socket = r.runDirectory.appendingPathComponent("ctl.sock").path
         do {
-            let (client, hello) = try await ChannelClient.connect(unixSocket: socket, handshakeTimeout: timeout, logger: logger)
-            running = Running(generation: r.generation, qemu: r.qemu, client: client, runDirectory: r.runDirectory,
-                              accelerator: r.accelerator, hello: hello, restored: r.restored, state: r.state)
+            let (client, hello) = try await r.machine.connect(timeout: timeout, logger: logger)
+            running = Running(generation: r.generation, machine: r.machine, client: client, hello: hello, restored: r.restored)
         } catch {
-            throw await Self.explain(error, qemu: r.qemu)
+            throw await Self.explain(error, machine: r.machine)
         }
     }
 
     // MARK: commands
 
     func requireRunning() throws -> Running {
-        guard let r = running, r.qemu.ending == nil else {
+        guard let r = running, r.machine.ending == nil else {
             throw VMExecError(.notRunning, "the sandbox is not running; call start() first")
         }
         return r
     }
 
-    /// A connection to the running guest's QEMU monitor (hot-plug, boot states).
-    func monitor(_ r: Running) async throws -> QMPClient {
-        try await QMPClient.connect(path: r.runDirectory.appendingPathComponent("qmp.sock").path)
-    }
-
     /// Runs a command and returns its collected output and status.
     public func exec(_ command: Command) async throws -> ExecResult {
-        let (process, stdin, qemu) = try await startProcess(command)
+        let (process, stdin, machine) = try await startProcess(command)
         let policy = resolvedPolicy(command)
         do {
             let out = try await process.collect(limit: configuration.outputLimit)
@@ -402,20 +265,20 @@ public actor Sandbox {
                               stderrTruncated: out.stderrTruncated, stdinTruncated: stdin.truncated,
                               user: policy.user, limits: policy.limits, privateTmp: policy.privateTmp)
         } catch {
-            throw await Self.explain(error, qemu: qemu)
+            throw await Self.explain(error, machine: machine)
         }
     }
 
     /// Runs a command and streams its output as it is produced, then its exit.
     public func stream(_ command: Command) async throws -> ExecStream {
-        let (process, stdin, qemu) = try await startProcess(command)
-        return ExecStream(process: process, stdin: stdin) { error in await Self.explain(error, qemu: qemu) }
+        let (process, stdin, machine) = try await startProcess(command)
+        return ExecStream(process: process, stdin: stdin) { error in await Self.explain(error, machine: machine) }
     }
 
     /// Round trip through the guest init (liveness check, latency probe).
     public func ping() async throws {
         guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
-        do { try await r.client.ping() } catch { throw await Self.explain(error, qemu: r.qemu) }
+        do { try await r.client.ping() } catch { throw await Self.explain(error, machine: r.machine) }
     }
 
     /// Who runs a command, within which limits and with which /tmp: its own
@@ -427,7 +290,7 @@ public actor Sandbox {
     }
 
     /// Starts a command's process in the guest and feeds its stdin.
-    private func startProcess(_ command: Command) async throws -> (RemoteProcess, StdinFeed, QEMUProcess) {
+    private func startProcess(_ command: Command) async throws -> (RemoteProcess, StdinFeed, any GuestMachine) {
         guard let r = running else { throw VMExecError(.notRunning, "the sandbox is not running; call start() first") }
         let (user, limits, privateTmp) = resolvedPolicy(command)
         var base = ShardSet.environment(attachments.map(\.shard), base: configuration.environment)
@@ -451,7 +314,7 @@ public actor Sandbox {
         do {
             process = try await r.client.exec(request)
         } catch {
-            throw await Self.explain(error, qemu: r.qemu)
+            throw await Self.explain(error, machine: r.machine)
         }
         let feed = StdinFeed(limit: limits.stdinBytes)
         switch command.stdin {
@@ -477,7 +340,7 @@ public actor Sandbox {
                 try? await process.closeStdin()
             }
         }
-        return (process, feed, r.qemu)
+        return (process, feed, r.machine)
     }
 
     /// Runs blocking work (hashing shards, copying images, e2fsprogs) off the
@@ -491,7 +354,7 @@ public actor Sandbox {
     }
 
     /// Turns a channel error into a ``VMExecError`` that says what happened.
-    static func explain(_ error: any Error, qemu: QEMUProcess) async -> any Error {
+    static func explain(_ error: any Error, machine: any GuestMachine) async -> any Error {
         guard let e = error as? ProtocolError else { return error }
         switch e {
         case .execFailed(let reply):
@@ -502,13 +365,11 @@ public actor Sandbox {
         case .invalidRequest(let why):
             return VMExecError(.invalidRequest, why)
         case .closed(let why):
-            if let ending = await qemu.waitForExit(timeout: .milliseconds(500)) {
+            if let ending = await machine.waitForExit(timeout: .milliseconds(500)) {
                 // The guest's last words (a kernel panic, the init's complaint) say why.
-                let console = URL(fileURLWithPath: qemu.logPath).deletingLastPathComponent()
-                    .appendingPathComponent("console.log").path
-                let last = QEMUProcess.tail(of: console, lines: 12)
+                let last = machine.lastWords(lines: 12)
                 return VMExecError(.guestStopped, "the guest stopped: \(ending); call start() to boot a fresh one"
-                                   + (last.isEmpty ? "" : "\nguest console:\n\(last)"))
+                                   + (last.isEmpty ? "" : "\n\(last)"))
             }
             return VMExecError(.guestStopped, "the channel to the guest closed (\(why)); call start() to boot a fresh one")
         default:

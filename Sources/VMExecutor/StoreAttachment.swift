@@ -9,8 +9,6 @@ import SquashMounts
 /// taken on by the init as the root's upper layer.
 enum StoreAttachment {
     static let serial = "vxstore"
-    static let node = "vxstore"
-    static let device = "vxstore-dev"
 
     /// What the guest's root lies over, as the store records it: the base
     /// image and the layer shards (bottom first), each by a content digest.
@@ -34,10 +32,7 @@ enum StoreAttachment {
         return hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
-    /// Hot-plugs the store image as a writable SCSI disk. Guest flushes (SYNC,
-    /// fsync in the guest) reach the host's file: QEMU's default cache mode
-    /// turns each into an fdatasync of the image.
-    static func plug(_ qmp: QMPClient, image: String) async throws {
-        try await ShardAttachment.plugDisk(qmp, file: image, node: node, device: device, serial: serial, readOnly: false)
-    }
+    /// The store image as a writable disk. Guest flushes (SYNC, fsync in the
+    /// guest) must reach the host's file: every ``GuestMachine`` promises that.
+    static func disk(image: String) -> MachineDisk { MachineDisk(serial: serial, file: image, readOnly: false) }
 }

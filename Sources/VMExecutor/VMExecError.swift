@@ -41,6 +41,8 @@ public struct VMExecError: Error, Sendable, CustomStringConvertible, Equatable {
         case fileTooLarge
         /// A process request failed: no such process, or the init's own.
         case processRefused
+        /// The machine cannot do what was asked (its hypervisor lacks it).
+        case unsupported
     }
 
     public let code: Code

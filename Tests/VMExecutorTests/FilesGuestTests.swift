@@ -2,6 +2,7 @@ import Foundation
 import SerialChannel
 import SquashMounts
 import Testing
+import VMExecTestSupport
 @testable import VMExecutor
 
 /// Files and processes of a running guest through the Sandbox API.

@@ -3,14 +3,21 @@ import Logging
 import SquashMounts
 import Testing
 import VMExecutor
+import VMExecTestSupport
 
 /// Every suite that boots real guests is nested here and runs one test at a
 /// time: a dozen TCG guests booting at once on a 2-core machine starve each
 /// other, and then timing requirements (a dead QEMU's error within a second)
 /// would measure the machine's contention instead of vmexec. Commands still
 /// run concurrently inside one guest (see the 20-at-once test).
-@Suite("Real guests", .serialized)
+@Suite("Real guests", .serialized, .enabled(if: TestImages.ready, "the guest images are not built: run make images"))
 struct RealGuests {}
+
+/// The one failure when the images are missing (the suites above are then off).
+@Test("the guest images the real-guest suites need are built")
+func guestImagesBuilt() {
+    #expect(TestImages.missing == nil, "\(TestImages.missing ?? "")")
+}
 
 /// One real guest booted once and shared by the tests that need "a guest":
 /// the point of vmexec is many commands in one persistent guest.
@@ -36,11 +43,7 @@ actor SharedGuest {
     }
 
     /// The SDK shard `make images` builds beside the guest images.
-    static var sdkShardPath: String? {
-        guard let dir = try? GuestImages.locate().directory else { return nil }
-        let path = dir.appendingPathComponent("sdk-python.shard").path
-        return FileManager.default.fileExists(atPath: path) ? path : nil
-    }
+    static var sdkShardPath: String? { TestImages.sdkShardPath }
 
     /// A sandbox of its own, started, for tests that stop or break their guest.
     static func started() async throws -> Sandbox {

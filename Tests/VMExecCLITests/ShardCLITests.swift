@@ -1,8 +1,9 @@
 import Foundation
 import SquashMounts
 import Testing
+import VMExecTestSupport
 
-extension RealGuests {
+extension CLISuites {
     /// `vmexec shard …` and `vmexec run --shard` through the real binary.
     @Suite("vmexec shard", .timeLimit(.minutes(5)))
     struct ShardCLITests {

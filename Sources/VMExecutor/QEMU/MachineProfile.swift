@@ -1,19 +1,6 @@
 import CVMExecHost
 import Foundation
 
-/// Which accelerator runs the guest's CPU.
-public enum Accelerator: String, Sendable {
-    case kvm
-    case tcg
-}
-
-/// How to pick the accelerator: try KVM for real and fall back, or force one.
-public enum AcceleratorChoice: String, Sendable, CaseIterable {
-    case auto
-    case kvm
-    case tcg
-}
-
 /// The QEMU command line for one guest: machine type, CPU, devices and the
 /// kernel command line, chosen per architecture for a fast boot.
 public struct MachineProfile: Sendable {

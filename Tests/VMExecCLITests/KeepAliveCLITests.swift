@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Testing
+import VMExecTestSupport
 
 /// Peak resident memory (VmHWM) of a running process, in KiB; nil once it is gone.
 func peakKiB(of pid: Int32) -> Int? { memoryKiB("VmHWM", of: pid) }
@@ -47,7 +48,7 @@ func sha256(ofFile path: String) throws -> String {
     return hasher.finalize().map { String(format: "%02x", $0) }.joined()
 }
 
-extension RealGuests {
+extension CLISuites {
     /// A guest kept alive by `vmexec run --keep-alive`, driven by `vmexec exec`, `cp`, `ps`, `kill` and `stop`.
     @Suite("vmexec run --keep-alive", .timeLimit(.minutes(10)))
     struct KeepAliveCLITests {
@@ -56,7 +57,7 @@ extension RealGuests {
             let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-keep-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(atPath: dir) }
-            let sdk = try #require(SharedGuest.sdkShardPath)
+            let sdk = try #require(TestImages.sdkShardPath)
             let store = dir + "/store"
             #expect(try await CLITests.vmexec(["store", "create", store, "--size", "3G", "--shard", sdk]).status == 0)
             let name = "t\(UInt32.random(in: 0...UInt32.max))"

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-extension RealGuests {
+extension CLISuites {
     /// `vmexec run` as a user runs it: the real binary, a real guest per run.
     @Suite("vmexec run", .timeLimit(.minutes(5)))
     struct CLITests {

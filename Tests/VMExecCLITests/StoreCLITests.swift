@@ -1,7 +1,8 @@
 import Foundation
 import Testing
+import VMExecTestSupport
 
-extension RealGuests {
+extension CLISuites {
     /// `vmexec store`, `snapshot`, `diff`, `export` and `run --store` through the real binary.
     @Suite("vmexec store", .timeLimit(.minutes(5)))
     struct StoreCLITests {
@@ -9,7 +10,7 @@ extension RealGuests {
         func storeCommands() async throws {
             let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-cli-store-\(UUID().uuidString)").path
             defer { try? FileManager.default.removeItem(atPath: dir) }
-            let sdk = try #require(SharedGuest.sdkShardPath)
+            let sdk = try #require(TestImages.sdkShardPath)
             let create = try await CLITests.vmexec(["store", "create", dir, "--size", "256M", "--shard", sdk])
             #expect(create.status == 0, "\(create.stderr)")
             let write = try await CLITests.vmexec(["run", "--store", dir, "--shard", sdk, "--", "sh", "-c", "echo kept > /home/vmexec/note"])

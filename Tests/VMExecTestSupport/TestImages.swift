@@ -1,0 +1,36 @@
+import Foundation
+import VMExecutor
+
+/// The guest images the guest and CLI suites run on: those `make test` points
+/// VMEXEC_IMAGES at (`make images` builds them), with the SDK shard beside them.
+///
+/// Suites that need them are enabled only when they are all there; one test
+/// per target fails instead, saying to run `make images` (never a pile of
+/// failures, never a silent skip).
+public enum TestImages {
+    /// The images, or nil when they are not built.
+    public static var images: GuestImages? { try? GuestImages.locate() }
+
+    /// The SDK shard `make images` builds beside the guest images.
+    public static var sdkShardPath: String? {
+        guard let dir = images?.directory else { return nil }
+        let path = dir.appendingPathComponent("sdk-python.shard").path
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+
+    /// Why the suites cannot run, or nil when everything they need is there.
+    public static var missing: String? {
+        do {
+            _ = try GuestImages.locate()
+        } catch {
+            return error.message
+        }
+        if sdkShardPath == nil {
+            return "the SDK shard (sdk-python.shard) is not beside the guest images; run `make images` first."
+        }
+        return nil
+    }
+
+    /// Whether everything the suites need is there.
+    public static var ready: Bool { missing == nil }
+}
