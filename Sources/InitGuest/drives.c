@@ -135,10 +135,13 @@ static int target_ok(const char *t)
 }
 
 /*
- * Opens the directory `target` inside the root, creating missing parts,
- * never following a symlink. Returns an O_PATH fd or -1 with errno set.
+ * Opens the mount point `target` inside the root, creating missing parts,
+ * walking it part by part and never following a symlink (unlike
+ * files.c's open_resolved_in_root, which follows links inside the root as
+ * a command would): a mount must not land where a planted link points.
+ * Returns an O_PATH fd or -1 with errno set.
  */
-static int open_in_root(const char *target)
+static int open_mount_point(const char *target)
 {
     int fd = open(VX_NEWROOT, O_PATH | O_DIRECTORY | O_CLOEXEC);
     char part[256];
@@ -175,13 +178,12 @@ static int mount_drive(const char *dev, const char *at)
     }
 }
 
-static int mount_at_target(struct drive *d, char *err, size_t n)
+static int mount_at_target(struct drive *d, struct request_fail *why)
 {
-    int fd = open_in_root(d->target);
+    int fd = open_mount_point(d->target);
     if (fd < 0) {
-        snprintf(err, n, "cannot make the mount point %s: %s%s", d->target, strerror(errno),
+        return request_failed(why, VX_E_MOUNT, errno, "cannot make the mount point %s: %s%s", d->target, strerror(errno),
                  errno == ELOOP || errno == ENOTDIR ? " (a part of it is a symlink or a file)" : "");
-        return VX_E_MOUNT;
     }
     char at[64];
     snprintf(at, sizeof at, "/proc/self/fd/%d", fd);
@@ -189,22 +191,20 @@ static int mount_at_target(struct drive *d, char *err, size_t n)
     int saved = errno;
     close(fd);
     if (rc != 0) {
-        snprintf(err, n, "mount %s (drive %s) at %s: %s", d->dev, d->serial, d->target, strerror(saved));
-        return VX_E_MOUNT;
+        return request_failed(why, VX_E_MOUNT, saved, "mount %s (drive %s) at %s: %s", d->dev, d->serial, d->target, strerror(saved));
     }
     return 0;
 }
 
 /* Mounts the drive's squashfs under /mnt/shards/SERIAL (for use as a layer). */
-static int stage(struct drive *d, char *err, size_t n)
+static int stage(struct drive *d, struct request_fail *why)
 {
     char at[sizeof SHARDS_DIR + VX_MAX_SERIAL + 2];
     snprintf(at, sizeof at, "%s/%s", SHARDS_DIR, d->serial);
     mkdir(SHARDS_DIR, 0700);
     mkdir(at, 0755);
     if (mount_drive(d->dev, at) != 0 && errno != EBUSY) {
-        snprintf(err, n, "mount %s (drive %s): %s", d->dev, d->serial, strerror(errno));
-        return VX_E_MOUNT;
+        return request_failed(why, VX_E_MOUNT, errno, "mount %s (drive %s): %s", d->dev, d->serial, strerror(errno));
     }
     return 0;
 }
@@ -219,7 +219,7 @@ static void unstage(struct drive *d)
 }
 
 /* Mounts the root overlay over the current layers, and what commands expect inside it. */
-static int build_root(char *err, size_t n)
+static int build_root(struct request_fail *why)
 {
     char opts[ROOT_OPTS_MAX];
     size_t o = (size_t)snprintf(opts, sizeof opts, "lowerdir=");
@@ -243,14 +243,14 @@ static int build_root(char *err, size_t n)
     for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
         mkdir(m[i].dst, 0755);
         if (mount(m[i].src, m[i].dst, m[i].type, m[i].flags, m[i].data) != 0) {
-            snprintf(err, n, "mount %s on %s: %s", m[i].src, m[i].dst, strerror(errno));
-            return VX_E_MOUNT;
+            return request_failed(why, VX_E_MOUNT, errno, "mount %s on %s: %s", m[i].src, m[i].dst, strerror(errno));
         }
     }
-    if (userland_setup_root(err, n) != 0)
-        return VX_E_MOUNT;
+    char what[256];
+    if (userland_setup_root(what, sizeof what) != 0)
+        return request_failed(why, VX_E_MOUNT, errno, "%s", what);
     for (int i = 0; i < MAX_DRIVES; i++) {
-        int rc = drives[i].use == AT_TARGET ? mount_at_target(&drives[i], err, n) : 0;
+        int rc = drives[i].use == AT_TARGET ? mount_at_target(&drives[i], why) : 0;
         if (rc)
             return rc;
     }
@@ -261,8 +261,7 @@ static int build_root(char *err, size_t n)
      * appears there. Mounts made later under the root are shared as well.
      */
     if (mount(NULL, VX_NEWROOT, NULL, MS_REC | MS_SHARED, NULL) != 0) {
-        snprintf(err, n, "make the root's mounts shared: %s", strerror(errno));
-        return VX_E_MOUNT;
+        return request_failed(why, VX_E_MOUNT, errno, "make the root's mounts shared: %s", strerror(errno));
     }
     return 0;
 }
@@ -284,7 +283,11 @@ int drives_setup_root(char *err, size_t n)
     }
     mkdir("/mnt/rw/upper", 0755);
     mkdir("/mnt/rw/work", 0755);
-    return build_root(err, n) ? -1 : 0;
+    struct request_fail why;
+    if (build_root(&why) == 0)
+        return 0;
+    snprintf(err, n, "%s", why.msg);
+    return -1;
 }
 
 /* Names a process that keeps `target` busy (its cwd, executable, a file or a mapping under it). */
@@ -346,21 +349,18 @@ static void find_user(const char *target_in_root, char *out, size_t n)
         closedir(d);
 }
 
-int drives_mount(const char *serial, const char *target, char *err, size_t n)
+int drives_mount(const char *serial, const char *target, struct request_fail *why)
 {
     if (!target_ok(target)) {
-        snprintf(err, n, "cannot mount at %s: give an absolute path without '.' or '..' parts, "
+        return request_failed(why, VX_E_MOUNT, 0, "cannot mount at %s: give an absolute path without '.' or '..' parts, "
                  "outside /proc, /sys, /dev, /tmp and /run", target);
-        return VX_E_MOUNT;
     }
     if (find_drive(serial)) {
-        snprintf(err, n, "drive %s is already in use", serial);
-        return VX_E_BUSY;
+        return request_failed(why, VX_E_BUSY, 0, "drive %s is already in use", serial);
     }
     for (int i = 0; i < MAX_DRIVES; i++) {
         if (drives[i].use == AT_TARGET && strcmp(drives[i].target, target) == 0) {
-            snprintf(err, n, "%s is already the mount point of drive %s", target, drives[i].serial);
-            return VX_E_BUSY;
+            return request_failed(why, VX_E_BUSY, 0, "%s is already the mount point of drive %s", target, drives[i].serial);
         }
     }
     struct drive *d = NULL;
@@ -368,32 +368,29 @@ int drives_mount(const char *serial, const char *target, char *err, size_t n)
         if (drives[i].use == UNUSED)
             d = &drives[i];
     if (!d) {
-        snprintf(err, n, "at most %d drives at once", MAX_DRIVES);
-        return VX_E_MOUNT;
+        return request_failed(why, VX_E_MOUNT, 0, "at most %d drives at once", MAX_DRIVES);
     }
     struct drive candidate = {AT_TARGET, {0}, {0}, {0}};
     snprintf(candidate.serial, sizeof candidate.serial, "%s", serial);
     snprintf(candidate.target, sizeof candidate.target, "%s", target);
-    if (drives_find(serial, candidate.dev, sizeof candidate.dev, 10000)) {
-        snprintf(err, n, "no drive with serial %s appeared within 10 s", serial);
-        return VX_E_MOUNT;
+    if (drives_find(serial, candidate.dev, sizeof candidate.dev, 0)) {
+        return request_failed(why, VX_E_MOUNT, 0, "no drive with serial %s appeared within 10 s", serial);
     }
-    int rc = mount_at_target(&candidate, err, n);
+    int rc = mount_at_target(&candidate, why);
     if (rc == 0)
         *d = candidate;
     return rc;
 }
 
-int drives_unmount(const char *serial, char *err, size_t n)
+int drives_unmount(const char *serial, struct request_fail *why)
 {
     struct drive *d = find_drive(serial);
     if (!d) {
-        snprintf(err, n, "no drive %s is mounted", serial);
-        return VX_E_MOUNT;
+        return request_failed(why, VX_E_MOUNT, 0, "no drive %s is mounted", serial);
     }
     if (d->use == AS_LAYER) {
-        snprintf(err, n, "drive %s is a layer of the root; send LAYERS without it instead", serial);
-        return VX_E_BUSY;
+        return request_failed(why, VX_E_BUSY, 0, "drive %s is a layer of the root; send LAYERS without it instead",
+                              serial);
     }
     char path[sizeof VX_NEWROOT + 256];
     snprintf(path, sizeof path, "%s%s", VX_NEWROOT, d->target);
@@ -401,12 +398,10 @@ int drives_unmount(const char *serial, char *err, size_t n)
         if (errno == EBUSY) {
             char who[128];
             find_user(d->target, who, sizeof who);
-            snprintf(err, n, "%s is in use by %s; end it first", d->target, who);
-            return VX_E_BUSY;
+            return request_failed(why, VX_E_BUSY, EBUSY, "%s is in use by %s; end it first", d->target, who);
         }
         if (errno != EINVAL) { /* EINVAL: not mounted (any more) */
-            snprintf(err, n, "unmount %s: %s", d->target, strerror(errno));
-            return VX_E_MOUNT;
+            return request_failed(why, VX_E_MOUNT, errno, "unmount %s: %s", d->target, strerror(errno));
         }
     }
     memset(d, 0, sizeof *d);
@@ -414,17 +409,15 @@ int drives_unmount(const char *serial, char *err, size_t n)
 }
 
 /* Finds or stages the drive for layer i of a LAYERS request; its index goes to *slot. */
-static int want_layer(const char *const *serials, unsigned i, int *slot, char *err, size_t n)
+static int want_layer(const char *const *serials, unsigned i, int *slot, struct request_fail *why)
 {
     struct drive *d = find_drive(serials[i]);
     if (d && d->use != AS_LAYER) {
-        snprintf(err, n, "drive %s is mounted at %s, not a layer", serials[i], d->target);
-        return VX_E_BUSY;
+        return request_failed(why, VX_E_BUSY, 0, "drive %s is mounted at %s, not a layer", serials[i], d->target);
     }
     for (unsigned j = 0; j < i; j++) {
         if (strcmp(serials[i], serials[j]) == 0) {
-            snprintf(err, n, "drive %s is named twice", serials[i]);
-            return VX_E_MOUNT;
+            return request_failed(why, VX_E_MOUNT, 0, "drive %s is named twice", serials[i]);
         }
     }
     for (int k = 0; !d && k < MAX_DRIVES; k++) {
@@ -432,36 +425,34 @@ static int want_layer(const char *const *serials, unsigned i, int *slot, char *e
             continue;
         struct drive fresh = {AS_LAYER, {0}, {0}, {0}};
         snprintf(fresh.serial, sizeof fresh.serial, "%s", serials[i]);
-        if (drives_find(serials[i], fresh.dev, sizeof fresh.dev, 10000)) {
-            snprintf(err, n, "no drive with serial %s appeared within 10 s", serials[i]);
-            return VX_E_MOUNT;
+        if (drives_find(serials[i], fresh.dev, sizeof fresh.dev, 0)) {
+            return request_failed(why, VX_E_MOUNT, 0, "no drive with serial %s appeared within 10 s", serials[i]);
         }
-        int rc = stage(&fresh, err, n);
+        int rc = stage(&fresh, why);
         if (rc)
             return rc;
         drives[k] = fresh;
         d = &drives[k];
     }
     if (!d) {
-        snprintf(err, n, "at most %d drives at once", MAX_DRIVES);
-        return VX_E_MOUNT;
+        return request_failed(why, VX_E_MOUNT, 0, "at most %d drives at once", MAX_DRIVES);
     }
     *slot = (int)(d - drives);
     return 0;
 }
 
-int drives_set_layers(const char *const *serials, unsigned count, unsigned running, char *err, size_t n)
+int drives_set_layers(const char *const *serials, unsigned count, unsigned running, struct request_fail *why)
 {
     if (running) {
-        snprintf(err, n, "%u command%s still run%s in the current root; the layers change only when none does",
-                 running, running == 1 ? "" : "s", running == 1 ? "s" : "");
-        return VX_E_BUSY;
+        return request_failed(why, VX_E_BUSY, 0,
+                              "%u command%s still run%s in the current root; the layers change only when none does",
+                              running, running == 1 ? "" : "s", running == 1 ? "s" : "");
     }
     int next[VX_MAX_LAYERS];
     int rc = 0;
     unsigned i;
     for (i = 0; i < count && rc == 0; i++)
-        rc = want_layer(serials, i, &next[i], err, n);
+        rc = want_layer(serials, i, &next[i], why);
     if (rc) { /* drop what this request staged */
         for (unsigned j = 0; j + 1 < i; j++) {
             int current = 0;
@@ -476,8 +467,7 @@ int drives_set_layers(const char *const *serials, unsigned count, unsigned runni
     }
     /* Take the old root down whole (overlay and everything mounted inside it). */
     if (umount2(VX_NEWROOT, MNT_DETACH) != 0) {
-        snprintf(err, n, "unmount the old root: %s", strerror(errno));
-        return VX_E_MOUNT;
+        return request_failed(why, VX_E_MOUNT, errno, "unmount the old root: %s", strerror(errno));
     }
     /* Drop the layers that are no longer wanted. */
     for (unsigned i = 0; i < layer_count; i++) {
@@ -491,27 +481,24 @@ int drives_set_layers(const char *const *serials, unsigned count, unsigned runni
     }
     memcpy(layers, next, sizeof next[0] * count);
     layer_count = count;
-    rc = build_root(err, n);
+    rc = build_root(why);
     if (rc)
-        vx_log("rebuilding the root failed: %s", err);
+        vx_log("rebuilding the root failed: %s", why->msg);
     return rc;
 }
 
-int drives_use_store(const char *serial, unsigned running, char *err, size_t n)
+int drives_use_store(const char *serial, unsigned running, struct request_fail *why)
 {
     if (have_store) {
-        snprintf(err, n, "the guest already has its store");
-        return VX_E_BUSY;
+        return request_failed(why, VX_E_BUSY, 0, "the guest already has its store");
     }
     if (running) {
-        snprintf(err, n, "%u command%s still run%s; the store is taken on only when none does", running,
-                 running == 1 ? "" : "s", running == 1 ? "s" : "");
-        return VX_E_BUSY;
+        return request_failed(why, VX_E_BUSY, 0, "%u command%s still run%s; the store is taken on only when none does",
+                              running, running == 1 ? "" : "s", running == 1 ? "s" : "");
     }
     char dev[32];
-    if (drives_find(serial, dev, sizeof dev, 10000)) {
-        snprintf(err, n, "no drive with serial %s appeared within 10 s", serial);
-        return VX_E_MOUNT;
+    if (drives_find(serial, dev, sizeof dev, 0)) {
+        return request_failed(why, VX_E_MOUNT, 0, "no drive with serial %s appeared within 10 s", serial);
     }
     mkdir(STORE_DIR, 0755);
     /* The journal is replayed here after a crash of the host or the guest. */
@@ -519,8 +506,7 @@ int drives_use_store(const char *serial, unsigned running, char *err, size_t n)
     for (int waited = 0; rc != 0; waited += 20) {
         rc = mount(dev, STORE_DIR, "ext4", MS_NODEV | MS_NOSUID, NULL);
         if (rc != 0 && ((errno != ENXIO && errno != ENODEV) || waited >= 2000)) {
-            snprintf(err, n, "mount the store %s (drive %s) as ext4: %s", dev, serial, strerror(errno));
-            return VX_E_MOUNT;
+            return request_failed(why, VX_E_MOUNT, errno, "mount the store %s (drive %s) as ext4: %s", dev, serial, strerror(errno));
         }
         if (rc != 0)
             vx_sleep_ms(20);
@@ -528,16 +514,16 @@ int drives_use_store(const char *serial, unsigned running, char *err, size_t n)
     mkdir(STORE_DIR "/upper", 0755);
     mkdir(STORE_DIR "/work", 0755);
     if (umount2(VX_NEWROOT, MNT_DETACH) != 0) {
-        snprintf(err, n, "unmount the old root: %s", strerror(errno));
+        request_failed(why, VX_E_MOUNT, errno, "unmount the old root: %s", strerror(errno));
         umount2(STORE_DIR, 0);
-        return VX_E_MOUNT;
+        return -1;
     }
     upper_dir = STORE_DIR "/upper";
     work_dir = STORE_DIR "/work";
     have_store = 1;
-    rc = build_root(err, n);
+    rc = build_root(why);
     if (rc)
-        vx_log("rebuilding the root over the store failed: %s", err);
+        vx_log("rebuilding the root over the store failed: %s", why->msg);
     return rc;
 }
 
@@ -546,20 +532,19 @@ int drives_use_store(const char *serial, unsigned running, char *err, size_t n)
 #define VX_FITHAW 0xC0045878u
 static int frozen;
 
-int drives_freeze(int freeze, char *err, size_t n)
+int drives_freeze(int freeze, struct request_fail *why)
 {
     if (!have_store) {
-        snprintf(err, n, "the guest has no store to %s", freeze ? "freeze" : "thaw");
-        return VX_E_STATE;
+        return request_failed(why, VX_E_STATE, 0, "the guest has no store to %s", freeze ? "freeze" : "thaw");
     }
     if (freeze == frozen)
         return 0;
     int fd = open(STORE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0 || ioctl(fd, freeze ? VX_FIFREEZE : VX_FITHAW, 0) != 0) {
-        snprintf(err, n, "%s the store: %s", freeze ? "freeze" : "thaw", strerror(errno));
+        int saved = errno;
         if (fd >= 0)
             close(fd);
-        return VX_E_INTERNAL;
+        return request_failed(why, VX_E_INTERNAL, saved, "%s the store: %s", freeze ? "freeze" : "thaw", strerror(saved));
     }
     close(fd);
     frozen = freeze;
@@ -568,20 +553,20 @@ int drives_freeze(int freeze, char *err, size_t n)
 
 void drives_thaw_if_frozen(void)
 {
-    char err[128];
-    if (frozen && drives_freeze(0, err, sizeof err))
-        vx_log("%s", err);
+    struct request_fail why;
+    if (frozen && drives_freeze(0, &why))
+        vx_log("%s", why.msg);
 }
 
-int drives_sync(char *err, size_t n)
+int drives_sync(struct request_fail *why)
 {
     const char *what = have_store ? STORE_DIR : "/";
     int fd = open(what, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0 || syncfs(fd) != 0) {
-        snprintf(err, n, "sync %s: %s", what, strerror(errno));
+        int saved = errno;
         if (fd >= 0)
             close(fd);
-        return VX_E_INTERNAL;
+        return request_failed(why, VX_E_INTERNAL, saved, "sync %s: %s", what, strerror(saved));
     }
     close(fd);
     return 0;

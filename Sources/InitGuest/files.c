@@ -50,27 +50,16 @@ static int rename_at(int olddir, const char *oldname, int newdir, const char *ne
 /* How deep DELETE descends; deeper trees are refused rather than exhaust descriptors. */
 #define MAX_DEPTH 256
 
-static int fail(struct request_fail *f, int code, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static int fail(struct request_fail *f, int code, int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(f->msg, sizeof f->msg, fmt, ap);
-    va_end(ap);
-    f->code = code;
-    f->err = err;
-    return -1;
-}
-
 void files_path(struct vx_str s, char out[VX_MAX_PATH + 1])
 {
     memcpy(out, s.p, s.len);
     out[s.len] = 0;
 }
 
-/* Opens `path` as a command would see it: resolved by the kernel inside the root. */
-static int open_in_root(const char *path, int flags)
+/* Opens `path` as a command would see it: resolved by the kernel inside the
+ * root, symlinks followed but never out of it (drives.c's open_mount_point
+ * follows none). */
+static int open_resolved_in_root(const char *path, int flags)
 {
     int root = open(VX_NEWROOT, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (root < 0)
@@ -102,18 +91,18 @@ static int open_parent(const char *path, char name[256], const char *verb, struc
     char *slash = strrchr(buf, '/');
     const char *last = slash ? slash + 1 : buf;
     if (!*last || strcmp(last, ".") == 0 || strcmp(last, "..") == 0)
-        return fail(f, VX_E_FILE, EINVAL, "cannot %s %s: the path must end in a name (not /, . or ..)", verb, path);
+        return request_failed(f, VX_E_FILE, EINVAL, "cannot %s %s: the path must end in a name (not /, . or ..)", verb, path);
     if (strlen(last) > 255)
-        return fail(f, VX_E_FILE, ENAMETOOLONG, "cannot %s %s: %s", verb, path, strerror(ENAMETOOLONG));
+        return request_failed(f, VX_E_FILE, ENAMETOOLONG, "cannot %s %s: %s", verb, path, strerror(ENAMETOOLONG));
     memcpy(name, last, strlen(last) + 1);
     const char *parent = "/";
     if (slash && slash != buf) {
         *slash = 0;
         parent = buf;
     }
-    int fd = open_in_root(parent, O_RDONLY | O_DIRECTORY);
+    int fd = open_resolved_in_root(parent, O_RDONLY | O_DIRECTORY);
     if (fd < 0)
-        return fail(f, VX_E_FILE, errno, "cannot %s %s: %s", verb, path, strerror(errno));
+        return request_failed(f, VX_E_FILE, errno, "cannot %s %s: %s", verb, path, strerror(errno));
     return fd;
 }
 
@@ -179,17 +168,17 @@ int files_stat(const char *path, int nofollow, uint8_t *entry, uint32_t *len, st
             int rc = entry_at(dirfd, name, entry, len);
             int saved = errno;
             close(dirfd);
-            return rc == 0 ? 0 : fail(f, VX_E_FILE, saved, "cannot stat %s: %s", path, strerror(saved));
+            return rc == 0 ? 0 : request_failed(f, VX_E_FILE, saved, "cannot stat %s: %s", path, strerror(saved));
         }
         /* "/", "." or "..": nothing to not follow; describe the directory itself. */
     }
-    int fd = open_in_root(path, O_PATH);
+    int fd = open_resolved_in_root(path, O_PATH);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
         int saved = errno;
         if (fd >= 0)
             close(fd);
-        return fail(f, VX_E_FILE, saved, "cannot stat %s: %s", path, strerror(saved));
+        return request_failed(f, VX_E_FILE, saved, "cannot stat %s: %s", path, strerror(saved));
     }
     close(fd);
     encode_entry(&st, base_name(path, name), "", entry, len);
@@ -199,22 +188,22 @@ int files_stat(const char *path, int nofollow, uint8_t *entry, uint32_t *len, st
 int files_open_get(const char *path, uint64_t max, uint8_t *entry, uint32_t *len, struct request_fail *f)
 {
     /* O_NONBLOCK: opening a FIFO planted under the name must not hang the init. */
-    int fd = open_in_root(path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+    int fd = open_resolved_in_root(path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
         int saved = errno;
         if (fd >= 0)
             close(fd);
-        return fail(f, VX_E_FILE, saved, "cannot read %s: %s", path, strerror(saved));
+        return request_failed(f, VX_E_FILE, saved, "cannot read %s: %s", path, strerror(saved));
     }
     char name[256];
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(f, VX_E_FILE, S_ISDIR(st.st_mode) ? EISDIR : EINVAL, "cannot read %s: not a regular file", path);
+        return request_failed(f, VX_E_FILE, S_ISDIR(st.st_mode) ? EISDIR : EINVAL, "cannot read %s: not a regular file", path);
     }
     if (max && (uint64_t)st.st_size > max) {
         close(fd);
-        return fail(f, VX_E_LIMIT, EFBIG, "cannot read %s: %llu bytes, more than the %llu accepted", path,
+        return request_failed(f, VX_E_LIMIT, EFBIG, "cannot read %s: %llu bytes, more than the %llu accepted", path,
                     (unsigned long long)st.st_size, (unsigned long long)max);
     }
     encode_entry(&st, base_name(path, name), "", entry, len);
@@ -223,10 +212,10 @@ int files_open_get(const char *path, uint64_t max, uint8_t *entry, uint32_t *len
 
 DIR *files_open_dir(const char *path, struct request_fail *f)
 {
-    int fd = open_in_root(path, O_RDONLY | O_DIRECTORY);
+    int fd = open_resolved_in_root(path, O_RDONLY | O_DIRECTORY);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) {
-        fail(f, VX_E_FILE, errno, "cannot list %s: %s", path, strerror(errno));
+        request_failed(f, VX_E_FILE, errno, "cannot list %s: %s", path, strerror(errno));
         if (fd >= 0)
             close(fd);
     }
@@ -239,7 +228,7 @@ int files_next_entry(DIR *dir, uint8_t *entry, uint32_t *len, struct request_fai
         errno = 0;
         struct dirent *de = readdir(dir);
         if (!de)
-            return errno ? fail(f, VX_E_FILE, errno, "cannot list the directory: %s", strerror(errno)) : 0;
+            return errno ? request_failed(f, VX_E_FILE, errno, "cannot list the directory: %s", strerror(errno)) : 0;
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
         if (entry_at(dirfd(dir), de->d_name, entry, len) == 0)
@@ -258,7 +247,7 @@ static int set_owner(int fd, uint32_t uid, uint32_t gid, uint32_t mode)
 /* Whether `path` is a directory, following symlinks inside the root (merged /usr has /bin -> usr/bin). */
 static int is_dir_in_root(const char *path)
 {
-    int fd = open_in_root(path, O_PATH | O_DIRECTORY);
+    int fd = open_resolved_in_root(path, O_PATH | O_DIRECTORY);
     if (fd < 0)
         return 0;
     close(fd);
@@ -304,7 +293,7 @@ static int make_parents(const char *path, uint32_t uid, uint32_t gid, struct req
         int saved = errno;
         close(dirfd);
         if (rc < 0)
-            return fail(f, VX_E_FILE, saved, "cannot create %s: %s", prefix, strerror(saved));
+            return request_failed(f, VX_E_FILE, saved, "cannot create %s: %s", prefix, strerror(saved));
     }
     return 0;
 }
@@ -322,7 +311,7 @@ int files_put_begin(const struct vx_file_req *r, const char *path, struct put_ta
     struct stat st;
     if ((r->flags & VX_F_NO_REPLACE) && fstatat(t->dirfd, t->name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
         files_put_abort(t);
-        return fail(f, VX_E_FILE, EEXIST, "cannot write %s: %s", path, strerror(EEXIST));
+        return request_failed(f, VX_E_FILE, EEXIST, "cannot write %s: %s", path, strerror(EEXIST));
     }
     snprintf(t->tmp, sizeof t->tmp, ".vmexec-put-%lu-%d", ++serial, (int)getpid());
     /* O_EXCL with O_CREAT never follows a symlink, even one planted under this name. */
@@ -330,13 +319,13 @@ int files_put_begin(const struct vx_file_req *r, const char *path, struct put_ta
     if (t->fd < 0) {
         int saved = errno;
         files_put_abort(t);
-        return fail(f, VX_E_FILE, saved, "cannot write %s: %s", path, strerror(saved));
+        return request_failed(f, VX_E_FILE, saved, "cannot write %s: %s", path, strerror(saved));
     }
     struct statvfs vfs;
     if (fstatvfs(t->fd, &vfs) == 0 && (unsigned long long)vfs.f_bavail * vfs.f_frsize < r->size) {
         unsigned long long room = (unsigned long long)vfs.f_bavail * vfs.f_frsize;
         files_put_abort(t);
-        return fail(f, VX_E_FILE, ENOSPC, "cannot write %s: %s (%llu bytes do not fit in the %llu bytes free)", path,
+        return request_failed(f, VX_E_FILE, ENOSPC, "cannot write %s: %s (%llu bytes do not fit in the %llu bytes free)", path,
                     strerror(ENOSPC), (unsigned long long)r->size, room);
     }
     t->mode = r->mode;
@@ -357,7 +346,7 @@ int files_put_commit(struct put_target *t, struct request_fail *f)
     if (rc != 0) {
         int saved = errno;
         files_put_abort(t);
-        return fail(f, VX_E_FILE, saved, "cannot put %s in place: %s", t->name, strerror(saved));
+        return request_failed(f, VX_E_FILE, saved, "cannot put %s in place: %s", t->name, strerror(saved));
     }
     close(t->dirfd);
     t->dirfd = -1;
@@ -388,9 +377,9 @@ int files_mkdir(const struct vx_file_req *r, const char *path, struct request_fa
     int saved = errno;
     close(dirfd);
     if (rc < 0)
-        return fail(f, VX_E_FILE, saved, "cannot create %s: %s", path, strerror(saved));
+        return request_failed(f, VX_E_FILE, saved, "cannot create %s: %s", path, strerror(saved));
     if (rc == 1 && !(r->flags & (VX_F_EXIST_OK | VX_F_PARENTS)))
-        return fail(f, VX_E_FILE, EEXIST, "cannot create %s: %s", path, strerror(EEXIST));
+        return request_failed(f, VX_E_FILE, EEXIST, "cannot create %s: %s", path, strerror(EEXIST));
     return 0;
 }
 
@@ -450,8 +439,8 @@ int files_delete(const struct vx_file_req *r, const char *path, struct request_f
     if (rc == 0)
         return 0;
     if (failed[0] && strcmp(failed, name) != 0)
-        return fail(f, VX_E_FILE, saved, "cannot delete %s: %s (at %s inside it)", path, strerror(saved), failed);
-    return fail(f, VX_E_FILE, saved, "cannot delete %s: %s", path, strerror(saved));
+        return request_failed(f, VX_E_FILE, saved, "cannot delete %s: %s (at %s inside it)", path, strerror(saved), failed);
+    return request_failed(f, VX_E_FILE, saved, "cannot delete %s: %s", path, strerror(saved));
 }
 
 int files_move(const struct vx_file_req *r, const char *from, const char *to, struct request_fail *f)
@@ -470,6 +459,6 @@ int files_move(const struct vx_file_req *r, const char *from, const char *to, st
     close(a);
     close(b);
     if (rc != 0)
-        return fail(f, VX_E_FILE, saved, "cannot move %s to %s: %s", from, to, strerror(saved));
+        return request_failed(f, VX_E_FILE, saved, "cannot move %s to %s: %s", from, to, strerror(saved));
     return 0;
 }

@@ -21,11 +21,8 @@
 DIR *procs_open(struct request_fail *f)
 {
     DIR *d = opendir("/proc");
-    if (!d) {
-        f->code = VX_E_INTERNAL;
-        f->err = errno;
-        snprintf(f->msg, sizeof f->msg, "cannot read /proc: %s", strerror(errno));
-    }
+    if (!d)
+        request_failed(f, VX_E_INTERNAL, errno, "cannot read /proc: %s", strerror(errno));
     return d;
 }
 
@@ -116,25 +113,16 @@ int procs_next(DIR *proc, uint8_t *out, uint32_t *len, uint32_t *pgid)
 int procs_kill(const struct vx_kill *k, struct request_fail *f)
 {
     pid_t target = (pid_t)k->pid;
-    f->code = VX_E_PROCESS;
     if (k->flags & VX_KILL_GROUP) {
         pid_t g = getpgid(target);
-        if (g < 0) {
-            f->err = errno;
-            snprintf(f->msg, sizeof f->msg, "cannot signal process %u: %s", k->pid, strerror(errno));
-            return -1;
-        }
-        if (g <= 1 || g == getpgrp()) {
-            f->err = EPERM;
-            snprintf(f->msg, sizeof f->msg, "process %u is in the init's process group, which is not signalled",
-                     k->pid);
-            return -1;
-        }
+        if (g < 0)
+            return request_failed(f, VX_E_PROCESS, errno, "cannot signal process %u: %s", k->pid, strerror(errno));
+        if (g <= 1 || g == getpgrp())
+            return request_failed(f, VX_E_PROCESS, EPERM,
+                                  "process %u is in the init's process group, which is not signalled", k->pid);
         target = -g;
     }
     if (kill(target, (int)k->signal) == 0)
         return 0;
-    f->err = errno;
-    snprintf(f->msg, sizeof f->msg, "cannot signal process %u: %s", k->pid, strerror(errno));
-    return -1;
+    return request_failed(f, VX_E_PROCESS, errno, "cannot signal process %u: %s", k->pid, strerror(errno));
 }

@@ -171,6 +171,24 @@ extension RealGuests {
             #expect(root.exitCode == 0 && !root.stdout.isEmpty, "\(root.stderrText)")
         }
 
+        @Test("the cgroups of ended commands are removed: after 20 commands only the asker's and the spares remain")
+        func cgroupsRemoved() async throws {
+            // A guest of its own: in the shared one other tests' commands hold cgroups too.
+            let s = try await SharedGuest.started()
+            defer { Task { await s.shutdown() } }
+            for _ in 0..<20 { _ = try await s.exec(Command(["true"])) }
+            // The init removes them in idle moments, a piece at a time.
+            var seen = ""
+            for _ in 0..<50 {
+                try await Task.sleep(for: .milliseconds(100))
+                let r = try await s.exec(Command(["sh", "-c", "ls /sys/fs/cgroup/jobs | grep -c '^[0-9]' || true"]))
+                seen = r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+                if let n = Int(seen), n <= 3 { break }
+            }
+            let left = Int(seen) ?? -1
+            #expect(left >= 1 && left <= 3, "cgroups under /jobs: \(seen) (this command's own and at most two made ahead)")
+        }
+
         @Test("what a command leaves running in the background ends with it")
         func leftovers() async throws {
             let s = try await SharedGuest.shared.get()

@@ -127,6 +127,25 @@ extension RealGuests {
             await fresh.shutdown()
         }
 
+        @Test("while a drive request waits for a disk that never comes, commands go on; it fails after 10 s naming the drive")
+        func driveWaitDoesNotStall() async throws {
+            let s = try await SharedGuest.shared.get()
+            let channel = try #require(await s.channelForTesting)
+            let asked = ContinuousClock.now
+            let waiting = Task { try await channel.request(.mount(serial: "vxs-never", target: "/opt/never")) }
+            try await Task.sleep(for: .milliseconds(200))
+            let during = ContinuousClock.now
+            let echo = try await s.exec(Command(["echo", "served"]))
+            #expect(echo.stdoutText == "served\n")
+            #expect(ContinuousClock.now - during < .seconds(3), "a command is served while the drive request waits")
+            await #expect {
+                try await waiting.value
+            } throws: { error in
+                "\(error)".contains("vxs-never") && "\(error)".contains("10 s")
+            }
+            #expect(ContinuousClock.now - asked >= .seconds(9), "the request waited for its disk before failing")
+        }
+
         @Test("detaching a shard in use is refused with the reason; once the user is gone it detaches")
         func detachInUse() async throws {
             let workshop = try ShardWorkshop()
