@@ -9,6 +9,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "VMExecutor", targets: ["VMExecutor"]),
+        .library(name: "VMExecFailure", targets: ["VMExecFailure"]),
         .library(name: "SerialChannel", targets: ["SerialChannel"]),
         .library(name: "SquashMounts", targets: ["SquashMounts"]),
         .library(name: "PersistOverlay", targets: ["PersistOverlay"]),
@@ -26,11 +27,14 @@ let package = Package(
         // the Makefile links the static binary that goes into the initramfs
         // (SwiftPM cannot link a static executable: it always adds the Swift runtime).
         .executableTarget(name: "InitGuest", cSettings: strictC),
+        // The one error shape every module's errors conform to (imports nothing).
+        .target(name: "VMExecFailure"),
         // Host facts Swift cannot read itself: KVM probe, TSC frequency.
         .target(name: "CVMExecHost", cSettings: strictC),
         .target(
             name: "SerialChannel",
             dependencies: [
+                "VMExecFailure",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -41,17 +45,17 @@ let package = Package(
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .target(
             name: "SquashMounts",
-            dependencies: ["CSquashfs", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["VMExecFailure", "CSquashfs", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
         // A store's ext4 image read on the host through libext2fs (diff, export).
         .target(name: "CStoreImage", cSettings: strictC, linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]),
         // The writable layer: an ext4 image per store, locked to one guest.
         .target(
             name: "PersistOverlay",
-            dependencies: ["CStoreImage", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["VMExecFailure", "CStoreImage", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "VMExecutor",
             dependencies: [
-                "SerialChannel", "SquashMounts", "PersistOverlay", "CVMExecHost",
+                "VMExecFailure", "SerialChannel", "SquashMounts", "PersistOverlay", "CVMExecHost",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
@@ -83,7 +87,7 @@ let package = Package(
         // Host-only: Sandbox over a machine double, QEMU's process wrapper. No images needed.
         .testTarget(
             name: "VMExecutorUnitTests",
-            dependencies: ["VMExecutor", "SerialChannel", "SquashMounts",
+            dependencies: ["VMExecutor", "SerialChannel", "SquashMounts", "PersistOverlay",
                            .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "Logging", package: "swift-log")]),
         // Fixtures the guest and CLI suites share: where the images are, whether they are built.

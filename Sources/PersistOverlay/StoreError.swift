@@ -1,6 +1,8 @@
+import VMExecFailure
+
 /// Every failure of the overlay store: one type with a code to switch on and
 /// a sentence that says what happened and what to do.
-public struct StoreError: Error, CustomStringConvertible, Sendable, Equatable {
+public struct StoreError: VMExecFailure, Equatable {
     public enum Code: String, Sendable {
         /// A size, name or path argument is unusable.
         case invalidArgument
@@ -29,4 +31,15 @@ public struct StoreError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 
     public var description: String { message }
+    public var failureCode: String { code.rawValue }
+
+    public var kind: FailureKind {
+        switch code {
+        case .invalidArgument, .exists: .invalidRequest
+        case .notAStore: .notFound
+        case .locked: .busy
+        case .lowerChanged, .snapshot: .refused
+        case .tool, .io: .hostFailure
+        }
+    }
 }

@@ -1,3 +1,6 @@
+import Foundation
+import VMExecFailure
+
 /// Error codes carried in ERROR frames (docs/PROTOCOL.md, "Errors").
 public enum ErrorCode: UInt32, Sendable, CaseIterable {
     case malformed = 1
@@ -43,7 +46,7 @@ public enum ErrorCode: UInt32, Sendable, CaseIterable {
 
 /// Everything that can go wrong on the channel, each with a sentence that
 /// says what happened and, where there is one, what to do.
-public enum ProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
+public enum ProtocolError: VMExecFailure, Equatable {
     /// A header claimed a payload beyond the cap: the peer is broken or hostile.
     case frameTooLarge(Int)
     /// A header's reserved bits were set: the byte stream is out of step.
@@ -82,6 +85,34 @@ public enum ProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
         case .handshakeTimeout(let s):
             "the guest init did not say HELLO within \(s) s"
         case .closed(let why): "the channel to the guest closed: \(why)"
+        }
+    }
+
+    public var message: String { description }
+
+    public var failureCode: String {
+        switch self {
+        case .frameTooLarge: "frameTooLarge"
+        case .malformedHeader: "malformedHeader"
+        case .malformedPayload: "malformedPayload"
+        case .invalidRequest: "invalidRequest"
+        case .versionMismatch: "versionMismatch"
+        case .refused: "refused"
+        case .execFailed: "execFailed"
+        case .violation: "violation"
+        case .handshakeTimeout: "handshakeTimeout"
+        case .closed: "closed"
+        }
+    }
+
+    public var kind: FailureKind {
+        switch self {
+        case .frameTooLarge, .malformedHeader, .malformedPayload, .violation, .versionMismatch: .guestFailure
+        case .invalidRequest: .invalidRequest
+        case .refused(let e): e.code == .busy ? .busy : .refused
+        case .execFailed(let e): e.errno == ENOENT || e.errno == ENOTDIR ? .notFound : .refused
+        case .handshakeTimeout: .timeout
+        case .closed: .unavailable
         }
     }
 }

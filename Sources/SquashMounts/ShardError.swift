@@ -1,11 +1,12 @@
 import CSquashfs
+import VMExecFailure
 
 /// Every failure of building, reading, verifying or combining shards.
 ///
 /// One type with a code, as apple/containerization does: callers switch on
 /// `code`, people read `message`, which names the shard or path and says what
 /// to do.
-public struct ShardError: Error, CustomStringConvertible, Sendable, Equatable {
+public struct ShardError: VMExecFailure, Equatable {
     public enum Code: String, Sendable {
         /// An argument or option is unusable (bad name, bad mount point, bad block size).
         case invalidArgument
@@ -42,6 +43,16 @@ public struct ShardError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 
     public var description: String { message }
+    public var failureCode: String { code.rawValue }
+
+    public var kind: FailureKind {
+        switch code {
+        case .invalidArgument, .unsupportedEntry, .pathTraversal: .invalidRequest
+        case .io: .hostFailure
+        case .notFound: .notFound
+        case .badArchive, .notAShard, .checksumMismatch, .corrupt, .unmetRequirement, .conflict, .wrongArchitecture: .refused
+        }
+    }
 
     /// A libsquashfs failure while doing `what`.
     static func squashfs(_ status: Int32, _ what: String, code: Code = .io) -> ShardError {

@@ -59,7 +59,8 @@ public enum GuestUser: Sendable, Equatable, CustomStringConvertible {
     /// The base image's `vmexec` user (1000:1000, home /home/vmexec): the default.
     public static let unprivileged = GuestUser.id(uid: 1000, gid: 1000)
 
-    var ids: (uid: UInt32, gid: UInt32) {
+    /// Its uid and gid (0, 0 for root).
+    public var ids: (uid: UInt32, gid: UInt32) {
         switch self {
         case .root: return (0, 0)
         case .id(let uid, let gid): return (uid, gid)
@@ -84,7 +85,7 @@ public enum GuestUser: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Per-command limits, enforced in the guest; nil means none.
-public struct Limits: Sendable, Equatable {
+public struct Limits: Sendable, Equatable, Codable {
     /// Memory of all the command's processes together (a cgroup's memory.max);
     /// past it the kernel's OOM killer ends one, and the result says `outOfMemory`.
     public var memoryBytes: UInt64?

@@ -61,7 +61,8 @@ extension Sandbox {
             if r.machine.ending != nil {
                 r.client.close(.closed("the guest stopped"))
                 r.machine.discard()
-                throw VMExecError(.launchFailed, "the guest stopped while its boot state was saved: \(error)")
+                throw VMExecError(.launchFailed, "the guest stopped while its boot state was saved: \(error)",
+                                  cause: error as? any VMExecFailure)
             }
             logger.warning("could not save the boot state (the next start boots again): \(error)")
         }

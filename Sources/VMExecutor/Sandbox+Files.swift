@@ -245,9 +245,9 @@ extension Sandbox {
     static func fileError(_ error: any Error, machine: any GuestMachine) async -> any Error {
         guard case .refused(let reply) = error as? ProtocolError else { return await explain(error, machine: machine) }
         switch reply.code {
-        case .file: return VMExecError(.fileRefused, reply.message)
-        case .limit: return VMExecError(.fileTooLarge, reply.message)
-        case .process: return VMExecError(.processRefused, reply.message)
+        case .file: return VMExecError(.fileRefused, reply.message, cause: error as? ProtocolError)
+        case .limit: return VMExecError(.fileTooLarge, reply.message, cause: error as? ProtocolError)
+        case .process: return VMExecError(.processRefused, reply.message, cause: error as? ProtocolError)
         default: return await explain(error, machine: machine)
         }
     }

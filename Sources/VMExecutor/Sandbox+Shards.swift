@@ -38,7 +38,8 @@ extension Sandbox {
             do {
                 try await r.client.request(Self.layersRequest(attachments))
             } catch {
-                throw VMExecError(.shardRefused, "the guest could not stack the layer shards: \((error as? ProtocolError)?.description ?? "\(error)")")
+                throw VMExecError(.shardRefused, "the guest could not stack the layer shards: \((error as? ProtocolError)?.description ?? "\(error)")",
+                                  cause: error as? any VMExecFailure)
             }
         }
     }
@@ -105,7 +106,7 @@ extension Sandbox {
                 try ShardSet.check(shards, guestArchitecture: architecture.rawValue)
                 for shard in verifying { try shard.verify(deep: false) }
             } catch {
-                throw VMExecError(.shardRefused, error.message)
+                throw VMExecError(.shardRefused, error.message, cause: error)
             }
         }
     }
@@ -114,7 +115,7 @@ extension Sandbox {
     static func driveError(_ error: any Error, shard: Shard) -> any Error {
         if case .refused(let reply)? = error as? ProtocolError {
             let code: VMExecError.Code = reply.code == .busy ? .shardBusy : .shardRefused
-            return VMExecError(code, "shard \(shard.label): \(reply.message)")
+            return VMExecError(code, "shard \(shard.label): \(reply.message)", cause: error as? ProtocolError)
         }
         return error
     }

@@ -23,7 +23,8 @@ extension Sandbox {
             try await r.client.request(.store(serial: StoreAttachment.serial))
         } catch {
             let why = (error as? ProtocolError)?.description ?? "\(error)"
-            throw VMExecError(.storeRefused, "the guest could not take on the store \(lease.store.directory.path): \(why)")
+            throw VMExecError(.storeRefused, "the guest could not take on the store \(lease.store.directory.path): \(why)",
+                              cause: error as? any VMExecFailure)
         }
     }
 
@@ -122,7 +123,7 @@ extension Sandbox {
                 for layer in layers { paths.formUnion(try layer.paths()) }
                 return paths
             } catch {
-                throw VMExecError(.storeRefused, error.message)
+                throw VMExecError(.storeRefused, error.message, cause: error)
             }
         }
     }
@@ -149,7 +150,7 @@ extension Sandbox {
         do {
             return try work()
         } catch let error as StoreError {
-            throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message)
+            throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message, cause: error)
         }
     }
 }

@@ -169,7 +169,7 @@ public actor Sandbox {
                                      allowChange: configuration.allowLowerChange)
                 storeLease = lease
             } catch let error as StoreError {
-                throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message)
+                throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message, cause: error)
             }
         }
         let spec = MachineSpec(architecture: configuration.architecture, images: images,
@@ -361,19 +361,19 @@ public actor Sandbox {
             let code: VMExecError.Code =
                 reply.code == .workdir ? .invalidRequest
                 : reply.errno == ENOENT || reply.errno == ENOTDIR ? .commandNotFound : .notExecutable
-            return VMExecError(code, reply.message)
+            return VMExecError(code, reply.message, cause: e)
         case .invalidRequest(let why):
-            return VMExecError(.invalidRequest, why)
+            return VMExecError(.invalidRequest, why, cause: e)
         case .closed(let why):
             if let ending = await machine.waitForExit(timeout: .milliseconds(500)) {
                 // The guest's last words (a kernel panic, the init's complaint) say why.
                 let last = machine.lastWords(lines: 12)
                 return VMExecError(.guestStopped, "the guest stopped: \(ending); call start() to boot a fresh one"
-                                   + (last.isEmpty ? "" : "\n\(last)"))
+                                   + (last.isEmpty ? "" : "\n\(last)"), cause: e)
             }
-            return VMExecError(.guestStopped, "the channel to the guest closed (\(why)); call start() to boot a fresh one")
+            return VMExecError(.guestStopped, "the channel to the guest closed (\(why)); call start() to boot a fresh one", cause: e)
         default:
-            return VMExecError(.protocolError, e.description)
+            return VMExecError(.protocolError, e.description, cause: e)
         }
     }
 }

@@ -1,6 +1,10 @@
-/// The one error type of VMExecutor: a code to switch on and a sentence that
-/// says what happened and what to do about it.
-public struct VMExecError: Error, Sendable, CustomStringConvertible, Equatable {
+@_exported import VMExecFailure
+
+/// The one error type of VMExecutor: a code to switch on, a sentence that
+/// says what happened and what to do about it, and the error underneath
+/// (a shard's, a store's, the channel's) when there is one. Everything
+/// `Sandbox` throws is one of these.
+public struct VMExecError: VMExecFailure, Equatable {
     public enum Code: String, Sendable {
         /// No kernel, initramfs or root file system where we looked.
         case imagesNotFound
@@ -47,11 +51,33 @@ public struct VMExecError: Error, Sendable, CustomStringConvertible, Equatable {
 
     public let code: Code
     public let message: String
+    public let cause: (any Error & Sendable)?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, cause: (any Error & Sendable)? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
     }
 
     public var description: String { message }
+    public var failureCode: String { code.rawValue }
+
+    public var kind: FailureKind {
+        switch code {
+        case .imagesNotFound, .qemuNotFound, .commandNotFound: .notFound
+        case .launchFailed: .hostFailure
+        case .bootTimeout: .timeout
+        case .bootFailed, .protocolError: .guestFailure
+        case .guestStopped, .notRunning: .unavailable
+        case .notExecutable, .shardRefused, .storeRefused, .fileRefused, .processRefused: .refused
+        case .invalidRequest, .fileTooLarge: .invalidRequest
+        case .shardBusy, .storeBusy: .busy
+        case .unsupported: .unsupported
+        }
+    }
+
+    /// Equal when code and message are: the cause is context, not identity.
+    public static func == (a: VMExecError, b: VMExecError) -> Bool {
+        a.code == b.code && a.message == b.message
+    }
 }

@@ -101,7 +101,11 @@ struct ControlRequest: Codable, Sendable {
     var env: [String: String]?
     var workdir: String?
     var timeoutSeconds: Double?
-    var root: Bool?
+    /// Who runs it; nil: the sandbox's default user.
+    var uid: UInt32?
+    var gid: UInt32?
+    /// Limits set by the client's options; the others keep the guest's defaults.
+    var limits: Limits?
     var sharedTmp: Bool?
 }
 
@@ -125,6 +129,6 @@ struct ControlResult: Codable, Sendable {
 
     static func failure(_ error: any Error) -> ControlResult {
         if let e = error as? VMExecError { return ControlResult(ok: false, code: e.code.rawValue, message: e.message) }
-        return ControlResult(ok: false, code: VMExecError.Code.invalidRequest.rawValue, message: "\(error)")
+        return ControlResult(ok: false, code: VMExecError.Code.invalidRequest.rawValue, message: ErrorReport.message(for: error))
     }
 }

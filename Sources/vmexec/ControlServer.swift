@@ -142,9 +142,11 @@ final class ControlServer: Sendable {
             return ControlResult(ok: true)
         case .exec:
             guard let argv = r.argv, !argv.isEmpty else { throw VMExecError(.invalidRequest, "exec needs a command") }
+            let user: GuestUser? = r.uid.map { $0 == 0 && (r.gid ?? 0) == 0 ? .root : .id(uid: $0, gid: r.gid ?? $0) }
+            let limits = Limits.defaults(guestMemoryMiB: await sandbox.configuration.memoryMiB).overridden(by: r.limits ?? Limits())
             let stream = try await sandbox.stream(Command(
                 argv, environment: r.env ?? [:], workingDirectory: r.workdir ?? "/",
-                timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: r.root == true ? .root : nil,
+                timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: user, limits: limits,
                 privateTmp: r.sharedTmp == true ? false : nil))
             var code: Int32 = 0
             do {

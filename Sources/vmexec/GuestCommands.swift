@@ -163,21 +163,18 @@ struct Exec: AsyncParsableCommand {
         abstract: "Run a command in a kept-alive guest, stream its output, exit with its code.")
 
     @Argument(help: "The guest's name.") var name: String
-    @Option(name: .customLong("env"), help: "Set an environment variable (repeatable).") var env: [String] = []
-    @Option(help: "Working directory in the guest.") var workdir: String = "/"
-    @Option(help: "Kill the command after this many seconds.") var timeout: Double?
-    @Flag(help: "Run as root (default: the guest's unprivileged user).") var root = false
-    @Flag(help: "Share the guest's /tmp (which vmexec cp reaches), /dev/shm and IPC instead of having its own.") var sharedTmp = false
+    @OptionGroup var options: CommandOptions
     @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
 
     func validate() throws {
         if command.isEmpty { throw ValidationError("give the command after --") }
-        _ = try parseEnvironment(env)
     }
 
     func run() async throws {
-        let request = ControlRequest(op: .exec, argv: command, env: try parseEnvironment(env), workdir: workdir, timeoutSeconds: timeout, root: root,
-                                     sharedTmp: sharedTmp)
+        let user = try options.guestUser()
+        let request = ControlRequest(op: .exec, argv: command, env: try options.environment(), workdir: options.workdir,
+                                     timeoutSeconds: options.timeout, uid: user.map(\.ids.uid), gid: user.map(\.ids.gid),
+                                     limits: try options.limitOverrides(), sharedTmp: options.sharedTmp)
         let result = try await ControlClient.connect(name: name).call(request) { frames, _ in
             while let f = try await frames.next() {
                 switch f.kind {

@@ -5,13 +5,6 @@ import PersistOverlay
 import SquashMounts
 import VMExecutor
 
-/// Exit codes of vmexec itself, as `docker run` uses them.
-enum ExitCodes {
-    static let vmexecError: Int32 = 125
-    static let notExecutable: Int32 = 126
-    static let notFound: Int32 = 127
-}
-
 @main
 struct VMExec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -29,19 +22,12 @@ struct VMExec: AsyncParsableCommand {
             } else {
                 try command.run()
             }
-        } catch let error as ShardError {
-            FileHandle.standardError.write(Data("vmexec: \(error.message)\n".utf8))
-            Foundation.exit(ExitCodes.vmexecError)
-        } catch let error as StoreError {
-            FileHandle.standardError.write(Data("vmexec: \(error.message)\n".utf8))
-            Foundation.exit(ExitCodes.vmexecError)
-        } catch let error as VMExecError {
-            FileHandle.standardError.write(Data("vmexec: \(error.message)\n".utf8))
-            Foundation.exit(ExitCodes.vmexecError)
+        } catch let error as any VMExecFailure {
+            ErrorReport.fail(error)
         } catch {
             if exitCode(for: error) == .validationFailure {
                 FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-                Foundation.exit(ExitCodes.vmexecError)
+                Foundation.exit(ErrorReport.vmexecError)
             }
             exit(withError: error)
         }
@@ -160,35 +146,10 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var guest: GuestOptions
 
-    @Option(help: "Kill the command (and its children) after this many seconds.")
-    var timeout: Double?
-
-    @Option(name: .customLong("env"), help: "Set an environment variable (repeatable).")
-    var env: [String] = []
-
-    @Option(help: "Working directory in the guest.")
-    var workdir: String = "/"
+    @OptionGroup var options: CommandOptions
 
     @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.")
     var interactive = false
-
-    @Option(help: "Run as root, or as UID[:GID] (default: the unprivileged user vmexec, 1000:1000).")
-    var user: String?
-
-    @Option(help: "Memory for the command and its children, e.g. 256M (default: 3/4 of the guest's).")
-    var memoryLimit: String?
-
-    @Option(help: "Processes and threads the command may have at once (default 512).")
-    var pidsLimit: UInt32?
-
-    @Option(help: "CPU seconds per process (default: none; --timeout bounds the wall clock).")
-    var cpuLimit: UInt32?
-
-    @Option(help: "Bytes of stdin passed on, e.g. 64M; past them the command sees end of file (default 4G).")
-    var stdinLimit: String?
-
-    @Flag(help: "Share the guest's /tmp (which vmexec cp reaches) instead of giving the command an empty /tmp of its own.")
-    var sharedTmp = false
 
     @Option(help: "Keep the guest running under this name for vmexec exec, cp, ps, kill and stop.")
     var keepAlive: String?
@@ -203,19 +164,6 @@ struct Run: AsyncParsableCommand {
         if let name = keepAlive, !Control.validate(name: name) {
             throw ValidationError("--keep-alive takes a name of 1-64 of A-Z a-z 0-9 . _ - (not starting with .)")
         }
-        _ = try parseEnvironment(env)
-        if let t = timeout, t <= 0 { throw ValidationError("--timeout must be positive") }
-        _ = try guestUser()
-    }
-
-    func guestUser() throws -> GuestUser? {
-        guard let user else { return nil }
-        if user == "root" || user == "0" || user == "0:0" { return .root }
-        let parts = user.split(separator: ":", maxSplits: 1).map { UInt32($0) }
-        guard let uid = parts.first ?? nil, parts.allSatisfy({ $0 != nil }) else {
-            throw ValidationError("--user takes root or UID[:GID], not '\(user)'")
-        }
-        return .id(uid: uid, gid: parts.count == 2 ? parts[1]! : uid)
     }
 
     func run() async throws {
@@ -225,12 +173,8 @@ struct Run: AsyncParsableCommand {
         do {
             sandbox = Sandbox(configuration: try guest.sandboxConfiguration(), logger: logger)
             try await sandbox.start()
-        } catch let error as ShardError {
-            fail(error.message, code: ExitCodes.vmexecError)
-        } catch let error as StoreError {
-            fail(error.message, code: ExitCodes.vmexecError)
         } catch {
-            fail("\(error)", code: ExitCodes.vmexecError)
+            ErrorReport.fail(error)
         }
         var keeper: ControlServer?
         if let name = keepAlive {
@@ -238,7 +182,7 @@ struct Run: AsyncParsableCommand {
                 keeper = try await ControlServer.start(name: name, sandbox: sandbox)
             } catch {
                 await sandbox.shutdown()
-                fail("\(error)", code: ExitCodes.vmexecError)
+                ErrorReport.fail(error)
             }
             let k = keeper!
             Task { await k.serve() }
@@ -264,23 +208,14 @@ struct Run: AsyncParsableCommand {
 
     /// Runs the command, streaming its output; returns its exit code (or fails the process for an error of vmexec).
     private func runCommand(_ sandbox: Sandbox) async -> Int32 {
-        let environment = (try? parseEnvironment(env)) ?? [:]
         let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
-        var limits = Limits.defaults(guestMemoryMiB: guest.memory)
-        if let memoryLimit {
-            do { limits.memoryBytes = try Store.parseSize(memoryLimit) } catch { fail(error.message, code: ExitCodes.vmexecError) }
-        }
-        if let pidsLimit { limits.processes = pidsLimit }
-        if let cpuLimit { limits.cpuSeconds = cpuLimit }
-        if let stdinLimit {
-            do { limits.stdinBytes = try Store.parseSize(stdinLimit) } catch { fail(error.message, code: ExitCodes.vmexecError) }
-        }
+        // Checked in validate(), before the guest booted.
+        let limits = Limits.defaults(guestMemoryMiB: guest.memory).overridden(by: (try? options.limitOverrides()) ?? Limits())
         let cmd = Command(
-            command, environment: environment, workingDirectory: workdir,
-            timeout: timeout.map { .milliseconds(Int64($0 * 1000)) },
-            stdin: forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none, user: try? guestUser(), limits: limits,
-            privateTmp: !sharedTmp)
-        var code: Int32 = ExitCodes.vmexecError
+            command, environment: (try? options.environment()) ?? [:], workingDirectory: options.workdir,
+            timeout: options.timeoutDuration, stdin: forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none,
+            user: try? options.guestUser(), limits: limits, privateTmp: !options.sharedTmp)
+        var code: Int32 = ErrorReport.vmexecError
         do {
             let stream = try await sandbox.stream(cmd)
             let forwarder = SignalForwarder(stream: stream)
@@ -291,7 +226,7 @@ struct Run: AsyncParsableCommand {
                 case .exit(let termination, _):
                     code = termination.shellCode
                     if case .timedOut = termination {
-                        FileHandle.standardError.write(Data("vmexec: command timed out after \(timeout ?? 0) s and was killed\n".utf8))
+                        FileHandle.standardError.write(Data("vmexec: command timed out after \(options.timeout ?? 0) s and was killed\n".utf8))
                     }
                     if case .outOfMemory = termination {
                         FileHandle.standardError.write(Data("vmexec: command killed for memory: it passed its limit of \(limits.memoryBytes.map { "\($0 >> 20) MiB" } ?? "the guest's memory")\n".utf8))
@@ -302,25 +237,13 @@ struct Run: AsyncParsableCommand {
             if stream.stdinTruncated {
                 FileHandle.standardError.write(Data("vmexec: stdin was cut at its limit of \(limits.stdinBytes ?? 0) bytes\n".utf8))
             }
-        } catch let e as VMExecError {
-            await sandbox.shutdown()
-            let exit: Int32 = switch e.code {
-            case .commandNotFound: ExitCodes.notFound
-            case .notExecutable: ExitCodes.notExecutable
-            default: ExitCodes.vmexecError
-            }
-            fail(e.message, code: exit)
         } catch {
             await sandbox.shutdown()
-            fail("\(error)", code: ExitCodes.vmexecError)
+            ErrorReport.fail(error)
         }
         return code
     }
 
-    private func fail(_ message: String, code: Int32) -> Never {
-        FileHandle.standardError.write(Data("vmexec: \(message)\n".utf8))
-        Foundation.exit(code)
-    }
 }
 
 /// Forwards SIGINT, SIGTERM and SIGHUP to the command's process group in

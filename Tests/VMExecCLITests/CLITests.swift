@@ -98,6 +98,11 @@ extension CLISuites {
             let noImages = try await Self.vmexec(["run", "--images", "/nonexistent", "--", "true"])
             #expect(noImages.status == 125)
             #expect(noImages.stderr.contains("make images"))
+            // Options are checked before anything boots: no images are needed to refuse them.
+            for bad in [["--memory-limit", "lots"], ["--user", "nobody"], ["--timeout", "0"], ["--env", "NOVALUE"]] {
+                let r = try await Self.vmexec(["run", "--images", "/nonexistent"] + bad + ["--", "true"])
+                #expect(r.status == 125 && !r.stderr.contains("make images"), "\(bad) refused before boot: \(r.stderr)")
+            }
         }
 
         @Test("SIGINT to vmexec reaches the command's process group in the guest")

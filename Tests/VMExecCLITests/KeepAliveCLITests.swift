@@ -121,6 +121,16 @@ extension CLISuites {
             #expect(out.peakKiB > 0 && out.peakKiB < 128 << 10, "cp out peaked at \(out.peakKiB) KiB")
             #expect(keeperAfter - keeperBefore < 128 << 10, "the keeper's peak went from \(keeperBefore) to \(keeperAfter) KiB")
 
+            // exec takes run's options: user, limits, environment, working directory, /tmp.
+            let asRoot = try await CLITests.vmexec(["exec", name, "--user", "root", "--memory-limit", "96M", "--env", "X=y",
+                                                   "--workdir", "/etc", "--", "sh", "-c",
+                                                   "id -u; cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max; echo $X; pwd"])
+            #expect(asRoot.stdout == "0\n\(96 << 20)\ny\n/etc\n", "\(asRoot.stdout)\(asRoot.stderr)")
+            let asUser = try await CLITests.vmexec(["exec", name, "--user", "1234:1234", "--", "id", "-u"])
+            #expect(asUser.stdout == "1234\n", "\(asUser.stderr)")
+            let badLimit = try await CLITests.vmexec(["exec", name, "--memory-limit", "lots", "--", "true"])
+            #expect(badLimit.status == 125 && badLimit.stderr.contains("--memory-limit"), "\(badLimit.stderr)")
+
             let stop = try await CLITests.vmexec(["stop", name])
             #expect(stop.status == 0, "\(stop.stderr)")
             for _ in 0..<100 where keeper.isRunning { try await Task.sleep(for: .milliseconds(100)) }
