@@ -5,6 +5,7 @@
 #   make test-guests  real guests under QEMU (builds the images first)
 #   make test-cli     the vmexec command on real guests (builds the images first)
 #   make images  guest kernel, initramfs, base root file system and the SDK and libs shards for ARCH
+#   make check   Swift warnings as errors, swift format lint (.swift-format), the init's C with -Werror
 #   make fuzz    a bounded libFuzzer run over the init's frame parser
 #   make bench   benchmarks against qemu-guest-agent (not part of make test)
 
@@ -29,7 +30,7 @@ else
 INIT_CC ?= $(ARCH)-linux-gnu-gcc
 endif
 
-.PHONY: all deps build build-tests images run test test-unit test-guests test-cli test-c fuzz bench bench-images clean clean-images
+.PHONY: all deps build build-tests images run test test-unit test-guests test-cli test-c check format fuzz bench bench-images clean clean-images
 
 all: build images
 
@@ -117,6 +118,18 @@ test-c: .build/c/vectors_test
 	@mkdir -p .build/c
 	cc $(CFLAGS_STRICT) -g -fsanitize=address,undefined -fno-sanitize-recover=all -ISources/InitGuest/include \
 	  Sources/InitGuest/proto.c Tests/InitGuestTests/describe.c Tests/InitGuestTests/vectors_test.c -o $@
+
+# Warnings are errors (a separate build folder: flags differ from the test
+# build's), the sources as swift format lays them out, the init as strict C.
+SWIFT_SOURCES := Package.swift Sources Tests
+check: deps
+	$(SWIFT) build --build-tests --scratch-path .build-check -Xswiftc -warnings-as-errors
+	$(SWIFT) format lint --strict --recursive $(SWIFT_SOURCES)
+	$(INIT_CC) $(CFLAGS_STRICT) -fsyntax-only -ISources/InitGuest/include Sources/InitGuest/*.c
+
+# Lays the sources out as make check wants them.
+format:
+	$(SWIFT) format format --in-place --recursive $(SWIFT_SOURCES)
 
 # A bounded libFuzzer run, seeded with the golden vectors.
 fuzz:

@@ -87,16 +87,20 @@ let package = Package(
         // Host-only: Sandbox over a machine double, QEMU's process wrapper. No images needed.
         .testTarget(
             name: "VMExecutorUnitTests",
-            dependencies: ["VMExecutor", "SerialChannel", "SquashMounts", "PersistOverlay",
-                           .product(name: "NIOCore", package: "swift-nio"),
-                           .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "VMExecutor", "SerialChannel", "SquashMounts", "PersistOverlay",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // Fixtures the guest and CLI suites share: where the images are, whether they are built.
         .target(name: "VMExecTestSupport", dependencies: ["VMExecutor", "SquashMounts"], path: "Tests/VMExecTestSupport"),
         // Real guests under QEMU: `make images` first.
         .testTarget(
             name: "VMExecutorTests",
-            dependencies: ["VMExecutor", "VMExecTestSupport", "SerialChannel", "SquashMounts", "PersistOverlay",
-                           .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: [
+                "VMExecutor", "VMExecTestSupport", "SerialChannel", "SquashMounts", "PersistOverlay",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         // The vmexec command as a user runs it, on real guests: `make images` first.
         .testTarget(
             name: "VMExecCLITests",

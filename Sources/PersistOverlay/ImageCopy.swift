@@ -25,7 +25,9 @@ enum ImageCopy {
         var st = stat()
         guard fstat(input, &st) == 0 else { throw StoreError(.io, "cannot stat \(source)") }
         if ioctl(output, ficlone, input) != 0 {
-            guard ftruncate(output, st.st_size) == 0 else { throw StoreError(.io, "cannot size \(temporary): \(String(cString: strerror(errno)))") }
+            guard ftruncate(output, st.st_size) == 0 else {
+                throw StoreError(.io, "cannot size \(temporary): \(String(cString: strerror(errno)))")
+            }
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
             defer { buffer.deallocate() }
             var offset: off_t = 0

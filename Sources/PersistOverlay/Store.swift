@@ -61,7 +61,8 @@ public struct Store: Sendable {
 
     func metadata() throws(StoreError) -> StoreMetadata {
         guard let data = FileManager.default.contents(atPath: metadataPath) else {
-            throw StoreError(.notAStore, "\(directory.path) is not a store (no store.json); create one with `vmexec store create`")
+            throw StoreError(
+                .notAStore, "\(directory.path) is not a store (no store.json); create one with `vmexec store create`")
         }
         do {
             let decoder = JSONDecoder()
@@ -114,9 +115,10 @@ public struct Store: Sendable {
             }
             close(fd)
         }
-        return Info(directory: directory.path, sizeBytes: m.sizeBytes, usedBytes: used, freeBytes: free,
-                    allocatedBytes: Self.allocatedBytes(imagePath), created: m.created, lower: m.lower,
-                    snapshots: m.snapshots, holder: holder)
+        return Info(
+            directory: directory.path, sizeBytes: m.sizeBytes, usedBytes: used, freeBytes: free,
+            allocatedBytes: Self.allocatedBytes(imagePath), created: m.created, lower: m.lower,
+            snapshots: m.snapshots, holder: holder)
     }
 
     /// The lower the store was made over.
@@ -157,14 +159,19 @@ public struct Store: Sendable {
         }
         close(fd)
         do {
-            _ = try Self.tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "vmexec-store", "-E",
-                               "assume_storage_prezeroed=1,lazy_itable_init=0", temporary],
-                              what: "making the store's file system")
+            _ = try Self.tool(
+                [
+                    "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "vmexec-store", "-E",
+                    "assume_storage_prezeroed=1,lazy_itable_init=0", temporary,
+                ],
+                what: "making the store's file system")
         } catch {
             unlink(temporary)
             throw error
         }
-        guard rename(temporary, path) == 0 else { throw StoreError(.io, "cannot put \(path) in place: \(String(cString: strerror(errno)))") }
+        guard rename(temporary, path) == 0 else {
+            throw StoreError(.io, "cannot put \(path) in place: \(String(cString: strerror(errno)))")
+        }
     }
 
     /// Runs an e2fsprogs tool; its output, or a `.tool` error quoting it.
@@ -187,7 +194,9 @@ public struct Store: Sendable {
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         guard okStatuses.contains(process.terminationStatus) else {
-            throw StoreError(.tool, "\(what): \(arguments.joined(separator: " ")) failed (\(process.terminationStatus)): \(output.suffix(600))")
+            throw StoreError(
+                .tool, "\(what): \(arguments.joined(separator: " ")) failed (\(process.terminationStatus)): \(output.suffix(600))"
+            )
         }
         return output
     }

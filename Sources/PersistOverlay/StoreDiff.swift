@@ -22,8 +22,10 @@ extension StoreLease {
     ///
     /// `image` reads another copy of the store (see `copyImage`); by default
     /// the store's own image, which needs the guest off.
-    public func diff(since snapshot: String? = nil, image: String? = nil,
-                     lowerHas: (String) -> Bool) throws(StoreError) -> [StoreChange] {
+    public func diff(
+        since snapshot: String? = nil, image: String? = nil,
+        lowerHas: (String) -> Bool
+    ) throws(StoreError) -> [StoreChange] {
         let current = try Self.entries(image ?? store.imagePath)
         var baseline: [String: UpperEntry] = [:]
         if let snapshot {
@@ -46,8 +48,10 @@ extension StoreLease {
     }
 
     /// The changes between two upper layers over the same lower.
-    static func changes(current: [String: UpperEntry], baseline: [String: UpperEntry],
-                        lowerHas: (String) -> Bool) -> [StoreChange] {
+    static func changes(
+        current: [String: UpperEntry], baseline: [String: UpperEntry],
+        lowerHas: (String) -> Bool
+    ) -> [StoreChange] {
         var out: [StoreChange] = []
         // Was the path visible at the baseline (in its upper layer, or in the lower unless whited out or hidden)?
         func hiddenByOpaque(_ path: String, in layer: [String: UpperEntry]) -> Bool {

@@ -29,7 +29,9 @@ public final class StoreLease: @unchecked Sendable {
         var m = try store.metadata()
         guard m.lower != lower else { return }
         guard allowChange else {
-            throw StoreError(.lowerChanged, """
+            throw StoreError(
+                .lowerChanged,
+                """
                 the store \(store.directory.path) was made over \(m.lower), not \(lower); its changes may \
                 not fit the new one (deleted files can reappear or hide new ones). Use the same base and \
                 layers, or accept the risk explicitly (allowLowerChange / --allow-lower-change)
@@ -45,7 +47,8 @@ public final class StoreLease: @unchecked Sendable {
         guard size > m.sizeBytes else {
             throw StoreError(.invalidArgument, "a store only grows: it has \(m.sizeBytes) bytes, asked for \(size)")
         }
-        try Store.tool(["e2fsck", "-f", "-y", store.imagePath], what: "checking the store before growing it", okStatuses: [0, 1])
+        try Store.tool(
+            ["e2fsck", "-f", "-y", store.imagePath], what: "checking the store before growing it", okStatuses: [0, 1])
         guard truncate(store.imagePath, off_t(size)) == 0 else {
             throw StoreError(.io, "cannot grow \(store.imagePath): \(String(cString: strerror(errno)))")
         }
@@ -75,10 +78,10 @@ public final class StoreLease: @unchecked Sendable {
 
     static func checkName(_ name: String) throws(StoreError) {
         guard !name.isEmpty, name.utf8.count <= 64, !name.hasPrefix("."),
-              name.utf8.allSatisfy({ b in
-                  (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
-                      || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
-              })
+            name.utf8.allSatisfy({ b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
+                    || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
+            })
         else { throw StoreError(.invalidArgument, "snapshot name '\(name)': use 1-64 letters, digits, '.', '_', '-'") }
     }
 
@@ -107,7 +110,8 @@ public final class StoreLease: @unchecked Sendable {
     public func restoreSnapshot(_ name: String) throws(StoreError) {
         let m = try store.metadata()
         guard m.snapshots.contains(where: { $0.name == name }) else {
-            throw StoreError(.snapshot, "no snapshot named \(name) (there are: \(m.snapshots.map(\.name).joined(separator: ", ")))")
+            throw StoreError(
+                .snapshot, "no snapshot named \(name) (there are: \(m.snapshots.map(\.name).joined(separator: ", ")))")
         }
         try ImageCopy.copy(from: snapshotPath(name), to: store.imagePath)
     }

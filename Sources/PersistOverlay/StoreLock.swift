@@ -17,10 +17,15 @@ final class StoreLock: @unchecked Sendable {
             var buffer = [UInt8](repeating: 0, count: 512)
             let n = pread(fd, &buffer, buffer.count, 0)
             close(fd)
-            let who = n > 0 ? String(decoding: buffer.prefix(n), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "another process"
-            throw StoreError(held ? .locked : .io,
-                             held ? "the store is in use by \(who); one guest at a time (stop it, or use another store)"
-                                  : "cannot lock \(path): \(String(cString: strerror(errno)))")
+            let who =
+                n > 0
+                ? String(decoding: buffer.prefix(n), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                : "another process"
+            throw StoreError(
+                held ? .locked : .io,
+                held
+                    ? "the store is in use by \(who); one guest at a time (stop it, or use another store)"
+                    : "cannot lock \(path): \(String(cString: strerror(errno)))")
         }
         let text = Array(holder.utf8)
         _ = ftruncate(fd, 0)

@@ -14,7 +14,8 @@ public struct StoreLower: Codable, Sendable, Equatable, CustomStringConvertible 
     }
 
     public var description: String {
-        "base \(base.prefix(16))" + (layers.isEmpty ? "" : " + layers " + layers.map { String($0.prefix(16)) }.joined(separator: ", "))
+        "base \(base.prefix(16))"
+            + (layers.isEmpty ? "" : " + layers " + layers.map { String($0.prefix(16)) }.joined(separator: ", "))
     }
 }
 

@@ -33,7 +33,8 @@ extension StoreLease {
                 if e.kind == .whiteout {
                     let name = (relative as NSString).lastPathComponent
                     let dir = (relative as NSString).deletingLastPathComponent
-                    try write(archive, path: (dir.isEmpty ? "" : dir + "/") + ".wh." + name, entry: e, type: UInt32(Glibc.S_IFREG))
+                    try write(
+                        archive, path: (dir.isEmpty ? "" : dir + "/") + ".wh." + name, entry: e, type: UInt32(Glibc.S_IFREG))
                     continue
                 }
                 switch e.kind {
@@ -62,8 +63,10 @@ extension StoreLease {
         done = true
     }
 
-    private func write(_ archive: OpaquePointer, path: String, entry e: UpperEntry, type: UInt32, size: UInt64 = 0,
-                       content: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void = { _ in }) throws {
+    private func write(
+        _ archive: OpaquePointer, path: String, entry e: UpperEntry, type: UInt32, size: UInt64 = 0,
+        content: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void = { _ in }
+    ) throws {
         guard let ae = archive_entry_new() else { throw StoreError(.io, "out of memory") }
         defer { archive_entry_free(ae) }
         archive_entry_set_pathname(ae, path)

@@ -42,8 +42,9 @@ final class StoreImage {
         if vx_ext2_needs_recovery(handle) != 0 {
             vx_ext2_close(handle)
             handle = nil
-            try Store.tool(["e2fsck", "-p", "-E", "journal_only", path], what: "replaying the journal of \(path)",
-                           okStatuses: [0, 1])
+            try Store.tool(
+                ["e2fsck", "-p", "-E", "journal_only", path], what: "replaying the journal of \(path)",
+                okStatuses: [0, 1])
             try open()
         }
     }
@@ -115,12 +116,14 @@ final class StoreImage {
             for (name, ino) in try list(dir) {
                 let path = prefix + "/" + name
                 guard path.utf8.count <= 4096 else {
-                    throw StoreError(.notAStore, "\(self.path): a path in the upper layer is longer than 4096 bytes; the store is damaged")
+                    throw StoreError(
+                        .notAStore, "\(self.path): a path in the upper layer is longer than 4096 bytes; the store is damaged")
                 }
                 let st = try stat(ino)
                 let type = mode_t(st.mode) & S_IFMT
-                var entry = UpperEntry(path: path, kind: .other, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid,
-                                       size: st.size, mtime: st.mtime, linkTarget: nil, sha256: nil, opaque: st.opaque != 0)
+                var entry = UpperEntry(
+                    path: path, kind: .other, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid,
+                    size: st.size, mtime: st.mtime, linkTarget: nil, sha256: nil, opaque: st.opaque != 0)
                 switch type {
                 case S_IFDIR:
                     entry.kind = .directory
@@ -142,7 +145,9 @@ final class StoreImage {
                 result[path] = entry
                 if type == S_IFDIR {
                     guard seen.insert(ino).inserted else {
-                        throw StoreError(.notAStore, "\(self.path): the directory \(path) is reached twice (a directory loop); the store is damaged")
+                        throw StoreError(
+                            .notAStore,
+                            "\(self.path): the directory \(path) is reached twice (a directory loop); the store is damaged")
                     }
                     try walk(ino, path)
                 }

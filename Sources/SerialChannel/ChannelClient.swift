@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The host end of the control channel: handshake, many processes at once
 /// over one byte stream, credit-based flow control in both directions.
@@ -167,8 +168,9 @@ public final class ChannelClient: Sendable {
     /// LIST: a directory's entries, at most `maxEntries` (the guest refuses
     /// a longer directory with LIMIT rather than cut it silently).
     public func list(_ path: String, maxEntries: Int) async throws -> [FileEntry] {
-        let replies = try await call(.list, payload: try FileRequest.list(path, maxEntries: UInt64(maxEntries)).encoded(),
-                                     replies: .entry, maxReplies: maxEntries)
+        let replies = try await call(
+            .list, payload: try FileRequest.list(path, maxEntries: UInt64(maxEntries)).encoded(),
+            replies: .entry, maxReplies: maxEntries)
         return try replies.map { (p: [UInt8]) throws(ProtocolError) in try FileEntry(decoding: p) }
     }
 
@@ -201,8 +203,9 @@ public final class ChannelClient: Sendable {
         }
         let payload = try request.encoded()
         // A GET's file may not bring more than asked for, whatever the guest says.
-        let transfer = try register(transfer: request.type == .put ? .put : .get,
-                                    byteLimit: request.type == .get && request.size > 0 ? request.size : nil)
+        let transfer = try register(
+            transfer: request.type == .put ? .put : .get,
+            byteLimit: request.type == .get && request.size > 0 ? request.size : nil)
         try await send(Frame(request.type, stream: transfer.stream, payload: payload))
         _ = try await transfer.awaitStart()
         return transfer
@@ -212,8 +215,9 @@ public final class ChannelClient: Sendable {
     private func register(transfer: RemoteProcess.Transfer?, byteLimit: UInt64? = nil) throws -> RemoteProcess {
         try state.withLock { s in
             if let e = s.closed { throw e }
-            let p = RemoteProcess(stream: s.takeStream(), client: self, hostWindow: hostWindow,
-                                  stdinWindow: Int(s.guestHello?.window ?? 0), transfer: transfer, byteLimit: byteLimit)
+            let p = RemoteProcess(
+                stream: s.takeStream(), client: self, hostWindow: hostWindow,
+                stdinWindow: Int(s.guestHello?.window ?? 0), transfer: transfer, byteLimit: byteLimit)
             s.processes[p.stream] = p
             return p
         }
@@ -306,7 +310,11 @@ public final class ChannelClient: Sendable {
     // MARK: frames from the guest (on the event loop)
 
     func receive(_ frame: Frame) {
-        logger.trace("frame in", metadata: ["type": "\(frame.type)", "stream": "\(frame.stream)", "sub": "\(frame.sub)", "bytes": "\(frame.payload.count)"])
+        logger.trace(
+            "frame in",
+            metadata: [
+                "type": "\(frame.type)", "stream": "\(frame.stream)", "sub": "\(frame.sub)", "bytes": "\(frame.payload.count)",
+            ])
         if let code = frame.violation() {
             refuse(frame, code, "frame of type 0x\(String(frame.type, radix: 16)) refused: \(code.name)")
             return
@@ -362,7 +370,7 @@ public final class ChannelClient: Sendable {
         case .entry, .process:
             receiveReply(frame)
         case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers, .store, .sync, .freeze, .thaw,
-             .put, .get, .stat, .list, .mkdir, .delete, .move, .ps, .kill:
+            .put, .get, .stat, .list, .mkdir, .delete, .move, .ps, .kill:
             refuse(frame, .state, "\(frame.kind!) is sent by the host, not the guest")
         }
     }
@@ -389,7 +397,8 @@ public final class ChannelClient: Sendable {
             call.continuation.resume(throwing: ProtocolError.violation(why))
         case .unexpected:
             if frame.kind == .entry, let t = process(frame), t.transfer == .get, t.fileEntry == nil,
-               let entry = try? FileEntry(decoding: frame.payload) {
+                let entry = try? FileEntry(decoding: frame.payload)
+            {
                 t.received(entry: entry)
             } else {
                 refuse(frame, .state, "\(frame.kind!) on stream \(frame.stream), which expects none")
@@ -424,8 +433,10 @@ public final class ChannelClient: Sendable {
     private func receiveHello(_ frame: Frame) {
         guard let hello = try? Hello(decoding: frame.payload) else { return }
         if hello.major != WireProtocol.major {
-            close(.versionMismatch(guest: "\(hello.major).\(hello.minor)",
-                                   host: "\(WireProtocol.major).\(WireProtocol.minor)"))
+            close(
+                .versionMismatch(
+                    guest: "\(hello.major).\(hello.minor)",
+                    host: "\(WireProtocol.major).\(WireProtocol.minor)"))
             return
         }
         let waiters: [CheckedContinuation<Hello, any Error>] = state.withLock { s in
@@ -476,8 +487,10 @@ public final class ChannelClient: Sendable {
                 s.byeWaiters = []
                 s.calls = [:]
             }
-            return (Array(s.processes.values), s.helloWaiters, Array(s.pingWaiters.values), s.byeWaiters,
-                    s.calls.values.map(\.continuation))
+            return (
+                Array(s.processes.values), s.helloWaiters, Array(s.pingWaiters.values), s.byeWaiters,
+                s.calls.values.map(\.continuation)
+            )
         }
         let error = state.withLock { $0.closed! }
         for p in processes { p.fail(error) }

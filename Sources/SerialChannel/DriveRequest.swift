@@ -38,10 +38,11 @@ public enum DriveRequest: Sendable, Equatable {
 
     /// Whether `serial` is 1-36 of `[A-Za-z0-9._-]`.
     public static func isValidSerial(_ serial: String) -> Bool {
-        !serial.isEmpty && serial.utf8.count <= maxSerial && serial.utf8.allSatisfy { b in
-            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
-                || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
-        }
+        !serial.isEmpty && serial.utf8.count <= maxSerial
+            && serial.utf8.allSatisfy { b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
+                    || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
+            }
     }
 
     public init(_ type: FrameType, decoding p: [UInt8]) throws(ProtocolError) {
@@ -91,7 +92,7 @@ public enum DriveRequest: Sendable, Equatable {
         switch self {
         case .mount(let serial, let target):
             guard Self.isValidSerial(serial), target.hasPrefix("/"), (2...255).contains(target.utf8.count),
-                  !target.utf8.contains(0)
+                !target.utf8.contains(0)
             else { throw .invalidRequest("cannot mount drive '\(serial)' at '\(target)'") }
             put(serial)
             put(target)

@@ -39,8 +39,10 @@ public struct FileEntry: Sendable, Equatable, Hashable, Codable {
     /// The permission bits, setuid, setgid and sticky included.
     public var permissions: UInt32 { mode & 0o7777 }
 
-    public init(mode: UInt32, uid: UInt32, gid: UInt32, linkCount: UInt32, size: UInt64,
-                modifiedNanoseconds: Int64, name: String, linkTarget: String = "") {
+    public init(
+        mode: UInt32, uid: UInt32, gid: UInt32, linkCount: UInt32, size: UInt64,
+        modifiedNanoseconds: Int64, name: String, linkTarget: String = ""
+    ) {
         self.mode = mode
         self.uid = uid
         self.gid = gid
@@ -106,9 +108,11 @@ public struct ProcessEntry: Sendable, Equatable, Hashable, Codable {
 
     public static let fixedSize = 48
 
-    public init(pid: UInt32, parentPID: UInt32, processGroup: UInt32, uid: UInt32, stream: UInt32,
-                state: String, startNanoseconds: UInt64, cpuMicroseconds: UInt64, residentKiB: UInt64,
-                arguments: [String]) {
+    public init(
+        pid: UInt32, parentPID: UInt32, processGroup: UInt32, uid: UInt32, stream: UInt32,
+        state: String, startNanoseconds: UInt64, cpuMicroseconds: UInt64, residentKiB: UInt64,
+        arguments: [String]
+    ) {
         self.pid = pid
         self.parentPID = parentPID
         self.processGroup = processGroup
@@ -123,7 +127,7 @@ public struct ProcessEntry: Sendable, Equatable, Hashable, Codable {
 
     public init(decoding p: [UInt8]) throws(ProtocolError) {
         guard p.count >= Self.fixedSize + 2, p[21] == 0, p[22] == 0, p[23] == 0,
-              (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(p[20])
+            (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(p[20])
         else { throw .malformedPayload("PROCESS") }
         pid = p.u32(at: 0)
         parentPID = p.u32(at: 4)
@@ -155,7 +159,7 @@ public struct ProcessEntry: Sendable, Equatable, Hashable, Codable {
         p.appendLE(cpuMicroseconds)
         p.appendLE(residentKiB)
         p.appendLE(UInt16(arguments.count))
-        arguments.forEach { p.appendWireString($0) }
+        for argument in arguments { p.appendWireString(argument) }
         return p
     }
 }

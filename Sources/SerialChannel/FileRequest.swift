@@ -37,8 +37,10 @@ public struct FileRequest: Sendable, Equatable {
     /// MOVE's destination.
     public var to: String?
 
-    public init(_ type: FrameType, path: String, flags: Flags = [], mode: UInt32 = 0, uid: UInt32 = 0,
-                gid: UInt32 = 0, size: UInt64 = 0, to: String? = nil) {
+    public init(
+        _ type: FrameType, path: String, flags: Flags = [], mode: UInt32 = 0, uid: UInt32 = 0,
+        gid: UInt32 = 0, size: UInt64 = 0, to: String? = nil
+    ) {
         self.type = type
         self.path = path
         self.flags = flags
@@ -49,8 +51,10 @@ public struct FileRequest: Sendable, Equatable {
         self.to = to
     }
 
-    public static func put(_ path: String, size: UInt64, mode: UInt32, uid: UInt32, gid: UInt32,
-                           flags: Flags = []) -> FileRequest {
+    public static func put(
+        _ path: String, size: UInt64, mode: UInt32, uid: UInt32, gid: UInt32,
+        flags: Flags = []
+    ) -> FileRequest {
         FileRequest(.put, path: path, flags: flags, mode: mode, uid: uid, gid: gid, size: size)
     }
     public static func get(_ path: String, maxSize: UInt64) -> FileRequest {
@@ -155,7 +159,9 @@ public struct KillRequest: Sendable, Equatable {
     }
 
     public func encoded() throws(ProtocolError) -> [UInt8] {
-        guard pid >= 2, pid <= 0x3fff_ffff else { throw .invalidRequest("cannot signal pid \(pid): PID 1 and below are the init's") }
+        guard pid >= 2, pid <= 0x3fff_ffff else {
+            throw .invalidRequest("cannot signal pid \(pid): PID 1 and below are the init's")
+        }
         guard (1...64).contains(signal) else { throw .invalidRequest("signal \(signal) is not 1...64") }
         var p: [UInt8] = []
         p.appendLE(pid)

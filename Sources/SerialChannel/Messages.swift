@@ -83,8 +83,10 @@ public struct ExecPolicy: Sendable, Equatable {
     /// Bit of the options word: ``privateTmp``.
     static let privateTmpOption: UInt32 = 1
 
-    public init(uid: UInt32 = 0, gid: UInt32 = 0, memoryMax: UInt64 = 0, pidsMax: UInt32 = 0, openFiles: UInt32 = 0,
-                cpuSeconds: UInt32 = 0, privateTmp: Bool = false) {
+    public init(
+        uid: UInt32 = 0, gid: UInt32 = 0, memoryMax: UInt64 = 0, pidsMax: UInt32 = 0, openFiles: UInt32 = 0,
+        cpuSeconds: UInt32 = 0, privateTmp: Bool = false
+    ) {
         self.uid = uid
         self.gid = gid
         self.memoryMax = memoryMax
@@ -99,8 +101,9 @@ public struct ExecPolicy: Sendable, Equatable {
         guard b.count == Self.size, b.u32(at: 28) & ~Self.privateTmpOption == 0 else {
             throw .malformedPayload("EXEC policy")
         }
-        self.init(uid: b.u32(at: 0), gid: b.u32(at: 4), memoryMax: b.u64(at: 8), pidsMax: b.u32(at: 16),
-                  openFiles: b.u32(at: 20), cpuSeconds: b.u32(at: 24), privateTmp: b.u32(at: 28) != 0)
+        self.init(
+            uid: b.u32(at: 0), gid: b.u32(at: 4), memoryMax: b.u64(at: 8), pidsMax: b.u32(at: 16),
+            openFiles: b.u32(at: 20), cpuSeconds: b.u32(at: 24), privateTmp: b.u32(at: 28) != 0)
     }
 
     func encoded() -> [UInt8] {

@@ -70,8 +70,10 @@ public final class RemoteProcess: Sendable {
     /// Most output bytes accepted (a GET's `maxSize`); more is a breach of the protocol.
     let byteLimit: UInt64?
 
-    init(stream: UInt32, client: ChannelClient, hostWindow: Int, stdinWindow: Int, transfer: Transfer? = nil,
-         byteLimit: UInt64? = nil) {
+    init(
+        stream: UInt32, client: ChannelClient, hostWindow: Int, stdinWindow: Int, transfer: Transfer? = nil,
+        byteLimit: UInt64? = nil
+    ) {
         self.stream = stream
         self.client = client
         self.transfer = transfer
@@ -196,8 +198,10 @@ public final class RemoteProcess: Sendable {
         var offset = 0
         while offset < bytes.count {
             let n = try await takeStdinCredit(upTo: min(WireProtocol.maxPayload, bytes.count - offset))
-            try await client.send(Frame(.data, sub: SubStream.stdin.rawValue, stream: stream,
-                                        payload: Array(bytes[offset..<(offset + n)])))
+            try await client.send(
+                Frame(
+                    .data, sub: SubStream.stdin.rawValue, stream: stream,
+                    payload: Array(bytes[offset..<(offset + n)])))
             offset += n
         }
     }

@@ -57,14 +57,17 @@ struct ArchiveImporter {
     /// Refuses a symlink target that is absolute or resolves, from the link's directory, outside the root.
     static func checkLinkTarget(_ target: String, linkAt components: [[UInt8]], entry: String) throws(ShardError) {
         if target.hasPrefix("/") {
-            throw ShardError(.pathTraversal, "archive entry '\(entry)' is a symlink to the absolute path '\(target)', which points out of the shard")
+            throw ShardError(
+                .pathTraversal,
+                "archive entry '\(entry)' is a symlink to the absolute path '\(target)', which points out of the shard")
         }
         var depth = components.count - 1
         for part in target.split(separator: "/", omittingEmptySubsequences: true) {
             if part == "." { continue }
             depth += part == ".." ? -1 : 1
             if depth < 0 {
-                throw ShardError(.pathTraversal, "archive entry '\(entry)' is a symlink to '\(target)', which points out of the shard")
+                throw ShardError(
+                    .pathTraversal, "archive entry '\(entry)' is a symlink to '\(target)', which points out of the shard")
             }
         }
     }
@@ -74,10 +77,11 @@ struct ArchiveImporter {
             throw ShardError(.badArchive, "\(path): an entry without a name")
         }
         let parts = try Self.components(of: rawPath, entry: rawPath)
-        var meta = EntryMetadata(permissions: UInt16(archive_entry_perm(entry) & 0o7777),
-                                 uid: UInt32(clamping: archive_entry_uid(entry)),
-                                 gid: UInt32(clamping: archive_entry_gid(entry)),
-                                 mtime: UInt32(clamping: archive_entry_mtime(entry)))
+        var meta = EntryMetadata(
+            permissions: UInt16(archive_entry_perm(entry) & 0o7777),
+            uid: UInt32(clamping: archive_entry_uid(entry)),
+            gid: UInt32(clamping: archive_entry_gid(entry)),
+            mtime: UInt32(clamping: archive_entry_mtime(entry)))
         meta.xattrs = Self.xattrs(entry)
         let display = "\(path):\(rawPath)"
 
@@ -112,8 +116,10 @@ struct ArchiveImporter {
         case S_IFIFO:
             try writer.addSpecial(parts, path: display, mode: UInt16(Glibc.S_IFIFO), rdev: 0, meta: meta)
         default:
-            throw ShardError(.unsupportedEntry,
-                             "archive entry '\(rawPath)' is a device node or socket; shards from archives carry files, directories and links only")
+            throw ShardError(
+                .unsupportedEntry,
+                "archive entry '\(rawPath)' is a device node or socket; shards from archives carry files, directories and links only"
+            )
         }
     }
 

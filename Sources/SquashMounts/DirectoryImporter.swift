@@ -25,12 +25,15 @@ struct DirectoryImporter {
     }
 
     private func metadata(_ st: stat, path: [UInt8]) throws(ShardError) -> EntryMetadata {
-        EntryMetadata(permissions: UInt16(st.st_mode & 0o7777), uid: st.st_uid, gid: st.st_gid,
-                      mtime: UInt32(clamping: max(0, st.st_mtim.tv_sec)), xattrs: try Self.xattrs(of: path))
+        EntryMetadata(
+            permissions: UInt16(st.st_mode & 0o7777), uid: st.st_uid, gid: st.st_gid,
+            mtime: UInt32(clamping: max(0, st.st_mtim.tv_sec)), xattrs: try Self.xattrs(of: path))
     }
 
-    private func walk(_ dir: [UInt8], components: [[UInt8]], writer: SquashfsImageWriter,
-                      links: inout [InodeKey: SquashfsImageWriter.Node]) throws(ShardError) {
+    private func walk(
+        _ dir: [UInt8], components: [[UInt8]], writer: SquashfsImageWriter,
+        links: inout [InodeKey: SquashfsImageWriter.Node]
+    ) throws(ShardError) {
         let dirString = String(decoding: dir, as: UTF8.self)
         guard let handle = Self.withCPath(dir, { opendir($0) }) else {
             throw ShardError(.io, "\(dirString): \(String(cString: strerror(errno)))")
@@ -75,8 +78,9 @@ struct DirectoryImporter {
                 guard n > 0 else { throw ShardError(.io, "\(display): readlink: \(String(cString: strerror(errno)))") }
                 try writer.addSymlink(here, path: display, target: target.prefix(n).map { UInt8(bitPattern: $0) }, meta: meta)
             case S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK:
-                try writer.addSpecial(here, path: display, mode: UInt16(st.st_mode), rdev: UInt32(truncatingIfNeeded: st.st_rdev),
-                                      meta: meta)
+                try writer.addSpecial(
+                    here, path: display, mode: UInt16(st.st_mode), rdev: UInt32(truncatingIfNeeded: st.st_rdev),
+                    meta: meta)
             default:
                 throw ShardError(.unsupportedEntry, "\(display): unknown file type")
             }
@@ -84,8 +88,10 @@ struct DirectoryImporter {
     }
 
     /// Reads a file in 1 MiB pieces into `sink`, refusing to follow a symlink swapped in meanwhile.
-    private static func stream(_ path: [UInt8], display: String,
-                               into sink: (UnsafeRawBufferPointer) throws(ShardError) -> Void) throws(ShardError) {
+    private static func stream(
+        _ path: [UInt8], display: String,
+        into sink: (UnsafeRawBufferPointer) throws(ShardError) -> Void
+    ) throws(ShardError) {
         let fd = withCPath(path) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
         guard fd >= 0 else { throw ShardError(.io, "\(display): \(String(cString: strerror(errno)))") }
         defer { close(fd) }

@@ -51,9 +51,11 @@ public struct Shard: Sendable, Equatable {
             let paddingBytes = Int(size - UInt64(ShardFileLayout.footerSize) - footer.manifestOffset) - json.count
             let padding = try handle.read(upToCount: paddingBytes) ?? Data()
             guard json.count == Int(footer.manifestLength), ShardFileLayout.digest(json) == footer.manifestSHA256,
-                  padding.count == paddingBytes, padding.allSatisfy({ $0 == 0 })
+                padding.count == paddingBytes, padding.allSatisfy({ $0 == 0 })
             else {
-                throw ShardError(.checksumMismatch, "\(path): its manifest or the bytes around it changed since it was built; the file is damaged, copy it again")
+                throw ShardError(
+                    .checksumMismatch,
+                    "\(path): its manifest or the bytes around it changed since it was built; the file is damaged, copy it again")
             }
             let manifest: ShardManifest
             do {
@@ -111,8 +113,9 @@ public struct Shard: Sendable, Equatable {
         let expected = manifest.image?.sha256 ?? ""
         let actual = try imageSHA256()
         guard actual == expected else {
-            throw ShardError(.checksumMismatch,
-                             "shard \(label) is damaged: its image's sha256 is \(actual), its manifest says \(expected); copy it again")
+            throw ShardError(
+                .checksumMismatch,
+                "shard \(label) is damaged: its image's sha256 is \(actual), its manifest says \(expected); copy it again")
         }
         checks.append("sha256 matches the manifest")
         let reader: SquashfsImageReader
@@ -124,7 +127,8 @@ public struct Shard: Sendable, Equatable {
         checks.append("superblock, compressor options, id and fragment tables")
         let facts = reader.facts
         guard facts.compressor == manifest.image?.compressor, facts.blockSize == manifest.image?.blockSize else {
-            throw ShardError(.corrupt, "shard \(label): its superblock (\(facts.compressor), \(facts.blockSize)) disagrees with its manifest")
+            throw ShardError(
+                .corrupt, "shard \(label): its superblock (\(facts.compressor), \(facts.blockSize)) disagrees with its manifest")
         }
         do throws(ShardError) {
             try reader.checkXattrTable()
@@ -161,7 +165,9 @@ public struct Shard: Sendable, Equatable {
         try reader.walk { path, node throws(ShardError) in
             guard path == wanted else { return }
             let entry = try reader.entry(path, node, hash: false)
-            guard entry.type == .file else { throw ShardError(.notFound, "\(wanted) in shard \(label) is a \(entry.type), not a file") }
+            guard entry.type == .file else {
+                throw ShardError(.notFound, "\(wanted) in shard \(label) is a \(entry.type), not a file")
+            }
             found = true
             try reader.read(node.pointee.inode!, path: path, into: sink)
         }

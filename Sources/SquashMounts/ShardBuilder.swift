@@ -8,8 +8,10 @@ import Foundation
 public enum ShardBuilder {
     /// Builds a shard from the tree under `directory`.
     @discardableResult
-    public static func create(from directory: String, to output: String, manifest: ShardManifest,
-                              options: SquashfsOptions = SquashfsOptions()) throws(ShardError) -> Shard {
+    public static func create(
+        from directory: String, to output: String, manifest: ShardManifest,
+        options: SquashfsOptions = SquashfsOptions()
+    ) throws(ShardError) -> Shard {
         try build(to: output, manifest: manifest, options: options) { writer throws(ShardError) in
             try DirectoryImporter(root: directory).importTree(into: writer)
         }
@@ -18,15 +20,19 @@ public enum ShardBuilder {
     /// Builds a shard from a tar (plain, gzip, xz, bzip2, zstd) or zip archive, without
     /// unpacking it anywhere. Entries that would land outside the shard are refused.
     @discardableResult
-    public static func importArchive(_ archive: String, to output: String, manifest: ShardManifest,
-                                     options: SquashfsOptions = SquashfsOptions()) throws(ShardError) -> Shard {
+    public static func importArchive(
+        _ archive: String, to output: String, manifest: ShardManifest,
+        options: SquashfsOptions = SquashfsOptions()
+    ) throws(ShardError) -> Shard {
         try build(to: output, manifest: manifest, options: options) { writer throws(ShardError) in
             try ArchiveImporter(path: archive).importEntries(into: writer)
         }
     }
 
-    private static func build(to output: String, manifest: ShardManifest, options: SquashfsOptions,
-                              fill: (SquashfsImageWriter) throws(ShardError) -> Void) throws(ShardError) -> Shard {
+    private static func build(
+        to output: String, manifest: ShardManifest, options: SquashfsOptions,
+        fill: (SquashfsImageWriter) throws(ShardError) -> Void
+    ) throws(ShardError) -> Shard {
         try manifest.validate()
         let url = URL(fileURLWithPath: output)
         let temporary = url.deletingLastPathComponent()
@@ -39,8 +45,9 @@ public enum ShardBuilder {
 
         var complete = manifest
         let unsigned = Shard(path: temporary, manifest: complete, fileBytes: summary.bytes, imageBytes: summary.bytes)
-        complete.image = ShardManifest.Image(sha256: try unsigned.imageSHA256(), bytes: summary.bytes,
-                                             compressor: options.compressor.rawValue, blockSize: UInt32(options.blockSize))
+        complete.image = ShardManifest.Image(
+            sha256: try unsigned.imageSHA256(), bytes: summary.bytes,
+            compressor: options.compressor.rawValue, blockSize: UInt32(options.blockSize))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         let json: Data
@@ -52,9 +59,12 @@ public enum ShardBuilder {
         let footerAt = ShardFileLayout.footerOffset(imageBytes: summary.bytes, manifestLength: json.count)
         var tail = [UInt8](json)
         tail.append(contentsOf: [UInt8](repeating: 0, count: Int(footerAt - summary.bytes) - json.count))
-        tail.append(contentsOf: ShardFileLayout.encode(.init(imageBytes: summary.bytes, manifestOffset: summary.bytes,
-                                                             manifestLength: UInt32(json.count),
-                                                             manifestSHA256: ShardFileLayout.digest(json))))
+        tail.append(
+            contentsOf: ShardFileLayout.encode(
+                .init(
+                    imageBytes: summary.bytes, manifestOffset: summary.bytes,
+                    manifestLength: UInt32(json.count),
+                    manifestSHA256: ShardFileLayout.digest(json))))
         let fd = Glibc.open(temporary, O_WRONLY | O_APPEND | O_CLOEXEC)
         guard fd >= 0 else { throw ShardError(.io, "reopening \(temporary): \(String(cString: strerror(errno)))") }
         defer { close(fd) }

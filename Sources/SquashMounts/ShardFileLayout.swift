@@ -44,19 +44,22 @@ enum ShardFileLayout {
 
     static func decode(_ bytes: [UInt8], fileSize: UInt64, path: String) throws(ShardError) -> Footer {
         func notShard(_ why: String) -> ShardError {
-            ShardError(.notAShard, "\(path) is not a vmexec shard (\(why)); build shards with `vmexec shard create` or `vmexec shard import`")
+            ShardError(
+                .notAShard,
+                "\(path) is not a vmexec shard (\(why)); build shards with `vmexec shard create` or `vmexec shard import`")
         }
         guard bytes.count == footerSize, Array(bytes.prefix(8)) == magic else { throw notShard("no shard footer at its end") }
         func get<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T {
             bytes[at..<at + MemoryLayout<T>.size].reversed().reduce(T(0)) { ($0 << 8) | T($1) }
         }
         guard get(8, UInt32.self) == 1 else { throw notShard("shard layout \(get(8, UInt32.self)) is unknown to this vmexec") }
-        let footer = Footer(imageBytes: get(16, UInt64.self), manifestOffset: get(24, UInt64.self),
-                            manifestLength: get(12, UInt32.self), manifestSHA256: Array(bytes[32...]))
+        let footer = Footer(
+            imageBytes: get(16, UInt64.self), manifestOffset: get(24, UInt64.self),
+            manifestLength: get(12, UInt32.self), manifestSHA256: Array(bytes[32...]))
         guard footer.imageBytes >= 96, footer.imageBytes % alignment == 0,
-              footer.manifestOffset == footer.imageBytes,
-              footer.manifestLength > 0, footer.manifestLength <= maxManifestBytes,
-              footer.manifestOffset + UInt64(footer.manifestLength) + UInt64(footerSize) <= fileSize
+            footer.manifestOffset == footer.imageBytes,
+            footer.manifestLength > 0, footer.manifestLength <= maxManifestBytes,
+            footer.manifestOffset + UInt64(footer.manifestLength) + UInt64(footerSize) <= fileSize
         else { throw notShard("its footer's offsets do not fit the file: damaged?") }
         return footer
     }

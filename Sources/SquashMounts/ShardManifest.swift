@@ -69,9 +69,11 @@ public struct ShardManifest: Codable, Sendable, Equatable {
     /// Filled in when the shard is built; `nil` only while building.
     public var image: Image?
 
-    public init(name: String, version: String, kind: Kind, architecture: String = "any",
-                placement: Placement, provides: [String] = [], requires: [String] = [],
-                environment: [String: String] = [:]) {
+    public init(
+        name: String, version: String, kind: Kind, architecture: String = "any",
+        placement: Placement, provides: [String] = [], requires: [String] = [],
+        environment: [String: String] = [:]
+    ) {
         self.name = name
         self.version = version
         self.kind = kind
@@ -93,7 +95,9 @@ public struct ShardManifest: Codable, Sendable, Equatable {
         }
         guard format == 1 else { throw bad("format \(format) is newer than this vmexec understands (1); update vmexec") }
         guard Self.isToken(name) else { throw bad("the name must be 1-64 characters of letters, digits, '.', '_', '-', '+'") }
-        guard Self.isToken(version) else { throw bad("the version must be 1-64 characters of letters, digits, '.', '_', '-', '+'") }
+        guard Self.isToken(version) else {
+            throw bad("the version must be 1-64 characters of letters, digits, '.', '_', '-', '+'")
+        }
         guard Self.architectures.contains(architecture) else {
             throw bad("architecture '\(architecture)' is not one of \(Self.architectures.joined(separator: ", "))")
         }
@@ -128,10 +132,11 @@ public struct ShardManifest: Codable, Sendable, Equatable {
     }
 
     static func isToken(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.count <= 64 && s.utf8.allSatisfy { b in
-            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
-                || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-") || b == UInt8(ascii: "+")
-        }
+        !s.isEmpty && s.utf8.count <= 64
+            && s.utf8.allSatisfy { b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
+                    || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-") || b == UInt8(ascii: "+")
+            }
     }
 
     static func isCapability(_ s: String) -> Bool {

@@ -8,17 +8,21 @@ public enum ShardSet {
         for shard in shards {
             let arch = shard.manifest.architecture
             guard arch == "any" || arch == guestArchitecture else {
-                throw ShardError(.wrongArchitecture,
-                                 "shard \(shard.label) is built for \(arch), but the guest is \(guestArchitecture); use the \(guestArchitecture) build of it")
+                throw ShardError(
+                    .wrongArchitecture,
+                    "shard \(shard.label) is built for \(arch), but the guest is \(guestArchitecture); use the \(guestArchitecture) build of it"
+                )
             }
         }
         for (i, a) in shards.enumerated() {
             for b in shards[(i + 1)...] {
                 if a.manifest.name == b.manifest.name {
-                    throw ShardError(.conflict, "shards \(a.label) and \(b.label) have the same name; attach one version of a shard at a time")
+                    throw ShardError(
+                        .conflict, "shards \(a.label) and \(b.label) have the same name; attach one version of a shard at a time")
                 }
                 if case .mount(let pa) = a.manifest.placement, case .mount(let pb) = b.manifest.placement,
-                   pa == pb || pa.hasPrefix(pb + "/") || pb.hasPrefix(pa + "/") {
+                    pa == pb || pa.hasPrefix(pb + "/") || pb.hasPrefix(pa + "/")
+                {
                     let how = pa == pb ? "both mount at \(pa)" : "mount at \(pa) and \(pb), one inside the other"
                     throw ShardError(.conflict, "shards \(a.label) and \(b.label) \(how)")
                 }
@@ -28,8 +32,10 @@ public enum ShardSet {
             for requirement in shard.manifest.requires {
                 let met = shards.contains { $0 != shard && $0.manifest.satisfies(requirement) }
                 guard met else {
-                    throw ShardError(.unmetRequirement,
-                                     "shard \(shard.label) requires \(requirement), which no attached shard provides; attach a shard that provides it")
+                    throw ShardError(
+                        .unmetRequirement,
+                        "shard \(shard.label) requires \(requirement), which no attached shard provides; attach a shard that provides it"
+                    )
                 }
             }
         }

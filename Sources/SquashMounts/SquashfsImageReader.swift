@@ -78,12 +78,13 @@ final class SquashfsImageReader {
         let s = superblock
         let tables = [s.inode_table_start, s.directory_table_start, s.id_table_start]
         guard s.bytes_used <= imageBytes, s.inode_count > 0, tables.allSatisfy({ $0 >= 96 && $0 < s.bytes_used }),
-              s.inode_table_start < s.directory_table_start
+            s.inode_table_start < s.directory_table_start
         else { throw ShardError(.corrupt, "\(path): the superblock's table offsets do not fit inside the image") }
 
         var config = sqfs_compressor_config_t()
-        rc = sqfs_compressor_config_init(&config, SQFS_COMPRESSOR(UInt32(s.compression_id)), Int(s.block_size),
-                                         UInt16(SQFS_COMP_FLAG_UNCOMPRESS.rawValue))
+        rc = sqfs_compressor_config_init(
+            &config, SQFS_COMPRESSOR(UInt32(s.compression_id)), Int(s.block_size),
+            UInt16(SQFS_COMP_FLAG_UNCOMPRESS.rawValue))
         var cmp: UnsafeMutablePointer<sqfs_compressor_t>?
         if rc == 0 { rc = sqfs_compressor_create(&config, &cmp) }
         guard rc == 0, let cmp else { throw corrupt("compressor \(s.compression_id)", rc) }
@@ -97,7 +98,7 @@ final class SquashfsImageReader {
         rc = sqfs_id_table_read(ids, file, &superblock, cmp)
         guard rc == 0 else { throw corrupt("id table", rc) }
         guard let dirReader = sqfs_dir_reader_create(&superblock, cmp, file, 0),
-              let dataReader = sqfs_data_reader_create(file, Int(s.block_size), cmp, 0)
+            let dataReader = sqfs_data_reader_create(file, Int(s.block_size), cmp, 0)
         else { throw ShardError(.io, "out of memory") }
         self.dirReader = dirReader
         self.dataReader = dataReader
@@ -164,8 +165,10 @@ final class SquashfsImageReader {
     }
 
     /// Streams a file inode's content to `sink` in pieces of at most 1 MiB.
-    func read(_ inode: UnsafePointer<sqfs_inode_generic_t>, path: String,
-              into sink: (UnsafeRawBufferPointer) throws(ShardError) -> Void) throws(ShardError) {
+    func read(
+        _ inode: UnsafePointer<sqfs_inode_generic_t>, path: String,
+        into sink: (UnsafeRawBufferPointer) throws(ShardError) -> Void
+    ) throws(ShardError) {
         guard let dataReader else { throw ShardError(.io, "reader closed") }
         var size: UInt64 = 0
         sqfs_inode_get_file_size(inode, &size)
@@ -215,9 +218,10 @@ final class SquashfsImageReader {
                 digest = hasher.finalize().hex
             }
         }
-        return ShardEntry(path: path, type: type, mode: base.mode & 0o7777, uid: node.pointee.uid, gid: node.pointee.gid,
-                          mtime: base.mod_time, size: size, linkTarget: target, sha256: digest,
-                          inode: base.inode_number, links: links)
+        return ShardEntry(
+            path: path, type: type, mode: base.mode & 0o7777, uid: node.pointee.uid, gid: node.pointee.gid,
+            mtime: base.mod_time, size: size, linkTarget: target, sha256: digest,
+            inode: base.inode_number, links: links)
     }
 }
 

@@ -148,8 +148,9 @@ final class SquashfsImageWriter {
         var cmp: UnsafeMutablePointer<sqfs_compressor_t>?
         rc = sqfs_compressor_create(&config, &cmp)
         guard rc == 0, let cmp else {
-            throw .squashfs(rc, "creating the \(options.compressor) compressor (is libsquashfs built with it?)",
-                            code: .invalidArgument)
+            throw .squashfs(
+                rc, "creating the \(options.compressor) compressor (is libsquashfs built with it?)",
+                code: .invalidArgument)
         }
         compressor = cmp
         rc = sqfs_super_init(&super_, Int(options.blockSize), 0, options.compressor.id)
@@ -161,17 +162,18 @@ final class SquashfsImageWriter {
         if rc > 0 { super_.flags |= UInt16(SQFS_FLAG_COMPRESSOR_OPTIONS.rawValue) }
 
         guard let blockWriter = sqfs_block_writer_create(file, Int(SQFS_DEVBLK_SIZE), 0),
-              let fragments = sqfs_frag_table_create(0),
-              let ids = sqfs_id_table_create(0),
-              let xattrs = sqfs_xattr_writer_create(0)
+            let fragments = sqfs_frag_table_create(0),
+            let ids = sqfs_id_table_create(0),
+            let xattrs = sqfs_xattr_writer_create(0)
         else { throw ShardError(.io, "out of memory creating the squashfs writer") }
         self.blockWriter = blockWriter
         self.fragments = fragments
         self.ids = ids
         self.xattrs = xattrs
-        guard let processor = sqfs_block_processor_create(
-            Int(options.blockSize), cmp, UInt32(max(1, options.workers)), 16 * max(1, options.workers),
-            blockWriter, fragments)
+        guard
+            let processor = sqfs_block_processor_create(
+                Int(options.blockSize), cmp, UInt32(max(1, options.workers)), 16 * max(1, options.workers),
+                blockWriter, fragments)
         else { throw ShardError(.io, "cannot start the squashfs block processor (out of memory or threads)") }
         self.processor = processor
     }
@@ -202,7 +204,7 @@ final class SquashfsImageWriter {
     /// Checks one path component as squashfs and every file system need it.
     static func checkComponent(_ name: [UInt8], in path: String) throws(ShardError) {
         guard !name.isEmpty, name != [0x2e], name != [0x2e, 0x2e], name.count <= 255,
-              !name.contains(0), !name.contains(0x2f)
+            !name.contains(0), !name.contains(0x2f)
         else { throw ShardError(.unsupportedEntry, "\(path): a name must be 1-255 bytes, not '.' or '..', without '/' or NUL") }
     }
 
@@ -233,7 +235,9 @@ final class SquashfsImageWriter {
         var implicit = root.meta
         implicit.xattrs = []
         let parent = try parentDirectory(of: components, path: path, implicit: implicit)
-        guard case .directory(var children) = parent.kind else { throw ShardError(.unsupportedEntry, "\(path): parent is not a directory") }
+        guard case .directory(var children) = parent.kind else {
+            throw ShardError(.unsupportedEntry, "\(path): parent is not a directory")
+        }
         if let existing = children[name], existing.isDirectory, case .directory = kind {
             existing.meta = meta  // a directory listed after its contents (archives do this)
             try setXattrs(existing)
@@ -278,8 +282,10 @@ final class SquashfsImageWriter {
     }
 
     /// Adds a regular file whose bytes `content` hands, in order, to the sink it is given.
-    func addFile(_ components: [[UInt8]], path: String, meta: EntryMetadata,
-                 content: (_ sink: (UnsafeRawBufferPointer) throws(ShardError) -> Void) throws(ShardError) -> Void)
+    func addFile(
+        _ components: [[UInt8]], path: String, meta: EntryMetadata,
+        content: (_ sink: (UnsafeRawBufferPointer) throws(ShardError) -> Void) throws(ShardError) -> Void
+    )
         throws(ShardError) -> Node
     {
         guard let processor else { throw ShardError(.io, "the image writer is closed") }
@@ -368,7 +374,7 @@ final class SquashfsImageWriter {
         visit(root)
 
         guard let inodeWriter = sqfs_meta_writer_create(file, compressor, 0),
-              let dirMeta = sqfs_meta_writer_create(file, compressor, UInt32(SQFS_META_WRITER_KEEP_IN_MEMORY.rawValue))
+            let dirMeta = sqfs_meta_writer_create(file, compressor, UInt32(SQFS_META_WRITER_KEEP_IN_MEMORY.rawValue))
         else { throw ShardError(.io, "out of memory") }
         defer {
             sqfs_destroy(UnsafeMutableRawPointer(inodeWriter))
@@ -413,8 +419,10 @@ final class SquashfsImageWriter {
         return Summary(bytes: total, inodes: inodes, dataBytesRead: dataBytesRead)
     }
 
-    private func writeInode(_ node: Node, rootParent: UInt32, inodeWriter: OpaquePointer, dirWriter: OpaquePointer,
-                            ids: OpaquePointer) throws(ShardError) {
+    private func writeInode(
+        _ node: Node, rootParent: UInt32, inodeWriter: OpaquePointer, dirWriter: OpaquePointer,
+        ids: OpaquePointer
+    ) throws(ShardError) {
         let inode: UnsafeMutablePointer<sqfs_inode_generic_t>
         switch node.kind {
         case .directory(let children):
@@ -424,8 +432,9 @@ final class SquashfsImageWriter {
                 if case .hardLink(let resolved) = child.kind { target = resolved }
                 rc = (child.name + [0]).withUnsafeBufferPointer { name in
                     name.withMemoryRebound(to: CChar.self) {
-                        sqfs_dir_writer_add_entry(dirWriter, $0.baseAddress, target.inodeNumber, target.inodeRef,
-                                                  target.typeBits | target.meta.permissions)
+                        sqfs_dir_writer_add_entry(
+                            dirWriter, $0.baseAddress, target.inodeNumber, target.inodeRef,
+                            target.typeBits | target.meta.permissions)
                     }
                 }
             }
@@ -450,9 +459,11 @@ final class SquashfsImageWriter {
                 inode.pointee.data.file_ext.nlink = node.linkCount
             }
         case .symlink(let target):
-            guard let made = target.withUnsafeBufferPointer({ buffer in
-                buffer.withMemoryRebound(to: CChar.self) { vx_sqfs_symlink_inode($0.baseAddress, $0.count) }
-            }) else { throw ShardError(.io, "out of memory") }
+            guard
+                let made = target.withUnsafeBufferPointer({ buffer in
+                    buffer.withMemoryRebound(to: CChar.self) { vx_sqfs_symlink_inode($0.baseAddress, $0.count) }
+                })
+            else { throw ShardError(.io, "out of memory") }
             inode = made
             inode.pointee.data.slink.nlink = node.linkCount
         case .special(let mode, let rdev):

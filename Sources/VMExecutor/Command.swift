@@ -99,8 +99,10 @@ public struct Limits: Sendable, Equatable, Codable {
     /// end of file) and the result says ``ExecResult/stdinTruncated``.
     public var stdinBytes: UInt64?
 
-    public init(memoryBytes: UInt64? = nil, processes: UInt32? = nil, openFiles: UInt32? = nil, cpuSeconds: UInt32? = nil,
-                stdinBytes: UInt64? = nil) {
+    public init(
+        memoryBytes: UInt64? = nil, processes: UInt32? = nil, openFiles: UInt32? = nil, cpuSeconds: UInt32? = nil,
+        stdinBytes: UInt64? = nil
+    ) {
         self.memoryBytes = memoryBytes
         self.processes = processes
         self.openFiles = openFiles
@@ -111,8 +113,9 @@ public struct Limits: Sendable, Equatable, Codable {
     /// The defaults for a guest of `memoryMiB`: three quarters of its memory,
     /// 512 processes, 1024 open files, 4 GiB of stdin, no CPU-time limit (the timeout bounds time).
     public static func defaults(guestMemoryMiB: Int) -> Limits {
-        Limits(memoryBytes: UInt64(max(64, guestMemoryMiB * 3 / 4)) << 20, processes: 512, openFiles: 1024,
-               stdinBytes: 4 << 30)
+        Limits(
+            memoryBytes: UInt64(max(64, guestMemoryMiB * 3 / 4)) << 20, processes: 512, openFiles: 1024,
+            stdinBytes: 4 << 30)
     }
 }
 
@@ -163,8 +166,9 @@ extension Termination {
 
 extension Usage {
     init(_ s: ExitStatus) {
-        self.init(wallNanoseconds: s.runNanoseconds, userMicroseconds: s.userMicroseconds,
-                  systemMicroseconds: s.systemMicroseconds, maxRSSKiB: s.maxRSSKiB)
+        self.init(
+            wallNanoseconds: s.runNanoseconds, userMicroseconds: s.userMicroseconds,
+            systemMicroseconds: s.systemMicroseconds, maxRSSKiB: s.maxRSSKiB)
     }
 }
 

@@ -8,9 +8,9 @@ public enum GuestArchitecture: String, Sendable, CaseIterable {
     /// The architecture of the machine running this code.
     public static var host: GuestArchitecture {
         #if arch(arm64)
-        return .aarch64
+            return .aarch64
         #else
-        return .x86_64
+            return .x86_64
         #endif
     }
 }
@@ -67,8 +67,9 @@ public struct GuestImages: Sendable, Equatable {
     public init?(directory: URL, architecture: GuestArchitecture) {
         let fm = FileManager.default
         let kernelNames = architecture == .x86_64 ? ["vmlinux", "vmlinuz"] : ["vmlinuz", "Image"]
-        guard let kernel = kernelNames.map({ directory.appendingPathComponent($0) })
-            .first(where: { fm.fileExists(atPath: $0.path) })
+        guard
+            let kernel = kernelNames.map({ directory.appendingPathComponent($0) })
+                .first(where: { fm.fileExists(atPath: $0.path) })
         else { return nil }
         for name in Self.requiredNames where !fm.fileExists(atPath: directory.appendingPathComponent(name).path) {
             return nil

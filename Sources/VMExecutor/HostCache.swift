@@ -31,8 +31,9 @@ enum HostCache {
     }
 
     static func write(_ name: String, _ value: String) {
-        try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true,
-                                                 attributes: [.posixPermissions: 0o700])
+        try? FileManager.default.createDirectory(
+            at: directory, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700])
         guard isOurs else { return }
         try? value.write(to: directory.appendingPathComponent("\(name)-\(bootID)"), atomically: true, encoding: .utf8)
     }

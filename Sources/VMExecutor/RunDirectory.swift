@@ -23,7 +23,8 @@ enum RunDirectory {
     /// "pid starttime" of a live process, or "" if it is gone.
     static func identity(of pid: Int32) -> String {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return "" }
+            let close = stat.lastIndex(of: ")")
+        else { return "" }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         return fields.count > 20 ? "\(pid) \(fields[19])" : ""
     }
@@ -36,7 +37,8 @@ enum RunDirectory {
         for name in names where name.hasPrefix(prefix) && name.count == prefix.count + 6 {
             let dir = tmp.appendingPathComponent(name)
             guard let attrs = try? fm.attributesOfItem(atPath: dir.path),
-                  (attrs[.ownerAccountID] as? NSNumber)?.uint32Value == getuid() else { continue }
+                (attrs[.ownerAccountID] as? NSNumber)?.uint32Value == getuid()
+            else { continue }
             guard let recorded = try? String(contentsOf: dir.appendingPathComponent(hostFile), encoding: .utf8) else {
                 // Being created right now, or from an older vmexec: leave young ones alone.
                 let age = Date().timeIntervalSince((attrs[.modificationDate] as? Date) ?? Date())

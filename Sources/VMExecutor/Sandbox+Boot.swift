@@ -31,7 +31,8 @@ extension Sandbox {
     /// Restores the saved boot state when there is one (falling back to a
     /// cold boot if it fails), else boots and saves a state for next time.
     private func boot(_ spec: MachineSpec, _ accelerator: Accelerator, deadline: Duration) async throws -> Running {
-        let state = configuration.reuseBootState
+        let state =
+            configuration.reuseBootState
             ? hypervisor.stateKey(for: spec, accelerator: accelerator).map {
                 BootState(key: $0, directory: configuration.bootStateDirectory ?? BootState.defaultDirectory)
             } : nil
@@ -61,8 +62,9 @@ extension Sandbox {
             if r.machine.ending != nil {
                 r.client.close(.closed("the guest stopped"))
                 r.machine.discard()
-                throw VMExecError(.launchFailed, "the guest stopped while its boot state was saved: \(error)",
-                                  cause: error as? any VMExecFailure)
+                throw VMExecError(
+                    .launchFailed, "the guest stopped while its boot state was saved: \(error)",
+                    cause: error as? any VMExecFailure)
             }
             logger.warning("could not save the boot state (the next start boots again): \(error)")
         }
@@ -101,8 +103,9 @@ extension Sandbox {
                     client.close(.closed("boot failed"))
                     throw fail(.bootFailed, "the guest init could not set up the guest: \(bootError)")
                 }
-                return Running(generation: generation, machine: machine, client: client, hello: hello,
-                               restored: state != nil)
+                return Running(
+                    generation: generation, machine: machine, client: client, hello: hello,
+                    restored: state != nil)
             } catch let e as ProtocolError {
                 if case .handshakeTimeout = e {
                     throw fail(.bootTimeout, "the guest did not say hello within \(deadline) (\(accelerator))")

@@ -56,7 +56,8 @@ extension Sandbox {
             while upload.remaining > 0 {
                 let chunk = try await HostIO.read(fd)
                 guard !chunk.isEmpty else {
-                    throw VMExecError(.invalidRequest, "\(hostPath) ended after \(upload.sent) of \(upload.size) bytes (it changed while read)")
+                    throw VMExecError(
+                        .invalidRequest, "\(hostPath) ended after \(upload.sent) of \(upload.size) bytes (it changed while read)")
                 }
                 try await upload.write(Array(chunk.prefix(Int(min(UInt64(chunk.count), upload.remaining)))))
             }
@@ -88,7 +89,10 @@ extension Sandbox {
     /// so a fast source cannot pile up memory here.
     public func beginUpload(to guestPath: String, size: UInt64, options: FileOptions = FileOptions()) async throws -> FileUpload {
         guard size <= configuration.fileSizeLimit else {
-            throw VMExecError(.fileTooLarge, "\(guestPath) would have \(size) bytes, more than the file size limit of \(configuration.fileSizeLimit); raise fileSizeLimit to move it")
+            throw VMExecError(
+                .fileTooLarge,
+                "\(guestPath) would have \(size) bytes, more than the file size limit of \(configuration.fileSizeLimit); raise fileSizeLimit to move it"
+            )
         }
         let r = try requireRunning()
         let owner = (options.owner ?? configuration.user).ids

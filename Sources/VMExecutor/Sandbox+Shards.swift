@@ -38,8 +38,10 @@ extension Sandbox {
             do {
                 try await r.client.request(Self.layersRequest(attachments))
             } catch {
-                throw VMExecError(.shardRefused, "the guest could not stack the layer shards: \((error as? ProtocolError)?.description ?? "\(error)")",
-                                  cause: error as? any VMExecFailure)
+                throw VMExecError(
+                    .shardRefused,
+                    "the guest could not stack the layer shards: \((error as? ProtocolError)?.description ?? "\(error)")",
+                    cause: error as? any VMExecFailure)
             }
         }
     }

@@ -23,8 +23,9 @@ extension Sandbox {
             try await r.client.request(.store(serial: StoreAttachment.serial))
         } catch {
             let why = (error as? ProtocolError)?.description ?? "\(error)"
-            throw VMExecError(.storeRefused, "the guest could not take on the store \(lease.store.directory.path): \(why)",
-                              cause: error as? any VMExecFailure)
+            throw VMExecError(
+                .storeRefused, "the guest could not take on the store \(lease.store.directory.path): \(why)",
+                cause: error as? any VMExecFailure)
         }
     }
 

@@ -165,16 +165,18 @@ public actor Sandbox {
         if let store = configuration.store, storeLease == nil {
             do {
                 let lease = try store.lock(holder: "a vmexec sandbox")
-                try lease.checkLower(try StoreAttachment.lower(rootfs: images.rootfs, shards: desiredShards),
-                                     allowChange: configuration.allowLowerChange)
+                try lease.checkLower(
+                    try StoreAttachment.lower(rootfs: images.rootfs, shards: desiredShards),
+                    allowChange: configuration.allowLowerChange)
                 storeLease = lease
             } catch let error as StoreError {
                 throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message, cause: error)
             }
         }
-        let spec = MachineSpec(architecture: configuration.architecture, images: images,
-                               memoryMiB: configuration.memoryMiB, cpus: configuration.cpus,
-                               network: configuration.network, extraArguments: configuration.extraQEMUArguments)
+        let spec = MachineSpec(
+            architecture: configuration.architecture, images: images,
+            memoryMiB: configuration.memoryMiB, cpus: configuration.cpus,
+            network: configuration.network, extraArguments: configuration.extraQEMUArguments)
         do {
             running = try await boot(spec)
         } catch {
@@ -190,8 +192,12 @@ public actor Sandbox {
             if let r = running { cleanUp(r) }
             throw error
         }
-        logger.info("guest up", metadata: ["accelerator": "\(running!.machine.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")",
-                                           "start": "\(running!.restored ? "restored saved state" : "cold boot")"])
+        logger.info(
+            "guest up",
+            metadata: [
+                "accelerator": "\(running!.machine.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")",
+                "start": "\(running!.restored ? "restored saved state" : "cold boot")",
+            ])
     }
 
     func machineEnded(generation: Int, _ ending: MachineEnding) {
@@ -260,10 +266,11 @@ public actor Sandbox {
         let policy = resolvedPolicy(command)
         do {
             let out = try await process.collect(limit: configuration.outputLimit)
-            return ExecResult(stdout: out.stdout, stderr: out.stderr, termination: out.status.termination,
-                              usage: Usage(out.status), stdoutTruncated: out.stdoutTruncated,
-                              stderrTruncated: out.stderrTruncated, stdinTruncated: stdin.truncated,
-                              user: policy.user, limits: policy.limits, privateTmp: policy.privateTmp)
+            return ExecResult(
+                stdout: out.stdout, stderr: out.stderr, termination: out.status.termination,
+                usage: Usage(out.status), stdoutTruncated: out.stdoutTruncated,
+                stderrTruncated: out.stderrTruncated, stdinTruncated: stdin.truncated,
+                user: policy.user, limits: policy.limits, privateTmp: policy.privateTmp)
         } catch {
             throw await Self.explain(error, machine: machine)
         }
@@ -284,9 +291,11 @@ public actor Sandbox {
     /// Who runs a command, within which limits and with which /tmp: its own
     /// settings, else the sandbox's.
     private func resolvedPolicy(_ command: Command) -> (user: GuestUser, limits: Limits, privateTmp: Bool) {
-        (command.user ?? configuration.user,
-         command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB),
-         command.privateTmp ?? configuration.privateTmp)
+        (
+            command.user ?? configuration.user,
+            command.limits ?? configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB),
+            command.privateTmp ?? configuration.privateTmp
+        )
     }
 
     /// Starts a command's process in the guest and feeds its stdin.
@@ -296,9 +305,10 @@ public actor Sandbox {
         var base = ShardSet.environment(attachments.map(\.shard), base: configuration.environment)
         if base["HOME"] == nil { base["HOME"] = user.home }
         let env = base.merging(command.environment) { _, new in new }
-        let policy = ExecPolicy(uid: user.ids.uid, gid: user.ids.gid, memoryMax: limits.memoryBytes ?? 0,
-                                pidsMax: limits.processes ?? 0, openFiles: limits.openFiles ?? 0,
-                                cpuSeconds: limits.cpuSeconds ?? 0, privateTmp: privateTmp)
+        let policy = ExecPolicy(
+            uid: user.ids.uid, gid: user.ids.gid, memoryMax: limits.memoryBytes ?? 0,
+            pidsMax: limits.processes ?? 0, openFiles: limits.openFiles ?? 0,
+            cpuSeconds: limits.cpuSeconds ?? 0, privateTmp: privateTmp)
         var timeoutMs: UInt32 = 0
         if let t = command.timeout {
             let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000
@@ -359,7 +369,8 @@ public actor Sandbox {
         switch e {
         case .execFailed(let reply):
             let code: VMExecError.Code =
-                reply.code == .workdir ? .invalidRequest
+                reply.code == .workdir
+                ? .invalidRequest
                 : reply.errno == ENOENT || reply.errno == ENOTDIR ? .commandNotFound : .notExecutable
             return VMExecError(code, reply.message, cause: e)
         case .invalidRequest(let why):
@@ -368,10 +379,13 @@ public actor Sandbox {
             if let ending = await machine.waitForExit(timeout: .milliseconds(500)) {
                 // The guest's last words (a kernel panic, the init's complaint) say why.
                 let last = machine.lastWords(lines: 12)
-                return VMExecError(.guestStopped, "the guest stopped: \(ending); call start() to boot a fresh one"
-                                   + (last.isEmpty ? "" : "\n\(last)"), cause: e)
+                return VMExecError(
+                    .guestStopped,
+                    "the guest stopped: \(ending); call start() to boot a fresh one"
+                        + (last.isEmpty ? "" : "\n\(last)"), cause: e)
             }
-            return VMExecError(.guestStopped, "the channel to the guest closed (\(why)); call start() to boot a fresh one", cause: e)
+            return VMExecError(
+                .guestStopped, "the channel to the guest closed (\(why)); call start() to boot a fresh one", cause: e)
         default:
             return VMExecError(.protocolError, e.description, cause: e)
         }

@@ -13,7 +13,8 @@ enum StoreAttachment {
     /// What the guest's root lies over, as the store records it: the base
     /// image and the layer shards (bottom first), each by a content digest.
     static func lower(rootfs: URL, shards: [Shard]) throws -> StoreLower {
-        StoreLower(base: try baseIdentity(rootfs), layers: ShardSet.layers(shards).map { $0.manifest.image?.sha256 ?? $0.manifest.name })
+        StoreLower(
+            base: try baseIdentity(rootfs), layers: ShardSet.layers(shards).map { $0.manifest.image?.sha256 ?? $0.manifest.name })
     }
 
     /// sha256 over the base image's size, first and last 64 KiB: its squashfs

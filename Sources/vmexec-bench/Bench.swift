@@ -69,11 +69,16 @@ struct Bench {
         try await guest.start()
         // qemu-ga runs as a command that stays (a command's leftovers end with
         // it, so the agent must not daemonize); as root, to open its port.
-        let agentRun = try await guest.stream(Command(["sh", "-c", """
-            for p in /sys/class/virtio-ports/*; do
-              [ "$(cat $p/name)" = org.qemu.guest_agent.0 ] && exec qemu-ga -m virtio-serial -p /dev/$(basename $p)
-            done; echo no agent port >&2; exit 1
-            """], user: .root, limits: Limits()))
+        let agentRun = try await guest.stream(
+            Command(
+                [
+                    "sh", "-c",
+                    """
+                    for p in /sys/class/virtio-ports/*; do
+                      [ "$(cat $p/name)" = org.qemu.guest_agent.0 ] && exec qemu-ga -m virtio-serial -p /dev/$(basename $p)
+                    done; echo no agent port >&2; exit 1
+                    """,
+                ], user: .root, limits: Limits()))
         defer { Task { try? await agentRun.signal(SIGTERM) } }
         let agent = try GuestAgentClient(socketPath: agentSocket)
         try agent.sync()
@@ -108,8 +113,9 @@ struct Bench {
             _ = try await guest.exec(Command(["/usr/lib/vmexec/noop"]))
             limited.append(millis(ContinuousClock.now - t))
         }
-        emit("exec_noop_limited_p50_ms", percentile(limited, 50), "ms",
-             note: "with the default policy: a cgroup of its own (memory.max, pids.max) and a private /tmp (a mount namespace)")
+        emit(
+            "exec_noop_limited_p50_ms", percentile(limited, 50), "ms",
+            note: "with the default policy: a cgroup of its own (memory.max, pids.max) and a private /tmp (a mount namespace)")
 
         var py: [Double] = [], peerPy: [Double] = [], native: [Double] = []
         for _ in 0..<pythonRuns {
@@ -141,18 +147,25 @@ struct Bench {
         }
         let mbps = Double(got) / 1e6 / seconds(ContinuousClock.now - t)
         t = ContinuousClock.now
-        let peerGot = try agent.exec("/usr/bin/dd", ["if=/dev/zero", "bs=64k", "count=\(peerStdoutBytes / 65536)", "status=none"])
+        let peerGot = try agent.exec(
+            "/usr/bin/dd", ["if=/dev/zero", "bs=64k", "count=\(peerStdoutBytes / 65536)", "status=none"])
         let peerMbps = Double(peerGot) / 1e6 / seconds(ContinuousClock.now - t)
-        emit("stdout_mb_s", mbps, "MB/s", peer: peerMbps,
-             note: "vmexec streams \(got >> 20) MiB; qemu-guest-agent captures at most 16 MB, so it moved \(peerGot >> 20) MiB")
+        emit(
+            "stdout_mb_s", mbps, "MB/s", peer: peerMbps,
+            note: "vmexec streams \(got >> 20) MiB; qemu-guest-agent captures at most 16 MB, so it moved \(peerGot >> 20) MiB")
         // The ceiling: the same bytes through a pipe inside the guest, no channel.
-        let pipe = try await guest.exec(Command(["sh", "-c", """
-            s=$(date +%s%N); dd if=/dev/zero bs=64k count=\(blocks) status=none | dd bs=64k of=/dev/null status=none; \
-            e=$(date +%s%N); echo $(( (e - s) / 1000 ))
-            """]))
+        let pipe = try await guest.exec(
+            Command([
+                "sh", "-c",
+                """
+                s=$(date +%s%N); dd if=/dev/zero bs=64k count=\(blocks) status=none | dd bs=64k of=/dev/null status=none; \
+                e=$(date +%s%N); echo $(( (e - s) / 1000 ))
+                """,
+            ]))
         if let micros = Double(pipe.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)), micros > 0 {
-            emit("guest_pipe_mb_s", Double(blocks * 65536) / micros, "MB/s",
-                 note: "reference: a pipe inside the guest alone, the ceiling for any process output under this accelerator")
+            emit(
+                "guest_pipe_mb_s", Double(blocks * 65536) / micros, "MB/s",
+                note: "reference: a pipe inside the guest alone, the ceiling for any process output under this accelerator")
         }
         await guest.shutdown()
     }
@@ -162,8 +175,10 @@ struct Bench {
         init(_ d: String) { description = d }
     }
 
-    static func emit(_ figure: String, _ value: Double, _ unit: String, peer: Double? = nil,
-                     peerName: String = "qemu-guest-agent", note: String? = nil) {
+    static func emit(
+        _ figure: String, _ value: Double, _ unit: String, peer: Double? = nil,
+        peerName: String = "qemu-guest-agent", note: String? = nil
+    ) {
         var obj: [String: Any] = ["figure": figure, "value": (value * 1000).rounded() / 1000, "unit": unit]
         if let peer {
             obj["peer"] = peerName

@@ -28,7 +28,9 @@ enum ShardBench {
             unlink(theirs)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["mksquashfs", sdkTree.path, theirs, "-comp", "zstd", "-b", "131072", "-noappend", "-quiet", "-no-progress"]
+            p.arguments = [
+                "mksquashfs", sdkTree.path, theirs, "-comp", "zstd", "-b", "131072", "-noappend", "-quiet", "-no-progress",
+            ]
             p.standardOutput = FileHandle.nullDevice
             let t2 = ContinuousClock.now
             try p.run()
@@ -38,9 +40,11 @@ enum ShardBench {
         }
         let theirSize = (try FileManager.default.attributesOfItem(atPath: theirs)[.size] as? NSNumber)?.doubleValue ?? 0
         let oursSize = Double(shard?.imageBytes ?? 0)
-        Bench.emit("shard_create_s", oursTimes.min()!, "s", peer: theirTimes.min()!, peerName: "mksquashfs",
-                   note: "SDK tree, zstd, 128 KiB blocks, best of \(runs); target: at most 1.5x the peer")
-        Bench.emit("shard_image_mb", oursSize / 1e6, "MB", peer: theirSize / 1e6, peerName: "mksquashfs",
-                   note: "the squashfs part of the shard; target: within 5% of the peer")
+        Bench.emit(
+            "shard_create_s", oursTimes.min()!, "s", peer: theirTimes.min()!, peerName: "mksquashfs",
+            note: "SDK tree, zstd, 128 KiB blocks, best of \(runs); target: at most 1.5x the peer")
+        Bench.emit(
+            "shard_image_mb", oursSize / 1e6, "MB", peer: theirSize / 1e6, peerName: "mksquashfs",
+            note: "the squashfs part of the shard; target: within 5% of the peer")
     }
 }

@@ -27,7 +27,8 @@ enum StoreBench {
             var best = Double.infinity
             for _ in 0..<3 {
                 let t = ContinuousClock.now
-                let r = try await s.exec(Command(["dd", "if=/dev/zero", "of=/home/vmexec/bench", "bs=1M", "count=\(writeMiB)", "conv=fsync"]))
+                let r = try await s.exec(
+                    Command(["dd", "if=/dev/zero", "of=/home/vmexec/bench", "bs=1M", "count=\(writeMiB)", "conv=fsync"]))
                 guard r.termination == .exited(0) else { throw Bench.Failure("dd failed: \(r.stderrText)") }
                 best = min(best, Bench.seconds(ContinuousClock.now - t))
                 _ = try await s.exec(Command(["rm", "/home/vmexec/bench"]))
@@ -43,19 +44,22 @@ enum StoreBench {
         let stored = sandbox(store)
         try await stored.start()
         let storeSeconds = try await writeSeconds(stored)
-        Bench.emit("store_write_mb_s", Double(writeMiB) * 1.048576 / storeSeconds, "MB/s",
-                   peer: Double(writeMiB) * 1.048576 / tmpfsSeconds, peerName: "tmpfs upper",
-                   note: "dd of \(writeMiB) MiB with fsync from inside the guest, best of 3")
+        Bench.emit(
+            "store_write_mb_s", Double(writeMiB) * 1.048576 / storeSeconds, "MB/s",
+            peer: Double(writeMiB) * 1.048576 / tmpfsSeconds, peerName: "tmpfs upper",
+            note: "dd of \(writeMiB) MiB with fsync from inside the guest, best of 3")
 
         _ = try await stored.exec(Command(["sh", "-c", "head -c 200M /dev/zero > /home/vmexec/data"]))
         var t = ContinuousClock.now
         try await stored.snapshot("bench")
-        Bench.emit("store_snapshot_s", Bench.seconds(ContinuousClock.now - t), "s",
-                   note: "live snapshot of a store holding 200 MB: freeze, copy, thaw")
+        Bench.emit(
+            "store_snapshot_s", Bench.seconds(ContinuousClock.now - t), "s",
+            note: "live snapshot of a store holding 200 MB: freeze, copy, thaw")
         t = ContinuousClock.now
         try await stored.restore(snapshot: "bench")
-        Bench.emit("store_restore_s", Bench.seconds(ContinuousClock.now - t), "s",
-                   note: "restore: guest shut down, image put back, guest started again")
+        Bench.emit(
+            "store_restore_s", Bench.seconds(ContinuousClock.now - t), "s",
+            note: "restore: guest shut down, image put back, guest started again")
         await stored.shutdown()
     }
 }

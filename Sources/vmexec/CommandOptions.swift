@@ -65,8 +65,9 @@ struct CommandOptions: ParsableArguments {
                 throw ValidationError("--\(option) takes a size such as 256M or 4G, not '\(text)'")
             }
         }
-        return Limits(memoryBytes: try size(memoryLimit, "memory-limit"), processes: pidsLimit, cpuSeconds: cpuLimit,
-                      stdinBytes: try size(stdinLimit, "stdin-limit"))
+        return Limits(
+            memoryBytes: try size(memoryLimit, "memory-limit"), processes: pidsLimit, cpuSeconds: cpuLimit,
+            stdinBytes: try size(stdinLimit, "stdin-limit"))
     }
 
     var timeoutDuration: Duration? { timeout.map { .milliseconds(Int64($0 * 1000)) } }

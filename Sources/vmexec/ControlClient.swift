@@ -23,14 +23,18 @@ struct ControlClient {
                 }
             return ControlClient(channel: channel)
         } catch {
-            throw VMExecError(.notRunning, "no guest named \(name) is running (no one answers on \(path)); start one with vmexec run --keep-alive \(name)")
+            throw VMExecError(
+                .notRunning,
+                "no guest named \(name) is running (no one answers on \(path)); start one with vmexec run --keep-alive \(name)")
         }
     }
 
     /// Sends `request`, lets `body` exchange frames, and returns the RESULT
     /// (a failed one is thrown as the VMExecError the server reported).
-    func call(_ request: ControlRequest,
-              _ body: (inout NIOAsyncChannelInboundStream<ControlFrame>.AsyncIterator, NIOAsyncChannelOutboundWriter<ControlFrame>) async throws -> Void = { _, _ in }
+    func call(
+        _ request: ControlRequest,
+        _ body: (inout NIOAsyncChannelInboundStream<ControlFrame>.AsyncIterator, NIOAsyncChannelOutboundWriter<ControlFrame>)
+            async throws -> Void = { _, _ in }
     ) async throws -> ControlResult {
         try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(.json(.request, request))

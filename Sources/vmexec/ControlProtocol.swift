@@ -28,10 +28,11 @@ enum Control {
     static func socketPath(_ name: String) -> String { directory() + "/\(name).sock" }
 
     static func validate(name: String) -> Bool {
-        (1...64).contains(name.utf8.count) && name.utf8.allSatisfy { b in
-            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
-                || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
-        } && name.first != "."
+        (1...64).contains(name.utf8.count)
+            && name.utf8.allSatisfy { b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
+                    || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
+            } && name.first != "."
     }
 }
 
@@ -61,8 +62,8 @@ struct ControlFrameDecoder: ByteToMessageDecoder {
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard buffer.readableBytes >= 5,
-              let raw = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
-              let length = buffer.getInteger(at: buffer.readerIndex + 1, endianness: .little, as: UInt32.self)
+            let raw = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+            let length = buffer.getInteger(at: buffer.readerIndex + 1, endianness: .little, as: UInt32.self)
         else { return .needMoreData }
         guard let kind = Control.Kind(rawValue: raw), Int(length) <= Control.maxFrame else {
             throw VMExecError(.protocolError, "the control socket sent a bad frame (kind \(raw), \(length) bytes)")

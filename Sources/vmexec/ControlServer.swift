@@ -17,8 +17,9 @@ final class ControlServer: Sendable {
     /// Binds `NAME.sock`; refused when a live guest already has the name.
     static func start(name: String, sandbox: Sandbox) async throws -> ControlServer {
         let dir = Control.directory()
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+            atPath: dir, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700])
         let path = Control.socketPath(name)
         if FileManager.default.fileExists(atPath: path) {
             if let live = try? await ControlClient.connect(name: name) {
@@ -39,8 +40,10 @@ final class ControlServer: Sendable {
         return ControlServer(name: name, path: path, sandbox: sandbox, server: server)
     }
 
-    private init(name: String, path: String, sandbox: Sandbox,
-                 server: NIOAsyncChannel<NIOAsyncChannel<ControlFrame, ControlFrame>, Never>) {
+    private init(
+        name: String, path: String, sandbox: Sandbox,
+        server: NIOAsyncChannel<NIOAsyncChannel<ControlFrame, ControlFrame>, Never>
+    ) {
         self.name = name
         self.path = path
         self.sandbox = sandbox
@@ -88,9 +91,10 @@ final class ControlServer: Sendable {
         try? await client.executeThenClose { inbound, outbound in
             var frames = inbound.makeAsyncIterator()
             guard let first = try await frames.next(), first.kind == .request,
-                  let request = try? first.decode(ControlRequest.self)
+                let request = try? first.decode(ControlRequest.self)
             else {
-                try await outbound.write(.json(.result, ControlResult(ok: false, code: "invalidRequest", message: "expected a request")))
+                try await outbound.write(
+                    .json(.result, ControlResult(ok: false, code: "invalidRequest", message: "expected a request")))
                 return
             }
             let result: ControlResult
@@ -104,8 +108,10 @@ final class ControlServer: Sendable {
         }
     }
 
-    private func perform(_ r: ControlRequest, _ frames: inout NIOAsyncChannelInboundStream<ControlFrame>.AsyncIterator,
-                         _ out: NIOAsyncChannelOutboundWriter<ControlFrame>) async throws -> ControlResult {
+    private func perform(
+        _ r: ControlRequest, _ frames: inout NIOAsyncChannelInboundStream<ControlFrame>.AsyncIterator,
+        _ out: NIOAsyncChannelOutboundWriter<ControlFrame>
+    ) async throws -> ControlResult {
         switch r.op {
         case .put:
             guard let path = r.path, let size = r.size else { throw VMExecError(.invalidRequest, "put needs a path and a size") }
@@ -143,11 +149,13 @@ final class ControlServer: Sendable {
         case .exec:
             guard let argv = r.argv, !argv.isEmpty else { throw VMExecError(.invalidRequest, "exec needs a command") }
             let user: GuestUser? = r.uid.map { $0 == 0 && (r.gid ?? 0) == 0 ? .root : .id(uid: $0, gid: r.gid ?? $0) }
-            let limits = Limits.defaults(guestMemoryMiB: await sandbox.configuration.memoryMiB).overridden(by: r.limits ?? Limits())
-            let stream = try await sandbox.stream(Command(
-                argv, environment: r.env ?? [:], workingDirectory: r.workdir ?? "/",
-                timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: user, limits: limits,
-                privateTmp: r.sharedTmp == true ? false : nil))
+            let limits = Limits.defaults(guestMemoryMiB: await sandbox.configuration.memoryMiB).overridden(
+                by: r.limits ?? Limits())
+            let stream = try await sandbox.stream(
+                Command(
+                    argv, environment: r.env ?? [:], workingDirectory: r.workdir ?? "/",
+                    timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: user, limits: limits,
+                    privateTmp: r.sharedTmp == true ? false : nil))
             var code: Int32 = 0
             do {
                 for try await event in stream {

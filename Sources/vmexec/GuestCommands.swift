@@ -79,7 +79,8 @@ struct Copy: AsyncParsableCommand {
         guard fd >= 0 else { throw VMExecError(.invalidRequest, "cannot create \(part): \(String(cString: strerror(errno)))") }
         do {
             var mode: UInt32 = 0o644
-            let result = try await ControlClient.connect(name: name).call(ControlRequest(op: .get, path: guestPath)) { frames, _ in
+            let result = try await ControlClient.connect(name: name).call(ControlRequest(op: .get, path: guestPath)) {
+                frames, _ in
                 while let f = try await frames.next() {
                     switch f.kind {
                     case .header: mode = try f.decode(FileEntry.self).permissions & 0o777
@@ -127,8 +128,11 @@ struct ProcessList: AsyncParsableCommand {
         for p in processes {
             let age = max(0, now - Double(p.startNanoseconds) / 1e9)
             let cpu = String(format: "%.2f", Double(p.cpuMicroseconds) / 1e6)
-            print(row(["\(p.pid)", "\(p.parentPID)", "\(p.uid)", p.stream == 0 ? "-" : "\(p.stream)", p.state, cpu,
-                       "\(p.residentKiB)", String(format: "%.1f", age), p.arguments.joined(separator: " ")]))
+            print(
+                row([
+                    "\(p.pid)", "\(p.parentPID)", "\(p.uid)", p.stream == 0 ? "-" : "\(p.stream)", p.state, cpu,
+                    "\(p.residentKiB)", String(format: "%.1f", age), p.arguments.joined(separator: " "),
+                ]))
         }
     }
 }
@@ -145,8 +149,10 @@ struct Kill: AsyncParsableCommand {
     func validate() throws { _ = try signalNumber() }
 
     func signalNumber() throws -> Int32 {
-        let names: [String: Int32] = ["HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "KILL": SIGKILL, "USR1": SIGUSR1,
-                                      "USR2": SIGUSR2, "TERM": SIGTERM, "CONT": SIGCONT, "STOP": SIGSTOP]
+        let names: [String: Int32] = [
+            "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "KILL": SIGKILL, "USR1": SIGUSR1,
+            "USR2": SIGUSR2, "TERM": SIGTERM, "CONT": SIGCONT, "STOP": SIGSTOP,
+        ]
         let key = signal.uppercased().replacingOccurrences(of: "SIG", with: "")
         if let n = names[key] ?? Int32(signal), (1...64).contains(n) { return n }
         throw ValidationError("unknown signal '\(signal)' (a number 1-64 or HUP, INT, QUIT, KILL, USR1, USR2, TERM, CONT, STOP)")
@@ -172,9 +178,10 @@ struct Exec: AsyncParsableCommand {
 
     func run() async throws {
         let user = try options.guestUser()
-        let request = ControlRequest(op: .exec, argv: command, env: try options.environment(), workdir: options.workdir,
-                                     timeoutSeconds: options.timeout, uid: user.map(\.ids.uid), gid: user.map(\.ids.gid),
-                                     limits: try options.limitOverrides(), sharedTmp: options.sharedTmp)
+        let request = ControlRequest(
+            op: .exec, argv: command, env: try options.environment(), workdir: options.workdir,
+            timeoutSeconds: options.timeout, uid: user.map(\.ids.uid), gid: user.map(\.ids.gid),
+            limits: try options.limitOverrides(), sharedTmp: options.sharedTmp)
         let result = try await ControlClient.connect(name: name).call(request) { frames, _ in
             while let f = try await frames.next() {
                 switch f.kind {

@@ -38,7 +38,9 @@ struct ShardCommand: ParsableCommand {
         @Option(help: "A capability another shard must offer, e.g. python3.11 (repeatable).")
         var requires: [String] = []
 
-        @Option(name: .customLong("env"), help: "NAME=PATH prepended to NAME in the guest, e.g. PYTHONPATH=/opt/libs/numpy (repeatable).")
+        @Option(
+            name: .customLong("env"),
+            help: "NAME=PATH prepended to NAME in the guest, e.g. PYTHONPATH=/opt/libs/numpy (repeatable).")
         var environment: [String] = []
 
         @Option(help: "Compressor: zstd, xz or gzip.")
@@ -68,8 +70,9 @@ struct ShardCommand: ParsableCommand {
                 env[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
             }
             let placement: ShardManifest.Placement = mount.map { .mount($0) } ?? .layer(order: layer ?? 0)
-            return ShardManifest(name: name, version: version, kind: kind, architecture: arch, placement: placement,
-                                 provides: provides, requires: requires, environment: env)
+            return ShardManifest(
+                name: name, version: version, kind: kind, architecture: arch, placement: placement,
+                provides: provides, requires: requires, environment: env)
         }
 
         var squashfsOptions: SquashfsOptions {
@@ -91,8 +94,9 @@ struct ShardCommand: ParsableCommand {
         @OptionGroup var build: BuildOptions
 
         func run() throws {
-            let shard = try ShardBuilder.create(from: directory, to: build.output, manifest: try build.manifest(),
-                                                options: build.squashfsOptions)
+            let shard = try ShardBuilder.create(
+                from: directory, to: build.output, manifest: try build.manifest(),
+                options: build.squashfsOptions)
             report(shard)
         }
     }
@@ -107,8 +111,9 @@ struct ShardCommand: ParsableCommand {
         @OptionGroup var build: BuildOptions
 
         func run() throws {
-            let shard = try ShardBuilder.importArchive(archive, to: build.output, manifest: try build.manifest(),
-                                                       options: build.squashfsOptions)
+            let shard = try ShardBuilder.importArchive(
+                archive, to: build.output, manifest: try build.manifest(),
+                options: build.squashfsOptions)
             report(shard)
         }
     }
@@ -139,7 +144,8 @@ struct ShardCommand: ParsableCommand {
             if json { return try printJSON(inspection) }
             let m = inspection.manifest
             let s = inspection.squashfs
-            print("""
+            print(
+                """
                 shard        \(m.name) \(m.version) (\(m.kind.rawValue), \(m.architecture))
                 placement    \(m.placement)
                 provides     \(m.provides.joined(separator: ", "))
@@ -153,7 +159,9 @@ struct ShardCommand: ParsableCommand {
                 let mode = String(e.mode, radix: 8)
                 let link = e.linkTarget.map { " -> \($0)" } ?? ""
                 let hash = e.sha256.map { " \($0)" } ?? ""
-                print("\(e.type.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(String(repeating: "0", count: max(0, 4 - mode.count)) + mode) \(e.uid):\(e.gid) \(String(e.size).leftPadded(10)) \(e.path)\(link)\(hash)")
+                print(
+                    "\(e.type.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(String(repeating: "0", count: max(0, 4 - mode.count)) + mode) \(e.uid):\(e.gid) \(String(e.size).leftPadded(10)) \(e.path)\(link)\(hash)"
+                )
             }
         }
     }
@@ -182,7 +190,9 @@ struct ShardCommand: ParsableCommand {
 
 /// What `create` and `import` print: the file, what it is, its size and sha256.
 private func report(_ shard: Shard) {
-    print("\(shard.path): \(shard.manifest.name) \(shard.manifest.version), \(shard.fileBytes) bytes, sha256 \(shard.manifest.image?.sha256 ?? "")")
+    print(
+        "\(shard.path): \(shard.manifest.name) \(shard.manifest.version), \(shard.fileBytes) bytes, sha256 \(shard.manifest.image?.sha256 ?? "")"
+    )
 }
 
 extension ShardManifest.Kind: ExpressibleByArgument {}

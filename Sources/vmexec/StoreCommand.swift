@@ -44,7 +44,8 @@ struct StoreCommand: ParsableCommand {
             let info = try Store.open(at: URL(fileURLWithPath: directory)).info()
             if json { return try printJSON(info) }
             func mib(_ b: UInt64) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
-            print("""
+            print(
+                """
                 store      \(info.directory)
                 size       \(mib(info.sizeBytes)) (\(mib(info.usedBytes)) used, \(mib(info.freeBytes)) free; \(mib(info.allocatedBytes)) on the host)
                 created    \(ISO8601DateFormatter().string(from: info.created))

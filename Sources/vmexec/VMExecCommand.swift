@@ -10,7 +10,10 @@ struct VMExec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmexec",
         abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
-        subcommands: [Run.self, Exec.self, Copy.self, ProcessList.self, Kill.self, Stop.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self, DiffCommand.self, ExportCommand.self])
+        subcommands: [
+            Run.self, Exec.self, Copy.self, ProcessList.self, Kill.self, Stop.self, ShardCommand.self, StoreCommand.self,
+            SnapshotCommand.self, DiffCommand.self, ExportCommand.self,
+        ])
 
     /// As ArgumentParser's, but a usage error exits 125 like any other error
     /// of vmexec itself (`docker run` does the same), not 64.
@@ -83,7 +86,10 @@ struct GuestOptions: ParsableArguments {
     @Option(help: "With --network: make guest TCP port GUEST reachable on the host's 127.0.0.1:HOST (HOST:GUEST, repeatable).")
     var publish: [String] = []
 
-    @Option(help: "With --network: let the guest reach the host's 127.0.0.1:HOST at 10.0.2.100:GUEST (GUEST:HOST, repeatable; one connection, made at start).")
+    @Option(
+        help:
+            "With --network: let the guest reach the host's 127.0.0.1:HOST at 10.0.2.100:GUEST (GUEST:HOST, repeatable; one connection, made at start)."
+    )
     var forward: [String] = []
 
     /// "A:B" as two ports.
@@ -102,8 +108,12 @@ struct GuestOptions: ParsableArguments {
         }
         return NetworkPolicy(
             enabled: true,
-            published: try publish.map { let p = try ports($0, "publish"); return .init(hostPort: p.0, guestPort: p.1) },
-            forwarded: try forward.map { let p = try ports($0, "forward"); return .init(guestPort: p.0, hostPort: p.1) })
+            published: try publish.map {
+                let p = try ports($0, "publish"); return .init(hostPort: p.0, guestPort: p.1)
+            },
+            forwarded: try forward.map {
+                let p = try ports($0, "forward"); return .init(guestPort: p.0, hostPort: p.1)
+            })
     }
 
     func sandboxConfiguration() throws -> SandboxConfiguration {
@@ -190,7 +200,8 @@ struct Run: AsyncParsableCommand {
         var code: Int32 = 0
         if !command.isEmpty { code = await runCommand(sandbox) }
         if let keeper {
-            FileHandle.standardError.write(Data("vmexec: guest \(keeper.name) is running; vmexec stop \(keeper.name) ends it\n".utf8))
+            FileHandle.standardError.write(
+                Data("vmexec: guest \(keeper.name) is running; vmexec stop \(keeper.name) ends it\n".utf8))
             let sources = [SIGINT, SIGTERM, SIGHUP].map { sig in
                 signal(sig, SIG_IGN)
                 let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -199,7 +210,7 @@ struct Run: AsyncParsableCommand {
                 return s
             }
             await keeper.waitForStop()
-            sources.forEach { $0.cancel() }
+            for source in sources { source.cancel() }
             await keeper.close()
         }
         await sandbox.shutdown()
@@ -226,16 +237,21 @@ struct Run: AsyncParsableCommand {
                 case .exit(let termination, _):
                     code = termination.shellCode
                     if case .timedOut = termination {
-                        FileHandle.standardError.write(Data("vmexec: command timed out after \(options.timeout ?? 0) s and was killed\n".utf8))
+                        FileHandle.standardError.write(
+                            Data("vmexec: command timed out after \(options.timeout ?? 0) s and was killed\n".utf8))
                     }
                     if case .outOfMemory = termination {
-                        FileHandle.standardError.write(Data("vmexec: command killed for memory: it passed its limit of \(limits.memoryBytes.map { "\($0 >> 20) MiB" } ?? "the guest's memory")\n".utf8))
+                        FileHandle.standardError.write(
+                            Data(
+                                "vmexec: command killed for memory: it passed its limit of \(limits.memoryBytes.map { "\($0 >> 20) MiB" } ?? "the guest's memory")\n"
+                                    .utf8))
                     }
                 }
             }
             forwarder.cancel()
             if stream.stdinTruncated {
-                FileHandle.standardError.write(Data("vmexec: stdin was cut at its limit of \(limits.stdinBytes ?? 0) bytes\n".utf8))
+                FileHandle.standardError.write(
+                    Data("vmexec: stdin was cut at its limit of \(limits.stdinBytes ?? 0) bytes\n".utf8))
             }
         } catch {
             await sandbox.shutdown()
@@ -262,5 +278,5 @@ final class SignalForwarder: @unchecked Sendable {
         }
     }
 
-    func cancel() { sources.forEach { $0.cancel() } }
+    func cancel() { for source in sources { source.cancel() } }
 }

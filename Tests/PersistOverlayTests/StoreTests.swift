@@ -101,7 +101,9 @@ struct StoreTests {
         #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("x.tar").path))
     }
 
-    @Test("sizes parse with binary units; garbage is refused", arguments: [("2G", UInt64(2) << 30), ("512M", 512 << 20), ("1.5G", 3 << 29), ("4096", 4096), ("64MiB", 64 << 20)])
+    @Test(
+        "sizes parse with binary units; garbage is refused",
+        arguments: [("2G", UInt64(2) << 30), ("512M", 512 << 20), ("1.5G", 3 << 29), ("4096", 4096), ("64MiB", 64 << 20)])
     func sizes(text: String, bytes: UInt64) throws {
         #expect(try Store.parseSize(text) == bytes)
         #expect(throws: StoreError.self) { try Store.parseSize("lots") }

@@ -96,6 +96,8 @@ struct DecoderFuzzTests {
             while let f = try FrameParser.parse(&buffer) { pieces.append(f) }
         }
         #expect(pieces == whole)
-        #expect(whole.count == GoldenVector.all.filter { !$0.meaning.hasPrefix("fatal") && !$0.meaning.hasPrefix("incomplete") }.count)
+        #expect(
+            whole.count == GoldenVector.all.filter { !$0.meaning.hasPrefix("fatal") && !$0.meaning.hasPrefix("incomplete") }.count
+        )
     }
 }

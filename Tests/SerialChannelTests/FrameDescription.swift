@@ -32,11 +32,13 @@ enum FrameDescription {
             s += " code=\(e.code.name) errno=\(e.errno) message=\(quote(Array(e.message.utf8)))"
         case .exec:
             let e = try! ExecRequest(decoding: p)
-            s += " flags=\((e.hasStdin ? 1 : 0) | (e.policy != nil ? 2 : 0)) timeout_ms=\(e.timeoutMilliseconds) cwd=\(quote(Array(e.workingDirectory.utf8)))"
+            s +=
+                " flags=\((e.hasStdin ? 1 : 0) | (e.policy != nil ? 2 : 0)) timeout_ms=\(e.timeoutMilliseconds) cwd=\(quote(Array(e.workingDirectory.utf8)))"
             s += " argv=[" + e.arguments.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
             s += " env=[" + e.environment.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
             if let q = e.policy {
-                s += " uid=\(q.uid) gid=\(q.gid) memory_max=\(q.memoryMax) pids_max=\(q.pidsMax) nofile=\(q.openFiles) cpu_seconds=\(q.cpuSeconds)"
+                s +=
+                    " uid=\(q.uid) gid=\(q.gid) memory_max=\(q.memoryMax) pids_max=\(q.pidsMax) nofile=\(q.openFiles) cpu_seconds=\(q.cpuSeconds)"
                 if q.privateTmp { s += " private_tmp" }
             }
         case .started:
@@ -47,12 +49,13 @@ enum FrameDescription {
             s += " signal=\(le32(p))"
         case .exit:
             let x = try! ExitStatus(decoding: p)
-            let (how, value): (String, Int32) = switch x.termination {
-            case .exited(let v): ("exited", v)
-            case .signaled(let v): ("signaled", v)
-            case .timedOut(let v): ("timed_out", v)
-            case .outOfMemory(let v): ("memory", v)
-            }
+            let (how, value): (String, Int32) =
+                switch x.termination {
+                case .exited(let v): ("exited", v)
+                case .signaled(let v): ("signaled", v)
+                case .timedOut(let v): ("timed_out", v)
+                case .outOfMemory(let v): ("memory", v)
+                }
             s += " how=\(how) value=\(value) run_ns=\(x.runNanoseconds) utime_us=\(x.userMicroseconds)"
             s += " stime_us=\(x.systemMicroseconds) maxrss_kb=\(x.maxRSSKiB)"
         case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw:

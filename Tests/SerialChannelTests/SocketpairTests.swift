@@ -60,16 +60,17 @@ final class ScriptedGuest: @unchecked Sendable {
 func connectedPair(window: UInt32 = 65536, hostWindow: Int = 512 * 1024) async throws -> (ChannelClient, ScriptedGuest) {
     var fds: [Int32] = [0, 0]
     #if canImport(Glibc)
-    let kind = Int32(SOCK_STREAM.rawValue)
+        let kind = Int32(SOCK_STREAM.rawValue)
     #else
-    let kind = SOCK_STREAM
+        let kind = SOCK_STREAM
     #endif
     guard socketpair(AF_UNIX, kind, 0, &fds) == 0 else { throw ProtocolError.closed("socketpair failed") }
     let guest = ScriptedGuest(fd: fds[1])
     var quiet = Logger(label: "test")
     quiet.logLevel = .critical  // the tests provoke refusals on purpose
-    async let client = ChannelClient.connect(socket: fds[0], handshakeTimeout: .seconds(5), hostWindow: hostWindow,
-                                             logger: quiet)
+    async let client = ChannelClient.connect(
+        socket: fds[0], handshakeTimeout: .seconds(5), hostWindow: hostWindow,
+        logger: quiet)
     let hostHello = try #require(try await guest.receive())
     #expect(hostHello.kind == .hello)
     #expect(try Hello(decoding: hostHello.payload).window == UInt32(hostWindow))
@@ -89,7 +90,9 @@ struct SocketpairTests {
         _ = try await guest.receive()
         guest.hello(major: 9)
         let minor = WireProtocol.minor
-        await #expect(throws: ProtocolError.versionMismatch(guest: "9.\(minor)", host: "1.\(minor)")) { _ = try await client.value }
+        await #expect(throws: ProtocolError.versionMismatch(guest: "9.\(minor)", host: "1.\(minor)")) {
+            _ = try await client.value
+        }
         #expect(ProtocolError.versionMismatch(guest: "9.0", host: "1.0").description.contains("make images"))
     }
 
@@ -121,8 +124,10 @@ struct SocketpairTests {
         let (client, guest) = try await connectedPair()
         let process = Task { try await client.exec(ExecRequest(arguments: ["nope"])) }
         let exec = try #require(try await guest.receive())
-        guest.send(Frame(.error, stream: exec.stream,
-                         payload: ErrorReply(code: .exec, errno: ENOENT, message: "cannot execute nope").encoded()))
+        guest.send(
+            Frame(
+                .error, stream: exec.stream,
+                payload: ErrorReply(code: .exec, errno: ENOENT, message: "cannot execute nope").encoded()))
         let error = await #expect(throws: ProtocolError.self) { _ = try await process.value }
         guard case .execFailed(let reply)? = error else {
             Issue.record("expected execFailed, got \(String(describing: error))")
@@ -139,7 +144,9 @@ struct SocketpairTests {
         guest.send(Frame(.started, stream: exec.stream, payload: ScriptedGuest.u32(1)))
         let p = try await started
         let input = (0..<100_000).map { UInt8(truncatingIfNeeded: $0) }
-        let writer = Task { try await p.writeStdin(input); try await p.closeStdin() }
+        let writer = Task {
+            try await p.writeStdin(input); try await p.closeStdin()
+        }
         var received: [UInt8] = []
         // Exactly one window arrives, then the host waits.
         while received.count < 16384 {
@@ -281,7 +288,9 @@ struct ProtocolBreachTests {
         let exec = try #require(try await guest.receive())
         guest.send(Frame(.exit, stream: exec.stream, payload: ExitStatus(termination: .exited(0)).encoded()))
         let outcome = Task { try await process.value }
-        let watchdog = Task { try await Task.sleep(for: .seconds(10)); process.cancel() }
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(10)); process.cancel()
+        }
         let error = await #expect(throws: ProtocolError.self) { _ = try await outcome.value }
         watchdog.cancel()
         guard case .violation? = error else {
@@ -376,7 +385,8 @@ struct FileRequestBreachTests {
         guest.send(Frame(.data, sub: 1, stream: get.stream, payload: [UInt8](repeating: 1, count: 11)))
         var outcome: (any Error)?
         do { for try await _ in transfer.output {} } catch { outcome = error }
-        #expect((outcome as? ProtocolError)?.description.contains("more than the 10 bytes") == true, "\(String(describing: outcome))")
+        #expect(
+            (outcome as? ProtocolError)?.description.contains("more than the 10 bytes") == true, "\(String(describing: outcome))")
         var kinds: [FrameType] = []
         while kinds.count < 2, let f = try await guest.receive() { kinds.append(f.kind!) }
         #expect(kinds == [.error, .signal])

@@ -7,7 +7,9 @@ struct ArchiveImportTests {
     /// Writes an archive of `fixture.tree` with Python's tarfile or zipfile (an independent writer).
     private func archive(_ fixture: TreeFixture, kind: String) throws -> String {
         let out = fixture.path("tree.\(kind)")
-        let script = kind == "zip" ? """
+        let script =
+            kind == "zip"
+            ? """
             import os, sys, zipfile
             root, out = sys.argv[1], sys.argv[2]
             with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
@@ -24,7 +26,8 @@ struct ArchiveImportTests {
                             info.create_system = 3; z.writestr(info, b"")
                         else:
                             z.write(p, rel)
-            """ : """
+            """
+            : """
             import sys, tarfile
             root, out = sys.argv[1], sys.argv[2]
             with tarfile.open(out, "w:gz") as t:
@@ -45,10 +48,12 @@ struct ArchiveImportTests {
         symlink("../hello.txt", fixture.tree.appendingPathComponent("pkg/link").path)
         var options = SquashfsOptions()
         options.rootOwned = true
-        let fromZip = try ShardBuilder.importArchive(try archive(fixture, kind: "zip"), to: fixture.path("z.shard"),
-                                                     manifest: testManifest(), options: options)
-        let fromTar = try ShardBuilder.importArchive(try archive(fixture, kind: "tar.gz"), to: fixture.path("t.shard"),
-                                                     manifest: testManifest(), options: options)
+        let fromZip = try ShardBuilder.importArchive(
+            try archive(fixture, kind: "zip"), to: fixture.path("z.shard"),
+            manifest: testManifest(), options: options)
+        let fromTar = try ShardBuilder.importArchive(
+            try archive(fixture, kind: "tar.gz"), to: fixture.path("t.shard"),
+            manifest: testManifest(), options: options)
         let zipTree = try fromZip.inspect(hashes: true).expectedForm
         let tarTree = try fromTar.inspect(hashes: true).expectedForm
         var expected = try fixture.expectedEntries()
@@ -84,9 +89,12 @@ struct ArchiveImportTests {
         return out
     }
 
-    @Test("path traversal in an archive is refused with a clear error and no shard is written",
-          arguments: ["file|../evil.txt|", "file|a/../../evil.txt|", "file|/etc/evil|", "sym|link|/etc/passwd",
-                      "sym|dir/link|../../outside", "hard|link|../outside", "dev|null|"])
+    @Test(
+        "path traversal in an archive is refused with a clear error and no shard is written",
+        arguments: [
+            "file|../evil.txt|", "file|a/../../evil.txt|", "file|/etc/evil|", "sym|link|/etc/passwd",
+            "sym|dir/link|../../outside", "hard|link|../outside", "dev|null|",
+        ])
     func traversal(spec: String) throws {
         let fixture = try TreeFixture()
         let tar = try hostileTar(fixture, spec)
@@ -111,8 +119,9 @@ struct ArchiveImportTests {
 
         try fixture.file("garbage.zip", Array(repeating: 0x41, count: 1000))
         let error = try #require(throws: ShardError.self) {
-            try ShardBuilder.importArchive(fixture.tree.appendingPathComponent("garbage.zip").path,
-                                           to: fixture.path("g.shard"), manifest: testManifest())
+            try ShardBuilder.importArchive(
+                fixture.tree.appendingPathComponent("garbage.zip").path,
+                to: fixture.path("g.shard"), manifest: testManifest())
         }
         #expect(error.code == .badArchive)
     }

@@ -60,9 +60,11 @@ struct ShardRoundTripTests {
         var options = SquashfsOptions()
         options.compressor = compressor
         options.blockSize = 64 * 1024
-        let a = try ShardBuilder.create(from: fixture.tree.path, to: fixture.path("a.shard"), manifest: testManifest(), options: options)
+        let a = try ShardBuilder.create(
+            from: fixture.tree.path, to: fixture.path("a.shard"), manifest: testManifest(), options: options)
         options.workers = 1
-        let b = try ShardBuilder.create(from: fixture.tree.path, to: fixture.path("b.shard"), manifest: testManifest(), options: options)
+        let b = try ShardBuilder.create(
+            from: fixture.tree.path, to: fixture.path("b.shard"), manifest: testManifest(), options: options)
         #expect(try Data(contentsOf: URL(fileURLWithPath: a.path)) == Data(contentsOf: URL(fileURLWithPath: b.path)))
         let facts = try a.inspect().squashfs
         #expect(facts.compressor == compressor.rawValue)
@@ -73,7 +75,8 @@ struct ShardRoundTripTests {
         options.rootOwned = true
         chown(fixture.tree.appendingPathComponent("hello.txt").path, 1234, 5678)
         let kept = try ShardBuilder.create(from: fixture.tree.path, to: fixture.path("k.shard"), manifest: testManifest())
-        let mapped = try ShardBuilder.create(from: fixture.tree.path, to: fixture.path("r.shard"), manifest: testManifest(), options: options)
+        let mapped = try ShardBuilder.create(
+            from: fixture.tree.path, to: fixture.path("r.shard"), manifest: testManifest(), options: options)
         #expect(try kept.inspect().entries.first { $0.path == "/hello.txt" }.map { [$0.uid, $0.gid] } == [1234, 5678])
         #expect(try mapped.inspect().entries.allSatisfy { $0.uid == 0 && $0.gid == 0 })
     }
@@ -84,7 +87,8 @@ struct ShardRoundTripTests {
         var options = SquashfsOptions()
         options.blockSize = 100_000
         #expect(throws: ShardError.self) {
-            try ShardBuilder.create(from: fixture.tree.path, to: fixture.path("x.shard"), manifest: testManifest(), options: options)
+            try ShardBuilder.create(
+                from: fixture.tree.path, to: fixture.path("x.shard"), manifest: testManifest(), options: options)
         }
         #expect(!FileManager.default.fileExists(atPath: fixture.path("x.shard")))
     }

@@ -16,13 +16,15 @@ struct ShardVerifyTests {
     private func built() throws -> (TreeFixture, Shard) {
         let fixture = try TreeFixture()
         try fixture.populate()
-        let shard = try ShardBuilder.create(from: fixture.tree.path, to: fixture.path("t.shard"),
-                                            manifest: testManifest(name: "numpy", version: "1.26.4", kind: .libs))
+        let shard = try ShardBuilder.create(
+            from: fixture.tree.path, to: fixture.path("t.shard"),
+            manifest: testManifest(name: "numpy", version: "1.26.4", kind: .libs))
         return (fixture, shard)
     }
 
-    @Test("one byte flipped anywhere in the image is caught, and the error names the shard and the reason",
-          arguments: [0, 100, 4096, 200_000])
+    @Test(
+        "one byte flipped anywhere in the image is caught, and the error names the shard and the reason",
+        arguments: [0, 100, 4096, 200_000])
     func flippedImageByte(offset: UInt64) throws {
         let (fixture, shard) = try built()
         try flip(shard.path, at: offset)
@@ -75,8 +77,9 @@ struct ShardVerifyTests {
         _ = fixture
     }
 
-    @Test("manifests with a bad name, mount point, capability or variable are refused at build time",
-          arguments: [
+    @Test(
+        "manifests with a bad name, mount point, capability or variable are refused at build time",
+        arguments: [
             ShardManifest(name: "bad name", version: "1", kind: .data, placement: .mount("/opt/x")),
             ShardManifest(name: "x", version: "1", kind: .data, placement: .mount("relative")),
             ShardManifest(name: "x", version: "1", kind: .data, placement: .mount("/opt/../etc")),
@@ -85,7 +88,7 @@ struct ShardVerifyTests {
             ShardManifest(name: "x", version: "1", kind: .data, architecture: "sparc", placement: .layer(order: 1)),
             ShardManifest(name: "x", version: "1", kind: .data, placement: .layer(order: 1), requires: ["a b"]),
             ShardManifest(name: "x", version: "1", kind: .data, placement: .layer(order: 1), environment: ["1BAD": "/x"]),
-          ])
+        ])
     func badManifest(manifest: ShardManifest) throws {
         let fixture = try TreeFixture()
         let error = try #require(throws: ShardError.self) {
@@ -99,19 +102,26 @@ struct ShardVerifyTests {
 @Suite("Shard sets")
 struct ShardSetTests {
     private func shard(_ fixture: TreeFixture, _ manifest: ShardManifest) throws -> Shard {
-        try ShardBuilder.create(from: fixture.tree.path, to: fixture.path("\(manifest.name)-\(manifest.version).shard"), manifest: manifest)
+        try ShardBuilder.create(
+            from: fixture.tree.path, to: fixture.path("\(manifest.name)-\(manifest.version).shard"), manifest: manifest)
     }
 
     @Test("requirements, names, mount points and architectures are checked, naming the shard and the reason")
     func checks() throws {
         let fixture = try TreeFixture()
         try fixture.file("x", [1])
-        let sdk = try shard(fixture, ShardManifest(name: "cpython", version: "3.11.2", kind: .sdk, architecture: "x86_64",
-                                                   placement: .layer(order: 10), provides: ["python3.11"],
-                                                   environment: ["PATH": "/usr/local/bin"]))
-        let libs = try shard(fixture, ShardManifest(name: "numpy", version: "1.26.4", kind: .libs, architecture: "x86_64",
-                                                    placement: .mount("/opt/libs/numpy"), requires: ["python3.11"],
-                                                    environment: ["PYTHONPATH": "/opt/libs/numpy"]))
+        let sdk = try shard(
+            fixture,
+            ShardManifest(
+                name: "cpython", version: "3.11.2", kind: .sdk, architecture: "x86_64",
+                placement: .layer(order: 10), provides: ["python3.11"],
+                environment: ["PATH": "/usr/local/bin"]))
+        let libs = try shard(
+            fixture,
+            ShardManifest(
+                name: "numpy", version: "1.26.4", kind: .libs, architecture: "x86_64",
+                placement: .mount("/opt/libs/numpy"), requires: ["python3.11"],
+                environment: ["PYTHONPATH": "/opt/libs/numpy"]))
         try ShardSet.check([sdk, libs], guestArchitecture: "x86_64")
 
         let unmet = try #require(throws: ShardError.self) { try ShardSet.check([libs], guestArchitecture: "x86_64") }
@@ -122,16 +132,21 @@ struct ShardSetTests {
         #expect(arch.code == .wrongArchitecture)
         #expect(arch.message.contains("cpython 3.11.2"))
 
-        let other = try shard(fixture, ShardManifest(name: "scipy", version: "1", kind: .libs, placement: .mount("/opt/libs/numpy")))
+        let other = try shard(
+            fixture, ShardManifest(name: "scipy", version: "1", kind: .libs, placement: .mount("/opt/libs/numpy")))
         let clash = try #require(throws: ShardError.self) { try ShardSet.check([sdk, libs, other], guestArchitecture: "x86_64") }
         #expect(clash.code == .conflict)
         #expect(clash.message.contains("/opt/libs/numpy") && clash.message.contains("scipy"))
 
-        let nested = try shard(fixture, ShardManifest(name: "inner", version: "1", kind: .data, placement: .mount("/opt/libs/numpy/sub")))
+        let nested = try shard(
+            fixture, ShardManifest(name: "inner", version: "1", kind: .data, placement: .mount("/opt/libs/numpy/sub")))
         #expect(throws: ShardError.self) { try ShardSet.check([sdk, libs, nested], guestArchitecture: "x86_64") }
 
-        let numpy2 = try shard(fixture, ShardManifest(name: "numpy", version: "2.0", kind: .libs, placement: .mount("/opt/libs/numpy2")))
-        let twice = try #require(throws: ShardError.self) { try ShardSet.check([sdk, libs, numpy2], guestArchitecture: "x86_64") }
+        let numpy2 = try shard(
+            fixture, ShardManifest(name: "numpy", version: "2.0", kind: .libs, placement: .mount("/opt/libs/numpy2")))
+        let twice = try #require(throws: ShardError.self) {
+            try ShardSet.check([sdk, libs, numpy2], guestArchitecture: "x86_64")
+        }
         #expect(twice.code == .conflict)
 
         let env = ShardSet.environment([sdk, libs], base: ["PATH": "/usr/bin:/bin"])

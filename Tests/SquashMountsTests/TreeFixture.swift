@@ -43,7 +43,9 @@ final class TreeFixture {
         link(tree.appendingPathComponent("hello.txt").path, tree.appendingPathComponent("data/hard.txt").path)
         mkfifo(tree.appendingPathComponent("data/pipe").path, 0o640)
         let path = tree.appendingPathComponent("hello.txt").path
-        hasXattr = try runTool(["python3", "-c", "import os, sys; os.setxattr(sys.argv[1], 'user.vmexec.test', b'label')", path]).status == 0
+        hasXattr =
+            try runTool(["python3", "-c", "import os, sys; os.setxattr(sys.argv[1], 'user.vmexec.test', b'label')", path]).status
+            == 0
     }
 
     /// The tree as `inspect` should list it: path → (type, mode, size, link target, sha256).
@@ -61,8 +63,9 @@ final class TreeFixture {
                 }
             case S_IFREG:
                 let data = try Data(contentsOf: url)
-                result[path] = Expected(type: .file, mode: mode, size: UInt64(data.count), link: nil,
-                                        sha256: SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined())
+                result[path] = Expected(
+                    type: .file, mode: mode, size: UInt64(data.count), link: nil,
+                    sha256: SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined())
             case S_IFLNK:
                 let target = try FileManager.default.destinationOfSymbolicLink(atPath: url.path)
                 result[path] = Expected(type: .symlink, mode: 0o777, size: UInt64(target.utf8.count), link: target, sha256: nil)
@@ -104,13 +107,19 @@ func runTool(_ arguments: [String], cwd: String? = nil) throws -> (status: Int32
 extension Shard.Inspection {
     /// The listing in the fixture's terms.
     var expectedForm: [String: TreeFixture.Expected] {
-        Dictionary(uniqueKeysWithValues: entries.map {
-            ($0.path, TreeFixture.Expected(type: $0.type, mode: $0.mode, size: $0.size, link: $0.linkTarget, sha256: $0.sha256))
-        })
+        Dictionary(
+            uniqueKeysWithValues: entries.map {
+                (
+                    $0.path,
+                    TreeFixture.Expected(type: $0.type, mode: $0.mode, size: $0.size, link: $0.linkTarget, sha256: $0.sha256)
+                )
+            })
     }
 }
 
-func testManifest(name: String = "fixture", version: String = "1.0", kind: ShardManifest.Kind = .data,
-                  placement: ShardManifest.Placement = .mount("/opt/fixture")) -> ShardManifest {
+func testManifest(
+    name: String = "fixture", version: String = "1.0", kind: ShardManifest.Kind = .data,
+    placement: ShardManifest.Placement = .mount("/opt/fixture")
+) -> ShardManifest {
     ShardManifest(name: name, version: version, kind: kind, placement: placement)
 }

@@ -13,7 +13,8 @@ extension CLISuites {
 
         /// Runs the CLI on a Dispatch thread: its waits must not hold one of the
         /// few threads of Swift's cooperative pool, which other tests need.
-        static func vmexec(_ args: [String], stdin: String? = nil, signalOnOutput: (Int32, String)? = nil) async throws -> Outcome {
+        static func vmexec(_ args: [String], stdin: String? = nil, signalOnOutput: (Int32, String)? = nil) async throws -> Outcome
+        {
             try await withCheckedThrowingContinuation { c in
                 DispatchQueue.global().async {
                     c.resume(with: Result { try runBlocking(args, stdin: stdin, signalOnOutput: signalOnOutput) })
@@ -53,8 +54,9 @@ extension CLISuites {
             o += out.fileHandleForReading.readDataToEndOfFile()
             let e = err.fileHandleForReading.readDataToEndOfFile()
             p.waitUntilExit()
-            return Outcome(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                           stderr: String(decoding: e, as: UTF8.self))
+            return Outcome(
+                status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                stderr: String(decoding: e, as: UTF8.self))
         }
 
         static let exitCases: [([String], Int32)] = [
@@ -84,8 +86,11 @@ extension CLISuites {
 
         @Test("stdin, --env and --workdir reach the command")
         func stdinEnvWorkdir() async throws {
-            let r = try await Self.vmexec(["run", "--accel", "tcg", "--env", "WHO=field engineer", "--workdir", "/etc", "--",
-                                     "sh", "-c", "cat; echo \"$WHO\"; pwd"], stdin: "from the host\n")
+            let r = try await Self.vmexec(
+                [
+                    "run", "--accel", "tcg", "--env", "WHO=field engineer", "--workdir", "/etc", "--",
+                    "sh", "-c", "cat; echo \"$WHO\"; pwd",
+                ], stdin: "from the host\n")
             #expect(r.status == 0)
             #expect(r.stdout == "from the host\nfield engineer\n/etc\n")
         }
@@ -108,9 +113,12 @@ extension CLISuites {
         @Test("SIGINT to vmexec reaches the command's process group in the guest")
         func interruptForwarded() async throws {
             // The command reports the signal itself, so the test sees it arrived in the guest.
-            let r = try await Self.vmexec(["run", "--accel", "tcg", "--", "sh", "-c",
-                                           "trap 'echo got INT; exit 42' INT; echo ready; while :; do sleep 0.1; done"],
-                                          signalOnOutput: (SIGINT, "ready\n"))
+            let r = try await Self.vmexec(
+                [
+                    "run", "--accel", "tcg", "--", "sh", "-c",
+                    "trap 'echo got INT; exit 42' INT; echo ready; while :; do sleep 0.1; done",
+                ],
+                signalOnOutput: (SIGINT, "ready\n"))
             #expect(r.stdout == "ready\ngot INT\n", "stderr: \(r.stderr)")
             #expect(r.status == 42)
         }

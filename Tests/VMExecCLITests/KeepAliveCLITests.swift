@@ -16,25 +16,26 @@ var vmexecBinary: String {
 func runMeasured(_ args: [String], timeout: Double = 300) async throws -> (status: Int32, stderr: String, peakKiB: Int) {
     try await withCheckedThrowingContinuation { c in
         DispatchQueue.global().async {
-            c.resume(with: Result {
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: vmexecBinary)
-                p.arguments = args
-                let err = Pipe()
-                p.standardError = err
-                p.standardOutput = FileHandle.nullDevice
-                try p.run()
-                let deadline = Date().addingTimeInterval(timeout)
-                var peak = 0
-                while p.isRunning {
-                    if let kib = peakKiB(of: p.processIdentifier) { peak = max(peak, kib) }
-                    if Date() > deadline { kill(p.processIdentifier, SIGKILL) }
-                    usleep(20_000)
-                }
-                p.waitUntilExit()
-                let e = err.fileHandleForReading.readDataToEndOfFile()
-                return (p.terminationStatus, String(decoding: e, as: UTF8.self), peak)
-            })
+            c.resume(
+                with: Result {
+                    let p = Process()
+                    p.executableURL = URL(fileURLWithPath: vmexecBinary)
+                    p.arguments = args
+                    let err = Pipe()
+                    p.standardError = err
+                    p.standardOutput = FileHandle.nullDevice
+                    try p.run()
+                    let deadline = Date().addingTimeInterval(timeout)
+                    var peak = 0
+                    while p.isRunning {
+                        if let kib = peakKiB(of: p.processIdentifier) { peak = max(peak, kib) }
+                        if Date() > deadline { kill(p.processIdentifier, SIGKILL) }
+                        usleep(20_000)
+                    }
+                    p.waitUntilExit()
+                    let e = err.fileHandleForReading.readDataToEndOfFile()
+                    return (p.terminationStatus, String(decoding: e, as: UTF8.self), peak)
+                })
         }
     }
 }
@@ -52,7 +53,9 @@ extension CLISuites {
     /// A guest kept alive by `vmexec run --keep-alive`, driven by `vmexec exec`, `cp`, `ps`, `kill` and `stop`.
     @Suite("vmexec run --keep-alive", .timeLimit(.minutes(10)))
     struct KeepAliveCLITests {
-        @Test("cp moves 1 GiB in and out with equal checksums in bounded memory; ps lists and kill ends a command's group; stop ends the guest")
+        @Test(
+            "cp moves 1 GiB in and out with equal checksums in bounded memory; ps lists and kill ends a command's group; stop ends the guest"
+        )
         func keepAlive() async throws {
             let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-keep-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -115,16 +118,20 @@ extension CLISuites {
             #expect(try sha256(ofFile: back) == expected)
             let keeperAfter = peakKiB(of: keeper.processIdentifier) ?? 0
 
-            print("keep-alive 1 GiB: cp in peak \(into.peakKiB >> 10) MiB, cp out peak \(out.peakKiB >> 10) MiB, keeper peak \(keeperBefore >> 10) -> \(keeperAfter >> 10) MiB")
+            print(
+                "keep-alive 1 GiB: cp in peak \(into.peakKiB >> 10) MiB, cp out peak \(out.peakKiB >> 10) MiB, keeper peak \(keeperBefore >> 10) -> \(keeperAfter >> 10) MiB"
+            )
             // The bound: a 1024 MiB file may raise no process's peak memory by more than 128 MiB.
             #expect(into.peakKiB > 0 && into.peakKiB < 128 << 10, "cp in peaked at \(into.peakKiB) KiB")
             #expect(out.peakKiB > 0 && out.peakKiB < 128 << 10, "cp out peaked at \(out.peakKiB) KiB")
             #expect(keeperAfter - keeperBefore < 128 << 10, "the keeper's peak went from \(keeperBefore) to \(keeperAfter) KiB")
 
             // exec takes run's options: user, limits, environment, working directory, /tmp.
-            let asRoot = try await CLITests.vmexec(["exec", name, "--user", "root", "--memory-limit", "96M", "--env", "X=y",
-                                                   "--workdir", "/etc", "--", "sh", "-c",
-                                                   "id -u; cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max; echo $X; pwd"])
+            let asRoot = try await CLITests.vmexec([
+                "exec", name, "--user", "root", "--memory-limit", "96M", "--env", "X=y",
+                "--workdir", "/etc", "--", "sh", "-c",
+                "id -u; cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max; echo $X; pwd",
+            ])
             #expect(asRoot.stdout == "0\n\(96 << 20)\ny\n/etc\n", "\(asRoot.stdout)\(asRoot.stderr)")
             let asUser = try await CLITests.vmexec(["exec", name, "--user", "1234:1234", "--", "id", "-u"])
             #expect(asUser.stdout == "1234\n", "\(asUser.stderr)")

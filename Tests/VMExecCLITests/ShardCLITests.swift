@@ -7,7 +7,8 @@ extension CLISuites {
     /// `vmexec shard …` and `vmexec run --shard` through the real binary.
     @Suite("vmexec shard", .timeLimit(.minutes(5)))
     struct ShardCLITests {
-        @Test("create, inspect and verify (text and JSON), cat a file; run with the shard; a damaged one exits 125 with the reason")
+        @Test(
+            "create, inspect and verify (text and JSON), cat a file; run with the shard; a damaged one exits 125 with the reason")
         func roundTrip() async throws {
             let workshop = try ShardWorkshop()
             let tree = workshop.root.appendingPathComponent("tree")
@@ -16,9 +17,11 @@ extension CLISuites {
             chmod(tree.appendingPathComponent("tool/hi").path, 0o755)
             let shard = workshop.root.appendingPathComponent("tool.shard").path
 
-            let create = try await CLITests.vmexec(["shard", "create", tree.path, "-o", shard, "--name", "tool", "--version", "1.2",
-                                                    "--kind", "program", "--mount", "/opt/tool", "--env", "PATH=/opt/tool/tool",
-                                                    "--compressor", "xz", "--block-size", "65536"])
+            let create = try await CLITests.vmexec([
+                "shard", "create", tree.path, "-o", shard, "--name", "tool", "--version", "1.2",
+                "--kind", "program", "--mount", "/opt/tool", "--env", "PATH=/opt/tool/tool",
+                "--compressor", "xz", "--block-size", "65536",
+            ])
             #expect(create.status == 0, "\(create.stderr)")
             #expect(create.stdout.contains("tool 1.2"))
 

@@ -3,6 +3,7 @@ import SerialChannel
 import Synchronization
 import Testing
 import VMExecTestSupport
+
 @testable import VMExecutor
 
 /// Samples the resident memory of this process and of QEMU every 50 ms and keeps the peaks.
@@ -31,7 +32,9 @@ extension RealGuests {
     /// turn; after each, `true` must answer within a second, and the host's memory stays bounded.
     @Suite("Adversarial jobs", .timeLimit(.minutes(15)))
     struct AdversarialTests {
-        @Test("fork bomb, memory bomb, SIGTERM-proof busy loop, 1 GiB of output, full disk, shard write, network, raw disk, kill -9 -1, PID 1, sysrq, mount, planted setuid: each hurts only itself")
+        @Test(
+            "fork bomb, memory bomb, SIGTERM-proof busy loop, 1 GiB of output, full disk, shard write, network, raw disk, kill -9 -1, PID 1, sysrq, mount, planted setuid: each hurts only itself"
+        )
         func everyAttack() async throws {
             let workshop = try ShardWorkshop()
             let libs = try workshop.libs(version: "1.0")
@@ -55,23 +58,29 @@ extension RealGuests {
             }
 
             // A fork bomb stops at the process limit and ends with its command.
-            let bomb = try await s.exec(Command(["sh", "-c", "b() { b | b & }; b; sleep 3; echo bombed"], timeout: .seconds(60),
-                                                limits: Limits(processes: 64)))
+            let bomb = try await s.exec(
+                Command(
+                    ["sh", "-c", "b() { b | b & }; b; sleep 3; echo bombed"], timeout: .seconds(60),
+                    limits: Limits(processes: 64)))
             #expect(bomb.stdoutText == "bombed\n" && bomb.limits.processes == 64, "\(bomb.termination)")
             let shells = try await s.processes().filter { $0.arguments.first == "sh" }
             #expect(shells.isEmpty, "the bomb's shells ended with it: \(shells.count)")
             try await answers(after: "a fork bomb")
 
             // A memory bomb is killed for memory and says so, with its peak near its limit.
-            let hog = try await s.exec(Command(["python3", "-c", "b = b'a' * (400 << 20)"], timeout: .seconds(120),
-                                               limits: Limits(memoryBytes: 64 << 20, processes: 64)))
+            let hog = try await s.exec(
+                Command(
+                    ["python3", "-c", "b = b'a' * (400 << 20)"], timeout: .seconds(120),
+                    limits: Limits(memoryBytes: 64 << 20, processes: 64)))
             #expect(hog.termination == .outOfMemory(SIGKILL) && hog.exitCode == 137, "\(hog.termination)")
             #expect(hog.usage.maxRSSKiB >= 32 << 10 && hog.usage.maxRSSKiB <= 68 << 10, "peak \(hog.usage.maxRSSKiB) KiB")
             try await answers(after: "a memory bomb")
 
             // A busy loop whose children ignore SIGTERM: killed whole at its timeout.
-            let loop = try await s.exec(Command(["sh", "-c", "trap '' TERM; (trap '' TERM; while :; do :; done) & while :; do :; done"],
-                                                timeout: .seconds(2)))
+            let loop = try await s.exec(
+                Command(
+                    ["sh", "-c", "trap '' TERM; (trap '' TERM; while :; do :; done) & while :; do :; done"],
+                    timeout: .seconds(2)))
             #expect(loop.termination == .timedOut(SIGKILL) && loop.exitCode == 124, "\(loop.termination)")
             #expect(loop.usage.wallNanoseconds >= 2_000_000_000)
             let left = try await s.processes()
@@ -85,7 +94,8 @@ extension RealGuests {
             try await answers(after: "1 GiB of output")
 
             // Filling the disk: ENOSPC reaches the job, deleting frees the space.
-            let fill = try await s.exec(Command(["sh", "-c", "dd if=/dev/zero of=/home/vmexec/fill bs=1M 2>&1; sync"], timeout: .seconds(120)))
+            let fill = try await s.exec(
+                Command(["sh", "-c", "dd if=/dev/zero of=/home/vmexec/fill bs=1M 2>&1; sync"], timeout: .seconds(120)))
             #expect(fill.stdoutText.contains("No space left on device"), "\(fill.stdoutText)")
             let full = await #expect(throws: VMExecError.self) {
                 try await s.writeFile("/home/vmexec/more", contents: [UInt8](repeating: 1, count: 8 << 20))
@@ -104,20 +114,25 @@ extension RealGuests {
             defer { listener.close() }
             let links = try await s.exec(Command(["ls", "/sys/class/net"]))
             #expect(links.stdoutText == "lo\n")
-            let reach = try await s.exec(Command(["python3", "-c", """
-                import socket
-                for host in ("10.0.2.2", "127.0.0.1"):
-                    try:
-                        socket.create_connection((host, \(listener.port)), timeout=3); print(host, "reached")
-                    except OSError:
-                        print(host, "unreachable")
-                """]))
+            let reach = try await s.exec(
+                Command([
+                    "python3", "-c",
+                    """
+                    import socket
+                    for host in ("10.0.2.2", "127.0.0.1"):
+                        try:
+                            socket.create_connection((host, \(listener.port)), timeout=3); print(host, "reached")
+                        except OSError:
+                            print(host, "unreachable")
+                    """,
+                ]))
             #expect(reach.stdoutText == "10.0.2.2 unreachable\n127.0.0.1 unreachable\n", "\(reach.stdoutText)\(reach.stderrText)")
             try await answers(after: "looking for a network")
 
             // Reading a raw block device.
             let raw = try await s.exec(Command(["sh", "-c", "head -c 512 /dev/vda | wc -c; head -c 512 /dev/sda | wc -c"]))
-            #expect(raw.stdoutText == "0\n0\n" && raw.stderrText.contains("Permission denied"), "\(raw.stdoutText)\(raw.stderrText)")
+            #expect(
+                raw.stdoutText == "0\n0\n" && raw.stderrText.contains("Permission denied"), "\(raw.stdoutText)\(raw.stderrText)")
             try await answers(after: "reading a raw block device")
 
             // kill -9 -1 as the job's user: only the user's own processes; the init and the channel live on.
@@ -135,8 +150,12 @@ extension RealGuests {
             try await answers(after: "PID 1, sysrq and mount")
 
             // A setuid-root binary planted in the store by root gives the unprivileged job nothing.
-            #expect(try await s.exec(Command(["sh", "-c", "cp /usr/bin/id /home/vmexec/suid-id && chmod 4755 /home/vmexec/suid-id"],
-                                             user: .root)).exitCode == 0)
+            #expect(
+                try await s.exec(
+                    Command(
+                        ["sh", "-c", "cp /usr/bin/id /home/vmexec/suid-id && chmod 4755 /home/vmexec/suid-id"],
+                        user: .root)
+                ).exitCode == 0)
             let suid = try await s.exec(Command(["/home/vmexec/suid-id", "-u"]))
             #expect(suid.stdoutText == "1000\n", "euid stays 1000: \(suid.stdoutText)")
             try await answers(after: "a planted setuid binary")
@@ -144,7 +163,9 @@ extension RealGuests {
             // The bound: QEMU within its guest's 512 MiB plus 256 MiB of its own; this process
             // (holding at most one window per stream and the 1 MiB cap) within 256 MiB of its start.
             let peaks = watch.stop()
-            print("adversarial: host test process \(hostBefore >> 10) -> \(peaks.host >> 10) MiB peak, QEMU \(peaks.qemu >> 10) MiB peak")
+            print(
+                "adversarial: host test process \(hostBefore >> 10) -> \(peaks.host >> 10) MiB peak, QEMU \(peaks.qemu >> 10) MiB peak"
+            )
             #expect(peaks.qemu < (512 + 256) << 10, "QEMU peaked at \(peaks.qemu) KiB")
             #expect(peaks.host - hostBefore < 256 << 10, "the host process went from \(hostBefore) to \(peaks.host) KiB")
         }

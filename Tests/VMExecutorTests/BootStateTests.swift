@@ -15,7 +15,8 @@ extension RealGuests {
         }
 
         static func freshDirectory() throws -> URL {
-            let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-state's-\(UUID().uuidString)")  // a quote: paths reach QEMU through a shell
+            // A quote in the name: paths reach QEMU through a shell.
+            let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-state's-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
             return dir
         }
@@ -44,7 +45,9 @@ extension RealGuests {
                 try await s.start()
                 #expect(await s.restoredFromSavedState)
                 let guestNow = try await Self.guestSeconds(s)
-                #expect(abs(guestNow - Date().timeIntervalSince1970) < 2, "guest clock is off by \(guestNow - Date().timeIntervalSince1970) s")
+                #expect(
+                    abs(guestNow - Date().timeIntervalSince1970) < 2,
+                    "guest clock is off by \(guestNow - Date().timeIntervalSince1970) s")
                 randoms.append(try await s.exec(Command(["sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])).stdoutText)
                 #expect(try await s.exec(Command(["python3", "-c", "print(6 * 7)"])).stdoutText == "42\n")
                 await s.shutdown()
@@ -59,7 +62,8 @@ extension RealGuests {
             let first = Sandbox(configuration: Self.configuration(dir), logger: SharedGuest.logger())
             try await first.start()
             await first.shutdown()
-            let name = try #require(try FileManager.default.contentsOfDirectory(atPath: dir.path).first { $0.hasSuffix(".state") })
+            let name = try #require(
+                try FileManager.default.contentsOfDirectory(atPath: dir.path).first { $0.hasSuffix(".state") })
             let file = dir.appendingPathComponent(name)
             let size = try #require(try FileManager.default.attributesOfItem(atPath: file.path)[.size] as? NSNumber).intValue
             try Data((0..<size / 2).map { UInt8(truncatingIfNeeded: $0 &* 31) }).write(to: file)

@@ -31,7 +31,8 @@ extension RealGuests {
         @Test("multiprocessing: Pool, Lock, Queue, shared_memory and a Manager")
         func multiprocessing() async throws {
             let s = try await SharedGuest.shared.get()
-            let results = try await run(#"""
+            let results = try await run(
+                #"""
                 import multiprocessing as mp
                 from multiprocessing import shared_memory
 
@@ -99,7 +100,8 @@ extension RealGuests {
         @Test("loopback: TCP on 127.0.0.1, ::1 and localhost, getaddrinfo, the hostname, sendfile")
         func loopback() async throws {
             let s = try await SharedGuest.shared.get()
-            let results = try await run(#"""
+            let results = try await run(
+                #"""
                 import socket, threading
 
                 def echo_once(family, host):
@@ -162,10 +164,12 @@ extension RealGuests {
             expectAll(["tcp_ipv4", "tcp_ipv6", "tcp_localhost", "getaddrinfo_localhost", "hostname", "sendfile"], in: results)
         }
 
-        @Test("files and devices: message queues, ptys, pipelines, temporary files, /dev/fd, /run/lock, disk usage, cgroup limits")
+        @Test(
+            "files and devices: message queues, ptys, pipelines, temporary files, /dev/fd, /run/lock, disk usage, cgroup limits")
         func filesAndDevices() async throws {
             let s = try await SharedGuest.shared.get()
-            let results = try await run(#"""
+            let results = try await run(
+                #"""
                 import ctypes, pty, shutil, subprocess, tempfile
 
                 @check("mqueue")
@@ -244,9 +248,12 @@ extension RealGuests {
                     limit = open("/sys/fs/cgroup" + group + "/memory.max").read().strip()
                     assert limit.isdigit() and int(limit) > 0, limit
                 """#, in: s)
-            expectAll(["mqueue", "pty", "pipeline", "tempfile /tmp", "tempfile /var/tmp", "tempfile /dev/shm",
-                       "dev_fd", "run_lock", "etc_mtab",
-                       "disk_usage", "cgroup_limits"], in: results)
+            expectAll(
+                [
+                    "mqueue", "pty", "pipeline", "tempfile /tmp", "tempfile /var/tmp", "tempfile /dev/shm",
+                    "dev_fd", "run_lock", "etc_mtab",
+                    "disk_usage", "cgroup_limits",
+                ], in: results)
         }
 
         @Test("bash: process substitution and /dev/stdin")

@@ -3,6 +3,7 @@ import SerialChannel
 import SquashMounts
 import Testing
 import VMExecTestSupport
+
 @testable import VMExecutor
 
 /// Files and processes of a running guest through the Sandbox API.
@@ -15,7 +16,9 @@ extension RealGuests {
             let bytes = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7919) }
             try await s.writeFile("/home/vmexec/t/a.bin", contents: bytes, options: FileOptions(mode: 0o640, createParents: true))
             let seen = try await s.exec(Command(["stat", "-c", "%a %u %g %s", "/home/vmexec/t/a.bin", "/home/vmexec/t"]))
-            #expect(seen.stdoutText == "640 1000 1000 300000\n755 1000 1000 4096\n" || seen.stdoutText.hasPrefix("640 1000 1000 300000\n755 1000 1000"), "\(seen.stdoutText)")
+            #expect(
+                seen.stdoutText == "640 1000 1000 300000\n755 1000 1000 4096\n"
+                    || seen.stdoutText.hasPrefix("640 1000 1000 300000\n755 1000 1000"), "\(seen.stdoutText)")
             #expect(try await s.readFile("/home/vmexec/t/a.bin") == bytes)
 
             let info = try await s.fileInfo("/home/vmexec/t/a.bin")
@@ -41,14 +44,20 @@ extension RealGuests {
             let s = try await SharedGuest.shared.get()
             // The init's own root (the initramfs) has /init; the guest root has none.
             // (In /tmp, the kernel's protected_symlinks would refuse to follow them at all.)
-            let planted = try await s.exec(Command(["sh", "-c", """
-                cd /home/vmexec && ln -sfn / up && ln -sfn ../../../../../../init init-link && ln -sfn /etc/passwd passwd-link
-                echo guest > /tmp/marker
-                """], privateTmp: false))
+            let planted = try await s.exec(
+                Command(
+                    [
+                        "sh", "-c",
+                        """
+                        cd /home/vmexec && ln -sfn / up && ln -sfn ../../../../../../init init-link && ln -sfn /etc/passwd passwd-link
+                        echo guest > /tmp/marker
+                        """,
+                    ], privateTmp: false))
             #expect(planted.exitCode == 0, "\(planted.stderrText)")
             for path in ["/../../../init", "../../init", "/home/vmexec/init-link", "/home/vmexec/up/../../init"] {
                 let e = await #expect(throws: VMExecError.self) { try await s.readFile(path) }
-                #expect(e?.code == .fileRefused && e?.message.contains("No such file") == true, "\(path): \(String(describing: e))")
+                #expect(
+                    e?.code == .fileRefused && e?.message.contains("No such file") == true, "\(path): \(String(describing: e))")
             }
             #expect(try await s.readFile("/home/vmexec/up/../../tmp/marker") == Array("guest\n".utf8))
             let link = try await s.fileInfo("/home/vmexec/passwd-link", followSymlinks: false)
@@ -62,8 +71,10 @@ extension RealGuests {
             _ = try await s.exec(Command(["mkfifo", "/tmp/fifo"], privateTmp: false))
             let fifo = await #expect(throws: VMExecError.self) { try await s.readFile("/tmp/fifo") }
             #expect(fifo?.code == .fileRefused)
-            _ = try await s.exec(Command(["sh", "-c", "cd /home/vmexec && rm -f up init-link passwd-link /tmp/marker /tmp/fifo"],
-                                         privateTmp: false))
+            _ = try await s.exec(
+                Command(
+                    ["sh", "-c", "cd /home/vmexec && rm -f up init-link passwd-link /tmp/marker /tmp/fifo"],
+                    privateTmp: false))
         }
 
         @Test("failures say which: missing, too large, read-only shard, replace refused; nothing is left half-written")
@@ -79,7 +90,9 @@ extension RealGuests {
             let rofs = await #expect(throws: VMExecError.self) {
                 try await s.writeFile("/opt/libs/vxlib/vxlib/evil.py", contents: Array("x".utf8))
             }
-            #expect(rofs?.code == .fileRefused && rofs?.message.contains("Read-only file system") == true, "\(String(describing: rofs))")
+            #expect(
+                rofs?.code == .fileRefused && rofs?.message.contains("Read-only file system") == true,
+                "\(String(describing: rofs))")
             try await s.detach("vxlib")
             let proc = await #expect(throws: VMExecError.self) { try await s.writeFile("/proc/x", contents: [1]) }
             #expect(proc?.code == .fileRefused)
@@ -115,7 +128,10 @@ extension RealGuests {
             }
             let sleeps = listed.filter { $0.arguments.first == "sleep" }
             #expect(sleeps.map(\.arguments).sorted { $0[1] < $1[1] } == [["sleep", "300"], ["sleep", "301"]], "\(listed)")
-            #expect(listed.allSatisfy { $0.uid == 1000 && $0.processGroup == job.pid && $0.startNanoseconds > 1_600_000_000_000_000_000 })
+            #expect(
+                listed.allSatisfy {
+                    $0.uid == 1000 && $0.processGroup == job.pid && $0.startNanoseconds > 1_600_000_000_000_000_000
+                })
             try await s.signal(pid: sleeps[0].pid, SIGKILL, group: true)
             var ending: Termination?
             for try await event in job { if case .exit(let t, _) = event { ending = t } }

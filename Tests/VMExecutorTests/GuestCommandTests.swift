@@ -24,8 +24,13 @@ extension RealGuests {
             let results = try await withThrowingTaskGroup(of: (Int, ExecResult).self) { group in
                 for i in 0..<20 {
                     group.addTask {
-                        (i, try await guest.exec(Command(["sh", "-c", "sleep 0.2; echo out-$N; echo err-$N >&2; exit $N"],
-                                                       environment: ["N": "\(i)"])))
+                        (
+                            i,
+                            try await guest.exec(
+                                Command(
+                                    ["sh", "-c", "sleep 0.2; echo out-$N; echo err-$N >&2; exit $N"],
+                                    environment: ["N": "\(i)"]))
+                        )
                     }
                 }
                 return try await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
@@ -44,14 +49,18 @@ extension RealGuests {
             let size = 50 << 20
             // Deterministic bytes in the guest: a repeated 251-byte pattern.
             let producer = Task {
-                let stream = try await guest.stream(Command(["python3", "-c", """
-                    import sys
-                    pat = bytes(range(251)) * 4177
-                    out = sys.stdout.buffer
-                    n = \(size)
-                    while n > 0:
-                        k = min(n, len(pat)); out.write(pat[:k]); n -= k
-                    """]))
+                let stream = try await guest.stream(
+                    Command([
+                        "python3", "-c",
+                        """
+                        import sys
+                        pat = bytes(range(251)) * 4177
+                        out = sys.stdout.buffer
+                        n = \(size)
+                        while n > 0:
+                            k = min(n, len(pat)); out.write(pat[:k]); n -= k
+                        """,
+                    ]))
                 var count = 0
                 var sum = (a: UInt64(0), b: UInt64(0))
                 var status: Termination?
@@ -76,8 +85,10 @@ extension RealGuests {
             var input = [UInt8](repeating: 0, count: 1 << 20)
             for i in input.indices { input[i] = UInt8(truncatingIfNeeded: i &* 2_654_435_761 >> 13) }
             let consumer = try await guest.exec(Command(["sha256sum"], stdin: .bytes(input)))
-            let host = try await guest.exec(Command(["sh", "-c", "cat > /tmp/in.bin; sha256sum < /tmp/in.bin; wc -c < /tmp/in.bin"],
-                                                    stdin: .bytes(input)))
+            let host = try await guest.exec(
+                Command(
+                    ["sh", "-c", "cat > /tmp/in.bin; sha256sum < /tmp/in.bin; wc -c < /tmp/in.bin"],
+                    stdin: .bytes(input)))
             let (count, matches, status) = try await producer.value
             #expect(count == size)
             #expect(matches, "stdout bytes arrived out of order or altered")
@@ -97,7 +108,8 @@ extension RealGuests {
             #expect(try await guest.exec(Command(["sh", "-c", "exit 255"])).termination == .exited(255))
             #expect(try await guest.exec(Command(["sh", "-c", "kill -TERM $$"])).termination == .signaled(SIGTERM))
             #expect(try await guest.exec(Command(["sh", "-c", "kill -KILL $$"])).termination == .signaled(SIGKILL))
-            let segv = try await guest.exec(Command(["python3", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]))
+            let segv = try await guest.exec(
+                Command(["python3", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]))
             #expect(segv.termination == .signaled(SIGSEGV))
             #expect(segv.exitCode == 128 + SIGSEGV)
         }
@@ -124,16 +136,19 @@ extension RealGuests {
         @Test("a command past its timeout is killed together with its children")
         func timeoutKillsGroup() async throws {
             let guest = try await SharedGuest.shared.get()
-            let r = try await guest.exec(Command(
-                ["sh", "-c", "sleep 300 & echo $! > /tmp/child.pid; trap '' TERM; sleep 300"], timeout: .seconds(1),
-                privateTmp: false))
+            let r = try await guest.exec(
+                Command(
+                    ["sh", "-c", "sleep 300 & echo $! > /tmp/child.pid; trap '' TERM; sleep 300"], timeout: .seconds(1),
+                    privateTmp: false))
             guard case .timedOut = r.termination else {
                 Issue.record("expected a timeout, got \(r.termination)")
                 return
             }
             #expect(r.exitCode == 124)
-            let check = try await guest.exec(Command(["sh", "-c", "kill -0 $(cat /tmp/child.pid) 2>/dev/null && echo alive || echo gone"],
-                                                     user: .root, privateTmp: false))
+            let check = try await guest.exec(
+                Command(
+                    ["sh", "-c", "kill -0 $(cat /tmp/child.pid) 2>/dev/null && echo alive || echo gone"],
+                    user: .root, privateTmp: false))
             #expect(check.stdoutText == "gone\n" && check.stderrText.isEmpty, "\(check.stderrText)")
         }
 
@@ -161,7 +176,8 @@ extension RealGuests {
         @Test("streamed output arrives before the exit, in order")
         func streamOrder() async throws {
             let guest = try await SharedGuest.shared.get()
-            let stream = try await guest.stream(Command(["sh", "-c", "echo one; sleep 0.3; echo two >&2; sleep 0.3; echo three; exit 4"]))
+            let stream = try await guest.stream(
+                Command(["sh", "-c", "echo one; sleep 0.3; echo two >&2; sleep 0.3; echo three; exit 4"]))
             var events: [ExecEvent] = []
             for try await e in stream { events.append(e) }
             let text = events.compactMap { e -> String? in
@@ -188,8 +204,10 @@ extension RealGuests {
                 for i in 0..<100 { feed.yield(Array("line \(i)\n".utf8)) }
                 feed.finish()
             }
-            let r = try await guest.exec(Command(["sh", "-c", "wc -l; echo $GREETING; pwd"], environment: ["GREETING": "hi there"],
-                                                 workingDirectory: "/usr/lib", stdin: .stream(chunks)))
+            let r = try await guest.exec(
+                Command(
+                    ["sh", "-c", "wc -l; echo $GREETING; pwd"], environment: ["GREETING": "hi there"],
+                    workingDirectory: "/usr/lib", stdin: .stream(chunks)))
             #expect(r.stdoutText == "100\nhi there\n/usr/lib\n")
         }
     }

@@ -87,8 +87,10 @@ extension RealGuests {
             let tmp = NSTemporaryDirectory()
             let runDirectory = try FileManager.default.contentsOfDirectory(atPath: tmp).filter { $0.hasPrefix("vmexec-") }
                 .map { URL(fileURLWithPath: tmp).appendingPathComponent($0) }
-                .first { (try? String(contentsOf: $0.appendingPathComponent("host"), encoding: .utf8))?
-                    .hasPrefix("\(host.processIdentifier) ") == true }
+                .first {
+                    (try? String(contentsOf: $0.appendingPathComponent("host"), encoding: .utf8))?
+                        .hasPrefix("\(host.processIdentifier) ") == true
+                }
             kill(host.processIdentifier, SIGKILL)
             host.waitUntilExit()
             var gone = false
@@ -108,7 +110,8 @@ extension RealGuests {
             let procs = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
             return procs.compactMap(Int32.init).filter { pid in
                 guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                      let close = stat.lastIndex(of: ")") else { return false }
+                    let close = stat.lastIndex(of: ")")
+                else { return false }
                 let fields = stat[stat.index(after: close)...].split(separator: " ")
                 return fields.count > 2 && Int32(fields[1]) == parent && stat.contains("(qemu-system")
             }

@@ -1,6 +1,7 @@
 import Foundation
-@testable import SerialChannel
 import Testing
+
+@testable import SerialChannel
 @testable import VMExecutor
 
 extension RealGuests {
@@ -35,7 +36,8 @@ extension RealGuests {
             for f in frames { try await channel.sendRaw(f.encoded()) }
             for _ in 0..<200 {
                 let junk = (0..<Int.random(in: 1...64)).map { _ in UInt8.random(in: 0...255) }
-                try await channel.sendRaw(Frame(type: UInt8.random(in: 0x20...0xff), stream: far + UInt32.random(in: 0...9), payload: junk).encoded())
+                try await channel.sendRaw(
+                    Frame(type: UInt8.random(in: 0x20...0xff), stream: far + UInt32.random(in: 0...9), payload: junk).encoded())
             }
             // The same connection still runs commands.
             #expect(try await sandbox.exec(Command(["echo", "still here"])).stdoutText == "still here\n")

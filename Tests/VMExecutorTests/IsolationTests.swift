@@ -1,6 +1,7 @@
 import Foundation
 import SerialChannel
 import Testing
+
 @testable import VMExecutor
 
 /// What an untrusted command may do to its guest: each attack is followed by
@@ -15,10 +16,13 @@ extension RealGuests {
             return r.exitCode == 0 && ContinuousClock.now - t < .seconds(1)
         }
 
-        @Test("commands run as an unprivileged user without capabilities and with no_new_privs; root only when asked; the result says so")
+        @Test(
+            "commands run as an unprivileged user without capabilities and with no_new_privs; root only when asked; the result says so"
+        )
         func unprivileged() async throws {
             let s = try await SharedGuest.shared.get()
-            let me = try await s.exec(Command(["sh", "-c", "id -u; id -g; echo $HOME; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status"]))
+            let me = try await s.exec(
+                Command(["sh", "-c", "id -u; id -g; echo $HOME; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status"]))
             #expect(me.stdoutText == "1000\n1000\n/home/vmexec\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n", "\(me.stdoutText)")
             #expect(me.user == .unprivileged)
             #expect(me.limits.processes == 512 && me.limits.memoryBytes != nil)
@@ -34,7 +38,9 @@ extension RealGuests {
             #expect(root.stdoutText == "0\n")
             #expect(root.user == .root)
             let pid1 = try await s.exec(Command(["sh", "-c", "kill -9 1; echo $?"]))
-            #expect(pid1.stdoutText.hasSuffix("1\n"), "an unprivileged command cannot signal the init: \(pid1.stdoutText)\(pid1.stderrText)")
+            #expect(
+                pid1.stdoutText.hasSuffix("1\n"),
+                "an unprivileged command cannot signal the init: \(pid1.stdoutText)\(pid1.stderrText)")
             let sysrq = try await s.exec(Command(["sh", "-c", "echo b > /proc/sysrq-trigger"]))
             #expect(sysrq.exitCode != 0)
             let mount = try await s.exec(Command(["mount", "-t", "tmpfs", "x", "/tmp"]))
@@ -45,12 +51,16 @@ extension RealGuests {
         @Test("stdin past its limit is cut, the command sees end of file, and the result says so")
         func stdinLimit() async throws {
             let s = try await SharedGuest.shared.get()
-            let cut = try await s.exec(Command(["wc", "-c"], stdin: .bytes([UInt8](repeating: 7, count: 100_000)),
-                                               limits: Limits(stdinBytes: 4096)))
+            let cut = try await s.exec(
+                Command(
+                    ["wc", "-c"], stdin: .bytes([UInt8](repeating: 7, count: 100_000)),
+                    limits: Limits(stdinBytes: 4096)))
             #expect(cut.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "4096" && cut.stdinTruncated)
             #expect(cut.limits.stdinBytes == 4096)
-            let whole = try await s.exec(Command(["wc", "-c"], stdin: .bytes([UInt8](repeating: 7, count: 4096)),
-                                                 limits: Limits(stdinBytes: 4096)))
+            let whole = try await s.exec(
+                Command(
+                    ["wc", "-c"], stdin: .bytes([UInt8](repeating: 7, count: 4096)),
+                    limits: Limits(stdinBytes: 4096)))
             #expect(whole.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "4096" && !whole.stdinTruncated)
         }
 
@@ -59,8 +69,10 @@ extension RealGuests {
             let s = try await SharedGuest.shared.get()
             // A command keeps a file in its /tmp while others look.
             let (input, go) = AsyncStream<[UInt8]>.makeStream()
-            let keeper = try await s.stream(Command(["sh", "-c", "echo secret > /tmp/mine && echo ready && read x && cat /tmp/mine"],
-                                                    stdin: .stream(input)))
+            let keeper = try await s.stream(
+                Command(
+                    ["sh", "-c", "echo secret > /tmp/mine && echo ready && read x && cat /tmp/mine"],
+                    stdin: .stream(input)))
             var events = keeper.makeAsyncIterator()
             var said: [UInt8] = []
             while !said.elementsEqual("ready\n".utf8), let e = try await events.next() {
@@ -99,22 +111,29 @@ extension RealGuests {
             #expect(try await answers(s))
         }
 
-        @Test("each command has a /dev/shm and message queues of its own: another command, root's and the next one see none of them")
+        @Test(
+            "each command has a /dev/shm and message queues of its own: another command, root's and the next one see none of them"
+        )
         func privateSharedMemory() async throws {
             let s = try await SharedGuest.shared.get()
             let (input, go) = AsyncStream<[UInt8]>.makeStream()
-            let keeper = try await s.stream(Command(["python3", "-c", """
-                import ctypes, sys
-                from multiprocessing import shared_memory
-                m = shared_memory.SharedMemory(name="vmexec-secret", create=True, size=4096)
-                m.buf[:6] = b"secret"
-                libc = ctypes.CDLL(None, use_errno=True)
-                assert libc.mq_open(b"/vmexec-queue", 0o100 | 0o2, 0o600, None) >= 0
-                assert libc.shmget(0x766d78, 4096, 0o1000 | 0o600) >= 0  # System V, IPC_CREAT
-                print("ready", flush=True)
-                sys.stdin.readline()
-                print(sorted(__import__("os").listdir("/dev/shm")), sorted(__import__("os").listdir("/dev/mqueue")))
-                """], stdin: .stream(input)))
+            let keeper = try await s.stream(
+                Command(
+                    [
+                        "python3", "-c",
+                        """
+                        import ctypes, sys
+                        from multiprocessing import shared_memory
+                        m = shared_memory.SharedMemory(name="vmexec-secret", create=True, size=4096)
+                        m.buf[:6] = b"secret"
+                        libc = ctypes.CDLL(None, use_errno=True)
+                        assert libc.mq_open(b"/vmexec-queue", 0o100 | 0o2, 0o600, None) >= 0
+                        assert libc.shmget(0x766d78, 4096, 0o1000 | 0o600) >= 0  # System V, IPC_CREAT
+                        print("ready", flush=True)
+                        sys.stdin.readline()
+                        print(sorted(__import__("os").listdir("/dev/shm")), sorted(__import__("os").listdir("/dev/mqueue")))
+                        """,
+                    ], stdin: .stream(input)))
             var events = keeper.makeAsyncIterator()
             var said: [UInt8] = []
             while !said.elementsEqual("ready\n".utf8), let e = try await events.next() {
@@ -137,7 +156,8 @@ extension RealGuests {
             #expect(next.stdoutText == "/dev/mqueue:\n\n/dev/shm:\n0\n", "the next command sees none: \(next.stdoutText)")
             // Commands that share the guest's /tmp share its /dev/shm too.
             let left = try await s.exec(Command(["sh", "-c", "echo shared > /dev/shm/vmexec-shared"], privateTmp: false))
-            let seen = try await s.exec(Command(["sh", "-c", "cat /dev/shm/vmexec-shared; rm /dev/shm/vmexec-shared"], privateTmp: false))
+            let seen = try await s.exec(
+                Command(["sh", "-c", "cat /dev/shm/vmexec-shared; rm /dev/shm/vmexec-shared"], privateTmp: false))
             #expect(left.exitCode == 0 && seen.stdoutText == "shared\n")
             #expect(try await answers(s))
         }
@@ -146,11 +166,14 @@ extension RealGuests {
         func sharedMemoryFlood() async throws {
             let s = try await SharedGuest.shared.get()
             let limit: UInt64 = 64 << 20
-            let flood = try await s.exec(Command(["dd", "if=/dev/zero", "of=/dev/shm/flood", "bs=1M", "count=512"],
-                                                 timeout: .seconds(120), limits: Limits(memoryBytes: limit, processes: 64)))
+            let flood = try await s.exec(
+                Command(
+                    ["dd", "if=/dev/zero", "of=/dev/shm/flood", "bs=1M", "count=512"],
+                    timeout: .seconds(120), limits: Limits(memoryBytes: limit, processes: 64)))
             #expect(flood.exitCode != 0, "the flood did not fit: \(flood.termination) \(flood.stderrText)")
             #expect(flood.usage.maxRSSKiB * 1024 <= limit, "its memory stayed within the limit: \(flood.usage.maxRSSKiB) KiB")
-            let after = try await s.exec(Command(["sh", "-c", "ls -A /dev/shm; awk '/^MemAvailable/ {print int($2 / 1024)}' /proc/meminfo"]))
+            let after = try await s.exec(
+                Command(["sh", "-c", "ls -A /dev/shm; awk '/^MemAvailable/ {print int($2 / 1024)}' /proc/meminfo"]))
             let lines = after.stdoutText.split(separator: "\n")
             #expect(lines.count == 1, "the next command's /dev/shm is empty: \(after.stdoutText)")
             #expect((Int(lines.last ?? "") ?? 0) > 128, "its memory came back: \(after.stdoutText) MiB available")
@@ -196,7 +219,8 @@ extension RealGuests {
             let r = try await s.exec(Command(["sh", "-c", "sleep 300 & sleep 301 & echo started"]))
             #expect(r.stdoutText == "started\n")
             #expect(ContinuousClock.now - t < .seconds(10))
-            let sleeping = try await s.exec(Command(["sh", "-c", "cat /proc/[0-9]*/comm | grep -c '^sleep$' || true"], user: .root))
+            let sleeping = try await s.exec(
+                Command(["sh", "-c", "cat /proc/[0-9]*/comm | grep -c '^sleep$' || true"], user: .root))
             #expect(sleeping.stdoutText == "0\n")
         }
 

@@ -2,17 +2,21 @@ import Foundation
 import SquashMounts
 import Testing
 import VMExecTestSupport
+
 @testable import VMExecutor
 
 /// What the test script sees: the SDK release (its marker, or "base" without one) and vxlib's version.
-private let probe = Command(["python3", "-c", """
+private let probe = Command([
+    "python3", "-c",
+    """
     try:
         import vxsdk; sdk = vxsdk.RELEASE
     except ImportError:
         sdk = "base"
     import vxlib
     print(sdk, vxlib.VERSION)
-    """])
+    """,
+])
 
 extension RealGuests {
     @Suite("Shards in a guest", .timeLimit(.minutes(10)))
@@ -59,8 +63,9 @@ extension RealGuests {
             let tree = workshop.root.appendingPathComponent("other")
             try FileManager.default.createDirectory(at: tree, withIntermediateDirectories: true)
             try Data("x".utf8).write(to: tree.appendingPathComponent("x"))
-            return try ShardBuilder.create(from: tree.path, to: workshop.root.appendingPathComponent("other.shard").path,
-                                           manifest: ShardManifest(name: "other", version: "1", kind: .data, placement: .mount(mount)))
+            return try ShardBuilder.create(
+                from: tree.path, to: workshop.root.appendingPathComponent("other.shard").path,
+                manifest: ShardManifest(name: "other", version: "1", kind: .data, placement: .mount(mount)))
         }
 
         @Test("a mounted shard is read-only (EROFS), nosuid and nodev; its environment reaches commands")
@@ -106,8 +111,9 @@ extension RealGuests {
 
             // An SDK update (a layer) reaches it too; the libs stay.
             try await sandbox.detach("cpython")
-            #expect(try await sandbox.exec(Command(["sh", "-c", "command -v python3"])).exitCode != 0,
-                    "without the SDK layer the base has no Python")
+            #expect(
+                try await sandbox.exec(Command(["sh", "-c", "command -v python3"])).exitCode != 0,
+                "without the SDK layer the base has no Python")
             try await sandbox.attach(sdkB)
             #expect(try await sandbox.exec(probe).stdoutText == "B 2.0\n")
 
@@ -165,8 +171,10 @@ extension RealGuests {
             // A command with a mount namespace of its own (its private /tmp)
             // that does not use the shard does not hold it, and sees it go.
             let (input, go) = AsyncStream<[UInt8]>.makeStream()
-            let bystander = try await sandbox.stream(Command(["sh", "-c", "ls /opt/libs/vxlib; read x; ls /opt/libs/vxlib; echo done"],
-                                                             stdin: .stream(input), privateTmp: true))
+            let bystander = try await sandbox.stream(
+                Command(
+                    ["sh", "-c", "ls /opt/libs/vxlib; read x; ls /opt/libs/vxlib; echo done"],
+                    stdin: .stream(input), privateTmp: true))
             var events = bystander.makeAsyncIterator()
             var seen: [UInt8] = []
             while !seen.contains(UInt8(ascii: "\n")), let e = try await events.next() {
@@ -178,7 +186,9 @@ extension RealGuests {
             go.finish()
             var after: [UInt8] = []
             while let e = try await events.next() { if case .stdout(let b) = e { after += b } }
-            #expect(String(decoding: after, as: UTF8.self) == "done\n", "gone from the bystander's view too: \(String(decoding: after, as: UTF8.self))")
+            #expect(
+                String(decoding: after, as: UTF8.self) == "done\n",
+                "gone from the bystander's view too: \(String(decoding: after, as: UTF8.self))")
             try await sandbox.attach(try workshop.libs(version: "1.0"))
             try await sandbox.detach("vxlib")
             #expect(try await sandbox.exec(Command(["ls", "/opt/libs/vxlib"])).stdoutText == "")

@@ -2,8 +2,8 @@ import Foundation
 import Logging
 import SquashMounts
 import Testing
-import VMExecutor
 import VMExecTestSupport
+import VMExecutor
 
 /// Every suite that boots real guests is nested here and runs one test at a
 /// time: a dozen TCG guests booting at once on a 2-core machine starve each

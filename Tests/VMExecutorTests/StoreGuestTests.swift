@@ -3,6 +3,7 @@ import PersistOverlay
 import SerialChannel
 import SquashMounts
 import Testing
+
 @testable import VMExecutor
 
 /// A store for one test, in a scratch directory removed at the end.
@@ -14,7 +15,8 @@ final class ScratchStore {
         directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-store-\(UUID().uuidString)")
         let c = SharedGuest.configuration()
         let images = try #require(c.images)
-        store = try Store.create(at: directory, size: size, lower: try Sandbox.lower(rootfs: images.rootfs, shards: shards ?? c.shards))
+        store = try Store.create(
+            at: directory, size: size, lower: try Sandbox.lower(rootfs: images.rootfs, shards: shards ?? c.shards))
     }
 
     deinit { try? FileManager.default.removeItem(at: directory) }
@@ -72,33 +74,48 @@ private func treeHashes(_ s: Sandbox, _ dir: String) async throws -> String {
 extension RealGuests {
     @Suite("Overlay stores in a guest", .timeLimit(.minutes(10)))
     struct StoreGuestTests {
-        @Test("what one guest writes, the next reads (user xattrs too); pip install --target in one run is importable in the next")
+        @Test(
+            "what one guest writes, the next reads (user xattrs too); pip install --target in one run is importable in the next")
         func persists() async throws {
             let scratch = try ScratchStore()
             let first = scratch.sandbox()
             try await first.start()
             #expect(try await first.exec(Command(["sh", "-c", "echo kept > /home/vmexec/note"])).exitCode == 0)
-            let tagged = try await first.exec(Command(["python3", "-c",
-                                                       "import os; os.setxattr('/home/vmexec/note', 'user.vmexec', b'kept')"]))
+            let tagged = try await first.exec(
+                Command([
+                    "python3", "-c",
+                    "import os; os.setxattr('/home/vmexec/note', 'user.vmexec', b'kept')",
+                ]))
             #expect(tagged.exitCode == 0, "user xattrs work on the store's ext4: \(tagged.stderrText)")
-            let install = try await first.exec(Command(["sh", "-c", """
-                cat > /tmp/vxpure-1.0-py3-none-any.whl && \
-                python3 -m pip install --quiet --no-index --target /home/vmexec/pylib /tmp/vxpure-1.0-py3-none-any.whl
-                """], stdin: .bytes(try pureWheel()), privateTmp: false))
+            let install = try await first.exec(
+                Command(
+                    [
+                        "sh", "-c",
+                        """
+                        cat > /tmp/vxpure-1.0-py3-none-any.whl && \
+                        python3 -m pip install --quiet --no-index --target /home/vmexec/pylib /tmp/vxpure-1.0-py3-none-any.whl
+                        """,
+                    ], stdin: .bytes(try pureWheel()), privateTmp: false))
             #expect(install.exitCode == 0, "\(install.stderrText)")
             await first.shutdown()
 
             let second = scratch.sandbox()
             try await second.start()
             #expect(try await second.exec(Command(["cat", "/home/vmexec/note"])).stdoutText == "kept\n")
-            let tag = try await second.exec(Command(["python3", "-c",
-                                                     "import os; print(os.getxattr('/home/vmexec/note', 'user.vmexec').decode())"]))
+            let tag = try await second.exec(
+                Command([
+                    "python3", "-c",
+                    "import os; print(os.getxattr('/home/vmexec/note', 'user.vmexec').decode())",
+                ]))
             #expect(tag.stdoutText == "kept\n", "\(tag.stderrText)")
-            let imported = try await second.exec(Command(["python3", "-c", "import vxpure; print(vxpure.VALUE)"],
-                                                         environment: ["PYTHONPATH": "/home/vmexec/pylib"]))
+            let imported = try await second.exec(
+                Command(
+                    ["python3", "-c", "import vxpure; print(vxpure.VALUE)"],
+                    environment: ["PYTHONPATH": "/home/vmexec/pylib"]))
             #expect(imported.stdoutText == "7\n", "\(imported.stderrText)")
-            #expect(try await second.exec(Command(["cat", "/tmp/vxpure-1.0-py3-none-any.whl"], privateTmp: false)).exitCode != 0,
-                    "the guest's shared /tmp is its own, not the store's")
+            #expect(
+                try await second.exec(Command(["cat", "/tmp/vxpure-1.0-py3-none-any.whl"], privateTmp: false)).exitCode != 0,
+                "the guest's shared /tmp is its own, not the store's")
             await second.shutdown()
         }
 
@@ -107,9 +124,11 @@ extension RealGuests {
             let scratch = try ScratchStore()
             let s = scratch.sandbox()
             try await s.start()
-            let written = try await s.exec(Command(["sh", "-c", "head -c 3000000 /dev/urandom > /home/vmexec/A && sha256sum /home/vmexec/A"]))
+            let written = try await s.exec(
+                Command(["sh", "-c", "head -c 3000000 /dev/urandom > /home/vmexec/A && sha256sum /home/vmexec/A"]))
             try await s.sync()
-            let writer = try await s.stream(Command(["sh", "-c", "while :; do head -c 1000000 /dev/urandom >> /home/vmexec/B; done"]))
+            let writer = try await s.stream(
+                Command(["sh", "-c", "while :; do head -c 1000000 /dev/urandom >> /home/vmexec/B; done"]))
             try await Task.sleep(for: .seconds(1))
             kill(try #require(await s.qemuProcessID), SIGKILL)
             do { for try await _ in writer {} } catch {}  // ends with the guest
@@ -128,7 +147,9 @@ extension RealGuests {
             #expect(fsck.terminationStatus == 0, "e2fsck -n found problems after recovery")
         }
 
-        @Test("two guests on one store: the second is refused naming the first, which is unharmed; once it is killed the store opens")
+        @Test(
+            "two guests on one store: the second is refused naming the first, which is unharmed; once it is killed the store opens"
+        )
         func oneGuestAtATime() async throws {
             let scratch = try ScratchStore()
             let first = scratch.sandbox()
@@ -138,7 +159,9 @@ extension RealGuests {
             #expect(error.code == .storeBusy)
             #expect(error.message.contains("pid \(getpid())"), "\(error)")
             #expect(await second.qemuProcessID == nil)
-            #expect(try await first.exec(Command(["sh", "-c", "echo fine > /home/vmexec/f && cat /home/vmexec/f"])).stdoutText == "fine\n")
+            #expect(
+                try await first.exec(Command(["sh", "-c", "echo fine > /home/vmexec/f && cat /home/vmexec/f"])).stdoutText
+                    == "fine\n")
             try await first.sync()  // what was synced survives the kill below
 
             kill(try #require(await first.qemuProcessID), SIGKILL)
@@ -161,25 +184,33 @@ extension RealGuests {
             let scratch = try ScratchStore()
             let s = scratch.sandbox()
             try await s.start()
-            _ = try await s.exec(Command(["sh", "-c", """
-                mkdir -p /data/sub && head -c 200000 /dev/urandom > /data/a && echo b > /data/b && \
-                head -c 70000 /dev/urandom > /data/sub/c && rm -f /etc/issue
-                """], user: .root))
+            _ = try await s.exec(
+                Command(
+                    [
+                        "sh", "-c",
+                        """
+                        mkdir -p /data/sub && head -c 200000 /dev/urandom > /data/a && echo b > /data/b && \
+                        head -c 70000 /dev/urandom > /data/sub/c && rm -f /etc/issue
+                        """,
+                    ], user: .root))
             let before = try await treeHashes(s, "/data")
             // The deletion of a lower file exports as an OCI whiteout.
             let etcTar = scratch.directory.appendingPathComponent("etc.tar").path
             try await s.export("/etc", to: etcTar)
             #expect(try tarNames(etcTar).contains("etc/.wh.issue"))
             // A writer busy during the snapshot is held, then goes on.
-            let writer = try await s.stream(Command(["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo $i >> /home/vmexec/log; i=$((i+1)); done; echo done"]))
+            let writer = try await s.stream(
+                Command(["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo $i >> /home/vmexec/log; i=$((i+1)); done; echo done"]))
             try await s.snapshot("first")
             var said = ""
             for try await event in writer { if case .stdout(let b) = event { said += String(decoding: b, as: UTF8.self) } }
             #expect(said == "done\n")
             #expect(try await s.exec(Command(["sh", "-c", "wc -l < /home/vmexec/log"])).stdoutText == "300\n")
             _ = try await s.exec(Command(["rm", "/home/vmexec/log"]))
-            _ = try await s.exec(Command(["sh", "-c", "echo changed > /data/b && rm /data/sub/c && echo new > /data/d && echo back > /etc/issue"],
-                                         user: .root))
+            _ = try await s.exec(
+                Command(
+                    ["sh", "-c", "echo changed > /data/b && rm /data/sub/c && echo new > /data/d && echo back > /etc/issue"],
+                    user: .root))
             #expect(try await treeHashes(s, "/data") != before)
 
             // The diff since the snapshot is exactly what changed (read from a copy while the guest runs).
@@ -235,7 +266,8 @@ extension RealGuests {
             #expect(fill.exitCode != 0)
             #expect(fill.stderrText.contains("No space left on device"), "\(fill.stderrText)")
             #expect(try await s.exec(Command(["true"])).exitCode == 0)
-            let full = try await s.exec(Command(["sh", "-c", "df -k --output=avail /mnt 2>/dev/null | tail -1; stat -f -c '%a %S' /root"]))
+            let full = try await s.exec(
+                Command(["sh", "-c", "df -k --output=avail /mnt 2>/dev/null | tail -1; stat -f -c '%a %S' /root"]))
             let freeBytes = { (text: String) -> Int in
                 let parts = text.split(separator: "\n").last?.split(separator: " ").compactMap { Int($0) } ?? []
                 return parts.count == 2 ? parts[0] * parts[1] : -1
@@ -244,7 +276,9 @@ extension RealGuests {
             _ = try await s.exec(Command(["rm", "/home/vmexec/big"]))
             let freed = try await s.exec(Command(["stat", "-f", "-c", "%a %S", "/root"]))
             #expect(freeBytes(freed.stdoutText) > 50 << 20, "deleting frees the space: \(freed.stdoutText)")
-            #expect(try await s.exec(Command(["sh", "-c", "echo more > /home/vmexec/small && cat /home/vmexec/small"])).stdoutText == "more\n")
+            #expect(
+                try await s.exec(Command(["sh", "-c", "echo more > /home/vmexec/small && cat /home/vmexec/small"])).stdoutText
+                    == "more\n")
             await s.shutdown()
         }
 

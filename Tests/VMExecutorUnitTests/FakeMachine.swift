@@ -44,7 +44,8 @@ final class FakeHypervisor: GuestHypervisor, Sendable {
     ) async throws -> any GuestMachine {
         let f = faults.withLock { $0 }
         launches.withLock { $0.append(restoring != nil) }
-        let machine: FakeMachine = f.canPlug
+        let machine: FakeMachine =
+            f.canPlug
             ? (f.canSave ? FakeMachine(faults: f, onExit: onExit) : FakeMachineWithoutStates(faults: f, onExit: onExit))
             : FakeMachineWithoutDisks(faults: f, onExit: onExit)
         machines.withLock { $0.append(machine) }
@@ -142,7 +143,8 @@ final class FakeMachineWithoutStates: FakeMachine, @unchecked Sendable {
 /// A machine without hot-plug: the protocol's default implementations answer.
 final class FakeMachineWithoutDisks: FakeMachine, @unchecked Sendable {
     override func plug(_ disk: MachineDisk) async throws {
-        throw VMExecError(.unsupported, "this machine cannot hot-plug disks (\(disk.serial)); use a hypervisor that can, such as QEMU")
+        throw VMExecError(
+            .unsupported, "this machine cannot hot-plug disks (\(disk.serial)); use a hypervisor that can, such as QEMU")
     }
 }
 
@@ -162,7 +164,11 @@ final class FakeInit: @unchecked Sendable {
 
     /// Closes the guest's end: the host sees the channel close.
     func stop() {
-        guard !stopped.withLock({ s in defer { s = true }; return s }) else { return }
+        guard
+            !stopped.withLock({ s in
+                defer { s = true }; return s
+            })
+        else { return }
         shutdown(fd, Int32(SHUT_RDWR))
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import VMExecutor
 
 /// The process wrapper on its own, with a stand-in program instead of QEMU.
@@ -18,8 +19,9 @@ struct QEMUProcessTests {
         #expect(await p.waitForExit(timeout: .milliseconds(100)) == nil)
         // The process still runs; only now does it end, and the long wait must see that.
         p.kill()
-        #expect(await long.value?.description == "QEMU was killed by signal 9 (SIGKILL)",
-                "the short wait's timeout ended the long wait too")
+        #expect(
+            await long.value?.description == "QEMU was killed by signal 9 (SIGKILL)",
+            "the short wait's timeout ended the long wait too")
     }
 
     @Test("a wait whose timeout is already past returns at once, and a kill is reported as such")

@@ -39,8 +39,9 @@ struct SandboxMachineTests {
         try FileManager.default.createDirectory(at: tree, withIntermediateDirectories: true)
         try Data("x\n".utf8).write(to: tree.appendingPathComponent("file"))
         let path = tree.path + ".shard"
-        try ShardBuilder.create(from: tree.path, to: path,
-                                manifest: ShardManifest(name: name, version: "1", kind: .data, placement: .mount("/opt/\(name)")))
+        try ShardBuilder.create(
+            from: tree.path, to: path,
+            manifest: ShardManifest(name: name, version: "1", kind: .data, placement: .mount("/opt/\(name)")))
         return try Shard.open(path)
     }
 

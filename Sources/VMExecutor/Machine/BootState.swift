@@ -55,8 +55,9 @@ struct BootState: Sendable {
     /// process may save the same key at once).
     func save(_ machine: any GuestMachine) async throws {
         let fm = FileManager.default
-        try fm.createDirectory(at: directory, withIntermediateDirectories: true,
-                               attributes: [.posixPermissions: 0o700])
+        try fm.createDirectory(
+            at: directory, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700])
         let partial = URL(fileURLWithPath: file.path + ".partial-\(getpid())-\(UInt64.random(in: 0...UInt64.max))")
         defer { try? fm.removeItem(at: partial) }
         _ = fm.createFile(atPath: partial.path, contents: nil, attributes: [.posixPermissions: 0o600])

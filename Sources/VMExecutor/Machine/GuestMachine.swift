@@ -82,11 +82,13 @@ extension GuestMachine {
     public var consoleLogPath: String? { nil }
 
     public func plug(_ disk: MachineDisk) async throws {
-        throw VMExecError(.unsupported, "this machine cannot hot-plug disks (\(disk.serial)); use a hypervisor that can, such as QEMU")
+        throw VMExecError(
+            .unsupported, "this machine cannot hot-plug disks (\(disk.serial)); use a hypervisor that can, such as QEMU")
     }
 
     public func unplug(_ disk: MachineDisk) async throws {
-        throw VMExecError(.unsupported, "this machine cannot unplug disks (\(disk.serial)); use a hypervisor that can, such as QEMU")
+        throw VMExecError(
+            .unsupported, "this machine cannot unplug disks (\(disk.serial)); use a hypervisor that can, such as QEMU")
     }
 
     public func saveState(to file: URL) async throws {
@@ -127,8 +129,10 @@ public struct MachineSpec: Sendable {
     /// Hypervisor-specific arguments appended as they are (QEMU: its command line).
     public var extraArguments: [String]
 
-    public init(architecture: GuestArchitecture, images: GuestImages, memoryMiB: Int, cpus: Int,
-                network: NetworkPolicy = .none, extraArguments: [String] = []) {
+    public init(
+        architecture: GuestArchitecture, images: GuestImages, memoryMiB: Int, cpus: Int,
+        network: NetworkPolicy = .none, extraArguments: [String] = []
+    ) {
         self.architecture = architecture
         self.images = images
         self.memoryMiB = memoryMiB

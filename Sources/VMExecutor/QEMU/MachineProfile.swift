@@ -37,9 +37,11 @@ public struct MachineProfile: Sendable {
     /// QEMU's `-no-reboot` turns a kernel panic (or a dying init) into a QEMU
     /// exit the host notices at once.
     func kernelCommandLine(accelerator: Accelerator) -> String {
-        var args = ["quiet", "loglevel=3", "panic=-1", "rdinit=/init",
-                    // Crypto self-tests cost ~0.4 s of boot under TCG.
-                    "cryptomgr.notests", "random.trust_cpu=on"]
+        var args = [
+            "quiet", "loglevel=3", "panic=-1", "rdinit=/init",
+            // Crypto self-tests cost ~0.4 s of boot under TCG.
+            "cryptomgr.notests", "random.trust_cpu=on",
+        ]
         switch architecture {
         case .x86_64:
             args += ["console=ttyS0"]
@@ -76,14 +78,18 @@ public struct MachineProfile: Sendable {
         a += ["-kernel", paths.images.kernel.path, "-initrd", paths.images.initramfs.path]
         a += ["-append", kernelCommandLine(accelerator: accelerator)]
         a += ["-serial", "file:\(paths.consoleLog)"]
-        a += ["-drive", "if=none,id=root,file=\(paths.images.rootfs.path),format=raw,readonly=on",
-              "-device", "virtio-blk-device,drive=root,serial=vmexec-root"]
+        a += [
+            "-drive", "if=none,id=root,file=\(paths.images.rootfs.path),format=raw,readonly=on",
+            "-device", "virtio-blk-device,drive=root,serial=vmexec-root",
+        ]
         // Shards arrive later as SCSI disks on this controller: virtio-mmio devices
         // cannot be hot-plugged, but LUNs on a virtio-scsi bus can.
         a += ["-device", "virtio-scsi-device,id=\(Self.shardBus)"]
-        a += ["-device", "virtio-serial-device",
-              "-chardev", "socket,id=ctl,path=\(paths.controlSocket),server=on,wait=off",
-              "-device", "virtserialport,chardev=ctl,name=org.vmexec.ctl"]
+        a += [
+            "-device", "virtio-serial-device",
+            "-chardev", "socket,id=ctl,path=\(paths.controlSocket),server=on,wait=off",
+            "-device", "virtserialport,chardev=ctl,name=org.vmexec.ctl",
+        ]
         a += ["-qmp", "unix:\(paths.monitorSocket),server=on,wait=off"]
         if network { a += ["-device", "virtio-net-device,netdev=\(Self.networkID),mac=52:54:00:12:34:56"] }
         return a

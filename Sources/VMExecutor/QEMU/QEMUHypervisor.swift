@@ -13,8 +13,9 @@ public struct QEMUHypervisor: GuestHypervisor {
     }
 
     func profile(_ spec: MachineSpec) -> MachineProfile {
-        MachineProfile(architecture: spec.architecture, qemuBinary: binary, memoryMiB: spec.memoryMiB,
-                       cpus: spec.cpus, network: spec.network.enabled)
+        MachineProfile(
+            architecture: spec.architecture, qemuBinary: binary, memoryMiB: spec.memoryMiB,
+            cpus: spec.cpus, network: spec.network.enabled)
     }
 
     /// KVM is tried for real (see ``AcceleratorProbe``): the HLT probe first,
@@ -49,8 +50,10 @@ public struct QEMUHypervisor: GuestHypervisor {
         let profile = profile(spec)
         let placeholder = URL(fileURLWithPath: "/@RUN@")
         var text = arguments(profile, spec, accelerator, runDirectory: placeholder).joined(separator: "\u{1}")
-        let files = [spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path,
-                     QEMUProcess.find(profile.qemuBinary) ?? profile.qemuBinary]
+        let files = [
+            spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path,
+            QEMUProcess.find(profile.qemuBinary) ?? profile.qemuBinary,
+        ]
         for path in files {
             let attrs = try? FileManager.default.attributesOfItem(atPath: path)
             let size = (attrs?[.size] as? NSNumber)?.int64Value ?? -1
@@ -72,8 +75,10 @@ public struct QEMUHypervisor: GuestHypervisor {
             if let state = restoring {
                 args += ["-incoming", "exec:cat \(Self.shellQuoted(state.path))"]
             }
-            let process = try QEMUProcess(binary: profile.qemuBinary, arguments: args,
-                                          logPath: dir.appendingPathComponent("qemu.log").path) { ending in
+            let process = try QEMUProcess(
+                binary: profile.qemuBinary, arguments: args,
+                logPath: dir.appendingPathComponent("qemu.log").path
+            ) { ending in
                 onExit(ending.machineEnding)
             }
             return QEMUMachine(process: process, runDirectory: dir, accelerator: accelerator)
@@ -83,11 +88,14 @@ public struct QEMUHypervisor: GuestHypervisor {
         }
     }
 
-    private func arguments(_ profile: MachineProfile, _ spec: MachineSpec, _ accelerator: Accelerator,
-                           runDirectory dir: URL) -> [String] {
-        let paths = MachineProfile.Paths(images: spec.images, controlSocket: QEMUMachine.controlSocket(in: dir).path,
-                                         consoleLog: QEMUMachine.consoleLog(in: dir).path,
-                                         monitorSocket: QEMUMachine.monitorSocket(in: dir).path)
+    private func arguments(
+        _ profile: MachineProfile, _ spec: MachineSpec, _ accelerator: Accelerator,
+        runDirectory dir: URL
+    ) -> [String] {
+        let paths = MachineProfile.Paths(
+            images: spec.images, controlSocket: QEMUMachine.controlSocket(in: dir).path,
+            consoleLog: QEMUMachine.consoleLog(in: dir).path,
+            monitorSocket: QEMUMachine.monitorSocket(in: dir).path)
         return profile.arguments(accelerator: accelerator, paths: paths) + spec.extraArguments
     }
 

@@ -55,15 +55,19 @@ final class QEMUMachine: GuestMachine {
     func plug(_ disk: MachineDisk) async throws {
         let qmp = try await monitor()
         let (node, device) = Self.ids(disk)
-        try await qmp.execute("blockdev-add", arguments: [
-            "driver": "raw", "node-name": node, "read-only": disk.readOnly,
-            "file": ["driver": "file", "filename": disk.file, "read-only": disk.readOnly] as [String: any Sendable],
-        ])
-        do {
-            try await qmp.execute("device_add", arguments: [
-                "driver": "scsi-hd", "bus": "\(MachineProfile.shardBus).0", "drive": node, "id": device,
-                "serial": disk.serial,
+        try await qmp.execute(
+            "blockdev-add",
+            arguments: [
+                "driver": "raw", "node-name": node, "read-only": disk.readOnly,
+                "file": ["driver": "file", "filename": disk.file, "read-only": disk.readOnly] as [String: any Sendable],
             ])
+        do {
+            try await qmp.execute(
+                "device_add",
+                arguments: [
+                    "driver": "scsi-hd", "bus": "\(MachineProfile.shardBus).0", "drive": node, "id": device,
+                    "serial": disk.serial,
+                ])
         } catch {
             _ = try? await qmp.execute("blockdev-del", arguments: ["node-name": node])
             throw error
@@ -106,7 +110,8 @@ final class QEMUMachine: GuestMachine {
             throw VMExecError(.launchFailed, "the guest could not be resumed after saving its state: \(error)")
         }
         guard outcome.status == "completed" else {
-            throw VMExecError(.launchFailed, "the boot state was not saved: migration ended \(outcome.status): \(outcome.error ?? "timed out")")
+            throw VMExecError(
+                .launchFailed, "the boot state was not saved: migration ended \(outcome.status): \(outcome.error ?? "timed out")")
         }
     }
 

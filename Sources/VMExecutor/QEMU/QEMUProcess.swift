@@ -31,7 +31,9 @@ final class QEMUProcess: Sendable {
         }
 
         func wakeAll() {
-            for w in waiters.withLock({ w in defer { w.byID = [:] }; return Array(w.byID.values) }) { w.resume() }
+            for w in waiters.withLock({ w in
+                defer { w.byID = [:] }; return Array(w.byID.values)
+            }) { w.resume() }
         }
     }
 
@@ -55,7 +57,8 @@ final class QEMUProcess: Sendable {
 
         var description: String {
             if !known { return "QEMU ended (its exit status was collected elsewhere)" }
-            return signaled ? "QEMU was killed by signal \(status)\(status == SIGKILL ? " (SIGKILL)" : "")"
+            return signaled
+                ? "QEMU was killed by signal \(status)\(status == SIGKILL ? " (SIGKILL)" : "")"
                 : "QEMU exited with status \(status)"
         }
     }
@@ -63,7 +66,8 @@ final class QEMUProcess: Sendable {
     /// Starts `binary` with `arguments`; QEMU's own stdout and stderr go to `logPath`.
     init(binary: String, arguments: [String], logPath: String, onExit: @escaping @Sendable (Ending) -> Void) throws(VMExecError) {
         guard let path = Self.find(binary) else {
-            throw VMExecError(.qemuNotFound, "\(binary) not found in PATH; install QEMU (make deps, or apt-get install qemu-system-x86)")
+            throw VMExecError(
+                .qemuNotFound, "\(binary) not found in PATH; install QEMU (make deps, or apt-get install qemu-system-x86)")
         }
         let logFD = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard logFD >= 0 else {
@@ -71,7 +75,7 @@ final class QEMUProcess: Sendable {
         }
         defer { close(logFD) }
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
+        defer { for arg in argv { free(arg) } }
         let pid = argv.withUnsafeBufferPointer { vmexec_spawn(path, $0.baseAddress, logFD) }
         guard pid > 0 else {
             throw VMExecError(.launchFailed, "cannot start \(path): \(String(cString: strerror(-pid)))")
@@ -99,11 +103,17 @@ final class QEMUProcess: Sendable {
         let slot = Mutex<(id: Int?, expired: Bool)>((nil, false))
         let timer = Task {
             try? await Task.sleep(for: timeout)
-            if let mine = slot.withLock({ s in s.expired = true; return s.id }) { exit.wake(mine) }
+            if let mine = slot.withLock({ s in
+                s.expired = true; return s.id
+            }) {
+                exit.wake(mine)
+            }
         }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let mine = exit.add(c)
-            let expired = slot.withLock { s in s.id = mine; return s.expired }
+            let expired = slot.withLock { s in
+                s.id = mine; return s.expired
+            }
             // QEMU may have ended, or the timer fired, before we were added.
             if expired || ending != nil { exit.wake(mine) }
         }
