@@ -104,6 +104,12 @@ final class ControlServer: Sendable {
                 result = .failure(error)
             }
             try await outbound.write(.json(.result, result))
+            // executeThenClose closes the channel at once, and NIO fails the
+            // writes still queued in it: with a slow reader at the end of a
+            // large GET that was the last data, the end and the result ("the
+            // keeper closed the connection without a result"). The client
+            // closes its end once it has read the result; wait for that.
+            while try await frames.next() != nil {}
             if request.op == .stop && result.ok { stop() }
         }
     }
