@@ -32,6 +32,10 @@ public struct Command: Sendable {
         /// Read from this host file descriptor until EOF, one chunk at a time
         /// as the guest takes them (the host never buffers ahead).
         case fileDescriptor(Int32)
+        /// Written by the caller through ``ExecStream/writeStdin(_:)`` and
+        /// ended by ``ExecStream/closeStdin()`` (a relay, such as the keeper
+        /// forwarding a client's stdin); each write waits for the guest's credit.
+        case caller
     }
 
     public init(
@@ -198,6 +202,19 @@ public struct ExecStream: AsyncSequence, Sendable {
     /// Signals the command's process group.
     public func signal(_ number: Int32) async throws {
         do { try await process.signal(number) } catch { throw await mapError(error) }
+    }
+
+    /// Sends bytes to the command's stdin (started with `stdin: .caller`),
+    /// once the guest has credit for them; the part past the stdin limit is
+    /// dropped. False once the limit is reached; throws once the command has
+    /// ended or closed its stdin.
+    public func writeStdin(_ bytes: [UInt8]) async throws -> Bool {
+        do { return try await stdin.feed(bytes, to: process) } catch { throw await mapError(error) }
+    }
+
+    /// Ends the command's stdin (started with `stdin: .caller`).
+    public func closeStdin() async throws {
+        do { try await process.closeStdin() } catch { throw await mapError(error) }
     }
 
     public struct AsyncIterator: AsyncIteratorProtocol {

@@ -328,7 +328,7 @@ public actor Sandbox {
         }
         let feed = StdinFeed(limit: limits.stdinBytes)
         switch command.stdin {
-        case .none:
+        case .none, .caller:
             break
         case .bytes(let bytes):
             Task {

@@ -108,6 +108,8 @@ struct ControlRequest: Codable, Sendable {
     /// Limits set by the client's options; the others keep the guest's defaults.
     var limits: Limits?
     var sharedTmp: Bool?
+    /// exec: the client sends the command's stdin as DATA frames, then END.
+    var stdin: Bool?
 }
 
 /// How a request ended.

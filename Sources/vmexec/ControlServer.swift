@@ -89,7 +89,7 @@ final class ControlServer: Sendable {
 
     private func handle(_ client: NIOAsyncChannel<ControlFrame, ControlFrame>) async {
         try? await client.executeThenClose { inbound, outbound in
-            var frames = inbound.makeAsyncIterator()
+            let frames = ClientFrames(inbound.makeAsyncIterator())
             guard let first = try await frames.next(), first.kind == .request,
                 let request = try? first.decode(ControlRequest.self)
             else {
@@ -99,7 +99,7 @@ final class ControlServer: Sendable {
             }
             let result: ControlResult
             do {
-                result = try await perform(request, &frames, outbound)
+                result = try await perform(request, frames, outbound)
             } catch {
                 result = .failure(error)
             }
@@ -109,13 +109,13 @@ final class ControlServer: Sendable {
             // large GET that was the last data, the end and the result ("the
             // keeper closed the connection without a result"). The client
             // closes its end once it has read the result; wait for that.
-            while try await frames.next() != nil {}
+            await frames.drain()
             if request.op == .stop && result.ok { stop() }
         }
     }
 
     private func perform(
-        _ r: ControlRequest, _ frames: inout NIOAsyncChannelInboundStream<ControlFrame>.AsyncIterator,
+        _ r: ControlRequest, _ frames: ClientFrames,
         _ out: NIOAsyncChannelOutboundWriter<ControlFrame>
     ) async throws -> ControlResult {
         switch r.op {
@@ -160,8 +160,21 @@ final class ControlServer: Sendable {
             let stream = try await sandbox.stream(
                 Command(
                     argv, environment: r.env ?? [:], workingDirectory: r.workdir ?? "/",
-                    timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: user, limits: limits,
+                    timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) },
+                    stdin: r.stdin == true ? .caller : .none, user: user, limits: limits,
                     privateTmp: r.sharedTmp == true ? false : nil))
+            if r.stdin == true {
+                // The client's DATA frames are the command's stdin, END its end; once
+                // the command stops taking them the rest is read and dropped.
+                frames.consume { frames in
+                    var open = true
+                    while let f = try? await frames.next(), f.kind != .end {
+                        guard f.kind == .data, open else { continue }
+                        open = (try? await stream.writeStdin(Array(f.payload.readableBytesView))) == true
+                    }
+                    if open { try? await stream.closeStdin() }
+                }
+            }
             var code: Int32 = 0
             do {
                 for try await event in stream {
@@ -179,5 +192,33 @@ final class ControlServer: Sendable {
         case .stop:
             return ControlResult(ok: true)
         }
+    }
+}
+
+/// A client's frames after its request, read by one task at a time: the
+/// request's handler, or a task it hands them to (a command's stdin). The
+/// unchecked Sendable rests on that rule.
+final class ClientFrames: @unchecked Sendable {
+    private var iterator: NIOAsyncChannelInboundStream<ControlFrame>.AsyncIterator
+    private var consumer: Task<Void, Never>?
+
+    init(_ iterator: NIOAsyncChannelInboundStream<ControlFrame>.AsyncIterator) {
+        self.iterator = iterator
+    }
+
+    func next() async throws -> ControlFrame? {
+        try await iterator.next()
+    }
+
+    /// Hands the frames to `body` in a task of its own; the handler reads none until ``drain()``.
+    func consume(_ body: @escaping @Sendable (ClientFrames) async -> Void) {
+        consumer = Task { await body(self) }
+    }
+
+    /// Returns once the client has closed its end: after a consumer handed
+    /// the frames back, the rest are read and dropped.
+    func drain() async {
+        await consumer?.value
+        while (try? await next()) != nil {}
     }
 }

@@ -170,6 +170,7 @@ struct Exec: AsyncParsableCommand {
 
     @Argument(help: "The guest's name.") var name: String
     @OptionGroup var options: CommandOptions
+    @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.") var interactive = false
     @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
 
     func validate() throws {
@@ -178,11 +179,24 @@ struct Exec: AsyncParsableCommand {
 
     func run() async throws {
         let user = try options.guestUser()
+        // As vmexec run: stdin goes to the command unless it is a terminal (or with -i).
+        let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
         let request = ControlRequest(
             op: .exec, argv: command, env: try options.environment(), workdir: options.workdir,
             timeoutSeconds: options.timeout, uid: user.map(\.ids.uid), gid: user.map(\.ids.gid),
-            limits: try options.limitOverrides(), sharedTmp: options.sharedTmp)
-        let result = try await ControlClient.connect(name: name).call(request) { frames, _ in
+            limits: try options.limitOverrides(), sharedTmp: options.sharedTmp, stdin: forwardStdin)
+        let result = try await ControlClient.connect(name: name).call(request) { frames, out in
+            // Stdin goes out as it is read, at the pace the keeper (and so the guest) takes it.
+            let sender: Task<Void, Never>? =
+                forwardStdin
+                ? Task {
+                    while let chunk = try? await HostIO.read(STDIN_FILENO), !chunk.isEmpty {
+                        guard (try? await out.write(ControlFrame(kind: .data, payload: ByteBuffer(bytes: chunk)))) != nil
+                        else { return }
+                    }
+                    try? await out.write(ControlFrame(kind: .end, payload: ByteBuffer()))
+                } : nil
+            defer { sender?.cancel() }
             while let f = try await frames.next() {
                 switch f.kind {
                 case .data: try await HostIO.write(STDOUT_FILENO, Array(f.payload.readableBytesView), path: "stdout")

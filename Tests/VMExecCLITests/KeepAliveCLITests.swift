@@ -135,6 +135,12 @@ extension CLISuites {
             #expect(asRoot.stdout == "0\n\(96 << 20)\ny\n/etc\n", "\(asRoot.stdout)\(asRoot.stderr)")
             let asUser = try await CLITests.vmexec(["exec", name, "--user", "1234:1234", "--", "id", "-u"])
             #expect(asUser.stdout == "1234\n", "\(asUser.stderr)")
+            // stdin reaches the command through the keeper; a command that does not read it still ends.
+            let fed = try await CLITests.vmexec(
+                ["exec", name, "--", "sh", "-c", "cat; echo done"], stdin: "through the keeper\n")
+            #expect(fed.status == 0 && fed.stdout == "through the keeper\ndone\n", "\(fed.stdout)\(fed.stderr)")
+            let ignored = try await CLITests.vmexec(["exec", name, "--", "true"], stdin: String(repeating: "x", count: 1 << 20))
+            #expect(ignored.status == 0, "\(ignored.stderr)")
             let badLimit = try await CLITests.vmexec(["exec", name, "--memory-limit", "lots", "--", "true"])
             #expect(badLimit.status == 125 && badLimit.stderr.contains("--memory-limit"), "\(badLimit.stderr)")
 
