@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // The guest's PID 1. SwiftPM builds it here as a strict-warnings check;
@@ -59,6 +60,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
+        // The daemon's core, independent of any transport: sandboxes and their
+        // jobs, kept in SQLite (GRDB) so that a restart loses nothing.
+        .target(
+            name: "VMExecService",
+            dependencies: ["VMExecutor", .product(name: "GRDB", package: "GRDB.swift")]),
         .executableTarget(
             name: "vmexec",
             dependencies: [
@@ -92,6 +98,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        .testTarget(name: "VMExecServiceTests", dependencies: ["VMExecService", "VMExecutor"]),
         // Fixtures the guest and CLI suites share: where the images are, whether they are built.
         .target(name: "VMExecTestSupport", dependencies: ["VMExecutor", "SquashMounts"], path: "Tests/VMExecTestSupport"),
         // Real guests under QEMU: `make images` first.

@@ -24,6 +24,7 @@ need pkg-config pkg-config
 needlib libsquashfs1 libsquashfs-dev
 needlib libarchive libarchive-dev
 needlib ext2fs libext2fs-dev
+needlib sqlite3 libsqlite3-dev
 MISSING=$(echo "$MISSING" | tr ' ' '\n' | grep -v '^$' | sort -u | tr '\n' ' ')
 [ -z "$MISSING" ] && exit 0
 if [ "$(id -u)" != 0 ]; then

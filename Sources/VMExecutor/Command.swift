@@ -130,6 +130,13 @@ public struct Usage: Sendable, Equatable {
     public var userMicroseconds: UInt64
     public var systemMicroseconds: UInt64
     public var maxRSSKiB: UInt64
+
+    public init(wallNanoseconds: UInt64, userMicroseconds: UInt64, systemMicroseconds: UInt64, maxRSSKiB: UInt64) {
+        self.wallNanoseconds = wallNanoseconds
+        self.userMicroseconds = userMicroseconds
+        self.systemMicroseconds = systemMicroseconds
+        self.maxRSSKiB = maxRSSKiB
+    }
 }
 
 /// The collected result of a command.
@@ -175,6 +182,9 @@ extension Usage {
             systemMicroseconds: s.systemMicroseconds, maxRSSKiB: s.maxRSSKiB)
     }
 }
+
+/// How a command ended (SerialChannel's, named here for users of VMExecutor alone).
+public typealias Termination = SerialChannel.Termination
 
 /// What a streamed command produces: output chunks as they are produced,
 /// then exactly one exit.

@@ -47,6 +47,10 @@ public struct VMExecError: VMExecFailure, Equatable {
         case processRefused
         /// The machine cannot do what was asked (its hypervisor lacks it).
         case unsupported
+        /// A sandbox, job or other resource named in the request does not exist.
+        case notFound
+        /// The daemon's state (its job store) could not be read or written.
+        case stateFailed
     }
 
     public let code: Code
@@ -64,8 +68,8 @@ public struct VMExecError: VMExecFailure, Equatable {
 
     public var kind: FailureKind {
         switch code {
-        case .imagesNotFound, .qemuNotFound, .commandNotFound: .notFound
-        case .launchFailed: .hostFailure
+        case .imagesNotFound, .qemuNotFound, .commandNotFound, .notFound: .notFound
+        case .launchFailed, .stateFailed: .hostFailure
         case .bootTimeout: .timeout
         case .bootFailed, .protocolError: .guestFailure
         case .guestStopped, .notRunning: .unavailable
