@@ -105,7 +105,7 @@ let package = Package(
         .testTarget(
             name: "VMExecutorTests",
             dependencies: [
-                "VMExecutor", "VMExecTestSupport", "SerialChannel", "SquashMounts", "PersistOverlay",
+                "VMExecutor", "VMExecService", "VMExecTestSupport", "SerialChannel", "SquashMounts", "PersistOverlay",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
         // The vmexec command as a user runs it, on real guests: `make images` first.

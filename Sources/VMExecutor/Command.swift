@@ -124,6 +124,20 @@ public struct Limits: Sendable, Equatable, Codable {
 }
 
 /// Resource use of a finished command, as the guest measured it.
+extension Limits {
+    /// These limits with each one `overrides` sets put in its place (a
+    /// client's options over a sandbox's defaults).
+    public func overridden(by overrides: Limits) -> Limits {
+        var l = self
+        if let v = overrides.memoryBytes { l.memoryBytes = v }
+        if let v = overrides.processes { l.processes = v }
+        if let v = overrides.openFiles { l.openFiles = v }
+        if let v = overrides.cpuSeconds { l.cpuSeconds = v }
+        if let v = overrides.stdinBytes { l.stdinBytes = v }
+        return l
+    }
+}
+
 public struct Usage: Sendable, Equatable {
     /// From fork to reap, in the guest.
     public var wallNanoseconds: UInt64

@@ -72,16 +72,3 @@ struct CommandOptions: ParsableArguments {
 
     var timeoutDuration: Duration? { timeout.map { .milliseconds(Int64($0 * 1000)) } }
 }
-
-extension Limits {
-    /// These limits with each one `overrides` sets put in its place.
-    func overridden(by overrides: Limits) -> Limits {
-        var l = self
-        if let v = overrides.memoryBytes { l.memoryBytes = v }
-        if let v = overrides.processes { l.processes = v }
-        if let v = overrides.openFiles { l.openFiles = v }
-        if let v = overrides.cpuSeconds { l.cpuSeconds = v }
-        if let v = overrides.stdinBytes { l.stdinBytes = v }
-        return l
-    }
-}
