@@ -66,8 +66,13 @@ struct StoreTests {
         // Write a file into the image with debugfs, as a guest would have.
         let file = dir.appendingPathComponent("note.txt")
         try Data("kept\n".utf8).write(to: file)
-        #expect(try runTool(["debugfs", "-w", "-R", "write \(file.path) note.txt", image]).status == 0)
+        let wrote = try runTool(["debugfs", "-w", "-R", "write \(file.path) note.txt", image])
+        // debugfs exits 0 even when its command fails: read the file back to know it is there.
+        let written = try runTool(["debugfs", "-R", "cat note.txt", image])
+        try #require(wrote.status == 0 && written.output.contains("kept"), "debugfs: \(wrote.output) \(written.output)")
         try lease.createSnapshot("before")
+        let inSnapshot = try runTool(["debugfs", "-R", "cat note.txt", dir.appendingPathComponent("snapshots/before.img").path])
+        #expect(inSnapshot.output.contains("kept"), "the snapshot holds the file: \(inSnapshot.output)")
         #expect(try lease.snapshots().first!.allocatedBytes < 48 << 20, "the copy of a sparse image stays sparse")
         #expect(throws: StoreError.self) { try lease.createSnapshot("before") }
         #expect(throws: StoreError.self) { try lease.createSnapshot("../evil") }
@@ -77,7 +82,8 @@ struct StoreTests {
         #expect(try lease.store.info().freeBytes > 200 << 20)
         #expect(!(try runTool(["debugfs", "-R", "cat note.txt", image]).output.contains("kept")))
         try lease.restoreSnapshot("before")
-        #expect(try runTool(["debugfs", "-R", "cat note.txt", image]).output.contains("kept"))
+        let restored = try runTool(["debugfs", "-R", "cat note.txt", image])
+        #expect(restored.output.contains("kept"), "after restore: \(restored.output)")
         #expect(try lease.snapshots().map(\.name) == ["before"])
         try lease.deleteSnapshot("before")
         #expect(try lease.snapshots().isEmpty)
