@@ -49,10 +49,14 @@ let package = Package(
             dependencies: ["VMExecFailure", "CSquashfs", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
         // A store's ext4 image read on the host through libext2fs (diff, export).
         .target(name: "CStoreImage", cSettings: strictC, linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]),
+        // Host programs started with their output on a pipe, descriptors owned by the caller.
+        .target(name: "CHostTool", cSettings: strictC),
         // The writable layer: an ext4 image per store, locked to one guest.
         .target(
             name: "PersistOverlay",
-            dependencies: ["VMExecFailure", "CStoreImage", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: [
+                "VMExecFailure", "CStoreImage", "CHostTool", "CArchive", .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         .target(
             name: "VMExecutor",
             dependencies: [
@@ -88,7 +92,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "SquashMountsTests",
-            dependencies: ["SquashMounts", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["SquashMounts", "PersistOverlay", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PersistOverlayTests", dependencies: ["PersistOverlay"]),
         // Host-only: Sandbox over a machine double, QEMU's process wrapper. No images needed.
         .testTarget(

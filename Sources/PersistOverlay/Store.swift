@@ -177,25 +177,16 @@ public struct Store: Sendable {
     /// Runs an e2fsprogs tool; its output, or a `.tool` error quoting it.
     @discardableResult
     static func tool(_ arguments: [String], what: String, okStatuses: Set<Int32> = [0]) throws(StoreError) -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["PATH"] = (environment["PATH"] ?? "") + ":/usr/sbin:/sbin"
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
+        let outcome: HostTool.Outcome
         do {
-            try process.run()
+            outcome = try HostTool.run(arguments)
         } catch {
-            throw StoreError(.tool, "\(what): cannot run \(arguments[0]) (install e2fsprogs): \(error)")
+            throw StoreError(.tool, "\(what): \(error.message) (install e2fsprogs)")
         }
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard okStatuses.contains(process.terminationStatus) else {
+        let output = outcome.output
+        guard okStatuses.contains(outcome.status) else {
             throw StoreError(
-                .tool, "\(what): \(arguments.joined(separator: " ")) failed (\(process.terminationStatus)): \(output.suffix(600))"
+                .tool, "\(what): \(arguments.joined(separator: " ")) failed (\(outcome.status)): \(output.suffix(600))"
             )
         }
         return output

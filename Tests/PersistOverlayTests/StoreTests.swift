@@ -116,19 +116,9 @@ struct StoreTests {
     }
 }
 
+/// A host tool's status and output (through HostTool: Foundation's Process is not safe to start from parallel tests).
 @discardableResult
 func runTool(_ arguments: [String]) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = arguments
-    var environment = ProcessInfo.processInfo.environment
-    environment["PATH"] = (environment["PATH"] ?? "") + ":/usr/sbin:/sbin"
-    process.environment = environment
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    let outcome = try HostTool.run(arguments)
+    return (outcome.status, outcome.output)
 }

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import PersistOverlay
 import SquashMounts
 
 /// A scratch directory with a tree worth round-tripping, removed on deinit.
@@ -88,20 +89,12 @@ final class TreeFixture {
     }
 }
 
-/// Runs a host tool, returning its exit status and output.
+/// Runs a host tool, returning its exit status and output (through HostTool:
+/// Foundation's Process is not safe to start from parallel tests).
 @discardableResult
 func runTool(_ arguments: [String], cwd: String? = nil) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = arguments
-    if let cwd { process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    let outcome = try HostTool.run(arguments, in: cwd)
+    return (outcome.status, outcome.output)
 }
 
 extension Shard.Inspection {
