@@ -11,6 +11,12 @@ import Foundation
 /// (`CHostTool`) and owns every descriptor itself: the pipe is made
 /// close-on-exec in one step, and each end is closed exactly once.
 public enum HostTool {
+    /// Output kept from its start (a superblock dump fits) and from its end
+    /// (where a tool's error is); e2fsck on an image a guest damaged on
+    /// purpose can print without end, and the middle is dropped.
+    static let headLimit = 1 << 20
+    static let tailLimit = 64 << 10
+
     /// The program's exit status (or 128+N for signal N) and its output.
     public struct Outcome: Sendable {
         public var status: Int32
@@ -42,12 +48,20 @@ public enum HostTool {
         guard pid > 0 else {
             throw StoreError(.tool, "cannot run \(arguments[0]): \(String(cString: strerror(-pid)))")
         }
-        var output: [UInt8] = []
+        var head: [UInt8] = []
+        var tail: [UInt8] = []
+        var dropped = 0
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = read(fd, &chunk, chunk.count)
             if n > 0 {
-                output += chunk[0..<n]
+                let room = min(n, headLimit - head.count)
+                head += chunk[0..<room]
+                tail += chunk[room..<n]
+                if tail.count > tailLimit {
+                    dropped += tail.count - tailLimit
+                    tail.removeFirst(tail.count - tailLimit)
+                }
             } else if n < 0 && errno == EINTR {
                 continue
             } else {
@@ -58,6 +72,7 @@ public enum HostTool {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let exit = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return Outcome(status: exit, output: String(decoding: output, as: UTF8.self))
+        let gap = dropped > 0 ? Array("\n[… \(dropped) bytes of output dropped …]\n".utf8) : []
+        return Outcome(status: exit, output: String(decoding: head + gap + tail, as: UTF8.self))
     }
 }

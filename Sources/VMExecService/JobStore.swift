@@ -39,7 +39,7 @@ public final class JobStore: Sendable {
                 sql: """
                     CREATE TABLE job (
                         id TEXT PRIMARY KEY, sandbox TEXT NOT NULL, seq INTEGER NOT NULL,
-                        request TEXT NOT NULL, state TEXT NOT NULL, outcome TEXT, reason TEXT,
+                        request TEXT NOT NULL, outputLimit INTEGER NOT NULL, state TEXT NOT NULL, outcome TEXT, reason TEXT,
                         created REAL NOT NULL, started REAL, ended REAL,
                         stdoutBytes INTEGER NOT NULL DEFAULT 0, stderrBytes INTEGER NOT NULL DEFAULT 0,
                         stdoutTruncated INTEGER NOT NULL DEFAULT 0, stderrTruncated INTEGER NOT NULL DEFAULT 0);
@@ -61,9 +61,9 @@ public final class JobStore: Sendable {
         try write("record a job") { db in
             let seq = try Int.fetchOne(db, sql: "SELECT COALESCE(MAX(seq), 0) + 1 FROM job") ?? 1
             try db.execute(
-                sql: "INSERT INTO job (id, sandbox, seq, request, state, created) VALUES (?, ?, ?, ?, ?, ?)",
+                sql: "INSERT INTO job (id, sandbox, seq, request, outputLimit, state, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 arguments: [
-                    record.id, sandbox, seq, try Self.json(request), record.state.rawValue,
+                    record.id, sandbox, seq, try Self.json(request), max(0, request.outputLimit), record.state.rawValue,
                     record.created.timeIntervalSince1970,
                 ])
         }
@@ -88,12 +88,12 @@ public final class JobStore: Sendable {
         try write("keep output of job \(id)") { db in
             guard
                 let row = try Row.fetchOne(
-                    db, sql: "SELECT request, \(column)Bytes AS kept FROM job WHERE id = ?",
+                    db, sql: "SELECT outputLimit, \(column)Bytes AS kept FROM job WHERE id = ? AND state = 'running'",
                     arguments: [id])
             else { return }
-            let request = try Self.decode(JobRequest.self, row["request"])
+            let limit: Int = row["outputLimit"]
             let kept: Int = row["kept"]
-            let room = max(0, request.outputLimit - kept)
+            let room = max(0, limit - kept)
             let take = bytes.prefix(room)
             if !take.isEmpty {
                 try db.execute(

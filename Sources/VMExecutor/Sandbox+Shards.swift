@@ -30,7 +30,7 @@ extension Sandbox {
                 do {
                     try await r.client.request(.mount(serial: a.serial, target: target))
                 } catch {
-                    throw Self.driveError(error, shard: shard)
+                    throw await Self.driveError(error, shard: shard, machine: r.machine)
                 }
             }
         }
@@ -66,7 +66,7 @@ extension Sandbox {
             }
         } catch {
             try? await r.machine.unplug(a.disk)
-            throw Self.driveError(error, shard: shard)
+            throw await Self.driveError(error, shard: shard, machine: r.machine)
         }
         attachments.append(a)
         desiredShards.append(shard)
@@ -90,7 +90,7 @@ extension Sandbox {
         do {
             try await r.client.request(a.isLayer ? Self.layersRequest(rest) : .unmount(serial: a.serial))
         } catch {
-            throw Self.driveError(error, shard: a.shard)
+            throw await Self.driveError(error, shard: a.shard, machine: r.machine)
         }
         attachments = rest
         desiredShards.removeAll { $0.manifest.name == name }
@@ -113,12 +113,13 @@ extension Sandbox {
         }
     }
 
-    /// The guest's answer to a drive request, as a VMExecError that says what to do.
-    static func driveError(_ error: any Error, shard: Shard) -> any Error {
+    /// The guest's answer to a drive request, as a VMExecError that says what
+    /// to do; any other channel failure (the guest stopped) as ``explain(_:machine:)`` says it.
+    static func driveError(_ error: any Error, shard: Shard, machine: any GuestMachine) async -> any Error {
         if case .refused(let reply)? = error as? ProtocolError {
             let code: VMExecError.Code = reply.code == .busy ? .shardBusy : .shardRefused
             return VMExecError(code, "shard \(shard.label): \(reply.message)", cause: error as? ProtocolError)
         }
-        return error
+        return await explain(error, machine: machine)
     }
 }

@@ -30,6 +30,7 @@ struct JobStoreTests {
         #expect(try !store.finish(job.id, state: .failed, reason: "late"), "an ended job stays as it ended")
         let ended = try #require(try store.job(job.id))
         #expect(ended.state == .exited && ended.outcome?.exitCode == 3 && ended.reason == nil)
+        try store.append(Array("late".utf8), to: .stdout, of: job.id)  // after its end: dropped
         let rest = try store.output(job.id, stream: .stdout, offset: 8, limit: 100)
         #expect(rest.bytes == Array("rld".utf8) && rest.nextOffset == 11 && rest.complete)
         #expect(try store.output(job.id, stream: .stderr, offset: 0, limit: 100).bytes == Array("oops".utf8))

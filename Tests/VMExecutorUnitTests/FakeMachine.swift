@@ -22,6 +22,8 @@ final class FakeHypervisor: GuestHypervisor, Sendable {
         var canPlug = true
         /// How long a hot-plug takes (so that overlapping operations would show).
         var plugDelay: Duration = .zero
+        /// The guest dies when asked to mount a drive (the channel closes under the request).
+        var diesOnMount = false
     }
 
     let faults: Mutex<Faults>
@@ -101,7 +103,9 @@ class FakeMachine: GuestMachine, @unchecked Sendable {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
             throw VMExecError(.launchFailed, "socketpair: \(String(cString: strerror(errno)))")
         }
-        let fakeInit = FakeInit(fd: fds[1]) { [weak self] in self?.end("the fake machine powered off", killed: false) }
+        let fakeInit = FakeInit(fd: fds[1], diesOnMount: faults.diesOnMount) { [weak self] in
+            self?.end("the fake machine powered off", killed: false)
+        }
         let previous = state.withLock { s in
             defer { s.server = fakeInit }
             return s.server
@@ -154,10 +158,12 @@ final class FakeMachineWithoutDisks: FakeMachine, @unchecked Sendable {
 final class FakeInit: @unchecked Sendable {
     private let fd: Int32
     private let poweredOff: @Sendable () -> Void
+    private let diesOnMount: Bool
     private let queue = DispatchQueue(label: "fake-init")
     private let stopped = Mutex(false)
 
-    init(fd: Int32, poweredOff: @escaping @Sendable () -> Void) {
+    init(fd: Int32, diesOnMount: Bool = false, poweredOff: @escaping @Sendable () -> Void) {
+        self.diesOnMount = diesOnMount
         self.fd = fd
         self.poweredOff = poweredOff
     }
@@ -195,6 +201,9 @@ final class FakeInit: @unchecked Sendable {
             send(Frame(.hello, payload: Hello(window: 65536, maxStreams: 16, info: "init=fake\nkernel=fake").encoded()))
         case .ping:
             send(Frame(.pong, stream: frame.stream, payload: frame.payload))
+        case .mount where diesOnMount:
+            poweredOff()
+            return false
         case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw:
             send(Frame(.done, stream: frame.stream))
         case .exec:

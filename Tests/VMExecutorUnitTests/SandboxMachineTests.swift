@@ -172,6 +172,19 @@ struct SandboxMachineTests {
         await s.shutdown()
     }
 
+    @Test("a guest that dies during an attach gives guestStopped, a VMExecError, not the channel's own error")
+    func deathDuringAttach() async throws {
+        let fake = FakeHypervisor(.init(diesOnMount: true))
+        let s = Sandbox(configuration: try Self.configuration(fake, states: Self.scratch()), logger: Self.quiet())
+        try await s.start()
+        await #expect {
+            try await s.attach(try Self.shard())
+        } throws: { error in
+            (error as? VMExecError)?.code == .guestStopped
+        }
+        #expect(await s.shards.isEmpty)
+    }
+
     @Test("a machine without hot-plug answers unsupported, not a hypervisor branch in Sandbox")
     func unsupportedOperation() async throws {
         let fake = FakeHypervisor(.init(canPlug: false))
