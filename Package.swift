@@ -22,6 +22,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-openapi-generator", from: "1.14.3"),
+        .package(url: "https://github.com/apple/swift-openapi-runtime", from: "1.13.4"),
+        .package(url: "https://github.com/hummingbird-project/swift-openapi-hummingbird", from: "2.1.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/swift-openapi-async-http-client", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The guest's PID 1. SwiftPM builds it here as a strict-warnings check;
@@ -68,11 +75,43 @@ let package = Package(
         // jobs, kept in SQLite (GRDB) so that a restart loses nothing.
         .target(
             name: "VMExecService",
-            dependencies: ["VMExecutor", .product(name: "GRDB", package: "GRDB.swift")]),
+            dependencies: [
+                "VMExecutor", "SquashMounts", "PersistOverlay",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // The daemon's HTTP harness: Hummingbird routes generated at build time from
+        // docs/openapi.yaml (symlinked here), so spec and server cannot drift; each
+        // handler is a thin call into VMExecService.
+        .target(
+            name: "VMExecServer",
+            dependencies: [
+                "VMExecService",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "OpenAPIHummingbird", package: "swift-openapi-hummingbird"),
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            // Served at /openapi.yaml: the same file the routes are generated from.
+            resources: [.embedInCode("openapi.yaml")],
+            plugins: [.plugin(name: "OpenAPIGenerator", package: "swift-openapi-generator")]),
+        // The daemon's client, generated from the same spec, over the Unix socket or TCP.
+        .target(
+            name: "VMExecClient",
+            dependencies: [
+                "VMExecFailure",
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            plugins: [.plugin(name: "OpenAPIGenerator", package: "swift-openapi-generator")]),
         .executableTarget(
             name: "vmexec",
             dependencies: [
-                "VMExecutor", "SquashMounts", "PersistOverlay",
+                "VMExecutor", "SquashMounts", "PersistOverlay", "VMExecService", "VMExecServer", "VMExecClient",
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -111,6 +150,17 @@ let package = Package(
             dependencies: [
                 "VMExecutor", "VMExecService", "VMExecTestSupport", "SerialChannel", "SquashMounts", "PersistOverlay",
                 .product(name: "Crypto", package: "swift-crypto"),
+            ]),
+        // The daemon's API over its real socket and TCP port, real guests behind it: `make images` first.
+        .testTarget(
+            name: "VMExecServerTests",
+            dependencies: [
+                "VMExecServer", "VMExecService", "VMExecClient", "VMExecutor", "VMExecTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         // The vmexec command as a user runs it, on real guests: `make images` first.
         .testTarget(

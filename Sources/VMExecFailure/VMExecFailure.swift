@@ -39,6 +39,8 @@ public enum FailureKind: String, Sendable, CaseIterable {
     case invalidRequest
     /// Something it names does not exist: an image, a shard, a store, a file, a process, a program.
     case notFound
+    /// It exists already (a name in use, a file not to be replaced): choose another or ask to replace it.
+    case conflict
     /// Something it needs is held by someone else (a locked store, a shard in use): try again later.
     case busy
     /// An input was inspected and refused (a damaged shard, a store made over another lower).

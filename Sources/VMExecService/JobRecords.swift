@@ -24,12 +24,20 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public var limits: Limits?
     /// Bytes kept of stdout and of stderr each; the rest is dropped and the job says so.
     public var outputLimit: Int
+    /// Bytes given as stdin; then it ends, unless ``stdinOpen``.
+    public var stdin: Data?
+    /// Share the guest's /tmp, /dev/shm and IPC instead of a private set.
+    public var sharedTmp = false
+    /// Leave stdin open for ``JobRunner/writeStdin(_:_:)`` until ``JobRunner/closeStdin(_:)``.
+    public var stdinOpen: Bool
 
     public init(
         _ arguments: [String], environment: [String: String] = [:], workingDirectory: String = "/",
         timeoutSeconds: Double? = nil, uid: UInt32? = nil, gid: UInt32? = nil, limits: Limits? = nil,
-        outputLimit: Int = 16 << 20
+        outputLimit: Int = 16 << 20, stdin: Data? = nil, stdinOpen: Bool = false
     ) {
+        self.stdin = stdin
+        self.stdinOpen = stdinOpen
         self.arguments = arguments
         self.environment = environment
         self.workingDirectory = workingDirectory
@@ -78,6 +86,8 @@ public struct JobRecord: Codable, Sendable, Equatable {
     public var outcome: JobOutcome?
     /// Why it failed or was cancelled.
     public var reason: String?
+    /// The error code of a failed job (`commandNotFound`, `guestStopped`, `daemonStopped`…).
+    public var failureCode: String?
     public var created: Date
     public var started: Date?
     public var ended: Date?
@@ -89,7 +99,7 @@ public struct JobRecord: Codable, Sendable, Equatable {
 }
 
 /// Which of a job's output streams.
-public enum OutputStream: Int, Codable, Sendable {
+public enum JobStream: Int, Codable, Sendable {
     case stdout = 1
     case stderr = 2
 }

@@ -17,7 +17,14 @@ public actor JobRunner {
     /// Jobs running now, with their stream once the command started.
     private var running: [String: ExecStream?] = [:]
     private var cancelling: Set<String> = []
-    private var waiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+    /// Counts each job's changes (output appended, state changed); watchers wait for the next.
+    private var versions: [String: Int] = [:]
+    private var watchers: [String: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)]] = [:]
+    private var nextWatcher: UInt64 = 0
+    /// False once the daemon is stopping: queued jobs stay queued (in the store) for the next daemon.
+    private var accepting = true
+    /// When a job last started or ended here (the sandbox's idle clock).
+    public private(set) var lastActivity = Date()
 
     public init(id: String, sandbox: Sandbox, store: JobStore, concurrency: Int = 4) {
         self.id = id
@@ -44,12 +51,68 @@ public actor JobRunner {
     /// Waits until the job has ended, and returns it.
     public func wait(_ jobID: String) async throws -> JobRecord {
         while true {
-            guard let record = try store.job(jobID) else {
-                throw VMExecError(.notFound, "no job \(jobID) in sandbox \(id)")
+            let seen = version(of: jobID)
+            guard let record = try store.job(jobID), record.sandbox == id else {
+                throw VMExecError(.notFound, "no job \(jobID) in this sandbox")
             }
             if record.state.isFinal { return record }
-            await withCheckedContinuation { waiters[jobID, default: []].append($0) }
+            await change(of: jobID, since: seen)
         }
+    }
+
+    /// How many times the job changed (output or state) while this runner ran it.
+    public func version(of jobID: String) -> Int { versions[jobID] ?? 0 }
+
+    /// Returns once the job has changed since `version` (at once if it already
+    /// has, or if it is neither queued nor running here), or the caller is cancelled.
+    public func change(of jobID: String, since version: Int) async {
+        guard self.version(of: jobID) == version, queue.contains(jobID) || running[jobID] != nil else { return }
+        nextWatcher += 1
+        let watcher = nextWatcher
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                if Task.isCancelled {
+                    continuation.resume()
+                } else {
+                    watchers[jobID, default: []].append((watcher, continuation))
+                }
+            }
+        } onCancel: {
+            Task { await self.dropWatcher(watcher, of: jobID) }
+        }
+    }
+
+    private func dropWatcher(_ watcher: UInt64, of jobID: String) {
+        guard let at = watchers[jobID]?.firstIndex(where: { $0.id == watcher }) else { return }
+        watchers[jobID]?.remove(at: at).continuation.resume()
+    }
+
+    /// Writes to a running job's stdin (one submitted with `stdinOpen`); returns once the guest took the bytes.
+    public func writeStdin(_ jobID: String, _ bytes: [UInt8]) async throws {
+        let stream = try await openStdin(jobID)
+        guard try await stream.writeStdin(bytes) else {
+            throw VMExecError(.invalidRequest, "job \(jobID) has closed its stdin (or reached its stdin limit)")
+        }
+    }
+
+    /// Ends a running job's stdin: it reads end of file.
+    public func closeStdin(_ jobID: String) async throws {
+        try await openStdin(jobID).closeStdin()
+    }
+
+    /// The stream of a job that takes stdin; waits while the job is queued or starting.
+    private func openStdin(_ jobID: String) async throws -> ExecStream {
+        while queue.contains(jobID) || (running[jobID] != nil && running[jobID]! == nil) {
+            await change(of: jobID, since: version(of: jobID))
+            try Task.checkCancellation()
+        }
+        guard let stream = running[jobID] ?? nil, let record = try store.job(jobID) else {
+            throw VMExecError(.notFound, "job \(jobID) is not running in this sandbox")
+        }
+        guard record.request.stdinOpen else {
+            throw VMExecError(.invalidRequest, "job \(jobID) was not submitted with stdinOpen; its stdin is closed")
+        }
+        return stream
     }
 
     /// Cancels a job: a queued one never runs; a running one's process group
@@ -58,7 +121,7 @@ public actor JobRunner {
         if let at = queue.firstIndex(of: jobID) {
             queue.remove(at: at)
             try store.finish(jobID, state: .cancelled, reason: "cancelled before it ran")
-            wake(jobID)
+            bump(jobID)
             return
         }
         guard let stream = running[jobID] else { return }
@@ -69,7 +132,7 @@ public actor JobRunner {
     /// Sends `signal` to a running job's process group.
     public func signal(_ jobID: String, _ signal: Int32) async throws {
         guard let stream = running[jobID] ?? nil else {
-            throw VMExecError(.notFound, "job \(jobID) is not running in sandbox \(id)")
+            throw VMExecError(.notFound, "job \(jobID) is not running in this sandbox")
         }
         try await stream.signal(signal)
     }
@@ -77,8 +140,23 @@ public actor JobRunner {
     /// Jobs waiting for their turn, and jobs running.
     public var depth: (queued: Int, running: Int) { (queue.count, running.count) }
 
+    /// Cancels every queued and running job (the sandbox is going away) and waits until none runs.
+    public func cancelAll(reason: String) async {
+        for jobID in queue {
+            _ = try? store.finish(jobID, state: .cancelled, reason: reason)
+            bump(jobID)
+        }
+        queue.removeAll()
+        let runningNow = Array(running.keys)
+        for jobID in runningNow { try? await cancel(jobID) }
+        for jobID in runningNow { _ = try? await wait(jobID) }
+    }
+
+    /// Starts no more jobs; those queued stay queued in the store, for the daemon that comes next.
+    public func stopStarting() { accepting = false }
+
     private func pump() {
-        while running.count < concurrency, !queue.isEmpty {
+        while accepting, running.count < concurrency, !queue.isEmpty {
             let jobID = queue.removeFirst()
             running[jobID] = .some(nil)
             Task { await self.run(jobID) }
@@ -89,17 +167,24 @@ public actor JobRunner {
         defer {
             running[jobID] = nil
             cancelling.remove(jobID)
-            wake(jobID)
+            lastActivity = Date()
+            bump(jobID)
             pump()
         }
+        lastActivity = Date()
         do {
             guard try store.start(jobID), let record = try store.job(jobID) else { return }
+            bump(jobID)
             try await sandbox.start()  // no-op while the guest runs; boots a fresh one after a death
             let config = await sandbox.configuration
             let defaults = config.limits ?? .defaults(guestMemoryMiB: config.memoryMiB)
             let stream = try await sandbox.stream(Self.command(record.request, defaults: defaults))
             running[jobID] = stream
+            bump(jobID)
             if cancelling.contains(jobID) { try? await stream.signal(SIGKILL) }
+            if record.request.stdinOpen, let first = record.request.stdin, !first.isEmpty {
+                _ = try await stream.writeStdin(Array(first))
+            }
             var outcome: JobOutcome?
             for try await event in stream {
                 switch event {
@@ -107,20 +192,32 @@ public actor JobRunner {
                 case .stderr(let bytes): try store.append(bytes, to: .stderr, of: jobID)
                 case .exit(let termination, let usage): outcome = JobOutcome(termination: termination, usage: usage)
                 }
+                bump(jobID)
             }
+            // A job's writes reach the store's image before it is reported done: a
+            // guest that dies later cannot take them along.
+            if await sandbox.configuration.store != nil { try? await sandbox.sync() }
             if cancelling.contains(jobID) {
                 try store.finish(jobID, state: .cancelled, outcome: outcome, reason: "cancelled while it ran")
             } else {
                 try store.finish(jobID, state: .exited, outcome: outcome)
             }
         } catch {
-            let why = (error as? any VMExecFailure)?.explanation ?? "\(error)"
-            _ = try? store.finish(jobID, state: .failed, reason: why)
+            let failure = error as? any VMExecFailure
+            _ = try? store.finish(
+                jobID, state: .failed, reason: failure?.explanation ?? "\(error)",
+                failureCode: failure?.failureCode ?? "hostFailure")
         }
     }
 
-    private func wake(_ jobID: String) {
-        for waiter in waiters.removeValue(forKey: jobID) ?? [] { waiter.resume() }
+    /// Counts a change of the job and wakes whoever waits for one.
+    private func bump(_ jobID: String) {
+        if queue.contains(jobID) || running[jobID] != nil {
+            versions[jobID, default: 0] += 1
+        } else {
+            versions[jobID] = nil  // ended: watchers read the store from now on
+        }
+        for watcher in watchers.removeValue(forKey: jobID) ?? [] { watcher.continuation.resume() }
     }
 
     /// The command a request describes; its limits replace `defaults` one by one.
@@ -129,9 +226,11 @@ public actor JobRunner {
             let gid = r.gid ?? uid
             return uid == 0 && gid == 0 ? .root : .id(uid: uid, gid: gid)
         }
+        let stdin: Command.Stdin =
+            if r.stdinOpen { .caller } else if let bytes = r.stdin, !bytes.isEmpty { .bytes(Array(bytes)) } else { .none }
         return Command(
             r.arguments, environment: r.environment, workingDirectory: r.workingDirectory,
-            timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, user: user,
-            limits: defaults.overridden(by: r.limits ?? Limits()))
+            timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, stdin: stdin, user: user,
+            limits: defaults.overridden(by: r.limits ?? Limits()), privateTmp: r.sharedTmp ? false : nil)
     }
 }

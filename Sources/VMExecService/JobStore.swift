@@ -49,14 +49,68 @@ public final class JobStore: Sendable {
                         offset INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job, stream, offset));
                     """)
         }
+        m.registerMigration("v2-sandboxes") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE sandbox (
+                        id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+                        created REAL NOT NULL, UNIQUE (owner, name));
+                    """)
+        }
+        m.registerMigration("v3-failure-code") { db in
+            try db.execute(sql: "ALTER TABLE job ADD COLUMN failureCode TEXT")
+        }
         return m
     }
+
+    // MARK: sandboxes
+
+    /// Records a new sandbox; a name its owner already uses is refused.
+    public func insertSandbox(_ record: SandboxRecord) throws {
+        try write("record sandbox \(record.name)") { db in
+            if try Bool.fetchOne(
+                db, sql: "SELECT 1 FROM sandbox WHERE owner = ? AND name = ?", arguments: [record.owner, record.name])
+                ?? false
+            {
+                throw VMExecError(
+                    .alreadyExists, "a sandbox named \(record.name) exists already; choose another name or delete it first")
+            }
+            try db.execute(
+                sql: "INSERT INTO sandbox (id, owner, name, spec, created) VALUES (?, ?, ?, ?, ?)",
+                arguments: [
+                    record.id, record.owner, record.name, try Self.json(record.spec), record.created.timeIntervalSince1970,
+                ])
+        }
+    }
+
+    /// Every sandbox, oldest first.
+    public func sandboxes() throws -> [SandboxRecord] {
+        try read("read the sandboxes") { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM sandbox ORDER BY created").map { row in
+                SandboxRecord(
+                    id: row["id"], owner: row["owner"], name: row["name"],
+                    spec: try Self.decode(SandboxSpec.self, row["spec"]),
+                    created: Date(timeIntervalSince1970: row["created"]))
+            }
+        }
+    }
+
+    /// Forgets a sandbox and its jobs with their output.
+    public func deleteSandbox(_ id: String) throws {
+        try write("delete sandbox \(id)") { db in
+            try db.execute(sql: "DELETE FROM output WHERE job IN (SELECT id FROM job WHERE sandbox = ?)", arguments: [id])
+            try db.execute(sql: "DELETE FROM job WHERE sandbox = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM sandbox WHERE id = ?", arguments: [id])
+        }
+    }
+
+    // MARK: jobs
 
     /// Records a new queued job for `sandbox`; returns it.
     public func submit(_ request: JobRequest, sandbox: String) throws -> JobRecord {
         let record = JobRecord(
             id: UUID().uuidString.lowercased(), sandbox: sandbox, request: request, state: .queued, outcome: nil,
-            reason: nil, created: Date(), started: nil, ended: nil, stdoutBytes: 0, stderrBytes: 0,
+            reason: nil, failureCode: nil, created: Date(), started: nil, ended: nil, stdoutBytes: 0, stderrBytes: 0,
             stdoutTruncated: false, stderrTruncated: false)
         try write("record a job") { db in
             let seq = try Int.fetchOne(db, sql: "SELECT COALESCE(MAX(seq), 0) + 1 FROM job") ?? 1
@@ -82,7 +136,7 @@ public final class JobStore: Sendable {
 
     /// Keeps `bytes` of a running job's `stream`, up to the job's output
     /// limit; the part past it is dropped and the job marked truncated.
-    public func append(_ bytes: [UInt8], to stream: OutputStream, of id: String) throws {
+    public func append(_ bytes: [UInt8], to stream: JobStream, of id: String) throws {
         guard !bytes.isEmpty else { return }
         let column = stream == .stdout ? "stdout" : "stderr"
         try write("keep output of job \(id)") { db in
@@ -112,16 +166,18 @@ public final class JobStore: Sendable {
     /// Ends a job once: `exited` with its outcome, or `failed`/`cancelled`
     /// with a reason. A job already ended stays as it ended (false).
     @discardableResult
-    public func finish(_ id: String, state: JobState, outcome: JobOutcome? = nil, reason: String? = nil) throws -> Bool {
+    public func finish(
+        _ id: String, state: JobState, outcome: JobOutcome? = nil, reason: String? = nil, failureCode: String? = nil
+    ) throws -> Bool {
         precondition(state.isFinal, "finish takes a final state")
         return try write("end job \(id)") { db in
             try db.execute(
                 sql: """
-                    UPDATE job SET state = ?, outcome = ?, reason = ?, ended = ?
+                    UPDATE job SET state = ?, outcome = ?, reason = ?, failureCode = ?, ended = ?
                     WHERE id = ? AND state IN ('queued', 'running')
                     """,
                 arguments: [
-                    state.rawValue, try outcome.map { try Self.json($0) }, reason,
+                    state.rawValue, try outcome.map { try Self.json($0) }, reason, failureCode,
                     Date().timeIntervalSince1970, id,
                 ])
             return db.changesCount == 1
@@ -144,7 +200,7 @@ public final class JobStore: Sendable {
     }
 
     /// Up to `limit` bytes of a stream from `offset`, also while the job runs.
-    public func output(_ id: String, stream: OutputStream, offset: Int, limit: Int) throws -> OutputPage {
+    public func output(_ id: String, stream: JobStream, offset: Int, limit: Int) throws -> OutputPage {
         try read("read the output of job \(id)") { db in
             guard let job = try Row.fetchOne(db, sql: "SELECT * FROM job WHERE id = ?", arguments: [id]).map(Self.record)
             else { throw VMExecError(.notFound, "no job \(id); list the sandbox's jobs for their ids") }
@@ -174,7 +230,8 @@ public final class JobStore: Sendable {
     public func recover() throws -> [JobRecord] {
         try write("recover the jobs of a stopped daemon") { db in
             try db.execute(
-                sql: "UPDATE job SET state = 'failed', reason = ?, ended = ? WHERE state = 'running'",
+                sql:
+                    "UPDATE job SET state = 'failed', reason = ?, failureCode = 'daemonStopped', ended = ? WHERE state = 'running'",
                 arguments: [
                     "the daemon stopped while the job ran; it was not run again",
                     Date().timeIntervalSince1970,
@@ -208,6 +265,7 @@ public final class JobStore: Sendable {
             id: row["id"], sandbox: row["sandbox"], request: try decode(JobRequest.self, row["request"]),
             state: JobState(rawValue: row["state"]) ?? .failed,
             outcome: try (row["outcome"] as String?).map { try decode(JobOutcome.self, $0) }, reason: row["reason"],
+            failureCode: row["failureCode"],
             created: Date(timeIntervalSince1970: row["created"]),
             started: (row["started"] as Double?).map(Date.init(timeIntervalSince1970:)),
             ended: (row["ended"] as Double?).map(Date.init(timeIntervalSince1970:)),

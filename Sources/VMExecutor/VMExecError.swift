@@ -51,6 +51,12 @@ public struct VMExecError: VMExecFailure, Equatable {
         case notFound
         /// The daemon's state (its job store) could not be read or written.
         case stateFailed
+        /// Something of that name exists already (a sandbox, a file not to be replaced).
+        case alreadyExists
+        /// The request carries no token, or one the daemon does not know.
+        case unauthorized
+        /// A limit of the daemon is reached (guests, guest memory): try again once something ends.
+        case limitReached
     }
 
     public let code: Code
@@ -73,9 +79,10 @@ public struct VMExecError: VMExecFailure, Equatable {
         case .bootTimeout: .timeout
         case .bootFailed, .protocolError: .guestFailure
         case .guestStopped, .notRunning: .unavailable
-        case .notExecutable, .shardRefused, .storeRefused, .fileRefused, .processRefused: .refused
+        case .notExecutable, .unauthorized, .shardRefused, .storeRefused, .fileRefused, .processRefused: .refused
         case .invalidRequest, .fileTooLarge: .invalidRequest
-        case .shardBusy, .storeBusy: .busy
+        case .shardBusy, .storeBusy, .limitReached: .busy
+        case .alreadyExists: .conflict
         case .unsupported: .unsupported
         }
     }

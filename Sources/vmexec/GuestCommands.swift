@@ -1,18 +1,109 @@
 import ArgumentParser
 import Foundation
-import NIOCore
+import OpenAPIRuntime
+import VMExecClient
 import VMExecutor
 
-/// `vmexec cp`, `ps`, `kill`, `exec` and `stop`: requests to a guest kept
-/// alive by `vmexec run --keep-alive NAME`, over its control socket.
+/// `vmexec exec`, `cp`, `ps` and `kill`: requests to a sandbox the daemon
+/// keeps (`vmexec up NAME`), through its API.
 
-/// One side of `vmexec cp`: a host path, or NAME:PATH in a kept-alive guest.
+/// Whether `name` can be a sandbox's (as the API's Name: 1-40 of a-z 0-9 _ -).
+func isSandboxName(_ name: Substring) -> Bool {
+    guard let first = name.utf8.first, name.utf8.count <= 40, first != UInt8(ascii: "_"), first != UInt8(ascii: "-")
+    else { return false }
+    return name.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 || $0 == 45 }
+}
+
+struct Exec: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a command in a sandbox of the daemon, stream its output, exit with its code.",
+        discussion: """
+            As vmexec run: stdin goes to the command unless it is a terminal (or with -i), SIGINT, \
+            SIGTERM and SIGHUP go to its process group, and the exit code is the command's \
+            (124 timeout, 128+N signal, 125 an error of vmexec, 126 not executable, 127 not found). \
+            The command is a job of the daemon: vmexec jobs and vmexec logs show it afterwards.
+            """)
+
+    @Argument(help: "The sandbox's name.") var name: String
+    @OptionGroup var options: CommandOptions
+    @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.") var interactive = false
+    @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
+
+    func validate() throws {
+        if command.isEmpty { throw ValidationError("give the command after --, e.g. vmexec exec NAME -- python3 -V") }
+    }
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let client = try await DaemonConnection.client(start: false)
+        let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
+        let overrides = try options.limitOverrides()
+        var submission = JobSubmission(
+            command, environment: try options.environment(), workingDirectory: options.workdir, user: options.user,
+            limits: JobLimits(
+                memoryBytes: overrides.memoryBytes.map(Int.init), processes: overrides.processes.map(Int.init),
+                cpuSeconds: overrides.cpuSeconds.map(Int.init), stdinBytes: overrides.stdinBytes.map(Int.init)),
+            timeoutSeconds: options.timeout, outputLimitBytes: 1 << 30, stdinOpen: forwardStdin)
+        submission.sharedTmp = options.sharedTmp
+        let job = try await client.submit(name, submission)
+        let signals = [SIGINT, SIGTERM, SIGHUP].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { Task { try? await client.signal(name, job.id, "\(number)") } }
+            source.resume()
+            return source
+        }
+        defer { for s in signals { s.cancel() } }
+        // Stdin goes out as it is read; each write returns once the guest took it.
+        let sender: Task<Void, Never>? =
+            forwardStdin
+            ? Task {
+                while let chunk = try? await HostIO.read(STDIN_FILENO), !chunk.isEmpty {
+                    guard (try? await client.writeStdin(name, job.id, chunk)) != nil else { return }
+                }
+                try? await client.closeStdin(name, job.id)
+            } : nil
+        defer { sender?.cancel() }
+        for try await event in try await client.events(name, job.id) {
+            switch event {
+            case .output(let stream, let bytes):
+                try? await HostIO.write(stream == .stdout ? STDOUT_FILENO : STDERR_FILENO, bytes, path: stream.rawValue)
+            case .end(let ended):
+                throw ExitCode(Self.exitCode(ended, timeout: options.timeout))
+            }
+        }
+        throw VMExecError(.protocolError, "the daemon's event stream ended before the job did; see vmexec logs \(name) \(job.id)")
+    }
+
+    /// The code `vmexec run` would exit with; says why on stderr when it is not the command's own.
+    static func exitCode(_ job: JobInfo, timeout: Double?) -> Int32 {
+        switch job.state {
+        case "exited":
+            if job.termination == "timedOut" {
+                FileHandle.standardError.write(Data("vmexec: command timed out after \(timeout ?? 0) s and was killed\n".utf8))
+            }
+            if job.termination == "outOfMemory" {
+                FileHandle.standardError.write(Data("vmexec: command killed for memory: it passed its limit\n".utf8))
+            }
+            return Int32(job.exitCode ?? Int(ErrorReport.vmexecError))
+        default:
+            FileHandle.standardError.write(Data("vmexec: \(job.reason ?? "the job \(job.state)")\n".utf8))
+            switch job.failureCode {
+            case "commandNotFound": return ErrorReport.notFound
+            case "notExecutable": return ErrorReport.notExecutable
+            default: return ErrorReport.vmexecError
+            }
+        }
+    }
+}
+
+/// One side of `vmexec cp`: a host path, or NAME:PATH in a sandbox.
 enum CopyEnd {
     case host(String)
     case guest(name: String, path: String)
 
     init(_ text: String) {
-        if let colon = text.firstIndex(of: ":"), Control.validate(name: String(text[..<colon])) {
+        if let colon = text.firstIndex(of: ":"), isSandboxName(text[..<colon]) {
             self = .guest(name: String(text[..<colon]), path: String(text[text.index(after: colon)...]))
         } else {
             self = .host(text)
@@ -23,12 +114,12 @@ enum CopyEnd {
 struct Copy: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cp",
-        abstract: "Copy a file into or out of a kept-alive guest: vmexec cp FILE NAME:PATH, vmexec cp NAME:PATH FILE.",
+        abstract: "Copy a file into or out of a sandbox: vmexec cp FILE NAME:PATH, vmexec cp NAME:PATH FILE.",
         discussion: """
-            Paths in the guest are resolved inside its root; a file goes in whole or not at all \
-            (the guest renames it into place once every byte arrived) and keeps the host file's \
-            mode, owned by the guest's default user. A file that comes out keeps its permission bits. \
-            A destination ending in / (or an existing host directory) gets the source's name.
+            A file goes in whole or not at all (the guest renames it into place once every byte \
+            arrived), keeps the host file's mode, and is owned by the guest's default user; an \
+            existing file is replaced. A file that comes out keeps its permission bits. A \
+            destination ending in / (or an existing host directory) gets the source's name.
             """)
 
     @Argument(help: "Source: a host file or NAME:PATH.") var source: String
@@ -47,7 +138,7 @@ struct Copy: AsyncParsableCommand {
             }
             try await download(name: name, from, to: target)
         default:
-            throw ValidationError("one side must be a host path and the other NAME:PATH in a kept-alive guest")
+            throw ValidationError("one side must be a host path and the other NAME:PATH in a sandbox")
         }
     }
 
@@ -59,39 +150,28 @@ struct Copy: AsyncParsableCommand {
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
             throw VMExecError(.invalidRequest, "\(hostPath) is not a regular file")
         }
-        let size = UInt64(st.st_size)
-        let request = ControlRequest(op: .put, path: guestPath, size: size, mode: UInt32(st.st_mode) & 0o7777, parents: parents)
-        _ = try await ControlClient.connect(name: name).call(request) { _, out in
-            var sent: UInt64 = 0
-            while sent < size {
-                let chunk = try await HostIO.read(fd, upTo: Int(min(65536, size - sent)))
-                guard !chunk.isEmpty else { throw VMExecError(.invalidRequest, "\(hostPath) shrank while it was read") }
-                try await out.write(ControlFrame(kind: .data, payload: ByteBuffer(bytes: chunk)))
-                sent += UInt64(chunk.count)
-            }
-            try await out.write(ControlFrame(kind: .end, payload: ByteBuffer()))
-        }
+        let size = Int64(st.st_size)
+        // The file is read as the daemon takes it: any size in bounded memory.
+        let chunks = AsyncThrowingStream<ArraySlice<UInt8>, any Error>(unfolding: {
+            let chunk = try await HostIO.read(fd, upTo: 1 << 16)
+            return chunk.isEmpty ? nil : ArraySlice(chunk)
+        })
+        let client = try await DaemonConnection.client(start: false)
+        _ = try await client.upload(
+            name, path: guestPath, bytes: HTTPBody(chunks, length: .known(size), iterationBehavior: .single),
+            overwrite: true, parents: parents, mode: UInt32(st.st_mode) & 0o7777)
     }
 
     private func download(name: String, _ guestPath: String, to hostPath: String) async throws {
+        let client = try await DaemonConnection.client(start: false)
+        let info = try await client.stat(name, path: guestPath)
+        let body = try await client.download(name, path: guestPath)
         let part = hostPath + ".vmexec-part-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw VMExecError(.invalidRequest, "cannot create \(part): \(String(cString: strerror(errno)))") }
         do {
-            var mode: UInt32 = 0o644
-            let result = try await ControlClient.connect(name: name).call(ControlRequest(op: .get, path: guestPath)) {
-                frames, _ in
-                while let f = try await frames.next() {
-                    switch f.kind {
-                    case .header: mode = try f.decode(FileEntry.self).permissions & 0o777
-                    case .data: try await HostIO.write(fd, Array(f.payload.readableBytesView), path: part)
-                    case .end: return
-                    case .result: _ = try f.decode(ControlResult.self).check()
-                    default: throw VMExecError(.protocolError, "unexpected frame from the guest's keeper")
-                    }
-                }
-            }
-            _ = result
+            for try await chunk in body { try await HostIO.write(fd, Array(chunk), path: part) }
+            let mode = (UInt32(info.mode, radix: 8) ?? 0o644) & 0o777
             guard fchmod(fd, mode_t(mode)) == 0, close(fd) == 0, rename(part, hostPath) == 0 else {
                 throw VMExecError(.invalidRequest, "cannot write \(hostPath): \(String(cString: strerror(errno)))")
             }
@@ -105,33 +185,24 @@ struct Copy: AsyncParsableCommand {
 
 struct ProcessList: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "ps", abstract: "List the processes of a kept-alive guest (the init and kernel threads left out).")
+        commandName: "ps", abstract: "List the processes of a sandbox (the init and kernel threads left out).")
 
-    @Argument(help: "The guest's name.") var name: String
+    @Argument(help: "The sandbox's name.") var name: String
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
-        let result = try await ControlClient.connect(name: name).call(ControlRequest(op: .ps))
-        let processes = result.processes ?? []
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(processes), as: UTF8.self))
-            return
-        }
-        let now = Date().timeIntervalSince1970
-        let widths = [7, 7, 6, 7, 2, 8, 9, 8]
+        let processes = try await DaemonConnection.client(start: false).processes(name)
+        if json { return try printJSON(processes) }
+        let widths = [7, 7, 7, 6, 2, 8, 9]
         func row(_ cells: [String]) -> String {
             zip(cells, widths).map { $0.pad($1) }.joined() + cells[widths.count]
         }
-        print(row(["PID", "PPID", "UID", "STREAM", "S", "CPU_S", "RSS_KIB", "AGE_S", "COMMAND"]))
+        print(row(["PID", "PPID", "PGID", "UID", "S", "CPU_S", "RSS_KIB", "COMMAND"]))
         for p in processes {
-            let age = max(0, now - Double(p.startNanoseconds) / 1e9)
-            let cpu = String(format: "%.2f", Double(p.cpuMicroseconds) / 1e6)
             print(
                 row([
-                    "\(p.pid)", "\(p.parentPID)", "\(p.uid)", p.stream == 0 ? "-" : "\(p.stream)", p.state, cpu,
-                    "\(p.residentKiB)", String(format: "%.1f", age), p.arguments.joined(separator: " "),
+                    "\(p.pid)", "\(p.ppid)", "\(p.pgid)", "\(p.uid)", p.state, String(format: "%.2f", p.cpuSeconds),
+                    "\(p.rssKiB)", p.arguments.joined(separator: " "),
                 ]))
         }
     }
@@ -139,85 +210,15 @@ struct ProcessList: AsyncParsableCommand {
 
 struct Kill: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Signal a process of a kept-alive guest, or with --group its whole process group.")
+        abstract: "Signal a process of a sandbox, or with --group its whole process group.")
 
-    @Argument(help: "The guest's name.") var name: String
-    @Argument(help: "The guest process id (see vmexec ps).") var pid: UInt32
+    @Argument(help: "The sandbox's name.") var name: String
+    @Argument(help: "The guest process id (see vmexec ps).") var pid: Int
     @Option(name: .shortAndLong, help: "Signal name or number (default TERM).") var signal: String = "TERM"
     @Flag(help: "Signal the process's whole group: the command and everything it started.") var group = false
 
-    func validate() throws { _ = try signalNumber() }
-
-    func signalNumber() throws -> Int32 {
-        let names: [String: Int32] = [
-            "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "KILL": SIGKILL, "USR1": SIGUSR1,
-            "USR2": SIGUSR2, "TERM": SIGTERM, "CONT": SIGCONT, "STOP": SIGSTOP,
-        ]
-        let key = signal.uppercased().replacingOccurrences(of: "SIG", with: "")
-        if let n = names[key] ?? Int32(signal), (1...64).contains(n) { return n }
-        throw ValidationError("unknown signal '\(signal)' (a number 1-64 or HUP, INT, QUIT, KILL, USR1, USR2, TERM, CONT, STOP)")
-    }
-
     func run() async throws {
-        _ = try await ControlClient.connect(name: name).call(
-            ControlRequest(op: .kill, pid: pid, signal: try signalNumber(), group: group))
-    }
-}
-
-struct Exec: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Run a command in a kept-alive guest, stream its output, exit with its code.")
-
-    @Argument(help: "The guest's name.") var name: String
-    @OptionGroup var options: CommandOptions
-    @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.") var interactive = false
-    @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
-
-    func validate() throws {
-        if command.isEmpty { throw ValidationError("give the command after --") }
-    }
-
-    func run() async throws {
-        let user = try options.guestUser()
-        // As vmexec run: stdin goes to the command unless it is a terminal (or with -i).
-        let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
-        let request = ControlRequest(
-            op: .exec, argv: command, env: try options.environment(), workdir: options.workdir,
-            timeoutSeconds: options.timeout, uid: user.map(\.ids.uid), gid: user.map(\.ids.gid),
-            limits: try options.limitOverrides(), sharedTmp: options.sharedTmp, stdin: forwardStdin)
-        let result = try await ControlClient.connect(name: name).call(request) { frames, out in
-            // Stdin goes out as it is read, at the pace the keeper (and so the guest) takes it.
-            let sender: Task<Void, Never>? =
-                forwardStdin
-                ? Task {
-                    while let chunk = try? await HostIO.read(STDIN_FILENO), !chunk.isEmpty {
-                        guard (try? await out.write(ControlFrame(kind: .data, payload: ByteBuffer(bytes: chunk)))) != nil
-                        else { return }
-                    }
-                    try? await out.write(ControlFrame(kind: .end, payload: ByteBuffer()))
-                } : nil
-            defer { sender?.cancel() }
-            while let f = try await frames.next() {
-                switch f.kind {
-                case .data: try await HostIO.write(STDOUT_FILENO, Array(f.payload.readableBytesView), path: "stdout")
-                case .stderr: try await HostIO.write(STDERR_FILENO, Array(f.payload.readableBytesView), path: "stderr")
-                case .result:
-                    throw ExitCode(try f.decode(ControlResult.self).check().exitCode ?? 0)
-                default: break
-                }
-            }
-        }
-        throw ExitCode(result.exitCode ?? 0)
-    }
-}
-
-struct Stop: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Shut down a guest kept alive by vmexec run --keep-alive.")
-
-    @Argument(help: "The guest's name.") var name: String
-
-    func run() async throws {
-        _ = try await ControlClient.connect(name: name).call(ControlRequest(op: .stop))
+        try await DaemonConnection.client(start: false).signalProcess(name, pid: pid, signal.uppercased(), group: group)
     }
 }
 

@@ -10,9 +10,11 @@ struct VMExec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmexec",
         abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
+        version: vmexecVersion,
         subcommands: [
-            Run.self, Exec.self, Copy.self, ProcessList.self, Kill.self, Stop.self, ShardCommand.self, StoreCommand.self,
-            SnapshotCommand.self, DiffCommand.self, ExportCommand.self,
+            Run.self, Serve.self, Up.self, ListSandboxes.self, Exec.self, Copy.self, ProcessList.self, Kill.self,
+            Jobs.self, Logs.self, Down.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self,
+            DiffCommand.self, ExportCommand.self,
         ])
 
     /// As ArgumentParser's, but a usage error exits 125 like any other error
@@ -149,9 +151,8 @@ struct Run: AsyncParsableCommand {
             128+N when signal N killed it; 125 for an error of vmexec itself; 126 when the program \
             cannot be executed; 127 when it is not found.
 
-            With --keep-alive NAME the guest stays up after the command (or without one) and serves \
-            vmexec exec, cp, ps, kill and stop under that name until vmexec stop NAME, SIGINT or SIGTERM; \
-            vmexec run then exits with the command's code (0 without one).
+            For a guest that stays up across commands, use the daemon: vmexec up NAME, then vmexec \
+            exec NAME -- CMD, vmexec cp, ps, kill, and vmexec down NAME.
             """)
 
     @OptionGroup var guest: GuestOptions
@@ -161,19 +162,11 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.")
     var interactive = false
 
-    @Option(help: "Keep the guest running under this name for vmexec exec, cp, ps, kill and stop.")
-    var keepAlive: String?
-
     @Argument(parsing: .postTerminator, help: "The command and its arguments.")
     var command: [String] = []
 
     func validate() throws {
-        if command.isEmpty && keepAlive == nil {
-            throw ValidationError("give the command after --, e.g. vmexec run -- python3 -V")
-        }
-        if let name = keepAlive, !Control.validate(name: name) {
-            throw ValidationError("--keep-alive takes a name of 1-64 of A-Z a-z 0-9 . _ - (not starting with .)")
-        }
+        if command.isEmpty { throw ValidationError("give the command after --, e.g. vmexec run -- python3 -V") }
     }
 
     func run() async throws {
@@ -186,33 +179,7 @@ struct Run: AsyncParsableCommand {
         } catch {
             ErrorReport.fail(error)
         }
-        var keeper: ControlServer?
-        if let name = keepAlive {
-            do {
-                keeper = try await ControlServer.start(name: name, sandbox: sandbox)
-            } catch {
-                await sandbox.shutdown()
-                ErrorReport.fail(error)
-            }
-            let k = keeper!
-            Task { await k.serve() }
-        }
-        var code: Int32 = 0
-        if !command.isEmpty { code = await runCommand(sandbox) }
-        if let keeper {
-            FileHandle.standardError.write(
-                Data("vmexec: guest \(keeper.name) is running; vmexec stop \(keeper.name) ends it\n".utf8))
-            let sources = [SIGINT, SIGTERM, SIGHUP].map { sig in
-                signal(sig, SIG_IGN)
-                let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-                s.setEventHandler { keeper.stop() }
-                s.resume()
-                return s
-            }
-            await keeper.waitForStop()
-            for source in sources { source.cancel() }
-            await keeper.close()
-        }
+        let code = await runCommand(sandbox)
         await sandbox.shutdown()
         throw ExitCode(code)
     }

@@ -1,0 +1,70 @@
+import Foundation
+import VMExecutor
+
+/// A sandbox as a client asks for it: its guest, its defaults and its
+/// bounds in time. Kept in the job store, so that a restarted daemon
+/// brings every sandbox back as it was made.
+public struct SandboxSpec: Codable, Sendable, Equatable {
+    /// Shards by manifest name, from the daemon's shard directory.
+    public var shards: [String]
+    /// A store by name, in the daemon's store directory (made on first use).
+    public var store: String?
+    public var memoryMiB: Int
+    public var cpus: Int
+    /// Limits every job starts from; nil: the guest's defaults.
+    public var limits: Limits?
+    /// A restricted user-mode network (no route out).
+    public var network: Bool
+    /// Jobs run at once; the others wait in order.
+    public var concurrency: Int
+    /// Stop the guest after this long with nothing running; the next job boots it again.
+    public var idleTimeoutSeconds: Double?
+    /// Delete the sandbox this long after it was made.
+    public var lifetimeSeconds: Double?
+
+    public init(
+        shards: [String] = [], store: String? = nil, memoryMiB: Int = 512, cpus: Int = 1, limits: Limits? = nil,
+        network: Bool = false, concurrency: Int = 4, idleTimeoutSeconds: Double? = nil, lifetimeSeconds: Double? = nil
+    ) {
+        self.shards = shards
+        self.store = store
+        self.memoryMiB = memoryMiB
+        self.cpus = cpus
+        self.limits = limits
+        self.network = network
+        self.concurrency = concurrency
+        self.idleTimeoutSeconds = idleTimeoutSeconds
+        self.lifetimeSeconds = lifetimeSeconds
+    }
+}
+
+/// A sandbox as the store keeps it. `id` is the store's key (jobs refer
+/// to it); `owner` and `name` are how clients find it.
+public struct SandboxRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var owner: String
+    public var name: String
+    public var spec: SandboxSpec
+    public var created: Date
+}
+
+/// Where a sandbox's guest is.
+public enum GuestState: String, Sendable, Codable {
+    /// Booting (at creation, after a restart, or for a job after an idle stop or a death).
+    case starting
+    case running
+    /// Stopped for idleness, or after the guest died: the next job boots it again.
+    case stopped
+    /// The last boot failed; the next job tries again.
+    case failed
+}
+
+/// A sandbox and what it is doing now.
+public struct SandboxStatus: Sendable, Equatable {
+    public var record: SandboxRecord
+    public var state: GuestState
+    public var jobsQueued: Int
+    public var jobsRunning: Int
+    /// Why the guest last stopped or failed to start.
+    public var lastError: String?
+}

@@ -1,0 +1,394 @@
+import Foundation
+import Logging
+import PersistOverlay
+import SquashMounts
+import Synchronization
+import VMExecutor
+
+/// The daemon's sandboxes: each a ``Sandbox`` (its guest) with a
+/// ``JobRunner`` (its queue), owned by one client, kept in the job store.
+///
+/// Transport-free: the HTTP harness, tests and benchmarks call these
+/// methods. A name is looked up within its owner only, so another owner's
+/// sandbox is "not found", never "forbidden".
+///
+/// A supervisor looks at every guest each ``ServiceConfiguration/supervisionInterval``:
+/// a guest that died (its running jobs already failed with the reason) is
+/// booted again on the same store; one idle past its timeout is stopped; a
+/// sandbox past its lifetime is deleted.
+public actor SandboxRegistry {
+    public nonisolated let configuration: ServiceConfiguration
+    public nonisolated let jobs: JobStore
+    private let logger: Logger
+    private var entries: [String: Entry] = [:]
+    private var supervisor: Task<Void, Never>?
+    /// Set by ``shutdown()``: nothing boots any more.
+    private var closed = false
+
+    /// One sandbox and what the supervisor knows of it.
+    private final class Entry: Sendable {
+        let record: SandboxRecord
+        let sandbox: Sandbox
+        let runner: JobRunner
+        let health = Mutex(Health())
+
+        struct Health {
+            var booting = false
+            var bootFailed = false
+            /// The guest was up at the last look (so its absence now is a death).
+            var wasRunning = false
+            /// Stopped on purpose (idle): not a death.
+            var stoppedOnPurpose = false
+            var lastError: String?
+        }
+
+        init(record: SandboxRecord, sandbox: Sandbox, runner: JobRunner) {
+            self.record = record
+            self.sandbox = sandbox
+            self.runner = runner
+        }
+    }
+
+    /// Opens the job store in the state directory. Call ``recover()`` next.
+    public init(configuration: ServiceConfiguration, logger: Logger = Logger(label: "vmexec.service")) throws {
+        self.configuration = configuration
+        self.logger = logger
+        try FileManager.default.createDirectory(
+            at: configuration.stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        self.jobs = try JobStore(path: configuration.jobStorePath)
+    }
+
+    // MARK: lifecycle of the daemon
+
+    /// Brings back what a stopped daemon left: every sandbox (its guest
+    /// booting in the background), jobs that were running failed with that
+    /// reason, queued ones queued again in order. Starts the supervisor.
+    public func recover() async throws {
+        try jobs.prune(olderThan: configuration.jobRetentionSeconds, keepPerSandbox: configuration.jobRetentionCount)
+        let queued = try jobs.recover()
+        for record in try jobs.sandboxes() where entries[record.id] == nil {
+            do {
+                let entry = try makeEntry(record)
+                entries[record.id] = entry
+                Task { await self.boot(entry) }
+            } catch {
+                logger.error("sandbox \(record.owner)/\(record.name) cannot come back: \(Self.describe(error))")
+                // Its queued jobs cannot run: say why rather than leave them queued forever.
+                for job in queued where job.sandbox == record.id {
+                    _ = try? jobs.finish(
+                        job.id, state: .failed, reason: "its sandbox could not be restored: \(Self.describe(error))")
+                }
+            }
+        }
+        for job in queued { await entries[job.sandbox]?.runner.resume(job) }
+        startSupervisor()
+    }
+
+    /// Stops every guest (their stores are synced and released); jobs running now fail, queued ones stay queued.
+    public func shutdown() async {
+        closed = true
+        supervisor?.cancel()
+        supervisor = nil
+        for entry in entries.values { await entry.runner.stopStarting() }
+        for entry in entries.values { await entry.sandbox.shutdown() }
+    }
+
+    // MARK: sandboxes
+
+    /// Makes a sandbox and boots its guest; returns once the guest is up
+    /// (or throws why it could not boot, the sandbox not kept).
+    public func create(owner: String, name: String?, spec: SandboxSpec) async throws -> SandboxStatus {
+        try Self.check(spec)
+        let mine = entries.values.filter { $0.record.owner == owner }
+        let name = name ?? Self.freeName(taken: Set(mine.map(\.record.name)))
+        guard Self.isName(name) else {
+            throw VMExecError(
+                .invalidRequest, "'\(name)' is not a sandbox name: 1-40 of a-z 0-9 _ -, starting with a letter or digit")
+        }
+        guard !mine.contains(where: { $0.record.name == name }) else {
+            throw VMExecError(.alreadyExists, "a sandbox named \(name) exists already; choose another name or delete it first")
+        }
+        guard entries.count < configuration.maxSandboxes else {
+            throw VMExecError(
+                .limitReached, "the daemon runs its most sandboxes (\(configuration.maxSandboxes)); delete one first")
+        }
+        let memory = entries.values.reduce(0) { $0 + $1.record.spec.memoryMiB }
+        guard memory + spec.memoryMiB <= configuration.maxGuestMemoryMiB else {
+            throw VMExecError(
+                .limitReached,
+                "guests would have \(memory + spec.memoryMiB) MiB, over the daemon's \(configuration.maxGuestMemoryMiB) MiB; "
+                    + "ask for less memory or delete a sandbox")
+        }
+        let record = SandboxRecord(id: UUID().uuidString.lowercased(), owner: owner, name: name, spec: spec, created: Date())
+        let entry = try makeEntry(record)
+        try jobs.insertSandbox(record)
+        entries[record.id] = entry
+        await boot(entry)
+        if entry.health.withLock({ $0.bootFailed }) {
+            let why = entry.health.withLock { $0.lastError } ?? "the guest did not start"
+            entries[record.id] = nil
+            try? jobs.deleteSandbox(record.id)
+            await entry.sandbox.shutdown()
+            throw VMExecError(.launchFailed, "sandbox \(name) did not start: \(why)")
+        }
+        logger.info("sandbox created", metadata: ["owner": "\(owner)", "sandbox": "\(name)"])
+        return await status(of: entry)
+    }
+
+    /// The owner's sandboxes, oldest first.
+    public func list(owner: String) async -> [SandboxStatus] {
+        var result: [SandboxStatus] = []
+        for entry in entries.values where entry.record.owner == owner { result.append(await status(of: entry)) }
+        return result.sorted { $0.record.created < $1.record.created }
+    }
+
+    public func status(owner: String, name: String) async throws -> SandboxStatus {
+        await status(of: try entry(owner, name))
+    }
+
+    /// Cancels the sandbox's jobs, stops its guest and forgets it (and its jobs). Its store stays.
+    public func delete(owner: String, name: String) async throws {
+        let entry = try entry(owner, name)
+        entries[entry.record.id] = nil
+        await entry.runner.cancelAll(reason: "the sandbox was deleted")
+        await entry.sandbox.shutdown()
+        try jobs.deleteSandbox(entry.record.id)
+        logger.info("sandbox deleted", metadata: ["owner": "\(owner)", "sandbox": "\(name)"])
+    }
+
+    /// Stops the guest and boots it again on the same store; its running jobs fail.
+    public func restart(owner: String, name: String) async throws -> SandboxStatus {
+        let entry = try entry(owner, name)
+        entry.health.withLock { $0.stoppedOnPurpose = true }
+        await entry.sandbox.shutdown()
+        await boot(entry)
+        if entry.health.withLock({ $0.bootFailed }) {
+            throw VMExecError(
+                .launchFailed, "sandbox \(name) did not start again: \(entry.health.withLock { $0.lastError } ?? "")")
+        }
+        return await status(of: entry)
+    }
+
+    /// The sandbox's guest, for files and processes.
+    public func sandbox(owner: String, name: String) throws -> Sandbox { try entry(owner, name).sandbox }
+
+    /// The sandbox's job queue.
+    public func runner(owner: String, name: String) throws -> JobRunner { try entry(owner, name).runner }
+
+    /// A job of the owner's sandbox, and the runner that has it; another sandbox's job is not found.
+    public func job(owner: String, sandbox name: String, id: String) throws -> (JobRunner, JobRecord) {
+        let entry = try entry(owner, name)
+        guard let record = try jobs.job(id), record.sandbox == entry.record.id else {
+            throw VMExecError(.notFound, "sandbox \(name) has no job \(id)")
+        }
+        return (entry.runner, record)
+    }
+
+    /// The sandbox's jobs, oldest first.
+    public func jobList(owner: String, sandbox name: String) throws -> [JobRecord] {
+        try jobs.jobs(sandbox: entry(owner, name).record.id)
+    }
+
+    /// Counts over every owner, for the health route and metrics.
+    public func load() async -> (sandboxes: Int, guestsRunning: Int, jobsQueued: Int, jobsRunning: Int) {
+        var guests = 0
+        var queued = 0
+        var running = 0
+        for entry in entries.values {
+            if await entry.sandbox.isRunning { guests += 1 }
+            let depth = await entry.runner.depth
+            queued += depth.queued
+            running += depth.running
+        }
+        return (entries.count, guests, queued, running)
+    }
+
+    // MARK: supervision
+
+    private func startSupervisor() {
+        guard supervisor == nil else { return }
+        let interval = configuration.supervisionInterval
+        supervisor = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                await self?.supervise()
+            }
+        }
+    }
+
+    /// One look at every guest: deaths restarted, idle guests stopped, expired sandboxes deleted.
+    private func supervise() async {
+        let now = Date()
+        for entry in Array(entries.values) {
+            let spec = entry.record.spec
+            if let lifetime = spec.lifetimeSeconds, now.timeIntervalSince(entry.record.created) > lifetime {
+                logger.info("sandbox reached its lifetime", metadata: ["sandbox": "\(entry.record.name)"])
+                try? await delete(owner: entry.record.owner, name: entry.record.name)
+                continue
+            }
+            let running = await entry.sandbox.isRunning
+            let health = entry.health.withLock { $0 }
+            if health.booting { continue }
+            if running {
+                entry.health.withLock {
+                    $0.wasRunning = true
+                    $0.stoppedOnPurpose = false
+                }
+                let depth = await entry.runner.depth
+                if let idle = spec.idleTimeoutSeconds, depth.queued + depth.running == 0,
+                    now.timeIntervalSince(await entry.runner.lastActivity) > idle
+                {
+                    logger.info("stopping an idle guest", metadata: ["sandbox": "\(entry.record.name)"])
+                    entry.health.withLock { $0.stoppedOnPurpose = true }
+                    await entry.sandbox.shutdown()
+                }
+            } else if health.wasRunning && !health.stoppedOnPurpose {
+                let why = "the guest stopped unexpectedly; it was started again on the same store"
+                logger.warning("guest died; restarting it", metadata: ["sandbox": "\(entry.record.name)"])
+                entry.health.withLock {
+                    $0.lastError = why
+                    $0.booting = true  // before the task runs, so the next look does not boot it twice
+                }
+                Task { await self.boot(entry) }
+            }
+        }
+    }
+
+    /// Boots the entry's guest (a no-op if it runs), recording how it went.
+    private func boot(_ entry: Entry) async {
+        guard !closed else { return }
+        entry.health.withLock {
+            $0.booting = true
+            $0.wasRunning = false
+        }
+        do {
+            try await entry.sandbox.start()
+            entry.health.withLock {
+                $0.booting = false
+                $0.bootFailed = false
+                $0.wasRunning = true
+                $0.stoppedOnPurpose = false
+            }
+        } catch {
+            let why = Self.describe(error)
+            logger.error("guest did not start: \(why)", metadata: ["sandbox": "\(entry.record.name)"])
+            entry.health.withLock {
+                $0.booting = false
+                $0.bootFailed = true
+                $0.lastError = why
+            }
+        }
+    }
+
+    // MARK: plumbing
+
+    private func entry(_ owner: String, _ name: String) throws -> Entry {
+        guard let entry = entries.values.first(where: { $0.record.owner == owner && $0.record.name == name }) else {
+            throw VMExecError(.notFound, "no sandbox named \(name); `GET /v1/sandboxes` lists yours")
+        }
+        return entry
+    }
+
+    private func status(of entry: Entry) async -> SandboxStatus {
+        let running = await entry.sandbox.isRunning
+        let depth = await entry.runner.depth
+        let health = entry.health.withLock { $0 }
+        let state: GuestState =
+            health.booting ? .starting : running ? .running : health.bootFailed ? .failed : .stopped
+        return SandboxStatus(
+            record: entry.record, state: state, jobsQueued: depth.queued, jobsRunning: depth.running,
+            lastError: health.lastError)
+    }
+
+    /// The sandbox's guest and queue, its shards and store resolved by name.
+    private func makeEntry(_ record: SandboxRecord) throws -> Entry {
+        let spec = record.spec
+        var config = SandboxConfiguration()
+        config.images = configuration.images
+        config.architecture = configuration.architecture
+        config.qemuBinary = configuration.qemuBinary
+        config.accelerator = configuration.accelerator
+        config.bootStateDirectory = configuration.bootStateDirectory
+        config.memoryMiB = spec.memoryMiB
+        config.cpus = spec.cpus
+        config.limits = spec.limits
+        config.network = spec.network ? NetworkPolicy(enabled: true) : .none
+        config.shards = try spec.shards.map(shard(named:))
+        if let name = spec.store { config.store = try store(named: name, shards: config.shards) }
+        let sandbox = Sandbox(
+            configuration: config, logger: logger.with("sandbox", "\(record.owner)/\(record.name)"))
+        return Entry(
+            record: record, sandbox: sandbox,
+            runner: JobRunner(id: record.id, sandbox: sandbox, store: jobs, concurrency: spec.concurrency))
+    }
+
+    /// The newest shard file in the shard directory whose manifest has this name.
+    private func shard(named name: String) throws -> Shard {
+        let dir = configuration.shardDirectory ?? configuration.images.directory
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+        var found: [(Shard, Date)] = []
+        for file in files where file.hasSuffix(".shard") {
+            let path = dir.appendingPathComponent(file).path
+            guard let shard = try? Shard.open(path), shard.manifest.name == name else { continue }
+            let modified = (try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date) ?? nil
+            found.append((shard, modified ?? .distantPast))
+        }
+        guard let newest = found.max(by: { $0.1 < $1.1 }) else {
+            throw VMExecError(.notFound, "no shard named \(name) in \(dir.path); the daemon offers the shards there")
+        }
+        return newest.0
+    }
+
+    /// The named store, made over the base image and `shards` on first use.
+    private func store(named name: String, shards: [Shard]) throws -> Store {
+        let dir = configuration.storeDirectory.appendingPathComponent(name)
+        if FileManager.default.fileExists(atPath: dir.path) { return try Store.open(at: dir) }
+        try FileManager.default.createDirectory(
+            at: configuration.storeDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        return try Store.create(
+            at: dir, size: configuration.storeSize,
+            lower: Sandbox.lower(rootfs: configuration.images.rootfs, shards: shards))
+    }
+
+    static func check(_ spec: SandboxSpec) throws {
+        func bad(_ what: String) -> VMExecError { VMExecError(.invalidRequest, what) }
+        guard (128...65536).contains(spec.memoryMiB) else { throw bad("memoryMiB must be 128-65536") }
+        guard (1...64).contains(spec.cpus) else { throw bad("cpus must be 1-64") }
+        guard (1...64).contains(spec.concurrency) else { throw bad("concurrency must be 1-64") }
+        guard spec.shards.allSatisfy(isName), spec.store.map(isName) ?? true else {
+            throw bad("shard and store names are 1-40 of a-z 0-9 _ -")
+        }
+        guard Set(spec.shards).count == spec.shards.count else { throw bad("a shard is named twice") }
+        for t in [spec.idleTimeoutSeconds, spec.lifetimeSeconds] {
+            if let t, !(t >= 1) { throw bad("idleTimeoutSeconds and lifetimeSeconds must be at least 1") }
+        }
+    }
+
+    /// 1-40 of a-z 0-9 _ -, starting with a letter or digit (as the API's Name schema).
+    static func isName(_ s: String) -> Bool {
+        guard let first = s.utf8.first, s.utf8.count <= 40 else { return false }
+        func ok(_ c: UInt8, head: Bool) -> Bool {
+            (c >= 97 && c <= 122) || (c >= 48 && c <= 57) || (!head && (c == 95 || c == 45))
+        }
+        return ok(first, head: true) && s.utf8.allSatisfy { ok($0, head: false) }
+    }
+
+    private static func freeName(taken: Set<String>) -> String {
+        var n = 1
+        while taken.contains("sandbox-\(n)") { n += 1 }
+        return "sandbox-\(n)"
+    }
+
+    static func describe(_ error: any Error) -> String {
+        (error as? any VMExecFailure)?.explanation ?? "\(error)"
+    }
+}
+
+extension Logger {
+    /// A copy with one more metadata field.
+    func with(_ key: String, _ value: String) -> Logger {
+        var copy = self
+        copy[metadataKey: key] = "\(value)"
+        return copy
+    }
+}

@@ -1,0 +1,41 @@
+import Foundation
+import VMExecutor
+
+/// What the daemon's core needs to know about this host: where its state,
+/// images, shards and stores are, and how much it may run at once.
+public struct ServiceConfiguration: Sendable {
+    /// The daemon's own files: the job store (`jobs.sqlite`) and, by default, the stores.
+    public var stateDirectory: URL
+    /// The guest's kernel, initramfs and root file system.
+    public var images: GuestImages
+    /// Shards sandboxes may name, by manifest name (`*.shard` files); nil: the images' folder.
+    public var shardDirectory: URL?
+    /// Stores sandboxes may name; each `NAME` is a store folder, made on first use.
+    public var storeDirectory: URL
+    /// Size of a store made on first use.
+    public var storeSize: UInt64 = 2 << 30
+    /// Sandboxes at most (each has a guest, running or not).
+    public var maxSandboxes = 16
+    /// Configured guest memory of all sandboxes together, at most.
+    public var maxGuestMemoryMiB = 16384
+    /// Ended jobs are forgotten after this long, and beyond this many per sandbox.
+    public var jobRetentionSeconds: Double = 7 * 24 * 3600
+    public var jobRetentionCount = 1000
+    /// Where saved boot states go; nil: the user's cache.
+    public var bootStateDirectory: URL?
+    /// The guests' architecture (the images must be built for it).
+    public var architecture: GuestArchitecture = .host
+    public var qemuBinary: String?
+    public var accelerator: AcceleratorChoice = .auto
+    /// How often the supervisor looks at each guest (deaths, idleness, lifetimes).
+    public var supervisionInterval: Duration = .milliseconds(250)
+
+    public init(stateDirectory: URL, images: GuestImages) {
+        self.stateDirectory = stateDirectory
+        self.images = images
+        self.storeDirectory = stateDirectory.appendingPathComponent("stores")
+    }
+
+    /// The job store's file.
+    public var jobStorePath: String { stateDirectory.appendingPathComponent("jobs.sqlite").path }
+}
