@@ -110,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "vmexec",
             dependencies: [
-                "VMExecutor", "SquashMounts", "PersistOverlay", "VMExecService", "VMExecServer", "VMExecClient",
+                "VMExecutor", "SquashMounts", "PersistOverlay", "VMExecService", "VMExecServer", "VMExecClient", "CVMExecHost",
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -165,6 +165,9 @@ let package = Package(
         // The vmexec command as a user runs it, on real guests: `make images` first.
         .testTarget(
             name: "VMExecCLITests",
-            dependencies: ["VMExecutor", "VMExecTestSupport", "SquashMounts", "PersistOverlay"]),
+            dependencies: [
+                "VMExecutor", "VMExecTestSupport", "SquashMounts", "PersistOverlay", "VMExecClient",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
     ]
 )

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CVMExecHost
 import Foundation
 import VMExecClient
 import VMExecutor
@@ -56,23 +57,17 @@ enum DaemonConnection {
             atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let executable =
             (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, 0x80)  // POSIX_SPAWN_SETSID (glibc hides it without _GNU_SOURCE)
+        let log = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard log >= 0 else {
+            throw VMExecError(.launchFailed, "cannot open the daemon's log \(logPath): \(String(cString: strerror(errno)))")
+        }
+        defer { close(log) }
         let argv = [executable, "serve", "--socket", socketPath]
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { for p in cArgs { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, &attributes, &cArgs, environ)
-        guard rc == 0 else {
-            throw VMExecError(.launchFailed, "cannot start the daemon (\(executable) serve): \(String(cString: strerror(rc)))")
+        let pid = vmexec_spawn_detached(executable, &cArgs, log)
+        guard pid > 0 else {
+            throw VMExecError(.launchFailed, "cannot start the daemon (\(executable) serve): \(String(cString: strerror(-pid)))")
         }
     }
 }

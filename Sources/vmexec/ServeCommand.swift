@@ -105,6 +105,10 @@ struct Serve: AsyncParsableCommand {
         let registry = try SandboxRegistry(configuration: config, logger: logger)
         let server = DaemonServer(registry: registry, options: options, logger: logger)
         let (socketPath, stateDirectory, log) = (options.socketPath, config.stateDirectory.path, logger)
+        // Beside the socket: which process serves it (for operators, and tests that kill it).
+        let pidFile = socketPath + ".pid"
+        try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
+        defer { unlink(pidFile) }
         try await server.run { port in
             log.notice(
                 "vmexec daemon \(vmexecVersion) serving on \(socketPath)\(port > 0 ? " and TCP port \(port)" : "")",

@@ -13,22 +13,30 @@ extension CLISuites {
 
         /// Runs the CLI on a Dispatch thread: its waits must not hold one of the
         /// few threads of Swift's cooperative pool, which other tests need.
-        static func vmexec(_ args: [String], stdin: String? = nil, signalOnOutput: (Int32, String)? = nil) async throws -> Outcome
-        {
+        static func vmexec(
+            _ args: [String], stdin: String? = nil, signalOnOutput: (Int32, String)? = nil,
+            environment: [String: String] = [:]
+        ) async throws -> Outcome {
             try await withCheckedThrowingContinuation { c in
                 DispatchQueue.global().async {
-                    c.resume(with: Result { try runBlocking(args, stdin: stdin, signalOnOutput: signalOnOutput) })
+                    c.resume(
+                        with: Result {
+                            try runBlocking(args, stdin: stdin, signalOnOutput: signalOnOutput, environment: environment)
+                        })
                 }
             }
         }
 
-        private static func runBlocking(_ args: [String], stdin: String?, signalOnOutput: (Int32, String)?) throws -> Outcome {
+        private static func runBlocking(
+            _ args: [String], stdin: String?, signalOnOutput: (Int32, String)?, environment: [String: String]
+        ) throws -> Outcome {
             let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
             let cli = root.appendingPathComponent(".build/debug/vmexec").path
             try #require(FileManager.default.isExecutableFile(atPath: cli), "build the CLI first (make test does)")
             let p = Process()
             p.executableURL = URL(fileURLWithPath: cli)
             p.arguments = args
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
             let out = Pipe(), err = Pipe(), input = Pipe()
             p.standardOutput = out
             p.standardError = err

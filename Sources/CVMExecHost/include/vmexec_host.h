@@ -33,6 +33,13 @@ long vmexec_tsc_khz(void);
  */
 int vmexec_spawn(const char *path, char *const argv[], int log_fd);
 
+/*
+ * Starts `path` with `argv` as a daemon: a session of its own, stdin from
+ * /dev/null, stdout/stderr appended to `log_fd`, every other descriptor
+ * closed, not killed when this process ends. Returns the pid, or -errno.
+ */
+int vmexec_spawn_detached(const char *path, char *const argv[], int log_fd);
+
 /* Waits for `pid` to end; returns its wait status, or -errno. Blocks. */
 int vmexec_wait(int pid);
 
