@@ -4,6 +4,7 @@
 #   make test-unit    host-only tests (C vectors, Swift units, a machine double): no images, about a minute
 #   make test-guests  real guests under QEMU (builds the images first)
 #   make test-cli     the vmexec command on real guests (builds the images first)
+#   make test-api     docs/openapi.yaml validated, then schemathesis against a live daemon
 #   make images  guest kernel, initramfs, base root file system and the SDK and libs shards for ARCH
 #   make check   Swift warnings as errors, swift format lint (.swift-format), the init's C with -Werror
 #   make fuzz    a bounded libFuzzer run over the init's frame parser
@@ -30,7 +31,7 @@ else
 INIT_CC ?= $(ARCH)-linux-gnu-gcc
 endif
 
-.PHONY: all deps build build-tests images run test test-unit test-guests test-cli test-c check format fuzz bench bench-images clean clean-images
+.PHONY: all deps build build-tests images run test test-unit test-guests test-cli test-api test-c check format fuzz bench bench-images clean clean-images
 
 all: build images
 
@@ -92,7 +93,7 @@ run: deps build images
 	$(VMEXEC) run --images $(IMG) --shard $(SDK_SHARD) -- python3 - < examples/hello.py
 	$(VMEXEC) run --images $(IMG) --shard $(SDK_SHARD) --shard $(LIBS_SHARD) -- python3 - < examples/numpy_demo.py
 
-test: test-unit test-guests test-cli
+test: test-unit test-guests test-cli test-api
 
 # Host-only: needs the build dependencies, no guest images.
 UNIT_TARGETS := SerialChannelTests|SquashMountsTests|PersistOverlayTests|VMExecutorUnitTests|VMExecServiceTests
@@ -106,9 +107,24 @@ test-unit: deps test-c build-tests
 GUEST_ENV := VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache
 test-guests: deps images build-tests
 	$(GUEST_ENV) timeout -s KILL 1200 $(SWIFT) test --skip-build --filter VMExecutorTests
+	$(GUEST_ENV) timeout -s KILL 600 $(SWIFT) test --skip-build --filter VMExecServerTests
 
 test-cli: deps images build-tests
 	$(GUEST_ENV) timeout -s KILL 900 $(SWIFT) test --skip-build --filter VMExecCLITests
+
+# The HTTP API: the spec validated (openapi-spec-validator), then schemathesis
+# (both from PyPI, in a venv under .build) against a live daemon over TCP.
+VENV := .build/venv
+SCHEMATHESIS_VERSION ?= 4.32.5
+SPEC_VALIDATOR_VERSION ?= 0.7.2
+$(VENV)/bin/schemathesis:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check schemathesis==$(SCHEMATHESIS_VERSION) \
+	  openapi-spec-validator==$(SPEC_VALIDATOR_VERSION)
+
+test-api: deps images build-tests $(VENV)/bin/schemathesis
+	$(VENV)/bin/openapi-spec-validator docs/openapi.yaml
+	$(GUEST_ENV) timeout -s KILL 600 Tests/API/schemathesis.sh
 
 # The init's parser against the golden vectors, under ASan and UBSan.
 test-c: .build/c/vectors_test

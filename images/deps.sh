@@ -16,8 +16,11 @@ need modinfo kmod
 need mkfs.ext4 e2fsprogs
 need python3 python3
 need rdsquashfs squashfs-tools-ng
-# pip fetches the libs shard's wheel (numpy) from PyPI.
+# pip fetches the libs shard's wheel (numpy) from PyPI; make test-api puts
+# schemathesis in a venv, and its script reaches the daemon with curl.
 python3 -m pip --version >/dev/null 2>&1 || MISSING="$MISSING python3-pip"
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || MISSING="$MISSING python3-venv"
+need curl curl
 # Libraries the host binaries link (system-library targets in Package.swift).
 needlib() { pkg-config --exists "$1" 2>/dev/null || MISSING="$MISSING $2"; }
 need pkg-config pkg-config

@@ -152,6 +152,9 @@ public actor JobRunner {
         for jobID in runningNow { _ = try? await wait(jobID) }
     }
 
+    /// Restarts the idle clock (the files API used the sandbox).
+    public func touch() { lastActivity = Date() }
+
     /// Starts no more jobs; those queued stay queued in the store, for the daemon that comes next.
     public func stopStarting() { accepting = false }
 

@@ -112,6 +112,11 @@ public actor SandboxRegistry {
             throw VMExecError(
                 .limitReached, "the daemon runs its most sandboxes (\(configuration.maxSandboxes)); delete one first")
         }
+        if let store = spec.store, let user = entries.values.first(where: { $0.record.spec.store == store }) {
+            let whose = user.record.owner == owner ? "sandbox \(user.record.name)" : "another owner's sandbox"
+            throw VMExecError(
+                .storeBusy, "store \(store) is used by \(whose); one guest at a time: delete that sandbox, or name another store")
+        }
         let memory = entries.values.reduce(0) { $0 + $1.record.spec.memoryMiB }
         guard memory + spec.memoryMiB <= configuration.maxGuestMemoryMiB else {
             throw VMExecError(
@@ -123,13 +128,11 @@ public actor SandboxRegistry {
         let entry = try makeEntry(record)
         try jobs.insertSandbox(record)
         entries[record.id] = entry
-        await boot(entry)
-        if entry.health.withLock({ $0.bootFailed }) {
-            let why = entry.health.withLock { $0.lastError } ?? "the guest did not start"
+        if let failure = await boot(entry) {
             entries[record.id] = nil
             try? jobs.deleteSandbox(record.id)
             await entry.sandbox.shutdown()
-            throw VMExecError(.launchFailed, "sandbox \(name) did not start: \(why)")
+            throw Self.bootFailure(name, failure)
         }
         logger.info("sandbox created", metadata: ["owner": "\(owner)", "sandbox": "\(name)"])
         return await status(of: entry)
@@ -161,16 +164,18 @@ public actor SandboxRegistry {
         let entry = try entry(owner, name)
         entry.health.withLock { $0.stoppedOnPurpose = true }
         await entry.sandbox.shutdown()
-        await boot(entry)
-        if entry.health.withLock({ $0.bootFailed }) {
-            throw VMExecError(
-                .launchFailed, "sandbox \(name) did not start again: \(entry.health.withLock { $0.lastError } ?? "")")
-        }
+        if let failure = await boot(entry) { throw Self.bootFailure(name, failure) }
         return await status(of: entry)
     }
 
-    /// The sandbox's guest, for files and processes.
-    public func sandbox(owner: String, name: String) throws -> Sandbox { try entry(owner, name).sandbox }
+    /// The sandbox's guest, for files and processes: booted again first if it
+    /// was stopped (idle, or after a death), and its idle clock restarted.
+    public func sandbox(owner: String, name: String) async throws -> Sandbox {
+        let entry = try entry(owner, name)
+        await entry.runner.touch()
+        if !(await entry.sandbox.isRunning), let failure = await boot(entry) { throw Self.bootFailure(name, failure) }
+        return entry.sandbox
+    }
 
     /// The sandbox's job queue.
     public func runner(owner: String, name: String) throws -> JobRunner { try entry(owner, name).runner }
@@ -254,9 +259,10 @@ public actor SandboxRegistry {
         }
     }
 
-    /// Boots the entry's guest (a no-op if it runs), recording how it went.
-    private func boot(_ entry: Entry) async {
-        guard !closed else { return }
+    /// Boots the entry's guest (a no-op if it runs), recording how it went; the error if it did not boot.
+    @discardableResult
+    private func boot(_ entry: Entry) async -> (any Error)? {
+        guard !closed else { return VMExecError(.notRunning, "the daemon is stopping") }
         entry.health.withLock {
             $0.booting = true
             $0.wasRunning = false
@@ -269,6 +275,7 @@ public actor SandboxRegistry {
                 $0.wasRunning = true
                 $0.stoppedOnPurpose = false
             }
+            return nil
         } catch {
             let why = Self.describe(error)
             logger.error("guest did not start: \(why)", metadata: ["sandbox": "\(entry.record.name)"])
@@ -277,7 +284,15 @@ public actor SandboxRegistry {
                 $0.bootFailed = true
                 $0.lastError = why
             }
+            return error
         }
+    }
+
+    /// A boot's error as the caller sees it: its own code (a busy store stays
+    /// `storeBusy`), the sandbox named.
+    static func bootFailure(_ name: String, _ error: any Error) -> VMExecError {
+        let code = (error as? VMExecError)?.code ?? .launchFailed
+        return VMExecError(code, "sandbox \(name) did not start: \(describe(error))", cause: error)
     }
 
     // MARK: plumbing
