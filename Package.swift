@@ -142,6 +142,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "VMExecServiceTests", dependencies: ["VMExecService", "VMExecutor"]),
+        // The HTTP harness's parts on their own: no images, no guests.
+        .testTarget(name: "VMExecServerUnitTests", dependencies: ["VMExecServer", "VMExecutor"]),
         // Fixtures the guest and CLI suites share: where the images are, whether they are built.
         .target(name: "VMExecTestSupport", dependencies: ["VMExecutor", "SquashMounts"], path: "Tests/VMExecTestSupport"),
         // Real guests under QEMU: `make images` first.

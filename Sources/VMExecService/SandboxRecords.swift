@@ -46,6 +46,14 @@ public struct SandboxRecord: Codable, Sendable, Equatable {
     public var name: String
     public var spec: SandboxSpec
     public var created: Date
+
+    public init(id: String, owner: String, name: String, spec: SandboxSpec, created: Date) {
+        self.id = id
+        self.owner = owner
+        self.name = name
+        self.spec = spec
+        self.created = created
+    }
 }
 
 /// Where a sandbox's guest is.
