@@ -52,6 +52,7 @@ public struct DaemonServer: Sendable {
         if (options.tcpHost == nil) != (options.tokens == nil) {
             throw VMExecError(.invalidRequest, "listening on TCP needs a tokens file, and a tokens file needs --listen")
         }
+        DaemonMetrics.bootstrapped
         try Self.claimSocket(options.socketPath)
         try await registry.recover()
         var services: [any Service] = []

@@ -28,6 +28,12 @@ struct ServiceAPI: APIProtocol {
                         jobsQueued: load.jobsQueued, jobsRunning: load.jobsRunning))))
     }
 
+    func getMetrics(_ input: Operations.GetMetrics.Input) async throws -> Operations.GetMetrics.Output {
+        let load = await registry.load()
+        DaemonMetrics.record(load)
+        return .ok(.init(body: .plainText(HTTPBody(DaemonMetrics.text()))))
+    }
+
     func getVersion(_ input: Operations.GetVersion.Input) async throws -> Operations.GetVersion.Output {
         .ok(
             .init(

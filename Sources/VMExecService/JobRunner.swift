@@ -1,4 +1,5 @@
 import Foundation
+import Metrics
 import VMExecutor
 
 /// Runs one sandbox's jobs: first in, first out, at most `concurrency` at
@@ -175,8 +176,11 @@ public actor JobRunner {
             pump()
         }
         lastActivity = Date()
+        let started = ContinuousClock.now
+        defer { JobMetrics.ended(jobID, in: store, after: ContinuousClock.now - started) }
         do {
             guard try store.start(jobID), let record = try store.job(jobID) else { return }
+            JobMetrics.queueWait(since: record.created)
             bump(jobID)
             try await sandbox.start()  // no-op while the guest runs; boots a fresh one after a death
             let config = await sandbox.configuration

@@ -76,3 +76,15 @@ public struct SandboxStatus: Sendable, Equatable {
     /// Why the guest last stopped or failed to start.
     public var lastError: String?
 }
+
+/// What the daemon holds now, over every owner.
+public struct ServiceLoad: Sendable, Equatable {
+    public var sandboxes: Int
+    public var guestsRunning = 0
+    /// Configured memory of the running guests.
+    public var guestMemoryMiB = 0
+    public var jobsQueued = 0
+    public var jobsRunning = 0
+    /// Started guests waiting in the warm pool.
+    public var poolSize = 0
+}

@@ -195,17 +195,18 @@ public actor SandboxRegistry {
     }
 
     /// Counts over every owner, for the health route and metrics.
-    public func load() async -> (sandboxes: Int, guestsRunning: Int, jobsQueued: Int, jobsRunning: Int) {
-        var guests = 0
-        var queued = 0
-        var running = 0
+    public func load() async -> ServiceLoad {
+        var load = ServiceLoad(sandboxes: entries.count)
         for entry in entries.values {
-            if await entry.sandbox.isRunning { guests += 1 }
+            if await entry.sandbox.isRunning {
+                load.guestsRunning += 1
+                load.guestMemoryMiB += entry.record.spec.memoryMiB
+            }
             let depth = await entry.runner.depth
-            queued += depth.queued
-            running += depth.running
+            load.jobsQueued += depth.queued
+            load.jobsRunning += depth.running
         }
-        return (entries.count, guests, queued, running)
+        return load
     }
 
     // MARK: supervision

@@ -51,6 +51,16 @@ extension DaemonSuites {
             }
             #expect(String(decoding: text, as: UTF8.self) == (1...2000).map { "\($0)\n" }.joined())
             #expect(try await client.jobs("jobs").map(\.id) == [waited.id, slow.id, many.id])
+
+            // Prometheus metrics: the jobs by state, their durations, the guests.
+            let metrics = try await daemon.raw(.GET, "/metrics")
+            #expect(metrics.status == 200)
+            for line in ["vmexec_guests_running 1.0", "vmexec_guest_memory_mib 512.0", "vmexec_jobs_queued 0.0"] {
+                #expect(metrics.body.contains(line + "\n"), "\(line) in \(metrics.body)")
+            }
+            #expect(metrics.body.contains(#"vmexec_jobs_total{state="exited"}"#), "\(metrics.body)")
+            #expect(metrics.body.contains("vmexec_job_duration_seconds_bucket"), "\(metrics.body)")
+            #expect(try await daemon.raw(.GET, "/metrics", token: nil).status == 401, "metrics need a token on TCP")
         }
 
         @Test("stdin written while the job runs, then closed; a signal reaches its group; cancel ends queued and running jobs")
