@@ -27,6 +27,7 @@ enum DaemonMetrics {
         Gauge(label: "vmexec_jobs_queued").record(load.jobsQueued)
         Gauge(label: "vmexec_jobs_running").record(load.jobsRunning)
         Gauge(label: "vmexec_pool_guests").record(load.poolSize)
+        Gauge(label: "vmexec_pool_taken").record(load.poolTaken)
     }
 
     /// Everything, in Prometheus' text format.

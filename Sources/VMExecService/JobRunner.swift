@@ -27,11 +27,15 @@ public actor JobRunner {
     /// When a job last started or ended here (the sandbox's idle clock).
     public private(set) var lastActivity = Date()
 
-    public init(id: String, sandbox: Sandbox, store: JobStore, concurrency: Int = 4) {
+    /// Limits every job starts from (the sandbox's); nil: the guest's defaults.
+    private let defaultLimits: Limits?
+
+    public init(id: String, sandbox: Sandbox, store: JobStore, concurrency: Int = 4, defaultLimits: Limits? = nil) {
         self.id = id
         self.sandbox = sandbox
         self.store = store
         self.concurrency = max(1, concurrency)
+        self.defaultLimits = defaultLimits
     }
 
     /// Records `request` as a queued job and runs it when its turn comes.
@@ -184,7 +188,8 @@ public actor JobRunner {
             bump(jobID)
             try await sandbox.start()  // no-op while the guest runs; boots a fresh one after a death
             let config = await sandbox.configuration
-            let defaults = config.limits ?? .defaults(guestMemoryMiB: config.memoryMiB)
+            let guestDefaults = config.limits ?? .defaults(guestMemoryMiB: config.memoryMiB)
+            let defaults = defaultLimits.map { guestDefaults.overridden(by: $0) } ?? guestDefaults
             let stream = try await sandbox.stream(Self.command(record.request, defaults: defaults))
             running[jobID] = stream
             bump(jobID)

@@ -85,6 +85,7 @@ public struct ServiceLoad: Sendable, Equatable {
     public var guestMemoryMiB = 0
     public var jobsQueued = 0
     public var jobsRunning = 0
-    /// Started guests waiting in the warm pool.
+    /// Started guests waiting in the warm pool, and those it has handed to sandboxes so far.
     public var poolSize = 0
+    public var poolTaken = 0
 }

@@ -24,6 +24,8 @@ public actor SandboxRegistry {
     private var supervisor: Task<Void, Never>?
     /// Set by ``shutdown()``: nothing boots any more.
     private var closed = false
+    /// Started guests waiting for sandboxes of the configured profiles.
+    private let pool: WarmPool
 
     /// One sandbox and what the supervisor knows of it.
     private final class Entry: Sendable {
@@ -56,6 +58,15 @@ public actor SandboxRegistry {
         try FileManager.default.createDirectory(
             at: configuration.stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         self.jobs = try JobStore(path: configuration.jobStorePath)
+        let config = configuration
+        self.pool = WarmPool(profiles: configuration.pool, logger: logger) { profile in
+            let shards = try profile.shards.map { try Self.shard(named: $0, in: config) }
+            return Sandbox(
+                configuration: Self.machine(
+                    config, shards: shards, store: nil, memoryMiB: profile.memoryMiB, cpus: profile.cpus,
+                    network: profile.network),
+                logger: logger.with("sandbox", "pool"))
+        }
     }
 
     // MARK: lifecycle of the daemon
@@ -82,6 +93,7 @@ public actor SandboxRegistry {
         }
         for job in queued { await entries[job.sandbox]?.runner.resume(job) }
         startSupervisor()
+        await pool.refill()
     }
 
     /// Stops every guest (their stores are synced and released); jobs running now fail, queued ones stay queued.
@@ -89,6 +101,7 @@ public actor SandboxRegistry {
         closed = true
         supervisor?.cancel()
         supervisor = nil
+        await pool.close()
         for entry in entries.values { await entry.runner.stopStarting() }
         for entry in entries.values { await entry.sandbox.shutdown() }
     }
@@ -125,7 +138,8 @@ public actor SandboxRegistry {
                     + "ask for less memory or delete a sandbox")
         }
         let record = SandboxRecord(id: UUID().uuidString.lowercased(), owner: owner, name: name, spec: spec, created: Date())
-        let entry = try makeEntry(record)
+        // A started guest from the warm pool when one serves this spec: no boot on the request's path.
+        let entry = try makeEntry(record, started: await pool.take(for: spec))
         try jobs.insertSandbox(record)
         entries[record.id] = entry
         if let failure = await boot(entry) {
@@ -197,6 +211,8 @@ public actor SandboxRegistry {
     /// Counts over every owner, for the health route and metrics.
     public func load() async -> ServiceLoad {
         var load = ServiceLoad(sandboxes: entries.count)
+        load.poolSize = await pool.count
+        load.poolTaken = await pool.taken
         for entry in entries.values {
             if await entry.sandbox.isRunning {
                 load.guestsRunning += 1
@@ -316,30 +332,48 @@ public actor SandboxRegistry {
             lastError: health.lastError)
     }
 
-    /// The sandbox's guest and queue, its shards and store resolved by name.
-    private func makeEntry(_ record: SandboxRecord) throws -> Entry {
+    /// The sandbox's guest and queue, its shards and store resolved by name;
+    /// `started` is a guest from the warm pool to use instead of a new one.
+    private func makeEntry(_ record: SandboxRecord, started: Sandbox? = nil) throws -> Entry {
         let spec = record.spec
+        let sandbox: Sandbox
+        if let started {
+            sandbox = started
+        } else {
+            let shards = try spec.shards.map { try Self.shard(named: $0, in: configuration) }
+            let store = try spec.store.map { try self.store(named: $0, shards: shards) }
+            sandbox = Sandbox(
+                configuration: Self.machine(
+                    configuration, shards: shards, store: store, memoryMiB: spec.memoryMiB, cpus: spec.cpus,
+                    network: spec.network),
+                logger: logger.with("sandbox", "\(record.owner)/\(record.name)"))
+        }
+        return Entry(
+            record: record, sandbox: sandbox,
+            runner: JobRunner(
+                id: record.id, sandbox: sandbox, store: jobs, concurrency: spec.concurrency, defaultLimits: spec.limits))
+    }
+
+    /// A guest's configuration on this daemon: its images, hypervisor and boot states, and what the sandbox asks for.
+    static func machine(
+        _ configuration: ServiceConfiguration, shards: [Shard], store: Store?, memoryMiB: Int, cpus: Int, network: Bool
+    ) -> SandboxConfiguration {
         var config = SandboxConfiguration()
         config.images = configuration.images
         config.architecture = configuration.architecture
         config.qemuBinary = configuration.qemuBinary
         config.accelerator = configuration.accelerator
         config.bootStateDirectory = configuration.bootStateDirectory
-        config.memoryMiB = spec.memoryMiB
-        config.cpus = spec.cpus
-        config.limits = spec.limits
-        config.network = spec.network ? NetworkPolicy(enabled: true) : .none
-        config.shards = try spec.shards.map(shard(named:))
-        if let name = spec.store { config.store = try store(named: name, shards: config.shards) }
-        let sandbox = Sandbox(
-            configuration: config, logger: logger.with("sandbox", "\(record.owner)/\(record.name)"))
-        return Entry(
-            record: record, sandbox: sandbox,
-            runner: JobRunner(id: record.id, sandbox: sandbox, store: jobs, concurrency: spec.concurrency))
+        config.memoryMiB = memoryMiB
+        config.cpus = cpus
+        config.network = network ? NetworkPolicy(enabled: true) : .none
+        config.shards = shards
+        config.store = store
+        return config
     }
 
     /// The newest shard file in the shard directory whose manifest has this name.
-    private func shard(named name: String) throws -> Shard {
+    static func shard(named name: String, in configuration: ServiceConfiguration) throws -> Shard {
         let dir = configuration.shardDirectory ?? configuration.images.directory
         let files = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
         var found: [(Shard, Date)] = []

@@ -27,6 +27,9 @@ public struct ServiceConfiguration: Sendable {
     public var architecture: GuestArchitecture = .host
     public var qemuBinary: String?
     public var accelerator: AcceleratorChoice = .auto
+    /// Started guests kept waiting, per profile: a sandbox that matches one
+    /// takes a started guest instead of booting. They come on top of ``maxGuestMemoryMiB``.
+    public var pool: [PoolProfile] = []
     /// How often the supervisor looks at each guest (deaths, idleness, lifetimes).
     public var supervisionInterval: Duration = .milliseconds(250)
 

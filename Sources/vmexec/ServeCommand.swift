@@ -54,6 +54,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Keep at most this many ended jobs per sandbox.")
     var retentionJobs: Int = 1000
 
+    @Option(
+        help:
+            "Keep started guests waiting for sandboxes with these shards: NAMES[:COUNT], names comma-separated or - for none (repeatable)."
+    )
+    var pool: [String] = []
+
+    @Option(help: "Memory in MiB of the pool's guests (a sandbox takes one only when it asks for as much).")
+    var poolMemory: Int = 512
+
     @Option(help: "Accelerator: auto, kvm or tcg.")
     var accel: AcceleratorChoice = .auto
 
@@ -63,6 +72,7 @@ struct Serve: AsyncParsableCommand {
     func validate() throws {
         if (listen == nil) != (tokens == nil) { throw ValidationError("--listen and --tokens go together") }
         if let listen { _ = try Self.hostPort(listen) }
+        _ = try poolProfiles()
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
     }
 
@@ -70,6 +80,19 @@ struct Serve: AsyncParsableCommand {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port)
         else { throw ValidationError("--listen takes HOST:PORT, e.g. 127.0.0.1:8080") }
         return (String(text[..<colon]), port)
+    }
+
+    /// `--pool` options as profiles.
+    func poolProfiles() throws -> [PoolProfile] {
+        try pool.map { text in
+            let parts = text.split(separator: ":", maxSplits: 1)
+            let count = parts.count == 2 ? Int(parts[1]) : 1
+            guard let names = parts.first, let count, (1...16).contains(count) else {
+                throw ValidationError("--pool takes NAMES[:COUNT] (COUNT 1-16), e.g. cpython:2 or -:1, not '\(text)'")
+            }
+            let shards = names == "-" ? [] : names.split(separator: ",").map(String.init)
+            return PoolProfile(shards: shards, memoryMiB: poolMemory, size: count)
+        }
     }
 
     static func defaultStateDirectory() -> URL {
@@ -93,6 +116,7 @@ struct Serve: AsyncParsableCommand {
         config.jobRetentionSeconds = retentionDays * 86400
         config.jobRetentionCount = retentionJobs
         config.accelerator = accel
+        config.pool = try poolProfiles()
         var options = DaemonOptions(socketPath: socket ?? DaemonConnection.socketPath)
         options.uploadLimit = Int(try Store.parseSize(uploadLimit))
         options.localUploadLimit = Int(try Store.parseSize(localUploadLimit))

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VMExecClient
+import VMExecService
 
 extension DaemonSuites {
     /// Sandboxes through deaths and restarts: of their guest, and of the daemon.
@@ -31,6 +32,24 @@ extension DaemonSuites {
                 })
             let after = try await client.submit("fragile", JobSubmission(["cat", "/home/vmexec/note"]), wait: true)
             #expect(try await client.output("fragile", after.id, stream: .stdout, offset: 0).bytes == Array("remembered\n".utf8))
+        }
+
+        @Test("a sandbox of a pooled profile takes a started guest; the pool refills; other sandboxes boot their own")
+        func warmPool() async throws {
+            let daemon = try await TestDaemon.start(pool: [PoolProfile(shards: ["cpython"], size: 1)])
+            defer { Task { await daemon.remove() } }
+            #expect(try await eventually(60) { await daemon.registry.load().poolSize == 1 }, "the pool fills")
+            let warm = try await daemon.alice.createSandbox(SandboxRequest(name: "warm", shards: ["cpython"]))
+            #expect(warm.state == "running")
+            #expect(await daemon.registry.load().poolTaken == 1, "the sandbox took the pool's guest")
+            let job = try await daemon.alice.submit("warm", JobSubmission(["python3", "-c", "print(1)"]), wait: true)
+            #expect(job.exitCode == 0)
+            #expect(try await eventually(60) { await daemon.registry.load().poolSize == 1 }, "the pool refills")
+            // Not the profile (a store, other memory): booted for itself, the pool left alone.
+            _ = try await daemon.alice.createSandbox(SandboxRequest(name: "own", shards: ["cpython"], memoryMiB: 384))
+            _ = try await daemon.alice.createSandbox(SandboxRequest(name: "kept", shards: ["cpython"], store: "k"))
+            let load = await daemon.registry.load()
+            #expect(load.poolTaken == 1 && load.poolSize == 1 && load.guestsRunning == 3, "\(load)")
         }
 
         @Test("a restarted daemon brings its sandboxes back and runs the jobs still queued; ended jobs never run again")
