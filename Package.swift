@@ -125,7 +125,10 @@ let package = Package(
         // `make bench`: figures against qemu-guest-agent in the same guest.
         .executableTarget(
             name: "vmexec-bench",
-            dependencies: ["VMExecutor", "SquashMounts", "PersistOverlay", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "VMExecutor", "SquashMounts", "PersistOverlay", "VMExecService", "VMExecServer", "VMExecClient",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "SerialChannelTests",
             dependencies: [

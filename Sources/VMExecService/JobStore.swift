@@ -22,7 +22,13 @@ public final class JobStore: Sendable {
                     atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
                     attributes: [.posixPermissions: 0o700])
                 db = try DatabaseQueue(path: path, configuration: config)
-                try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA journal_mode = WAL") }
+                // WAL with synchronous=NORMAL: a commit survives the daemon's crash (SIGKILL
+                // included); only a power loss may undo the last ones. FULL fsyncs every
+                // commit, several per job.
+                try db.writeWithoutTransaction {
+                    try $0.execute(sql: "PRAGMA journal_mode = WAL")
+                    try $0.execute(sql: "PRAGMA synchronous = NORMAL")
+                }
             } else {
                 db = try DatabaseQueue(configuration: config)
             }

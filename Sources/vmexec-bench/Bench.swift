@@ -24,6 +24,10 @@ struct Bench {
         var logger = Logger(label: "vmexec-bench")
         logger.logLevel = .warning
         var images = try GuestImages.locate(explicit: args[1])
+        // VMEXEC_BENCH_ONLY=daemon: the daemon's figures alone (while working on them).
+        if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "daemon" {
+            return try await DaemonBench.run(images: images, logger: logger)
+        }
         try ShardBench.run(sdkTree: images.directory.appendingPathComponent("sdk.tree"))
 
         // Start: launch to the init's hello, median of 5, on the standard image;
@@ -53,6 +57,7 @@ struct Bench {
         emit("boot_hello_s", median(restored), "s", note: "a start restoring the state saved after the first boot")
         emit("cold_boot_hello_s", median(cold), "s", note: "a start that boots the kernel")
         try await StoreBench.run(images: images, logger: logger)
+        try await DaemonBench.run(images: images, logger: logger)
 
         // One guest on the bench image, with the agent on a second port.
         images.rootfs = URL(fileURLWithPath: args[2])

@@ -56,7 +56,7 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help:
-            "Keep started guests waiting for sandboxes with these shards: NAMES[:COUNT], names comma-separated or - for none (repeatable)."
+            "Keep started guests waiting for sandboxes with these shards: NAMES[:COUNT], names comma-separated or none (repeatable)."
     )
     var pool: [String] = []
 
@@ -88,9 +88,9 @@ struct Serve: AsyncParsableCommand {
             let parts = text.split(separator: ":", maxSplits: 1)
             let count = parts.count == 2 ? Int(parts[1]) : 1
             guard let names = parts.first, let count, (1...16).contains(count) else {
-                throw ValidationError("--pool takes NAMES[:COUNT] (COUNT 1-16), e.g. cpython:2 or -:1, not '\(text)'")
+                throw ValidationError("--pool takes NAMES[:COUNT] (COUNT 1-16), e.g. cpython:2 or none:1, not '\(text)'")
             }
-            let shards = names == "-" ? [] : names.split(separator: ",").map(String.init)
+            let shards = names == "none" ? [] : names.split(separator: ",").map(String.init)
             return PoolProfile(shards: shards, memoryMiB: poolMemory, size: count)
         }
     }

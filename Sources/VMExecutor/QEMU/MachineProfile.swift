@@ -72,7 +72,10 @@ public struct MachineProfile: Sendable {
             // cortex-a57: `-cpu max` is several times slower under TCG.
             a += ["-machine", "virt,gic-version=2", "-cpu", accelerator == .kvm ? "host" : "cortex-a57"]
         }
-        a += ["-accel", accelerator.rawValue]
+        // TCG's translation cache defaults to 1 GiB and is kept as it fills:
+        // an idle guest then held more host memory than its own RAM (measured:
+        // 713 MiB resident for a 512 MiB guest). 128 MiB holds the hot code.
+        a += ["-accel", accelerator == .tcg ? "tcg,tb-size=128" : accelerator.rawValue]
         a += ["-m", "\(memoryMiB)", "-smp", "\(cpus)"]
         a += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
         a += ["-kernel", paths.images.kernel.path, "-initrd", paths.images.initramfs.path]
