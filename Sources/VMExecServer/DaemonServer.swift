@@ -99,6 +99,8 @@ public struct DaemonServer: Sendable {
     /// The routes: docs/openapi.yaml at /openapi.yaml, and the API under /v1.
     private func router(tokens: TokenBook?) throws -> Router<BasicRequestContext> {
         let router = Router()
+        // Every JSON body of the API fits in 32 MiB (code and stdin are capped at 16 MiB as text).
+        router.add(middleware: BodyLimitMiddleware(limit: 32 << 20))
         router.get("/openapi.yaml") { _, _ in
             Response(
                 status: .ok, headers: [.contentType: "application/yaml"],

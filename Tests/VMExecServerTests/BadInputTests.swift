@@ -72,6 +72,11 @@ extension DaemonSuites {
             expectFailure(
                 try await daemon.raw(.POST, "/v1/sandboxes", contentType: json, body: Array(#"{"name": "mine"}"#.utf8)), 409,
                 "alreadyExists", "a name already taken")
+            let huge =
+                Array(#"{"argv": ["true"], "stdin": ""#.utf8) + [UInt8](repeating: 0x61, count: 33 << 20) + Array(#""}"#.utf8)
+            expectFailure(
+                try await daemon.raw(.POST, submit, contentType: json, body: huge), 413, "fileTooLarge",
+                "a JSON body over 32 MiB")
             #expect(try await daemon.alice.jobs("mine").isEmpty, "no refused submission became a job")
 
             // Tokens: none, wrong, and another owner's view.
