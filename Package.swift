@@ -89,7 +89,7 @@ let package = Package(
         .target(
             name: "VMExecServer",
             dependencies: [
-                "VMExecService",
+                "VMExecService", "PersistOverlay", "SquashMounts",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "OpenAPIHummingbird", package: "swift-openapi-hummingbird"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),

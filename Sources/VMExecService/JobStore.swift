@@ -89,6 +89,13 @@ public final class JobStore: Sendable {
         }
     }
 
+    /// Records a sandbox's changed spec (a shard attached or detached), for the next daemon.
+    public func updateSandbox(_ id: String, spec: SandboxSpec) throws {
+        try write("update sandbox \(id)") { db in
+            try db.execute(sql: "UPDATE sandbox SET spec = ? WHERE id = ?", arguments: [try Self.json(spec), id])
+        }
+    }
+
     /// Every sandbox, oldest first.
     public func sandboxes() throws -> [SandboxRecord] {
         try read("read the sandboxes") { db in

@@ -191,6 +191,56 @@ public actor SandboxRegistry {
         return entry.sandbox
     }
 
+    /// Attaches a shard of the shard folder to the sandbox's guest; the sandbox keeps it across restarts.
+    public func attachShard(owner: String, sandbox name: String, shard shardName: String) async throws -> Shard {
+        let entry = try entry(owner, name)
+        let shard = try Self.shard(named: shardName, in: configuration)
+        if entry.record.spec.store != nil, case .layer = shard.manifest.placement {
+            throw VMExecError(
+                .shardRefused,
+                "\(shardName) is a layer of the guest's root, and sandbox \(name) keeps its changes in a store made over "
+                    + "the layers it was created with; create a sandbox with \(shardName) instead (shards mounted at their own path attach live)"
+            )
+        }
+        let sandbox = try await self.sandbox(owner: owner, name: name)
+        try await sandbox.attach(shard)
+        try await persistShards(entry)
+        return shard
+    }
+
+    /// Detaches a shard from the sandbox's guest (refused while something uses it).
+    public func detachShard(owner: String, sandbox name: String, shard shardName: String) async throws {
+        let entry = try entry(owner, name)
+        guard await entry.sandbox.shards.contains(where: { $0.manifest.name == shardName }) else {
+            throw VMExecError(.notFound, "sandbox \(name) has no shard \(shardName) attached")
+        }
+        try await self.sandbox(owner: owner, name: name).detach(shardName)
+        try await persistShards(entry)
+    }
+
+    private func persistShards(_ entry: Entry) async throws {
+        var spec = entry.record.spec
+        spec.shards = await entry.sandbox.shards.map(\.manifest.name)
+        try jobs.updateSandbox(entry.record.id, spec: spec)
+    }
+
+    /// The sandbox's store, or why there is none.
+    public func store(owner: String, sandbox name: String) async throws -> (name: String, store: Store) {
+        let entry = try entry(owner, name)
+        guard let storeName = entry.record.spec.store, let store = await entry.sandbox.configuration.store else {
+            throw VMExecError(.invalidRequest, "sandbox \(name) has no store; create it with one to keep snapshots")
+        }
+        return (storeName, store)
+    }
+
+    /// Puts the store back as the snapshot holds it; the guest restarts, its running jobs fail.
+    public func restoreSnapshot(owner: String, sandbox name: String, snapshot: String) async throws {
+        let entry = try entry(owner, name)
+        _ = try await store(owner: owner, sandbox: name)
+        entry.health.withLock { $0.stoppedOnPurpose = true }
+        try await entry.sandbox.restore(snapshot: snapshot)
+    }
+
     /// The sandbox's job queue.
     public func runner(owner: String, name: String) throws -> JobRunner { try entry(owner, name).runner }
 
@@ -327,8 +377,10 @@ public actor SandboxRegistry {
         let health = entry.health.withLock { $0 }
         let state: GuestState =
             health.booting ? .starting : running ? .running : health.bootFailed ? .failed : .stopped
+        var record = entry.record
+        record.spec.shards = await entry.sandbox.shards.map(\.manifest.name)  // as attached now
         return SandboxStatus(
-            record: entry.record, state: state, jobsQueued: depth.queued, jobsRunning: depth.running,
+            record: record, state: state, jobsQueued: depth.queued, jobsRunning: depth.running,
             lastError: health.lastError)
     }
 

@@ -52,6 +52,63 @@ extension DaemonSuites {
             #expect(load.poolTaken == 1 && load.poolSize == 1 && load.guestsRunning == 3, "\(load)")
         }
 
+        @Test("shards attach and detach live; snapshots of the store are taken and restored; the store is described")
+        func shardsAndSnapshots() async throws {
+            let first = try await TestDaemon.start()
+            let directory = first.directory
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let json = "application/json"
+            func names(_ r: (status: Int, body: String)) -> [String] {
+                ((try? JSONSerialization.jsonObject(with: Data(r.body.utf8))) as? [[String: Any]] ?? []).compactMap {
+                    $0["name"] as? String
+                }
+            }
+            _ = try await first.alice.createSandbox(SandboxRequest(name: "live", shards: ["cpython"], store: "snap"))
+            #expect(names(try await first.raw(.GET, "/v1/sandboxes/live/shards")) == ["cpython"])
+            // A libs shard mounts at its own path: it attaches to the running guest.
+            let attached = try await first.raw(
+                .POST, "/v1/sandboxes/live/shards", contentType: json, body: Array(#"{"name": "numpy"}"#.utf8))
+            #expect(attached.status == 201 && attached.body.contains(#""kind" : "libs""#), "\(attached.body)")
+            let np = try await first.alice.submit(
+                "live", JobSubmission(["python3", "-c", "import numpy; print(numpy.__version__)"]), wait: true)
+            #expect(np.exitCode == 0, "the attached shard serves at once: \(np)")
+            // A layer of the root does not, on a store made over the layers the sandbox began with.
+            let layer = try await first.raw(
+                .POST, "/v1/sandboxes/bare/shards", contentType: json, body: Array(#"{"name": "cpython"}"#.utf8))
+            #expect(layer.status == 404, "no sandbox bare yet: \(layer.body)")
+
+            _ = try await first.alice.submit("live", JobSubmission(["sh", "-c", "echo one > /home/vmexec/v"]), wait: true)
+            let taken = try await first.raw(
+                .POST, "/v1/sandboxes/live/snapshots", contentType: json, body: Array(#"{"name": "s1"}"#.utf8))
+            #expect(taken.status == 201, "\(taken.body)")
+            #expect(names(try await first.raw(.GET, "/v1/sandboxes/live/snapshots")) == ["s1"])
+            _ = try await first.alice.submit("live", JobSubmission(["sh", "-c", "echo two > /home/vmexec/v"]), wait: true)
+            let store = try await first.raw(.GET, "/v1/sandboxes/live/store")
+            #expect(store.status == 200 && store.body.contains(#""snapshots" : 1"#), "\(store.body)")
+            let restored = try await first.raw(.POST, "/v1/sandboxes/live/snapshots/s1/restore")
+            #expect(restored.status == 204, "\(restored.body)")
+            let back = try await first.alice.submit("live", JobSubmission(["cat", "/home/vmexec/v"]), wait: true)
+            #expect(try await first.alice.output("live", back.id, stream: .stdout, offset: 0).bytes == Array("one\n".utf8))
+            _ = try await first.alice.createSandbox(SandboxRequest(name: "bare"))
+            let none = try await first.raw(.GET, "/v1/sandboxes/bare/store")
+            #expect(none.status == 400 && errorBody(none.body)["message"]?.contains("no store") == true, "\(none.body)")
+
+            // The attached shard is part of the sandbox now: a restarted daemon brings it back.
+            await first.stop()
+            let second = try await TestDaemon.start(directory: directory)
+            defer { Task { await second.stop() } }
+            #expect(try await second.alice.sandbox("live").shards == ["cpython", "numpy"])
+            let again = try await second.alice.submit(
+                "live", JobSubmission(["python3", "-c", "import numpy"]), wait: true)
+            #expect(again.exitCode == 0, "\(again)")
+            #expect(try await second.raw(.DELETE, "/v1/sandboxes/live/shards/numpy").status == 204)
+            #expect(try await second.alice.sandbox("live").shards == ["cpython"])
+            #expect(try await second.raw(.DELETE, "/v1/sandboxes/live/shards/numpy").status == 404)
+            let refused = try await second.raw(
+                .POST, "/v1/sandboxes/live/shards", contentType: json, body: Array(#"{"name": "cpython"}"#.utf8))
+            #expect(refused.status == 422 || refused.status == 409, "\(refused.body)")
+        }
+
         @Test("a restarted daemon brings its sandboxes back and runs the jobs still queued; ended jobs never run again")
         func daemonRestart() async throws {
             let first = try await TestDaemon.start()
