@@ -191,12 +191,13 @@ public actor JobRunner {
             let guestDefaults = config.limits ?? .defaults(guestMemoryMiB: config.memoryMiB)
             let defaults = defaultLimits.map { guestDefaults.overridden(by: $0) } ?? guestDefaults
             let stream = try await sandbox.stream(Self.command(record.request, defaults: defaults))
-            running[jobID] = stream
-            bump(jobID)
-            if cancelling.contains(jobID) { try? await stream.signal(SIGKILL) }
+            // The submitted stdin goes first, before writers through writeStdin see the stream.
             if record.request.stdinOpen, let first = record.request.stdin, !first.isEmpty {
                 _ = try await stream.writeStdin(Array(first))
             }
+            running[jobID] = stream
+            bump(jobID)
+            if cancelling.contains(jobID) { try? await stream.signal(SIGKILL) }
             var outcome: JobOutcome?
             for try await event in stream {
                 switch event {

@@ -291,7 +291,7 @@ public actor SandboxRegistry {
     /// One look at every guest: deaths restarted, idle guests stopped, expired sandboxes deleted.
     private func supervise() async {
         let now = Date()
-        for entry in Array(entries.values) {
+        for entry in Array(entries.values) where !closed {
             let spec = entry.record.spec
             if let lifetime = spec.lifetimeSeconds, now.timeIntervalSince(entry.record.created) > lifetime {
                 logger.info("sandbox reached its lifetime", metadata: ["sandbox": "\(entry.record.name)"])
@@ -300,7 +300,7 @@ public actor SandboxRegistry {
             }
             let running = await entry.sandbox.isRunning
             let health = entry.health.withLock { $0 }
-            if health.booting { continue }
+            if health.booting || closed { continue }
             if running {
                 entry.health.withLock {
                     $0.wasRunning = true
