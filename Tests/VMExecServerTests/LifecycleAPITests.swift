@@ -109,6 +109,30 @@ extension DaemonSuites {
             #expect(refused.status == 422 || refused.status == 409, "\(refused.body)")
         }
 
+        @Test("an idle guest is stopped and boots for the next job; a sandbox past its lifetime is gone; restart and caps")
+        func timeoutsRestartCaps() async throws {
+            let daemon = try await TestDaemon.start(maxSandboxes: 2)
+            defer { Task { await daemon.remove() } }
+            let client = daemon.alice
+            _ = try await client.createSandbox(SandboxRequest(name: "sleepy", idleTimeoutSeconds: 1))
+            #expect(try await eventually { try await client.sandbox("sleepy").state == "stopped" }, "stopped when idle")
+            let woke = try await client.submit("sleepy", JobSubmission(["echo", "up"]), wait: true)
+            let awake = try await client.sandbox("sleepy").state
+            #expect(woke.exitCode == 0 && awake == "running")
+
+            _ = try await client.createSandbox(SandboxRequest(name: "brief", lifetimeSeconds: 2))
+            // The cap: a third sandbox is refused while two exist.
+            let over = try await daemon.raw(
+                .POST, "/v1/sandboxes", contentType: "application/json", body: Array(#"{"name": "third"}"#.utf8))
+            #expect(over.status == 429 && errorBody(over.body)["code"] == "limitReached", "\(over.body)")
+            #expect(try await eventually { try await client.sandboxes().map(\.name) == ["sleepy"] }, "gone after its lifetime")
+
+            let restarted = try await daemon.raw(.POST, "/v1/sandboxes/sleepy/restart")
+            #expect(restarted.status == 200 && restarted.body.contains(#""state" : "running""#), "\(restarted.body)")
+            let after = try await client.submit("sleepy", JobSubmission(["true"]), wait: true)
+            #expect(after.exitCode == 0)
+        }
+
         @Test("a restarted daemon brings its sandboxes back and runs the jobs still queued; ended jobs never run again")
         func daemonRestart() async throws {
             let first = try await TestDaemon.start()

@@ -41,7 +41,9 @@ final class TestDaemon: Sendable {
     var baseURL: URL { URL(string: "http://127.0.0.1:\(port)")! }
 
     /// Starts a daemon over `directory` (a new temporary one when nil: a restart passes the old one).
-    static func start(directory: URL? = nil, uploadLimit: Int = 1 << 20, pool: [PoolProfile] = []) async throws -> TestDaemon {
+    static func start(
+        directory: URL? = nil, uploadLimit: Int = 1 << 20, pool: [PoolProfile] = [], maxSandboxes: Int = 16
+    ) async throws -> TestDaemon {
         let dir =
             directory
             ?? URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-daemon-\(UUID().uuidString.prefix(8))")
@@ -52,6 +54,7 @@ final class TestDaemon: Sendable {
         var config = ServiceConfiguration(stateDirectory: dir.appendingPathComponent("state"), images: images)
         config.storeSize = 256 << 20
         config.pool = pool
+        config.maxSandboxes = maxSandboxes
         var logger = Logger(label: "test.daemon")
         logger.logLevel = .warning
         let registry = try SandboxRegistry(configuration: config, logger: logger)
