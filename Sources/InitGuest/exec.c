@@ -14,7 +14,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,12 +24,41 @@
 /* How often commands with a memory limit are checked for thrashing. */
 #define MEMORY_WATCH_NS 500000000ull
 
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41) /* Linux 4.13; older C libraries lack the name */
+#endif
+
 static int devnull = -1;
 
 void exec_setup(void)
 {
     spawn_setup();
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+}
+
+/*
+ * A pty pair for a terminal command: the master stays with the init, the
+ * slave becomes the command's stdin, stdout and stderr. The slave is opened
+ * through the master (TIOCGPTPEER), never by a path in /dev/pts that a
+ * command could race, and belongs to the command's user, as login(1) would
+ * leave it. 0, or -1 with errno.
+ */
+static int open_terminal(const struct vx_exec *e, int *master, int *slave)
+{
+    struct winsize ws = {.ws_row = e->rows, .ws_col = e->cols};
+    int unlock = 0;
+    *master = *slave = -1;
+    if ((*master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0 || ioctl(*master, TIOCSPTLCK, &unlock) != 0 ||
+        ioctl(*master, TIOCSWINSZ, &ws) != 0 ||
+        (*slave = ioctl(*master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0 ||
+        fchown(*slave, e->policy.uid, e->policy.gid) != 0 || fchmod(*slave, 0620) != 0) {
+        int saved = errno;
+        close_fd(master);
+        close_fd(slave);
+        errno = saved;
+        return -1;
+    }
+    return 0;
 }
 
 void exec_start(const struct vx_frame *f)
@@ -71,8 +102,17 @@ void exec_start(const struct vx_frame *f)
         return;
     }
     int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1};
-    int has_stdin = (e.flags & VX_EXEC_STDIN) != 0;
-    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || (has_stdin && pipe2(in, O_CLOEXEC))) {
+    int has_stdin = (e.flags & VX_EXEC_STDIN) != 0, tty = (e.flags & VX_EXEC_PTY) != 0;
+    if (tty) {
+        /* One terminal for all three: in[1] and out[0] are the master, the rest the slave. */
+        if (open_terminal(&e, &out[0], &out[1]) != 0) {
+            int saved = errno;
+            emit_error(f->stream, VX_E_INTERNAL, saved, "cannot open a terminal: %s", strerror(saved));
+            jobs_end(&job);
+            return;
+        }
+        in[0] = err[1] = out[1];
+    } else if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || (has_stdin && pipe2(in, O_CLOEXEC))) {
         int saved = errno;
         int fds[] = {out[0], out[1], err[0], err[1], in[0], in[1]};
         for (unsigned i = 0; i < 6; i++)
@@ -80,11 +120,12 @@ void exec_start(const struct vx_frame *f)
         emit_error(f->stream, VX_E_INTERNAL, saved, "cannot create pipes: %s", strerror(saved));
         jobs_end(&job);
         return;
+    } else {
+        fcntl(out[0], F_SETPIPE_SZ, STDOUT_PIPE_SIZE);
     }
-    fcntl(out[0], F_SETPIPE_SZ, STDOUT_PIPE_SIZE);
     /* The command's ends belong to its user, as pipes it made itself would:
      * reopening them (/dev/stdin, /proc/self/fd/N) checks the owner. */
-    if (e.policy.uid || e.policy.gid) {
+    if (!tty && (e.policy.uid || e.policy.gid)) {
         int ends[] = {in[0], out[1], err[1]};
         for (unsigned i = 0; i < 3; i++)
             if (ends[i] >= 0 && fchown(ends[i], e.policy.uid, e.policy.gid) != 0)
@@ -96,15 +137,28 @@ void exec_start(const struct vx_frame *f)
     if (e.policy.memory_max)
         snprintf(tmp_options, sizeof tmp_options, "mode=1777,size=%llu", (unsigned long long)e.policy.memory_max);
     struct spawn_request req = {has_stdin ? in[0] : devnull, out[1], err[1], cwd, argv, envp, &e.policy,
-                                job.dir_fd, tmp_options};
+                                job.dir_fd, tmp_options, tty};
     struct spawn_failure failed;
     uint64_t start = now_ns();
     pid_t pid = spawn_command(&req, &failed);
     int saved = errno;
     jobs_spawned(&job);
     close_fd(&out[1]);
+    if (tty)
+        err[1] = in[0] = -1; /* the slave, closed once above */
     close_fd(&err[1]);
     close_fd(&in[0]);
+    /* The terminal's master is read (output), written (input) and kept for
+     * RESIZE through descriptors of its own, each closed once. */
+    int pty = -1;
+    if (tty && pid > 0 && !failed.stage &&
+        ((pty = fcntl(out[0], F_DUPFD_CLOEXEC, 0)) < 0 || (in[1] = fcntl(out[0], F_DUPFD_CLOEXEC, 0)) < 0)) {
+        saved = errno;
+        kill(-pid, SIGKILL);
+        close_fd(&pty);
+        failed.stage = STAGE_SETUP;
+        failed.err = saved;
+    }
     if (pid < 0 || failed.stage) {
         if (pid > 0)
             waitpid(pid, NULL, 0);
@@ -121,7 +175,8 @@ void exec_start(const struct vx_frame *f)
         return;
     }
     fcntl(out[0], F_SETFL, O_NONBLOCK); /* our pipe ends carry no other status flags */
-    fcntl(err[0], F_SETFL, O_NONBLOCK);
+    if (err[0] >= 0)
+        fcntl(err[0], F_SETFL, O_NONBLOCK);
     p->used = 1;
     p->kind = K_COMMAND;
     p->pid = pid;
@@ -130,6 +185,7 @@ void exec_start(const struct vx_frame *f)
     p->fd_out[VX_STDOUT] = out[0];
     p->fd_out[VX_STDERR] = err[0];
     p->credit[VX_STDOUT] = p->credit[VX_STDERR] = streams_host_window();
+    p->pty_fd = pty;
     p->has_stdin = has_stdin;
     if (has_stdin) {
         p->fd_in = in[1];
@@ -141,6 +197,8 @@ void exec_start(const struct vx_frame *f)
     p->start_ns = start;
     p->deadline_ns = e.timeout_ms ? start + (uint64_t)e.timeout_ms * 1000000ull : 0;
     emit_u32(VX_STARTED, 0, f->stream, (uint32_t)pid);
+    if (tty) /* everything comes through the terminal, on stdout */
+        emit(VX_EOF, VX_STDERR, f->stream, NULL, 0);
 }
 
 void exec_reap(int sigfd)

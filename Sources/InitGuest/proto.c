@@ -116,6 +116,17 @@ int vx_exec_decode(const struct vx_frame *f, struct vx_exec *e)
     if (vx_str_next(p, n, &pos, &e->cwd))
         return VX_E_MALFORMED;
     memset(&e->policy, 0, sizeof e->policy);
+    e->rows = e->cols = 0;
+    if (e->flags & VX_EXEC_PTY) {
+        /* The terminal block is last; its input comes as DATA, so STDIN is required. */
+        if (!(e->flags & VX_EXEC_STDIN) || n - pos < VX_TERMINAL_SIZE)
+            return VX_E_MALFORMED;
+        e->rows = vx_get_u16(p + n - 4);
+        e->cols = vx_get_u16(p + n - 2);
+        if (!e->rows || !e->cols)
+            return VX_E_MALFORMED;
+        n -= VX_TERMINAL_SIZE;
+    }
     if (e->flags & VX_EXEC_POLICY) {
         if (n - pos < VX_POLICY_SIZE)
             return VX_E_MALFORMED;
@@ -337,6 +348,15 @@ int vx_kill_decode(const struct vx_frame *f, struct vx_kill *k)
     return 0;
 }
 
+int vx_resize_decode(const struct vx_frame *f, struct vx_resize *r)
+{
+    if (f->len != VX_TERMINAL_SIZE)
+        return VX_E_MALFORMED;
+    r->rows = vx_get_u16(f->payload);
+    r->cols = vx_get_u16(f->payload + 2);
+    return r->rows && r->cols ? 0 : VX_E_MALFORMED;
+}
+
 /* Which frames live on stream 0, and which use the sub byte. */
 static int is_control(uint8_t t)
 {
@@ -353,7 +373,7 @@ int vx_frame_check(const struct vx_frame *f)
     switch (f->type) {
     case VX_HELLO: case VX_PING: case VX_PONG: case VX_ERROR: case VX_SHUTDOWN: case VX_BYE:
     case VX_EXEC: case VX_STARTED: case VX_DATA: case VX_EOF: case VX_WINDOW: case VX_SIGNAL: case VX_EXIT:
-    case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_DONE: case VX_STORE: case VX_SYNC:
+    case VX_RESIZE: case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_DONE: case VX_STORE: case VX_SYNC:
     case VX_FREEZE: case VX_THAW: case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST: case VX_MKDIR:
     case VX_DELETE: case VX_MOVE: case VX_ENTRY: case VX_PS: case VX_PROCESS: case VX_KILL:
         break;
@@ -391,6 +411,10 @@ int vx_frame_check(const struct vx_frame *f)
     case VX_KILL: {
         struct vx_kill k;
         return vx_kill_decode(f, &k);
+    }
+    case VX_RESIZE: {
+        struct vx_resize r;
+        return vx_resize_decode(f, &r);
     }
     case VX_MOUNT: {
         struct vx_mount m;
@@ -445,6 +469,7 @@ const char *vx_type_name(uint8_t type)
     case VX_WINDOW: return "WINDOW";
     case VX_SIGNAL: return "SIGNAL";
     case VX_EXIT: return "EXIT";
+    case VX_RESIZE: return "RESIZE";
     case VX_MOUNT: return "MOUNT";
     case VX_UNMOUNT: return "UNMOUNT";
     case VX_LAYERS: return "LAYERS";

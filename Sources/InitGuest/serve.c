@@ -365,6 +365,7 @@ static void handle_frame(const struct vx_frame *f)
     case VX_EOF: stream_on_eof(f); break;
     case VX_WINDOW: stream_on_window(f); break;
     case VX_SIGNAL: stream_on_signal(f); break;
+    case VX_RESIZE: stream_on_resize(f); break;
     case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_STORE: case VX_SYNC:
     case VX_FREEZE: case VX_THAW: on_drive(f); break;
     case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST: case VX_MKDIR: case VX_DELETE: case VX_MOVE:

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -109,6 +110,10 @@ static void child_run(const struct spawn_request *r, int join_cgroup)
     signal(SIGPIPE, SIG_DFL);
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (setsid() < 0 || dup2(r->in_fd, 0) < 0 || dup2(r->out_fd, 1) < 0 || dup2(r->err_fd, 2) < 0)
+        goto fail;
+    /* A terminal command leads its session with the pty as its controlling
+     * terminal: job control, Ctrl-C to the foreground group, SIGWINCH, SIGHUP. */
+    if (r->controlling_tty && ioctl(0, TIOCSCTTY, 0) != 0)
         goto fail;
     /* Into the command's cgroup before anything can fork. */
     if (join_cgroup && r->cgroup_fd >= 0) {

@@ -19,6 +19,7 @@ struct spawn_request {
     const struct vx_policy *policy;
     int cgroup_fd;             /* the command's cgroup directory, or -1 */
     const char *tmp_options;   /* tmpfs options of a private /tmp */
+    int controlling_tty;       /* in_fd is a terminal: it becomes the session's controlling terminal */
 };
 
 struct spawn_failure {

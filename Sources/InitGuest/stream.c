@@ -10,6 +10,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -99,11 +101,12 @@ void stream_free(struct stream *s)
     if (s->dir)
         closedir(s->dir);
     close_fd(&s->fd_in);
+    close_fd(&s->pty_fd);
     close_fd(&s->fd_out[VX_STDOUT]);
     close_fd(&s->fd_out[VX_STDERR]);
     free(s->in_buf);
     memset(s, 0, sizeof *s);
-    s->fd_in = s->fd_out[0] = s->fd_out[1] = s->fd_out[2] = -1;
+    s->fd_in = s->pty_fd = s->fd_out[0] = s->fd_out[1] = s->fd_out[2] = -1;
     jobs_clear(&s->job);
     s->put.fd = s->put.dirfd = -1;
 }
@@ -164,6 +167,23 @@ void stream_on_data(const struct vx_frame *f)
     s->in_len += f->len;
 }
 
+/*
+ * The host ended stdin. A pipe is closed; a terminal stays open (it is the
+ * command's output too), so the end is typed instead: the terminal's EOF
+ * character (Ctrl-D), which ends a read at the start of a line, as a user
+ * at a terminal would end the input.
+ */
+static void end_input(struct stream *s)
+{
+    struct termios t;
+    if (s->pty_fd >= 0 && s->fd_in >= 0 && tcgetattr(s->pty_fd, &t) == 0 && (t.c_lflag & ICANON)) {
+        cc_t c = t.c_cc[VEOF];
+        if (write(s->fd_in, &c, 1) != 1)
+            vx_log("stream %u: cannot end the terminal's input: %s", s->id, strerror(errno));
+    }
+    close_fd(&s->fd_in);
+}
+
 void stream_on_eof(const struct vx_frame *f)
 {
     struct stream *s = stream_of(f);
@@ -177,7 +197,7 @@ void stream_on_eof(const struct vx_frame *f)
     if (s->kind == K_PUT && s->in_len == 0)
         transfer_finish_put(s);
     else if (s->in_len == 0)
-        close_fd(&s->fd_in);
+        end_input(s);
 }
 
 void stream_on_window(const struct vx_frame *f)
@@ -212,6 +232,22 @@ void stream_on_signal(const struct vx_frame *f)
         emit_error(f->stream, VX_E_INTERNAL, errno, "kill: %s", strerror(errno));
 }
 
+void stream_on_resize(const struct vx_frame *f)
+{
+    struct stream *s = stream_of(f);
+    if (!s)
+        return;
+    struct vx_resize r;
+    vx_resize_decode(f, &r); /* checked by vx_frame_check */
+    if (s->pty_fd < 0) {
+        emit_error(f->stream, VX_E_STATE, 0, "stream %u has no terminal to resize", f->stream);
+        return;
+    }
+    struct winsize ws = {.ws_row = r.rows, .ws_col = r.cols};
+    if (ioctl(s->pty_fd, TIOCSWINSZ, &ws) != 0)
+        emit_error(f->stream, VX_E_INTERNAL, errno, "cannot resize the terminal: %s", strerror(errno));
+}
+
 void stream_pump_input(struct stream *s)
 {
     ssize_t w = write(s->fd_in, s->in_buf, s->in_len);
@@ -233,7 +269,7 @@ void stream_pump_input(struct stream *s)
     if (s->in_len == 0 && s->in_eof && s->kind == K_PUT)
         transfer_finish_put(s);
     else if (s->in_len == 0 && s->in_eof)
-        close_fd(&s->fd_in);
+        end_input(s);
 }
 
 /* One read of a stream's output into a DATA frame; returns 1 when the

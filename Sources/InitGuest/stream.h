@@ -32,7 +32,8 @@ struct stream {
     enum stream_kind kind;
     uint32_t id;
     pid_t pid;             /* K_COMMAND */
-    int fd_in;             /* where stdin goes (the pipe, or the PUT file), or -1 */
+    int fd_in;             /* where stdin goes (the pipe, the terminal, or the PUT file), or -1 */
+    int pty_fd;            /* a terminal command's pty master (for RESIZE and end of input), or -1 */
     int fd_out[3];         /* [VX_STDOUT], [VX_STDERR]: read ends (or the GET file), -1 once at EOF */
     uint32_t credit[3];    /* bytes of output the host still accepts */
     uint8_t *in_buf;       /* stdin bytes received, not yet written */
@@ -72,6 +73,8 @@ void stream_on_data(const struct vx_frame *f);
 void stream_on_eof(const struct vx_frame *f);
 void stream_on_window(const struct vx_frame *f);
 void stream_on_signal(const struct vx_frame *f);
+/* RESIZE: a terminal command's window size (the kernel sends SIGWINCH to its foreground group). */
+void stream_on_resize(const struct vx_frame *f);
 
 /* Writes buffered stdin bytes to the stream's descriptor. */
 void stream_pump_input(struct stream *s);

@@ -145,6 +145,11 @@ public final class ChannelClient: Sendable {
     /// non-executable program or a bad working directory.
     public func exec(_ request: ExecRequest) async throws -> RemoteProcess {
         let payload = try request.encoded()
+        if request.terminal != nil, let guest = state.withLock({ $0.guestHello }), guest.minor < 5 {
+            throw ProtocolError.invalidRequest(
+                "the guest's init speaks protocol \(guest.major).\(guest.minor), which has no terminals (1.5); rebuild the images with make images"
+            )
+        }
         let process = try register(transfer: nil)
         try await send(Frame(.exec, stream: process.stream, payload: payload))
         _ = try await process.awaitStart()
@@ -370,7 +375,7 @@ public final class ChannelClient: Sendable {
         case .entry, .process:
             receiveReply(frame)
         case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers, .store, .sync, .freeze, .thaw,
-            .put, .get, .stat, .list, .mkdir, .delete, .move, .ps, .kill:
+            .put, .get, .stat, .list, .mkdir, .delete, .move, .ps, .kill, .resize:
             refuse(frame, .state, "\(frame.kind!) is sent by the host, not the guest")
         }
     }

@@ -3,7 +3,7 @@ import NIOCore
 /// Constants of the vmexec wire protocol (docs/PROTOCOL.md).
 public enum WireProtocol {
     public static let major: UInt16 = 1
-    public static let minor: UInt16 = 4
+    public static let minor: UInt16 = 5
     /// Bytes in a frame header: length, type, sub, reserved, stream.
     public static let headerSize = 12
     /// Hard cap on a frame's payload. A header claiming more is fatal.
@@ -21,6 +21,7 @@ public enum WireProtocol {
 public enum FrameType: UInt8, Sendable, CaseIterable {
     case hello = 0x01, ping = 0x02, pong = 0x03, error = 0x04, shutdown = 0x05, bye = 0x06
     case exec = 0x10, started = 0x11, data = 0x12, eof = 0x13, window = 0x14, signal = 0x15, exit = 0x16
+    case resize = 0x17
     case mount = 0x20, unmount = 0x21, layers = 0x22, done = 0x23, store = 0x24, sync = 0x25
     case freeze = 0x26, thaw = 0x27
     case put = 0x30, get = 0x31, stat = 0x32, list = 0x33, mkdir = 0x34, delete = 0x35, move = 0x36
@@ -95,6 +96,7 @@ public struct Frame: Sendable, Equatable {
             case .window: if try payload.decodeU32() == 0 { return .malformed }
             case .signal: if !(1...64).contains(try payload.decodeU32()) { return .malformed }
             case .exit: _ = try ExitStatus(decoding: payload)
+            case .resize: _ = try TerminalSize(decoding: payload)
             case .ping, .pong: break
             }
         } catch {

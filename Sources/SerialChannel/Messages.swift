@@ -119,10 +119,42 @@ public struct ExecPolicy: Sendable, Equatable {
     }
 }
 
+/// A terminal's size in character cells: the last block of a terminal EXEC
+/// and the payload of RESIZE (since 1.5; both at least 1).
+public struct TerminalSize: Sendable, Equatable, Codable {
+    public var rows: UInt16
+    public var columns: UInt16
+
+    public static let size = 4
+
+    public init(rows: UInt16, columns: UInt16) {
+        self.rows = rows
+        self.columns = columns
+    }
+
+    public init(decoding p: [UInt8]) throws(ProtocolError) {
+        guard p.count == Self.size, p.u16(at: 0) > 0, p.u16(at: 2) > 0 else { throw .malformedPayload("terminal size") }
+        self.init(rows: p.u16(at: 0), columns: p.u16(at: 2))
+    }
+
+    /// The payload bytes; throws for a zero dimension, which the guest refuses.
+    public func encoded() throws(ProtocolError) -> [UInt8] {
+        guard rows > 0, columns > 0 else {
+            throw .invalidRequest("a terminal needs at least one row and one column, not \(rows)x\(columns)")
+        }
+        var p: [UInt8] = []
+        p.appendLE(rows)
+        p.appendLE(columns)
+        return p
+    }
+}
+
 /// EXEC: what to run, in which directory, with which environment.
 public struct ExecRequest: Sendable, Equatable {
     public static let stdinFlag: UInt32 = 0x1
     public static let policyFlag: UInt32 = 0x2
+    /// Since 1.5: the command runs on a terminal of this size (needs ``stdinFlag``).
+    public static let terminalFlag: UInt32 = 0x4
 
     public var arguments: [String]
     public var environment: [String]
@@ -133,10 +165,14 @@ public struct ExecRequest: Sendable, Equatable {
     public var hasStdin: Bool
     /// User and limits; nil runs as root without limits.
     public var policy: ExecPolicy?
+    /// A terminal (a pty pair in the guest) of this size; nil: pipes. On a
+    /// terminal, stdin and all output go through it: output arrives on stdout.
+    public var terminal: TerminalSize?
 
     public init(
         arguments: [String], environment: [String] = [], workingDirectory: String = "/",
-        timeoutMilliseconds: UInt32 = 0, hasStdin: Bool = false, policy: ExecPolicy? = nil
+        timeoutMilliseconds: UInt32 = 0, hasStdin: Bool = false, policy: ExecPolicy? = nil,
+        terminal: TerminalSize? = nil
     ) {
         self.arguments = arguments
         self.environment = environment
@@ -144,6 +180,7 @@ public struct ExecRequest: Sendable, Equatable {
         self.timeoutMilliseconds = timeoutMilliseconds
         self.hasStdin = hasStdin
         self.policy = policy
+        self.terminal = terminal
     }
 
     public init(decoding payload: [UInt8]) throws(ProtocolError) {
@@ -152,12 +189,18 @@ public struct ExecRequest: Sendable, Equatable {
         let flags = p.u32(at: 0)
         timeoutMilliseconds = p.u32(at: 4)
         let argc = Int(p.u16(at: 8)), envc = Int(p.u16(at: 10))
-        guard flags & ~(Self.stdinFlag | Self.policyFlag) == 0, argc >= 1, argc <= WireProtocol.maxArguments,
-            envc <= WireProtocol.maxEnvironment
+        guard flags & ~(Self.stdinFlag | Self.policyFlag | Self.terminalFlag) == 0, argc >= 1,
+            argc <= WireProtocol.maxArguments, envc <= WireProtocol.maxEnvironment
         else { throw .malformedPayload("EXEC") }
         hasStdin = flags & Self.stdinFlag != 0
         policy = nil
+        terminal = nil
         var pos = 12
+        if flags & Self.terminalFlag != 0 {
+            guard hasStdin, p.count >= 12 + TerminalSize.size else { throw .malformedPayload("EXEC") }
+            terminal = try TerminalSize(decoding: Array(p.suffix(TerminalSize.size)))
+            p.removeLast(TerminalSize.size)
+        }
         if flags & Self.policyFlag != 0 {
             guard p.count >= 12 + ExecPolicy.size else { throw .malformedPayload("EXEC") }
             policy = try ExecPolicy(decoding: p[(p.count - ExecPolicy.size)...])
@@ -192,7 +235,12 @@ public struct ExecRequest: Sendable, Equatable {
             throw .invalidRequest("environment entry \"\(e)\" is not NAME=VALUE")
         }
         var p: [UInt8] = []
-        p.appendLE((hasStdin ? Self.stdinFlag : 0) | (policy != nil ? Self.policyFlag : 0))
+        if terminal != nil && !hasStdin {
+            throw .invalidRequest("a command on a terminal takes its input through it: hasStdin must be set")
+        }
+        p.appendLE(
+            (hasStdin ? Self.stdinFlag : 0) | (policy != nil ? Self.policyFlag : 0)
+                | (terminal != nil ? Self.terminalFlag : 0))
         p.appendLE(timeoutMilliseconds)
         p.appendLE(UInt16(arguments.count))
         p.appendLE(UInt16(environment.count))
@@ -205,6 +253,7 @@ public struct ExecRequest: Sendable, Equatable {
             p.append(contentsOf: bytes)
         }
         if let policy { p += policy.encoded() }
+        if let terminal { p += try terminal.encoded() }
         guard p.count <= WireProtocol.maxPayload else {
             throw .invalidRequest(
                 "command line and environment take \(p.count) bytes; at most \(WireProtocol.maxPayload) fit")

@@ -248,6 +248,12 @@ public final class RemoteProcess: Sendable {
         try await client.send(Frame(.signal, stream: stream, payload: p))
     }
 
+    /// Gives the process's terminal a new size (started with a terminal;
+    /// the guest refuses RESIZE otherwise). Its foreground group gets SIGWINCH.
+    public func resize(_ size: TerminalSize) async throws {
+        try await client.send(Frame(.resize, stream: stream, payload: try size.encoded()))
+    }
+
     // MARK: events from the channel (called on the event loop)
 
     func awaitStart() async throws -> UInt32 {

@@ -160,6 +160,34 @@ public actor JobRunner {
     /// Restarts the idle clock (the files API used the sandbox).
     public func touch() { lastActivity = Date() }
 
+    /// Terminal sessions open on the sandbox now: beside the jobs, never
+    /// queued behind them, and keeping the sandbox from being idle.
+    public private(set) var terminals = 0
+
+    /// Starts a command on a terminal, beside the jobs: an interactive
+    /// shell must not wait for the queue, nor hold it up. Its limits start
+    /// from the sandbox's, as a job's do. Call ``terminalEnded()`` once it is over.
+    public func startTerminal(_ request: JobRequest, size: TerminalSize) async throws -> ExecStream {
+        var command = Self.command(request, defaults: await limitsToStartFrom())
+        command.terminal = size
+        command.stdin = .caller
+        if command.environment["TERM"] == nil { command.environment["TERM"] = "xterm-256color" }
+        terminals += 1
+        lastActivity = Date()
+        do {
+            return try await sandbox.stream(command)
+        } catch {
+            terminalEnded()
+            throw error
+        }
+    }
+
+    /// A terminal session is over: the idle clock starts again from now.
+    public func terminalEnded() {
+        terminals = max(0, terminals - 1)
+        lastActivity = Date()
+    }
+
     /// Starts no more jobs; those queued stay queued in the store, for the daemon that comes next.
     public func stopStarting() { accepting = false }
 
@@ -187,10 +215,7 @@ public actor JobRunner {
             JobMetrics.queueWait(since: record.created)
             bump(jobID)
             try await sandbox.start()  // no-op while the guest runs; boots a fresh one after a death
-            let config = await sandbox.configuration
-            let guestDefaults = config.limits ?? .defaults(guestMemoryMiB: config.memoryMiB)
-            let defaults = defaultLimits.map { guestDefaults.overridden(by: $0) } ?? guestDefaults
-            let stream = try await sandbox.stream(Self.command(record.request, defaults: defaults))
+            let stream = try await sandbox.stream(Self.command(record.request, defaults: await limitsToStartFrom()))
             // The submitted stdin goes first, before writers through writeStdin see the stream.
             if record.request.stdinOpen, let first = record.request.stdin, !first.isEmpty {
                 _ = try await stream.writeStdin(Array(first))
@@ -231,6 +256,13 @@ public actor JobRunner {
             versions[jobID] = nil  // ended: watchers read the store from now on
         }
         for watcher in watchers.removeValue(forKey: jobID) ?? [] { watcher.continuation.resume() }
+    }
+
+    /// The limits a command starts from: the guest's, with the sandbox's defaults over them.
+    private func limitsToStartFrom() async -> Limits {
+        let config = await sandbox.configuration
+        let guestDefaults = config.limits ?? .defaults(guestMemoryMiB: config.memoryMiB)
+        return defaultLimits.map { guestDefaults.overridden(by: $0) } ?? guestDefaults
     }
 
     /// The command a request describes; its limits replace `defaults` one by one.

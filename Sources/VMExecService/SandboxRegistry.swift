@@ -191,6 +191,17 @@ public actor SandboxRegistry {
         return entry.sandbox
     }
 
+    /// Starts a command on a terminal in the sandbox's guest (booted first
+    /// if it was stopped), beside its jobs. Call ``JobRunner/terminalEnded()``
+    /// on the returned runner once the session is over.
+    public func startTerminal(owner: String, name: String, request: JobRequest, size: TerminalSize) async throws -> (
+        JobRunner, ExecStream
+    ) {
+        let entry = try entry(owner, name)
+        if !(await entry.sandbox.isRunning), let failure = await boot(entry) { throw Self.bootFailure(name, failure) }
+        return (entry.runner, try await entry.runner.startTerminal(request, size: size))
+    }
+
     /// Attaches a shard of the shard folder to the sandbox's guest; the sandbox keeps it across restarts.
     public func attachShard(owner: String, sandbox name: String, shard shardName: String) async throws -> Shard {
         let entry = try entry(owner, name)
@@ -307,7 +318,8 @@ public actor SandboxRegistry {
                     $0.stoppedOnPurpose = false
                 }
                 let depth = await entry.runner.depth
-                if let idle = spec.idleTimeoutSeconds, depth.queued + depth.running == 0,
+                let terminals = await entry.runner.terminals
+                if let idle = spec.idleTimeoutSeconds, depth.queued + depth.running + terminals == 0,
                     now.timeIntervalSince(await entry.runner.lastActivity) > idle
                 {
                     logger.info("stopping an idle guest", metadata: ["sandbox": "\(entry.record.name)"])

@@ -21,6 +21,12 @@ public struct Command: Sendable {
     /// (``SandboxConfiguration/privateTmp``, on). Off, it shares the guest's
     /// /tmp, /dev/shm and IPC with other such commands and the files API.
     public var privateTmp: Bool?
+    /// Runs the command on a terminal of this size (a pty pair in the guest,
+    /// the command leading its session with it as controlling terminal), as
+    /// `ssh -t` or `docker exec -t` do: line editing, job control, Ctrl-C as
+    /// input, colours. Input goes through ``ExecStream/writeStdin(_:)`` or
+    /// ``stdin``; all output comes as stdout. nil: pipes.
+    public var terminal: TerminalSize?
 
     /// Where the command's stdin comes from.
     public enum Stdin: Sendable {
@@ -41,7 +47,7 @@ public struct Command: Sendable {
     public init(
         _ arguments: [String], environment: [String: String] = [:], workingDirectory: String = "/",
         timeout: Duration? = nil, stdin: Stdin = .none, user: GuestUser? = nil, limits: Limits? = nil,
-        privateTmp: Bool? = nil
+        privateTmp: Bool? = nil, terminal: TerminalSize? = nil
     ) {
         self.arguments = arguments
         self.environment = environment
@@ -51,6 +57,7 @@ public struct Command: Sendable {
         self.user = user
         self.limits = limits
         self.privateTmp = privateTmp
+        self.terminal = terminal
     }
 }
 
@@ -197,6 +204,9 @@ extension Usage {
     }
 }
 
+/// A terminal's size in rows and columns (SerialChannel's, named here for users of VMExecutor alone).
+public typealias TerminalSize = SerialChannel.TerminalSize
+
 /// How a command ended (SerialChannel's, named here for users of VMExecutor alone).
 public typealias Termination = SerialChannel.Termination
 
@@ -213,6 +223,8 @@ public struct ExecStream: AsyncSequence, Sendable {
     public typealias Element = ExecEvent
     let process: RemoteProcess
     let stdin: StdinFeed
+    /// Whether it runs on a terminal (``Command/terminal``).
+    public let hasTerminal: Bool
     let mapError: @Sendable (any Error) async -> any Error
 
     /// Whether stdin passed its limit and was cut (final once the exit arrived).
@@ -236,7 +248,18 @@ public struct ExecStream: AsyncSequence, Sendable {
         do { return try await stdin.feed(bytes, to: process) } catch { throw await mapError(error) }
     }
 
-    /// Ends the command's stdin (started with `stdin: .caller`).
+    /// Gives the command's terminal a new size (started with
+    /// ``Command/terminal``); its foreground process group gets SIGWINCH.
+    public func resize(_ size: TerminalSize) async throws {
+        guard hasTerminal else {
+            throw VMExecError(.invalidRequest, "the command has no terminal to resize: start it with a terminal size")
+        }
+        do { try await process.resize(size) } catch { throw await mapError(error) }
+    }
+
+    /// Ends the command's stdin (started with `stdin: .caller`). On a
+    /// terminal, the guest types the terminal's end-of-file character
+    /// (Ctrl-D) instead, which ends a read at the start of a line.
     public func closeStdin() async throws {
         do { try await process.closeStdin() } catch { throw await mapError(error) }
     }

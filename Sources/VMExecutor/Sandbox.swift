@@ -279,7 +279,9 @@ public actor Sandbox {
     /// Runs a command and streams its output as it is produced, then its exit.
     public func stream(_ command: Command) async throws -> ExecStream {
         let (process, stdin, machine) = try await startProcess(command)
-        return ExecStream(process: process, stdin: stdin) { error in await Self.explain(error, machine: machine) }
+        return ExecStream(process: process, stdin: stdin, hasTerminal: command.terminal != nil) { error in
+            await Self.explain(error, machine: machine)
+        }
     }
 
     /// Round trip through the guest init (liveness check, latency probe).
@@ -314,12 +316,12 @@ public actor Sandbox {
             let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000
             timeoutMs = UInt32(clamping: max(1, ms))
         }
-        var hasStdin = false
+        var hasStdin = command.terminal != nil
         if case .none = command.stdin {} else { hasStdin = true }
         let request = ExecRequest(
             arguments: command.arguments, environment: env.map { "\($0.key)=\($0.value)" }.sorted(),
             workingDirectory: command.workingDirectory, timeoutMilliseconds: timeoutMs, hasStdin: hasStdin,
-            policy: policy)
+            policy: policy, terminal: command.terminal)
         let process: RemoteProcess
         do {
             process = try await r.client.exec(request)

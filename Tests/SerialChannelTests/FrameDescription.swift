@@ -33,7 +33,7 @@ enum FrameDescription {
         case .exec:
             let e = try! ExecRequest(decoding: p)
             s +=
-                " flags=\((e.hasStdin ? 1 : 0) | (e.policy != nil ? 2 : 0)) timeout_ms=\(e.timeoutMilliseconds) cwd=\(quote(Array(e.workingDirectory.utf8)))"
+                " flags=\((e.hasStdin ? 1 : 0) | (e.policy != nil ? 2 : 0) | (e.terminal != nil ? 4 : 0)) timeout_ms=\(e.timeoutMilliseconds) cwd=\(quote(Array(e.workingDirectory.utf8)))"
             s += " argv=[" + e.arguments.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
             s += " env=[" + e.environment.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
             if let q = e.policy {
@@ -41,12 +41,16 @@ enum FrameDescription {
                     " uid=\(q.uid) gid=\(q.gid) memory_max=\(q.memoryMax) pids_max=\(q.pidsMax) nofile=\(q.openFiles) cpu_seconds=\(q.cpuSeconds)"
                 if q.privateTmp { s += " private_tmp" }
             }
+            if let t = e.terminal { s += " rows=\(t.rows) cols=\(t.columns)" }
         case .started:
             s += " pid=\(le32(p))"
         case .window:
             s += " credit=\(le32(p))"
         case .signal:
             s += " signal=\(le32(p))"
+        case .resize:
+            let t = try! TerminalSize(decoding: p)
+            s += " rows=\(t.rows) cols=\(t.columns)"
         case .exit:
             let x = try! ExitStatus(decoding: p)
             let (how, value): (String, Int32) =
@@ -107,6 +111,7 @@ enum FrameDescription {
         case .window: "WINDOW"
         case .signal: "SIGNAL"
         case .exit: "EXIT"
+        case .resize: "RESIZE"
         case .mount: "MOUNT"
         case .unmount: "UNMOUNT"
         case .layers: "LAYERS"

@@ -53,6 +53,7 @@ struct GoldenVectorTests {
         case .hello: #expect(try Hello(decoding: frame.payload).encoded() == frame.payload)
         case .exec: #expect(try ExecRequest(decoding: frame.payload).encoded() == frame.payload)
         case .exit: #expect(try ExitStatus(decoding: frame.payload).encoded() == frame.payload)
+        case .resize: #expect(try TerminalSize(decoding: frame.payload).encoded() == frame.payload)
         case .error:
             let e = try ErrorReply(decoding: frame.payload)
             #expect(e.encoded() == frame.payload)

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VX_MAJOR 1
-#define VX_MINOR 4
+#define VX_MINOR 5
 
 #define VX_HEADER_SIZE 12u
 /* Hard cap on a frame's payload; a header claiming more is fatal. */
@@ -29,6 +29,7 @@
 #define VX_MAX_PATH 4095u
 #define VX_ENTRY_FIXED 32u
 #define VX_PROCESS_FIXED 48u
+#define VX_TERMINAL_SIZE 4u
 #define VX_MAX_ARGV 4096u
 
 enum vx_type {
@@ -45,6 +46,7 @@ enum vx_type {
     VX_WINDOW = 0x14,
     VX_SIGNAL = 0x15,
     VX_EXIT = 0x16,
+    VX_RESIZE = 0x17,
     VX_MOUNT = 0x20,
     VX_UNMOUNT = 0x21,
     VX_LAYERS = 0x22,
@@ -91,7 +93,8 @@ enum vx_err {
 /* EXEC flags. */
 #define VX_EXEC_STDIN 0x1u /* stdin is fed by DATA frames, else /dev/null */
 #define VX_EXEC_POLICY 0x2u /* a 32-byte policy block follows the strings */
-#define VX_EXEC_KNOWN_FLAGS (VX_EXEC_STDIN | VX_EXEC_POLICY)
+#define VX_EXEC_PTY 0x4u /* since 1.5: a terminal (rows, cols) ends the payload; needs STDIN */
+#define VX_EXEC_KNOWN_FLAGS (VX_EXEC_STDIN | VX_EXEC_POLICY | VX_EXEC_PTY)
 #define VX_POLICY_SIZE 32u
 
 /* Flags of the file requests (each request allows some, see docs/PROTOCOL.md) and of KILL. */
@@ -145,6 +148,12 @@ struct vx_exec {
     const uint8_t *strings; /* argc then envc encoded strings */
     size_t strings_len;
     struct vx_policy policy; /* all zero without VX_EXEC_POLICY: root, no limits */
+    uint16_t rows, cols;     /* the terminal's size with VX_EXEC_PTY, else 0 */
+};
+
+/* RESIZE: a command's terminal has a new size (both at least 1). */
+struct vx_resize {
+    uint16_t rows, cols;
 };
 
 struct vx_exit {
@@ -228,6 +237,7 @@ int vx_file_decode(const struct vx_frame *f, struct vx_file_req *r);
 int vx_entry_decode(const struct vx_frame *f, struct vx_entry *e);
 int vx_process_decode(const struct vx_frame *f, struct vx_process *p);
 int vx_kill_decode(const struct vx_frame *f, struct vx_kill *k);
+int vx_resize_decode(const struct vx_frame *f, struct vx_resize *r);
 
 /* Reads the next encoded string at *pos within [p, p+n); 0 or VX_E_MALFORMED. */
 int vx_str_next(const uint8_t *p, size_t n, size_t *pos, struct vx_str *s);
