@@ -170,13 +170,14 @@ void stream_on_data(const struct vx_frame *f)
 /*
  * The host ended stdin. A pipe is closed; a terminal stays open (it is the
  * command's output too), so the end is typed instead: the terminal's EOF
- * character (Ctrl-D), which ends a read at the start of a line, as a user
- * at a terminal would end the input.
+ * character (Ctrl-D), as a user at a terminal ends the input. In canonical
+ * mode the line discipline makes it end a read at the start of a line; a
+ * program reading raw keys (readline, an editor) sees the key and decides.
  */
 static void end_input(struct stream *s)
 {
     struct termios t;
-    if (s->pty_fd >= 0 && s->fd_in >= 0 && tcgetattr(s->pty_fd, &t) == 0 && (t.c_lflag & ICANON)) {
+    if (s->pty_fd >= 0 && s->fd_in >= 0 && tcgetattr(s->pty_fd, &t) == 0) {
         cc_t c = t.c_cc[VEOF];
         if (write(s->fd_in, &c, 1) != 1)
             vx_log("stream %u: cannot end the terminal's input: %s", s->id, strerror(errno));

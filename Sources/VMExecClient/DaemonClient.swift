@@ -11,19 +11,27 @@ import VMExecFailure
 /// ``DaemonError`` with the daemon's code, kind and message.
 public struct DaemonClient: Sendable {
     let api: Client
+    /// Where the daemon is: its socket, or its URL and token (for the terminal's WebSocket).
+    let endpoint: Endpoint
+
+    enum Endpoint: Sendable {
+        case unixSocket(String)
+        case tcp(URL, token: String)
+    }
 
     /// The daemon on the Unix socket at `path` (the owner is `local`).
     public static func unixSocket(_ path: String) -> DaemonClient {
         let host = path.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? path
-        return DaemonClient(url: URL(string: "http+unix://\(host)")!, token: nil)
+        return DaemonClient(url: URL(string: "http+unix://\(host)")!, token: nil, endpoint: .unixSocket(path))
     }
 
     /// The daemon at `url` (http://HOST:PORT), as the owner of `token`.
     public static func tcp(_ url: URL, token: String) -> DaemonClient {
-        DaemonClient(url: url, token: token)
+        DaemonClient(url: url, token: token, endpoint: .tcp(url, token: token))
     }
 
-    private init(url: URL, token: String?) {
+    private init(url: URL, token: String?, endpoint: Endpoint) {
+        self.endpoint = endpoint
         // A job waited for or an event stream may take as long as the job: the deadline is the job's, not the client's.
         let transport = AsyncHTTPClientTransport(configuration: .init(client: .shared, timeout: .hours(24 * 365)))
         api = Client(

@@ -1,5 +1,7 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdWebSocket
 import Logging
 import NIOCore
 import OpenAPIHummingbird
@@ -58,7 +60,7 @@ public struct DaemonServer: Sendable {
         var services: [any Service] = []
         let socketPath = options.socketPath
         let unix = Application(
-            router: try router(tokens: nil),
+            router: try router(tokens: nil), server: terminalUpgrades(tokens: nil),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "vmexec"),
             onServerRunning: { _ in
                 chmod(socketPath, 0o600)
@@ -67,7 +69,7 @@ public struct DaemonServer: Sendable {
         services.append(unix)
         if let host = options.tcpHost, let tokens = options.tokens {
             let tcp = Application(
-                router: try router(tokens: tokens),
+                router: try router(tokens: tokens), server: terminalUpgrades(tokens: tokens),
                 configuration: .init(address: .hostname(host, port: options.tcpPort ?? 0), serverName: "vmexec"),
                 onServerRunning: { channel in onListening(channel.localAddress?.port ?? 0) }, logger: logger)
             services.append(tcp)
@@ -110,6 +112,15 @@ public struct DaemonServer: Sendable {
         try api.registerHandlers(
             on: router, middlewares: [CallerMiddleware(tokens: tokens), FailureMiddleware(logger: logger)])
         return router
+    }
+
+    /// HTTP/1.1 with the terminal's WebSocket upgrade (``TerminalRoute``).
+    private func terminalUpgrades(tokens: TokenBook?) -> HTTPServerBuilder {
+        let route = TerminalRoute(registry: registry, tokens: tokens, logger: logger)
+        return .http1WebSocketUpgrade(configuration: .init(ws: .init(maxFrameSize: TerminalBridge.maxMessage))) {
+            request, _, _ in
+            await route.shouldUpgrade(request)
+        }
     }
 
     /// Makes the socket path free: refuses if a daemon answers there, removes a stale socket.

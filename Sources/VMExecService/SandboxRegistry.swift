@@ -479,7 +479,7 @@ public actor SandboxRegistry {
     }
 
     /// 1-40 of a-z 0-9 _ -, starting with a letter or digit (as the API's Name schema).
-    static func isName(_ s: String) -> Bool {
+    public static func isName(_ s: String) -> Bool {
         guard let first = s.utf8.first, s.utf8.count <= 40 else { return false }
         func ok(_ c: UInt8, head: Bool) -> Bool {
             (c >= 97 && c <= 122) || (c >= 48 && c <= 57) || (!head && (c == 95 || c == 45))

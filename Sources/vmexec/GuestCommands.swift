@@ -27,6 +27,10 @@ struct Exec: AsyncParsableCommand {
     @Argument(help: "The sandbox's name.") var name: String
     @OptionGroup var options: CommandOptions
     @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.") var interactive = false
+    @Flag(
+        name: .shortAndLong,
+        help: "Run the command on a terminal in the guest (-it for a shell), beside the sandbox's jobs rather than as one.")
+    var tty = false
     @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
 
     func validate() throws {
@@ -37,13 +41,10 @@ struct Exec: AsyncParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         let client = try await DaemonConnection.client(start: false)
         let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
-        let overrides = try options.limitOverrides()
+        if tty { throw ExitCode(try await runOnTerminal(client, forwardStdin: forwardStdin)) }
         var submission = JobSubmission(
             command, environment: try options.environment(), workingDirectory: options.workdir, user: options.user,
-            limits: JobLimits(
-                memoryBytes: overrides.memoryBytes.map(Int.init), processes: overrides.processes.map(Int.init),
-                cpuSeconds: overrides.cpuSeconds.map(Int.init), stdinBytes: overrides.stdinBytes.map(Int.init)),
-            timeoutSeconds: options.timeout, outputLimitBytes: 1 << 30, stdinOpen: forwardStdin)
+            limits: try Self.jobLimits(options), timeoutSeconds: options.timeout, outputLimitBytes: 1 << 30, stdinOpen: forwardStdin)
         submission.sharedTmp = options.sharedTmp
         let job = try await client.submit(name, submission)
         let signals = [SIGINT, SIGTERM, SIGHUP].map { number in
@@ -73,6 +74,69 @@ struct Exec: AsyncParsableCommand {
             }
         }
         throw VMExecError(.protocolError, "the daemon's event stream ended before the job did; see vmexec logs \(name) \(job.id)")
+    }
+
+    /// The limits the options set, as the API takes them.
+    static func jobLimits(_ options: CommandOptions) throws -> JobLimits {
+        let overrides = try options.limitOverrides()
+        return JobLimits(
+            memoryBytes: overrides.memoryBytes.map(Int.init), processes: overrides.processes.map(Int.init),
+            cpuSeconds: overrides.cpuSeconds.map(Int.init), stdinBytes: overrides.stdinBytes.map(Int.init))
+    }
+
+    /// `exec -t`: the command on a terminal through the daemon's WebSocket; its exit code.
+    private func runOnTerminal(_ client: DaemonClient, forwardStdin: Bool) async throws -> Int32 {
+        var environment = try options.environment()
+        if environment["TERM"] == nil { environment["TERM"] = ProcessInfo.processInfo.environment["TERM"] ?? "xterm-256color" }
+        let size = LocalTerminal.size()
+        var request = TerminalRequest(
+            command, environment: environment, workingDirectory: options.workdir, user: options.user,
+            timeoutSeconds: options.timeout, rows: Int(size.rows), columns: Int(size.columns))
+        request.limits = try Self.jobLimits(options)
+        request.sharedTmp = options.sharedTmp
+        return try await client.withTerminal(name, request) { terminal in
+            let local = LocalTerminal(raw: forwardStdin) { size in
+                Task { try? await terminal.resize(rows: Int(size.rows), columns: Int(size.columns)) }
+            }
+            defer { local.restore() }
+            // Signals to vmexec itself (not keys: those are typed into the guest in raw mode) go to the command.
+            let signals = [SIGTERM, SIGHUP].map { number in
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+                source.setEventHandler { Task { try? await terminal.signal("\(number)") } }
+                source.resume()
+                return source
+            }
+            defer { for s in signals { s.cancel() } }
+            let input =
+                forwardStdin ? LocalTerminal.forwardInput(write: { try await terminal.write($0) }, end: { try await terminal.endInput() }) : nil
+            defer { input?.cancel() }
+            do {
+                for try await event in terminal.events {
+                    switch event {
+                    case .started: break
+                    case .output(let bytes): try? await HostIO.write(STDOUT_FILENO, bytes, path: "stdout")
+                    case .exit(let termination, let code):
+                        local.restore()
+                        if termination == "timedOut" {
+                            FileHandle.standardError.write(
+                                Data("vmexec: command timed out after \(options.timeout ?? 0) s and was killed\n".utf8))
+                        }
+                        return Int32(code)
+                    }
+                }
+            } catch let error as DaemonError {
+                local.restore()
+                FileHandle.standardError.write(Data("vmexec: \(error.message)\n".utf8))
+                switch error.failureCode {
+                case "commandNotFound": return ErrorReport.notFound
+                case "notExecutable": return ErrorReport.notExecutable
+                default: return ErrorReport.vmexecError
+                }
+            }
+            local.restore()
+            throw VMExecError(.protocolError, "the daemon closed the terminal before the command ended")
+        }
     }
 
     /// The code `vmexec run` would exit with; says why on stderr when it is not the command's own.

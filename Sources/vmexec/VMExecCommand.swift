@@ -162,6 +162,11 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "Forward stdin even when it is a terminal.")
     var interactive = false
 
+    @Flag(
+        name: .shortAndLong,
+        help: "Run the command on a terminal in the guest (-it for a shell: raw keys, Ctrl-C to the guest's foreground job).")
+    var tty = false
+
     @Argument(parsing: .postTerminator, help: "The command and its arguments.")
     var command: [String] = []
 
@@ -189,19 +194,33 @@ struct Run: AsyncParsableCommand {
         let forwardStdin = interactive || isatty(STDIN_FILENO) == 0
         // Checked in validate(), before the guest booted.
         let limits = Limits.defaults(guestMemoryMiB: guest.memory).overridden(by: (try? options.limitOverrides()) ?? Limits())
+        var environment = (try? options.environment()) ?? [:]
+        if tty && environment["TERM"] == nil { environment["TERM"] = ProcessInfo.processInfo.environment["TERM"] ?? "xterm-256color" }
+        let stdin: Command.Stdin = tty ? .caller : forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none
         let cmd = Command(
-            command, environment: (try? options.environment()) ?? [:], workingDirectory: options.workdir,
-            timeout: options.timeoutDuration, stdin: forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none,
-            user: try? options.guestUser(), limits: limits, privateTmp: !options.sharedTmp)
+            command, environment: environment, workingDirectory: options.workdir,
+            timeout: options.timeoutDuration, stdin: stdin, user: try? options.guestUser(), limits: limits,
+            privateTmp: !options.sharedTmp, terminal: tty ? LocalTerminal.size() : nil)
         var code: Int32 = ErrorReport.vmexecError
+        var local: LocalTerminal?
         do {
             let stream = try await sandbox.stream(cmd)
             let forwarder = SignalForwarder(stream: stream)
+            var input: Task<Void, Never>?
+            if tty {
+                local = LocalTerminal(raw: forwardStdin) { size in Task { try? await stream.resize(size) } }
+                if forwardStdin {
+                    input = LocalTerminal.forwardInput(
+                        write: { _ = try await stream.writeStdin($0) }, end: { try await stream.closeStdin() })
+                }
+            }
+            defer { input?.cancel() }
             for try await event in stream {
                 switch event {
                 case .stdout(let bytes): try? await HostIO.write(STDOUT_FILENO, bytes, path: "stdout")
                 case .stderr(let bytes): try? await HostIO.write(STDERR_FILENO, bytes, path: "stderr")
                 case .exit(let termination, _):
+                    local?.restore()
                     code = termination.shellCode
                     if case .timedOut = termination {
                         FileHandle.standardError.write(
@@ -221,6 +240,7 @@ struct Run: AsyncParsableCommand {
                     Data("vmexec: stdin was cut at its limit of \(limits.stdinBytes ?? 0) bytes\n".utf8))
             }
         } catch {
+            local?.restore()
             await sandbox.shutdown()
             ErrorReport.fail(error)
         }
