@@ -141,8 +141,8 @@ public struct DaemonServer: Sendable {
 }
 
 /// Whether something accepts connections on a Unix socket.
-enum DaemonSocket {
-    static func answers(_ path: String) -> Bool {
+public enum DaemonSocket {
+    public static func answers(_ path: String) -> Bool {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }

@@ -130,6 +130,7 @@ struct TerminalBridge: Sendable {
             }
         }
         if !ended.withLock({ $0 }) {
+            logger.info("terminal hung up with the command running", metadata: ["sandbox": "\(sandbox)"])
             // Hung up with the command still running: as a terminal's hang-up does.
             try? await stream.signal(SIGHUP)
             let deadline = ContinuousClock.now + Self.hangupGrace
@@ -153,6 +154,7 @@ struct TerminalBridge: Sendable {
             } catch {
                 throw VMExecError(.invalidRequest, "a control message is not a TerminalControl: \(error)")
             }
+            logger.debug("terminal control", metadata: ["sandbox": "\(sandbox)", "control": "\(text)"])
             switch control._type {
             case .resize:
                 try await stream.resize(try Self.size(rows: control.rows, cols: control.cols))

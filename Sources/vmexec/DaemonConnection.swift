@@ -2,6 +2,7 @@ import ArgumentParser
 import CVMExecHost
 import Foundation
 import VMExecClient
+import VMExecServer
 import VMExecutor
 
 /// Where the CLI finds the daemon, and how it starts one when none runs.
@@ -30,14 +31,16 @@ enum DaemonConnection {
             return .tcp(parsed, token: token)
         }
         let client = DaemonClient.unixSocket(socketPath)
-        if (try? await client.health()) != nil { return client }
+        // A plain connect first: the HTTP client retries a refused connection for as long as a
+        // request may take, so asking a socket nobody serves would wait instead of failing.
+        if DaemonSocket.answers(socketPath), (try? await client.health()) != nil { return client }
         guard start else {
             throw VMExecError(.notRunning, "no vmexec daemon answers on \(socketPath); `vmexec up` or `vmexec serve` starts one")
         }
         try startDaemon()
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {
-            if (try? await client.health()) != nil {
+            if DaemonSocket.answers(socketPath), (try? await client.health()) != nil {
                 FileHandle.standardError.write(
                     Data("vmexec: started the daemon on \(socketPath) (log: \(logPath))\n".utf8))
                 return client

@@ -28,12 +28,14 @@ struct DaemonHome {
     }
 
     /// Starts `vmexec serve` by hand (as after a crash), and waits until it answers.
-    func serve() async throws -> Process {
+    func serve(logLevel: String = "warning") async throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: vmexecBinary)
-        p.arguments = ["serve", "--log-level", "warning"]
+        p.arguments = ["serve", "--log-level", logLevel]
         p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try FileManager.default.createDirectory(atPath: directory + "/run", withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: directory + "/run/daemon.log", contents: nil)
+        p.standardError = FileHandle(forWritingAtPath: directory + "/run/daemon.log")
         try p.run()
         for _ in 0..<300 {
             if (try? await client.health()) != nil { return p }

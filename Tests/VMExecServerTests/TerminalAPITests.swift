@@ -39,8 +39,9 @@ extension DaemonSuites {
                 try await terminal.write(Array("stty size\r".utf8))
                 #expect(try await Self.read(&events, into: &text, until: "50 132"))
                 // Ctrl-C typed: the foreground job is interrupted, the shell stays. (The markers are
-                // printed with printf so that the echo of the typed line does not contain them.)
-                try await terminal.write(Array("printf 'zz%s\\n' sleeping; sleep 100\r".utf8))
+                // printed with printf so that the echo of the typed line does not contain them; the job
+                // prints its own, so it is in the terminal's foreground when the marker shows.)
+                try await terminal.write(Array("sh -c 'printf zz%s sleeping; exec sleep 100'\r".utf8))
                 #expect(try await Self.read(&events, into: &text, until: "zzsleeping"))
                 text = ""
                 try await terminal.write([0x03])
