@@ -44,7 +44,8 @@ struct Exec: AsyncParsableCommand {
         if tty { throw ExitCode(try await runOnTerminal(client, forwardStdin: forwardStdin)) }
         var submission = JobSubmission(
             command, environment: try options.environment(), workingDirectory: options.workdir, user: options.user,
-            limits: try Self.jobLimits(options), timeoutSeconds: options.timeout, outputLimitBytes: 1 << 30, stdinOpen: forwardStdin)
+            limits: try Self.jobLimits(options), timeoutSeconds: options.timeout, outputLimitBytes: 1 << 30,
+            stdinOpen: forwardStdin)
         submission.sharedTmp = options.sharedTmp
         let job = try await client.submit(name, submission)
         let signals = [SIGINT, SIGTERM, SIGHUP].map { number in
@@ -109,7 +110,9 @@ struct Exec: AsyncParsableCommand {
             }
             defer { for s in signals { s.cancel() } }
             let input =
-                forwardStdin ? LocalTerminal.forwardInput(write: { try await terminal.write($0) }, end: { try await terminal.endInput() }) : nil
+                forwardStdin
+                ? LocalTerminal.forwardInput(write: { try await terminal.write($0) }, end: { try await terminal.endInput() })
+                : nil
             defer { input?.cancel() }
             do {
                 for try await event in terminal.events {

@@ -195,7 +195,9 @@ struct Run: AsyncParsableCommand {
         // Checked in validate(), before the guest booted.
         let limits = Limits.defaults(guestMemoryMiB: guest.memory).overridden(by: (try? options.limitOverrides()) ?? Limits())
         var environment = (try? options.environment()) ?? [:]
-        if tty && environment["TERM"] == nil { environment["TERM"] = ProcessInfo.processInfo.environment["TERM"] ?? "xterm-256color" }
+        if tty && environment["TERM"] == nil {
+            environment["TERM"] = ProcessInfo.processInfo.environment["TERM"] ?? "xterm-256color"
+        }
         let stdin: Command.Stdin = tty ? .caller : forwardStdin ? .fileDescriptor(STDIN_FILENO) : .none
         let cmd = Command(
             command, environment: environment, workingDirectory: options.workdir,

@@ -34,7 +34,7 @@ struct DaemonHome {
         p.arguments = ["serve", "--log-level", logLevel]
         p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try FileManager.default.createDirectory(atPath: directory + "/run", withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: directory + "/run/daemon.log", contents: nil)
+        _ = FileManager.default.createFile(atPath: directory + "/run/daemon.log", contents: nil)
         p.standardError = FileHandle(forWritingAtPath: directory + "/run/daemon.log")
         try p.run()
         for _ in 0..<300 {

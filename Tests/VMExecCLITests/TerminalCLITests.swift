@@ -91,7 +91,8 @@ extension CLISuites {
                 print("daemon log:", (try? String(contentsOfFile: home.directory + "/run/daemon.log", encoding: .utf8)) ?? "")
             }
             #expect(try await busy.value.status == 0)
-            let missing = try await Self.drive("[]", ["exec", "-it", "dev", "--", "no-such-program"], environment: home.environment)
+            let missing = try await Self.drive(
+                "[]", ["exec", "-it", "dev", "--", "no-such-program"], environment: home.environment)
             #expect(missing.status == 127 && missing.transcript.contains("no-such-program"), "\(missing.transcript)")
         }
     }
