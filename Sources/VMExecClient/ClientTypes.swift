@@ -213,6 +213,20 @@ public struct FileInfo: Sendable, Equatable, Codable {
     }
 }
 
+/// A snapshot of a sandbox's store.
+public struct SandboxSnapshot: Sendable, Equatable, Codable {
+    public var name: String
+    public var created: Date
+    /// Bytes the copy takes on the host's disk (less than the store's where blocks are shared).
+    public var allocatedBytes: Int
+
+    init(_ s: Components.Schemas.SnapshotInfo) {
+        name = s.name
+        created = s.created
+        allocatedBytes = s.allocatedBytes
+    }
+}
+
 /// A process in a guest.
 public struct GuestProcess: Sendable, Equatable, Codable {
     public var pid: Int

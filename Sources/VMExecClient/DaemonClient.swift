@@ -207,6 +207,24 @@ public struct DaemonClient: Sendable {
         ).noContent
     }
 
+    // MARK: snapshots of a sandbox's store
+
+    public func snapshots(_ sandbox: String) async throws -> [SandboxSnapshot] {
+        try Self.check(try await api.listSnapshots(path: .init(sandbox: sandbox))).ok.body.json.map(SandboxSnapshot.init)
+    }
+
+    /// Snapshots the sandbox's store while its guest runs.
+    public func createSnapshot(_ sandbox: String, _ name: String) async throws -> SandboxSnapshot {
+        SandboxSnapshot(
+            try Self.check(try await api.createSnapshot(path: .init(sandbox: sandbox), body: .json(.init(name: name))))
+                .created.body.json)
+    }
+
+    /// Puts the store back as the snapshot holds it; the guest restarts.
+    public func restoreSnapshot(_ sandbox: String, _ name: String) async throws {
+        _ = try Self.check(try await api.restoreSnapshot(path: .init(sandbox: sandbox, snapshot: name))).noContent
+    }
+
     public func processes(_ sandbox: String) async throws -> [GuestProcess] {
         try Self.check(try await api.listProcesses(path: .init(sandbox: sandbox))).ok.body.json.map(GuestProcess.init)
     }

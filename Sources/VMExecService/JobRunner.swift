@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Metrics
 import VMExecutor
 
@@ -30,7 +31,14 @@ public actor JobRunner {
     /// Limits every job starts from (the sandbox's); nil: the guest's defaults.
     private let defaultLimits: Limits?
 
-    public init(id: String, sandbox: Sandbox, store: JobStore, concurrency: Int = 4, defaultLimits: Limits? = nil) {
+    /// Each job's start and end, with its id (the sandbox's metadata comes with the logger).
+    private let logger: Logger
+
+    public init(
+        id: String, sandbox: Sandbox, store: JobStore, concurrency: Int = 4, defaultLimits: Limits? = nil,
+        logger: Logger = Logger(label: "vmexec.jobs")
+    ) {
+        self.logger = logger
         self.id = id
         self.sandbox = sandbox
         self.store = store
@@ -209,10 +217,22 @@ public actor JobRunner {
         }
         lastActivity = Date()
         let started = ContinuousClock.now
-        defer { JobMetrics.ended(jobID, in: store, after: ContinuousClock.now - started) }
+        defer {
+            JobMetrics.ended(jobID, in: store, after: ContinuousClock.now - started)
+            if let record = try? store.job(jobID) {
+                logger.info(
+                    "job ended",
+                    metadata: [
+                        "job": "\(jobID)", "state": "\(record.state.rawValue)",
+                        "exit": "\(record.outcome.map { "\($0.exitCode)" } ?? "-")",
+                        "time": "\(ContinuousClock.now - started)",
+                    ])
+            }
+        }
         do {
             guard try store.start(jobID), let record = try store.job(jobID) else { return }
             JobMetrics.queueWait(since: record.created)
+            logger.info("job started", metadata: ["job": "\(jobID)", "argv0": "\(record.request.arguments.first ?? "")"])
             bump(jobID)
             try await sandbox.start()  // no-op while the guest runs; boots a fresh one after a death
             let stream = try await sandbox.stream(Self.command(record.request, defaults: await limitsToStartFrom()))

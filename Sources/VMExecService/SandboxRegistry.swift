@@ -415,7 +415,8 @@ public actor SandboxRegistry {
         return Entry(
             record: record, sandbox: sandbox,
             runner: JobRunner(
-                id: record.id, sandbox: sandbox, store: jobs, concurrency: spec.concurrency, defaultLimits: spec.limits))
+                id: record.id, sandbox: sandbox, store: jobs, concurrency: spec.concurrency, defaultLimits: spec.limits,
+                logger: logger.with("sandbox", "\(record.owner)/\(record.name)")))
     }
 
     /// A guest's configuration on this daemon: its images, hypervisor and boot states, and what the sandbox asks for.

@@ -96,59 +96,98 @@ struct StoreCommand: ParsableCommand {
 }
 
 /// `vmexec snapshot …`: snapshots of a store that no guest uses right now
-/// (a running guest's snapshots go through `Sandbox.snapshot`).
+/// (`--store DIR`), or of the store of a daemon's sandbox while its guest
+/// runs (`--sandbox NAME`, through the API).
 struct SnapshotCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "snapshot",
-        abstract: "Create, list, restore and delete snapshots of a store.",
+        abstract: "Create, list, restore and delete snapshots of a store, or of a daemon sandbox's store.",
         subcommands: [Create.self, List.self, Restore.self, Delete.self])
 
     struct Target: ParsableArguments {
-        @Option(help: "The store's directory.")
-        var store: String
+        @Option(help: "The store's directory (no guest may use it).")
+        var store: String?
+
+        @Option(help: "A sandbox of the daemon: its store, while its guest runs.")
+        var sandbox: String?
+
+        func validate() throws {
+            if (store == nil) == (sandbox == nil) {
+                throw ValidationError("give --store DIR or --sandbox NAME (one of them)")
+            }
+        }
 
         func lease(_ what: String) throws -> StoreLease {
-            try Store.open(at: URL(fileURLWithPath: store)).lock(holder: "vmexec snapshot \(what)")
+            try Store.open(at: URL(fileURLWithPath: store ?? "")).lock(holder: "vmexec snapshot \(what)")
         }
+
+        var described: String { sandbox.map { "sandbox \($0)" } ?? store ?? "" }
     }
 
-    struct Create: ParsableCommand {
+    struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Snapshot the store as it is now.")
         @OptionGroup var target: Target
         @Argument(help: "The snapshot's name.") var name: String
 
-        func run() throws {
-            let info = try target.lease("create").createSnapshot(name)
-            print("snapshot \(info.name) of \(target.store)")
+        func run() async throws {
+            if let sandbox = target.sandbox {
+                _ = try await DaemonConnection.client(start: false).createSnapshot(sandbox, name)
+            } else {
+                _ = try target.lease("create").createSnapshot(name)
+            }
+            print("snapshot \(name) of \(target.described)")
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List a store's snapshots.")
         @OptionGroup var target: Target
         @Flag(help: "Print JSON.") var json = false
 
-        func run() throws {
-            let snapshots = try Store.open(at: URL(fileURLWithPath: target.store)).info().snapshots
-            if json { return try printJSON(snapshots) }
+        func run() async throws {
+            let snapshots: [(name: String, created: Date, allocatedBytes: Int)]
+            if let sandbox = target.sandbox {
+                let listed = try await DaemonConnection.client(start: false).snapshots(sandbox)
+                if json { return try printJSON(listed) }
+                snapshots = listed.map { ($0.name, $0.created, $0.allocatedBytes) }
+            } else {
+                let listed = try Store.open(at: URL(fileURLWithPath: target.store ?? "")).info().snapshots
+                if json { return try printJSON(listed) }
+                snapshots = listed.map { ($0.name, $0.created, Int($0.allocatedBytes)) }
+            }
             for s in snapshots {
                 print("\(s.name)\t\(ISO8601DateFormatter().string(from: s.created))\t\(s.allocatedBytes) bytes on the host")
             }
         }
     }
 
-    struct Restore: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Put a snapshot back as the store's content.")
+    struct Restore: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Put a snapshot back as the store's content (a sandbox's guest restarts).")
         @OptionGroup var target: Target
         @Argument(help: "The snapshot's name.") var name: String
 
-        func run() throws { try target.lease("restore").restoreSnapshot(name) }
+        func run() async throws {
+            if let sandbox = target.sandbox {
+                try await DaemonConnection.client(start: false).restoreSnapshot(sandbox, name)
+            } else {
+                try target.lease("restore").restoreSnapshot(name)
+            }
+        }
     }
 
     struct Delete: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete a snapshot.")
+        static let configuration = CommandConfiguration(abstract: "Delete a snapshot of a store no guest uses.")
         @OptionGroup var target: Target
         @Argument(help: "The snapshot's name.") var name: String
+
+        func validate() throws {
+            if let sandbox = target.sandbox {
+                throw ValidationError(
+                    "the daemon does not delete snapshots of a running sandbox; vmexec down \(sandbox), then vmexec snapshot delete --store DIR"
+                )
+            }
+        }
 
         func run() throws { try target.lease("delete").deleteSnapshot(name) }
     }

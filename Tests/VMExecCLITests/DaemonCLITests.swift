@@ -143,6 +143,21 @@ extension CLISuites {
             #expect(out.peakKiB > 0 && out.peakKiB < 128 << 10, "cp out peaked at \(out.peakKiB) KiB")
             #expect(daemonAfter - daemonBefore < 128 << 10, "the daemon's peak went from \(daemonBefore) to \(daemonAfter) KiB")
 
+            // Snapshots of the sandbox's store while its guest runs: taken, listed, restored.
+            _ = try await home.vmexec(["exec", "dev", "--", "sh", "-c", "echo before > /home/vmexec/mark"])
+            let snap = try await home.vmexec(["snapshot", "create", "--sandbox", "dev", "s1"])
+            #expect(snap.status == 0 && snap.stdout == "snapshot s1 of sandbox dev\n", "\(snap)")
+            _ = try await home.vmexec(["exec", "dev", "--", "sh", "-c", "echo after > /home/vmexec/mark"])
+            let snaps = try await home.vmexec(["snapshot", "list", "--sandbox", "dev", "--json"])
+            let snapList = try JSONSerialization.jsonObject(with: Data(snaps.stdout.utf8)) as? [[String: Any]] ?? []
+            #expect(snapList.map { $0["name"] as? String } == ["s1"], "\(snaps.stdout)")
+            let restored = try await home.vmexec(["snapshot", "restore", "--sandbox", "dev", "s1"])
+            #expect(restored.status == 0, "\(restored.stderr)")
+            let mark = try await home.vmexec(["exec", "dev", "--", "cat", "/home/vmexec/mark"])
+            #expect(mark.stdout == "before\n", "\(mark)")
+            let both = try await home.vmexec(["snapshot", "list", "--sandbox", "dev", "--store", "x"])
+            #expect(both.status != 0 && both.stderr.contains("one of them"), "\(both.stderr)")
+
             let down = try await home.vmexec(["down", "dev"])
             #expect(down.status == 0, "\(down.stderr)")
             let gone = try await home.vmexec(["ps", "dev"])
