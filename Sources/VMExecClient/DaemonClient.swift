@@ -33,10 +33,20 @@ public struct DaemonClient: Sendable {
     private init(url: URL, token: String?, endpoint: Endpoint) {
         self.endpoint = endpoint
         // A job waited for or an event stream may take as long as the job: the deadline is the job's, not the client's.
-        let transport = AsyncHTTPClientTransport(configuration: .init(client: .shared, timeout: .hours(24 * 365)))
+        let transport = AsyncHTTPClientTransport(configuration: .init(client: Self.http, timeout: .hours(24 * 365)))
         api = Client(
             serverURL: url, transport: transport, middlewares: token.map { [BearerToken(token: $0)] } ?? [])
     }
+
+    /// One HTTP client for the process. A refused connection fails the request at once instead of
+    /// being retried until the request's deadline (a year, for waits as long as a job): the daemon is
+    /// there or it is not, and a caller must hear which.
+    private static let http: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout = .init(connect: .seconds(10))
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }()
 
     // MARK: daemon
 
@@ -134,8 +144,16 @@ public struct DaemonClient: Sendable {
                         }
                     }
                     continuation.finish()
+                } catch is CancellationError {
+                    continuation.finish()
                 } catch {
-                    continuation.finish(throwing: error)
+                    // The connection broke under the stream: the daemon stopped, or the network did.
+                    continuation.finish(
+                        throwing: DaemonError(
+                            status: 0, failureCode: "daemonUnreachable", kind: .unavailable,
+                            message:
+                                "the daemon's event stream of job \(id) broke (\(error)): the daemon or the connection stopped; vmexec logs \(sandbox) \(id) shows how the job ended once a daemon answers again"
+                        ))
                 }
             }
             continuation.onTermination = { _ in task.cancel() }

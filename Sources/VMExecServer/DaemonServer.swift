@@ -140,8 +140,35 @@ public struct DaemonServer: Sendable {
     }
 }
 
-/// Whether something accepts connections on a Unix socket.
+/// Whether something accepts connections at the daemon's address: a plain
+/// connect, which fails at once where an HTTP client would retry a refused
+/// connection for as long as its request may take.
 public enum DaemonSocket {
+    /// A TCP connect to `host`:`port` within `timeout` seconds.
+    public static func answers(host: String, port: Int, timeout: Int32 = 3) -> Bool {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &list) == 0, let first = list else { return false }
+        defer { freeaddrinfo(list) }
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let a = entry {
+            entry = a.pointee.ai_next
+            let fd = socket(a.pointee.ai_family, a.pointee.ai_socktype | Int32(SOCK_NONBLOCK.rawValue), 0)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            if connect(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 { return true }
+            guard errno == EINPROGRESS else { continue }
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            var failure: Int32 = 0
+            var size = socklen_t(MemoryLayout<Int32>.size)
+            if poll(&p, 1, timeout * 1000) == 1, getsockopt(fd, SOL_SOCKET, SO_ERROR, &failure, &size) == 0, failure == 0 {
+                return true
+            }
+        }
+        return false
+    }
+
     public static func answers(_ path: String) -> Bool {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }

@@ -28,6 +28,11 @@ enum DaemonConnection {
             guard let parsed = URL(string: url), let token = env["VMEXEC_TOKEN"], !token.isEmpty else {
                 throw ValidationError("VMEXEC_DAEMON_URL needs an http://HOST:PORT address and VMEXEC_TOKEN a token")
             }
+            guard let host = parsed.host, DaemonSocket.answers(host: host, port: parsed.port ?? 80) else {
+                throw VMExecError(
+                    .notRunning, "no vmexec daemon answers at \(url) (VMEXEC_DAEMON_URL); is vmexec serve --listen running there?"
+                )
+            }
             return .tcp(parsed, token: token)
         }
         let client = DaemonClient.unixSocket(socketPath)

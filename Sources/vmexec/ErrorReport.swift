@@ -1,4 +1,5 @@
 import Foundation
+import OpenAPIRuntime
 import VMExecutor
 
 /// The one place where the CLI turns an error into what the user sees and
@@ -22,6 +23,16 @@ enum ErrorReport {
     /// The sentence to print: the error's own, with the causes beneath it that add to it.
     static func message(for error: any Error) -> String {
         (error as? any VMExecFailure)?.explanation ?? "\(error)"
+    }
+
+    /// What a failed call to the daemon's API says: the daemon's own error
+    /// when it is one, else that the daemon could not be reached or answered.
+    static func fromClient(_ error: ClientError) -> any Error {
+        if let failure = error.underlyingError as? any VMExecFailure { return failure }
+        return VMExecError(
+            .notRunning,
+            "the vmexec daemon did not answer \(error.operationID): \(error.underlyingError); see its log (vmexec serve's, or daemon.log in the runtime folder)"
+        )
     }
 
     /// Prints `vmexec: <message>` on stderr and exits with the error's status.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OpenAPIRuntime
 import PersistOverlay
 import SquashMounts
 import VMExecutor
@@ -29,6 +30,9 @@ struct VMExec: AsyncParsableCommand {
             }
         } catch let error as any VMExecFailure {
             ErrorReport.fail(error)
+        } catch let error as ClientError {
+            // The daemon's API failed under the request (its connection dropped, say): its sentence.
+            ErrorReport.fail(ErrorReport.fromClient(error))
         } catch {
             if exitCode(for: error) == .validationFailure {
                 FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))

@@ -164,5 +164,32 @@ extension CLISuites {
             #expect(gone.status == 125 && gone.stderr.contains("no sandbox named dev"), "\(gone.stderr)")
             #expect(try await home.vmexec(["ls"]).stdout.split(separator: "\n").count == 1, "only the header is left")
         }
+
+        @Test("no daemon: exec fails at once; a daemon killed under exec: it says so and exits 125")
+        func daemonGone() async throws {
+            let home = try DaemonHome()
+            defer { home.remove() }
+            let started = ContinuousClock.now
+            let none = try await home.vmexec(["exec", "dev", "--", "true"])
+            #expect(none.status == 125 && none.stderr.contains("no vmexec daemon answers"), "\(none.stderr)")
+            let far = try await CLISuites.CLITests.vmexec(
+                ["ls"],
+                environment: home.environment.merging(["VMEXEC_DAEMON_URL": "http://127.0.0.1:1", "VMEXEC_TOKEN": "t"]) { $1 })
+            #expect(far.status == 125 && far.stderr.contains("no vmexec daemon answers at"), "\(far.stderr)")
+            #expect(ContinuousClock.now - started < .seconds(20), "both answered at once, without waiting on retries")
+
+            #expect(try await home.vmexec(["up", "dev"]).status == 0)
+            let daemon = try #require(home.daemonPID)
+            let running = Task { try await home.vmexec(["exec", "dev", "--", "sh", "-c", "echo started; sleep 60"]) }
+            for _ in 0..<300 {
+                if try await home.client.jobs("dev").contains(where: { $0.state == "running" }) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            kill(daemon, SIGKILL)
+            let cut = try await running.value
+            // Killed while the stream runs ("broke"), or before exec reached it ("did not answer").
+            #expect(
+                cut.status == 125 && (cut.stderr.contains("broke") || cut.stderr.contains("did not answer")), "\(cut.stderr)")
+        }
     }
 }
