@@ -72,8 +72,9 @@ $(IMG)/rootfs.sqfs $(IMG)/sdk.tree.version &: images/rootfs.sh images/treediff.p
 # and again when the shard code changes.
 SHARD_CODE := $(wildcard Sources/SquashMounts/*.swift)
 
-$(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE)
+$(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE) images/runner/vmexec_runner.py
 	$(SWIFT) build --product vmexec
+	install -D -m 0644 images/runner/vmexec_runner.py $(IMG)/sdk.tree/usr/lib/python3/dist-packages/vmexec_runner.py
 	$(VMEXEC) shard create $(IMG)/sdk.tree -o $@ --name cpython --version $$(cat $<) --kind sdk --layer 10 \
 	  --arch $(ARCH) --provides python3 --provides python3.11
 

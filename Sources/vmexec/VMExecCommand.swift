@@ -14,7 +14,7 @@ struct VMExec: AsyncParsableCommand {
         version: vmexecVersion,
         subcommands: [
             Run.self, Serve.self, Up.self, ListSandboxes.self, Exec.self, Copy.self, ProcessList.self, Kill.self,
-            Jobs.self, Logs.self, Down.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self,
+            Jobs.self, Logs.self, Down.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self, PythonCommand.self,
             DiffCommand.self, ExportCommand.self,
         ])
 

@@ -1,0 +1,213 @@
+import Foundation
+
+/// Python code for the runner the SDK shard carries
+/// (`python3 -m vmexec_runner`, images/runner/vmexec_runner.py).
+public struct PythonCode: Sendable {
+    public var source: String
+    /// The name tracebacks give the code.
+    public var filename: String
+    public var environment: [String: String]
+    public var workingDirectory: String
+    public var timeout: Duration?
+    /// nil: the sandbox's default user.
+    public var user: GuestUser?
+    /// nil: the sandbox's defaults.
+    public var limits: Limits?
+
+    public init(
+        _ source: String, filename: String = "<code>", environment: [String: String] = [:],
+        workingDirectory: String = "/", timeout: Duration? = nil, user: GuestUser? = nil, limits: Limits? = nil
+    ) {
+        self.source = source
+        self.filename = filename
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.timeout = timeout
+        self.user = user
+        self.limits = limits
+    }
+}
+
+/// The value of the code's final expression.
+public struct PythonValue: Sendable, Equatable {
+    /// Its `repr()`.
+    public var repr: String
+    /// The value as JSON text, when it serialises.
+    public var json: String?
+}
+
+/// An exception the code raised (a syntax error included).
+public struct PythonException: Sendable, Equatable {
+    /// The exception's class, e.g. `ValueError`.
+    public var type: String
+    public var message: String
+    /// The traceback of the code's frames (and those it called), never the runner's.
+    public var traceback: String
+}
+
+/// What running code gave: its output, its final expression's value or its exception, how it ended.
+public struct PythonResult: Sendable {
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+    public var value: PythonValue?
+    public var exception: PythonException?
+    public var termination: Termination
+    public var usage: Usage
+
+    public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
+    public var stderrText: String { String(decoding: stderr, as: UTF8.self) }
+}
+
+/// What streamed code produces: its output as it comes, then its result.
+public enum PythonEvent: Sendable {
+    case stdout([UInt8])
+    case stderr([UInt8])
+    case result(PythonResult)
+}
+
+/// Runs Python code in a sandbox through the SDK shard's runner: `sandbox.python.run(...)`.
+public struct PythonRunner: Sendable {
+    let sandbox: Sandbox
+
+    /// Runs the code and collects its output and result.
+    public func run(_ code: PythonCode) async throws -> PythonResult {
+        var result: PythonResult?
+        for try await event in try await stream(code) {
+            if case .result(let r) = event { result = r }
+        }
+        guard let result else { throw VMExecError(.protocolError, "the Python runner ended without a result") }
+        return result
+    }
+
+    /// Runs the code, streaming its stdout and stderr as they come, then its result.
+    public func stream(_ code: PythonCode) async throws -> AsyncThrowingStream<PythonEvent, any Error> {
+        let command = Command(
+            ["python3", "-m", "vmexec_runner", "run", "--filename", code.filename], environment: code.environment,
+            workingDirectory: code.workingDirectory, timeout: code.timeout, stdin: .bytes(Array(code.source.utf8)),
+            user: code.user, limits: code.limits)
+        let exec = try await sandbox.stream(command)
+        return AsyncThrowingStream { continuation in
+            let task = Task {
+                var records = PythonRecords()
+                var out: [UInt8] = [], err: [UInt8] = [], runnerErrors: [UInt8] = []
+                do {
+                    for try await event in exec {
+                        switch event {
+                        case .stdout(let bytes):
+                            for record in try records.take(bytes) {
+                                switch record {
+                                case .stdout(let b):
+                                    out += b
+                                    continuation.yield(.stdout(b))
+                                case .stderr(let b):
+                                    err += b
+                                    continuation.yield(.stderr(b))
+                                case .result: break
+                                }
+                            }
+                        case .stderr(let bytes):
+                            // Only the runner itself writes here, before it captured the code's stderr.
+                            runnerErrors += bytes
+                        case .exit(let termination, let usage):
+                            // Killed (a timeout, its memory, a signal): no result record, the ending says why.
+                            let ended = records.result ?? (nil, nil)
+                            if records.result == nil, case .exited = termination {
+                                throw Self.noResult(termination, runnerErrors)
+                            }
+                            let (value, exception) = ended
+                            continuation.yield(
+                                .result(
+                                    PythonResult(
+                                        stdout: out, stderr: err, value: value, exception: exception,
+                                        termination: termination, usage: usage)))
+                        }
+                    }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    /// Why a runner that exited gave no result: it is missing, or it failed before the code ran.
+    static func noResult(_ termination: Termination, _ runnerErrors: [UInt8]) -> VMExecError {
+        let said = String(decoding: runnerErrors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        if said.contains("No module named vmexec_runner") || said.contains("No module named 'vmexec_runner'") {
+            return VMExecError(
+                .unsupported,
+                "the attached Python has no vmexec runner: attach the SDK shard that make images builds (sdk-python.shard)")
+        }
+        return VMExecError(
+            .protocolError, "the Python runner ended (\(termination)) without a result\(said.isEmpty ? "" : ": \(said)")")
+    }
+}
+
+extension Sandbox {
+    /// Python code through the SDK shard's runner: final expression values, exceptions with the code's traceback.
+    public nonisolated var python: PythonRunner { PythonRunner(sandbox: self) }
+}
+
+/// The runner's JSON lines, decoded as they arrive in pieces.
+struct PythonRecords {
+    enum Record: Equatable {
+        case stdout([UInt8])
+        case stderr([UInt8])
+        case result
+    }
+
+    private var pending: [UInt8] = []
+    /// The result record's value and exception, once it came.
+    private(set) var result: (PythonValue?, PythonException?)?
+
+    private struct Line: Decodable {
+        var type: String
+        var data: String?
+        var value: Value?
+        var error: Failure?
+
+        struct Value: Decodable {
+            var repr: String
+            var json: String?
+        }
+
+        struct Failure: Decodable {
+            var type: String
+            var message: String
+            var traceback: String
+        }
+    }
+
+    /// The records completed by `bytes`.
+    mutating func take(_ bytes: [UInt8]) throws -> [Record] {
+        pending += bytes
+        var records: [Record] = []
+        while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+            let line = Array(pending[..<newline])
+            pending.removeSubrange(...newline)
+            let decoded: Line
+            do {
+                decoded = try JSONDecoder().decode(Line.self, from: Data(line))
+            } catch {
+                throw VMExecError(
+                    .protocolError,
+                    "the Python runner wrote a line that is not a record: \(String(decoding: line.prefix(200), as: UTF8.self))")
+            }
+            switch decoded.type {
+            case "stdout", "stderr":
+                let data = Array(Data(base64Encoded: decoded.data ?? "") ?? Data())
+                records.append(decoded.type == "stdout" ? .stdout(data) : .stderr(data))
+            case "result":
+                result = (
+                    decoded.value.map { PythonValue(repr: $0.repr, json: $0.json) },
+                    decoded.error.map { PythonException(type: $0.type, message: $0.message, traceback: $0.traceback) }
+                )
+                records.append(.result)
+            default:
+                continue  // a record of a newer runner: skipped
+            }
+        }
+        return records
+    }
+}

@@ -1,0 +1,134 @@
+import ArgumentParser
+import Foundation
+import SquashMounts
+import VMExecutor
+
+/// `vmexec python`: code through the SDK shard's runner in a fresh guest,
+/// as interactive Python runs a cell: output streamed, then the final
+/// expression's value (its repr) or the exception's traceback.
+struct PythonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "python",
+        abstract: "Run Python code in a guest: output as it comes, then the final expression's value.",
+        discussion: """
+            The SDK shard of the images' folder is attached unless a --shard provides python3. \
+            Exits 0, or 1 when the code raised (its traceback, of the code's frames only, on stderr). \
+            --json prints one object at the end instead: value (repr and json), stdout, stderr, error.
+            """)
+
+    @OptionGroup var guest: GuestOptions
+    @OptionGroup var options: CommandOptions
+
+    @Option(name: .customShort("c"), help: "The code to run.") var code: String?
+    @Flag(help: "Print the result as JSON at the end instead of streaming.") var json = false
+    @Argument(help: "A file of code to run (- for stdin).") var file: String?
+
+    func validate() throws {
+        if (code == nil) == (file == nil) { throw ValidationError("give the code: -c CODE, or a FILE (- for stdin)") }
+    }
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let (source, filename) = try readSource()
+        var configuration = try guest.sandboxConfiguration()
+        try Self.addSDK(to: &configuration)
+        let sandbox = Sandbox(configuration: configuration, logger: guest.logger())
+        let status: Int32
+        do {
+            try await sandbox.start()
+            status = try await runCode(sandbox, source: source, filename: filename)
+        } catch {
+            await sandbox.shutdown()
+            ErrorReport.fail(error)
+        }
+        await sandbox.shutdown()
+        throw ExitCode(status)
+    }
+
+    private func readSource() throws -> (String, String) {
+        if let code { return (code, "<string>") }
+        let path = file ?? "-"
+        if path == "-" {
+            return (String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self), "<stdin>")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw VMExecError(.notFound, "cannot read \(path)")
+        }
+        return (String(decoding: data, as: UTF8.self), (path as NSString).lastPathComponent)
+    }
+
+    /// The images' SDK shard, unless a shard given provides python3.
+    static func addSDK(to configuration: inout SandboxConfiguration) throws {
+        guard !configuration.shards.contains(where: { $0.manifest.provides.contains("python3") }),
+            let images = configuration.images
+        else { return }
+        let sdk = images.directory.appendingPathComponent("sdk-python.shard").path
+        guard FileManager.default.fileExists(atPath: sdk) else {
+            throw VMExecError(.notFound, "no Python: give --shard with an SDK shard, or build the images' (make images)")
+        }
+        configuration.shards.insert(try Shard.open(sdk), at: 0)
+    }
+
+    /// Runs the code; the exit status (0, 1 when it raised, the shell's code when it was killed).
+    private func runCode(_ sandbox: Sandbox, source: String, filename: String) async throws -> Int32 {
+        var environment = try options.environment()
+        if environment["PYTHONUNBUFFERED"] == nil { environment["PYTHONUNBUFFERED"] = "1" }
+        let code = PythonCode(
+            source, filename: filename, environment: environment, workingDirectory: options.workdir,
+            timeout: options.timeoutDuration, user: try options.guestUser(),
+            limits: Limits.defaults(guestMemoryMiB: guest.memory).overridden(by: try options.limitOverrides()))
+        var result: PythonResult?
+        for try await event in try await sandbox.python.stream(code) {
+            switch event {
+            case .stdout(let b) where !json: try? await HostIO.write(STDOUT_FILENO, b, path: "stdout")
+            case .stderr(let b) where !json: try? await HostIO.write(STDERR_FILENO, b, path: "stderr")
+            case .result(let r): result = r
+            default: break
+            }
+        }
+        guard let result else { throw VMExecError(.protocolError, "the Python runner ended without a result") }
+        if json {
+            try printJSON(PythonReport(result))
+        } else if let value = result.value {
+            print(value.repr)
+        } else if let e = result.exception {
+            FileHandle.standardError.write(Data(e.traceback.utf8))
+        }
+        switch result.termination {
+        case .exited: return result.exception == nil ? 0 : 1
+        default:
+            if case .timedOut = result.termination {
+                FileHandle.standardError.write(
+                    Data("vmexec: code timed out after \(options.timeout ?? 0) s and was killed\n".utf8))
+            }
+            return result.termination.shellCode
+        }
+    }
+}
+
+/// `vmexec python --json`: the result as one object.
+struct PythonReport: Encodable {
+    struct Value: Encodable {
+        var repr: String
+        /// The value as JSON text, when it serialises.
+        var json: String?
+    }
+    struct Failure: Encodable {
+        var type: String
+        var message: String
+        var traceback: String
+    }
+    var value: Value?
+    var stdout: String
+    var stderr: String
+    var error: Failure?
+    var exitCode: Int32
+
+    init(_ r: PythonResult) {
+        value = r.value.map { Value(repr: $0.repr, json: $0.json) }
+        stdout = r.stdoutText
+        stderr = r.stderrText
+        error = r.exception.map { Failure(type: $0.type, message: $0.message, traceback: $0.traceback) }
+        exitCode = r.termination.shellCode
+    }
+}
