@@ -29,7 +29,7 @@ public struct PythonCode: Sendable {
 }
 
 /// The value of the code's final expression.
-public struct PythonValue: Sendable, Equatable {
+public struct PythonValue: Sendable, Equatable, Codable {
     /// Its `repr()`.
     public var repr: String
     /// The value as JSON text, when it serialises.
@@ -37,7 +37,7 @@ public struct PythonValue: Sendable, Equatable {
 }
 
 /// An exception the code raised (a syntax error included).
-public struct PythonException: Sendable, Equatable {
+public struct PythonException: Sendable, Equatable, Codable {
     /// The exception's class, e.g. `ValueError`.
     public var type: String
     public var message: String
@@ -164,19 +164,8 @@ struct PythonRecords {
     private struct Line: Decodable {
         var type: String
         var data: String?
-        var value: Value?
-        var error: Failure?
-
-        struct Value: Decodable {
-            var repr: String
-            var json: String?
-        }
-
-        struct Failure: Decodable {
-            var type: String
-            var message: String
-            var traceback: String
-        }
+        var value: PythonValue?
+        var error: PythonException?
     }
 
     /// The records completed by `bytes`.
@@ -199,10 +188,7 @@ struct PythonRecords {
                 let data = Array(Data(base64Encoded: decoded.data ?? "") ?? Data())
                 records.append(decoded.type == "stdout" ? .stdout(data) : .stderr(data))
             case "result":
-                result = (
-                    decoded.value.map { PythonValue(repr: $0.repr, json: $0.json) },
-                    decoded.error.map { PythonException(type: $0.type, message: $0.message, traceback: $0.traceback) }
-                )
+                result = (decoded.value, decoded.error)
                 records.append(.result)
             default:
                 continue  // a record of a newer runner: skipped

@@ -108,27 +108,18 @@ struct PythonCommand: AsyncParsableCommand {
 
 /// `vmexec python --json`: the result as one object.
 struct PythonReport: Encodable {
-    struct Value: Encodable {
-        var repr: String
-        /// The value as JSON text, when it serialises.
-        var json: String?
-    }
-    struct Failure: Encodable {
-        var type: String
-        var message: String
-        var traceback: String
-    }
-    var value: Value?
+    /// Its repr, and its JSON text when it serialises.
+    var value: PythonValue?
     var stdout: String
     var stderr: String
-    var error: Failure?
+    var error: PythonException?
     var exitCode: Int32
 
     init(_ r: PythonResult) {
-        value = r.value.map { Value(repr: $0.repr, json: $0.json) }
+        value = r.value
         stdout = r.stdoutText
         stderr = r.stderrText
-        error = r.exception.map { Failure(type: $0.type, message: $0.message, traceback: $0.traceback) }
+        error = r.exception
         exitCode = r.termination.shellCode
     }
 }
