@@ -28,6 +28,66 @@ public struct PythonCode: Sendable {
     }
 }
 
+/// A function to call with JSON arguments through the runner (a fresh process per call).
+public struct PythonCall: Sendable {
+    /// Where the function is, one of: source code run as a module first (`source`), or a `.py`
+    /// file by its guest path or a module by name (`target`, the working directory on sys.path).
+    public var source: String?
+    public var target: String?
+    public var function: String
+    /// A JSON array of positional arguments, as text.
+    public var arguments: String
+    /// A JSON object of keyword arguments, as text.
+    public var keywordArguments: String
+    /// The name tracebacks give `source`.
+    public var filename: String
+    public var environment: [String: String]
+    public var workingDirectory: String
+    public var timeout: Duration?
+    public var user: GuestUser?
+    public var limits: Limits?
+
+    public init(
+        _ function: String, source: String? = nil, target: String? = nil, arguments: String = "[]",
+        keywordArguments: String = "{}", filename: String = "<code>", environment: [String: String] = [:],
+        workingDirectory: String = "/", timeout: Duration? = nil, user: GuestUser? = nil, limits: Limits? = nil
+    ) {
+        self.function = function
+        self.source = source
+        self.target = target
+        self.arguments = arguments
+        self.keywordArguments = keywordArguments
+        self.filename = filename
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.timeout = timeout
+        self.user = user
+        self.limits = limits
+    }
+
+    /// The runner's request: JSON with the arguments spliced in as the caller gave them.
+    func request() throws -> [UInt8] {
+        func parsed(_ text: String, _ what: String, array: Bool) throws -> Any {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)),
+                array ? object is [Any] : object is [String: Any]
+            else {
+                throw VMExecError(.invalidRequest, "\(what) must be a JSON \(array ? "array" : "object"), not \(text.prefix(80))")
+            }
+            return object
+        }
+        guard (source == nil) != (target == nil) else {
+            throw VMExecError(.invalidRequest, "a call names its code: source, or a target module or .py file (one of them)")
+        }
+        var request: [String: Any] = [
+            "function": function, "args": try parsed(arguments, "args", array: true),
+            "kwargs": try parsed(keywordArguments, "kwargs", array: false), "filename": filename,
+        ]
+        if let source { request["source"] = source }
+        if let target { request["target"] = target }
+        return Array(try JSONSerialization.data(withJSONObject: request))
+    }
+}
+
 /// The value of the code's final expression.
 public struct PythonValue: Sendable, Equatable, Codable {
     /// Its `repr()`.
@@ -71,20 +131,39 @@ public struct PythonRunner: Sendable {
 
     /// Runs the code and collects its output and result.
     public func run(_ code: PythonCode) async throws -> PythonResult {
+        try await Self.collect(try await stream(code))
+    }
+
+    /// Runs the code, streaming its stdout and stderr as they come, then its result.
+    public func stream(_ code: PythonCode) async throws -> AsyncThrowingStream<PythonEvent, any Error> {
+        try await stream(
+            Command(
+                ["python3", "-m", "vmexec_runner", "run", "--filename", code.filename], environment: code.environment,
+                workingDirectory: code.workingDirectory, timeout: code.timeout, stdin: .bytes(Array(code.source.utf8)),
+                user: code.user, limits: code.limits))
+    }
+
+    /// Calls a function with JSON arguments in a fresh process: its return value as JSON
+    /// (``PythonValue/json``), or its exception. A value that is not JSON is a `TypeError`.
+    public func call(_ call: PythonCall) async throws -> PythonResult {
+        let command = Command(
+            ["python3", "-m", "vmexec_runner", "call"], environment: call.environment,
+            workingDirectory: call.workingDirectory, timeout: call.timeout, stdin: .bytes(try call.request()),
+            user: call.user, limits: call.limits)
+        return try await Self.collect(try await stream(command))
+    }
+
+    /// The result at the end of a stream.
+    static func collect(_ events: AsyncThrowingStream<PythonEvent, any Error>) async throws -> PythonResult {
         var result: PythonResult?
-        for try await event in try await stream(code) {
+        for try await event in events {
             if case .result(let r) = event { result = r }
         }
         guard let result else { throw VMExecError(.protocolError, "the Python runner ended without a result") }
         return result
     }
 
-    /// Runs the code, streaming its stdout and stderr as they come, then its result.
-    public func stream(_ code: PythonCode) async throws -> AsyncThrowingStream<PythonEvent, any Error> {
-        let command = Command(
-            ["python3", "-m", "vmexec_runner", "run", "--filename", code.filename], environment: code.environment,
-            workingDirectory: code.workingDirectory, timeout: code.timeout, stdin: .bytes(Array(code.source.utf8)),
-            user: code.user, limits: code.limits)
+    private func stream(_ command: Command) async throws -> AsyncThrowingStream<PythonEvent, any Error> {
         let exec = try await sandbox.stream(command)
         return AsyncThrowingStream { continuation in
             let task = Task {

@@ -21,15 +21,32 @@ struct PythonCommand: AsyncParsableCommand {
 
     @Option(name: .customShort("c"), help: "The code to run.") var code: String?
     @Flag(help: "Print the result as JSON at the end instead of streaming.") var json = false
+    @Option(
+        help:
+            "Call a function with JSON arguments instead: FUNC of the code given, or MODULE:FUNC (a module by name, or a .py file in the guest)."
+    )
+    var call: String?
+    @Option(name: .customLong("args"), help: "The call's positional arguments, a JSON array.") var arguments = "[]"
+    @Option(name: .customLong("kwargs"), help: "The call's keyword arguments, a JSON object.") var keywordArguments = "{}"
     @Argument(help: "A file of code to run (- for stdin).") var file: String?
 
     func validate() throws {
-        if (code == nil) == (file == nil) { throw ValidationError("give the code: -c CODE, or a FILE (- for stdin)") }
+        if code != nil && file != nil { throw ValidationError("give the code once: -c CODE, or a FILE (- for stdin)") }
+        if let call, call.contains(":") {
+            if code != nil || file != nil {
+                throw ValidationError("--call MODULE:FUNC calls code in the guest; with -c or a FILE, give --call FUNC")
+            }
+        } else if code == nil && file == nil {
+            throw ValidationError("give the code: -c CODE, or a FILE (- for stdin); or --call MODULE:FUNC")
+        }
+        if call == nil && (arguments != "[]" || keywordArguments != "{}") {
+            throw ValidationError("--args and --kwargs go with --call")
+        }
     }
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
-        let (source, filename) = try readSource()
+        let (source, filename) = code == nil && file == nil ? ("", "<code>") : try readSource()
         var configuration = try guest.sandboxConfiguration()
         try Self.addSDK(to: &configuration)
         let sandbox = Sandbox(configuration: configuration, logger: guest.logger())
@@ -77,20 +94,40 @@ struct PythonCommand: AsyncParsableCommand {
             source, filename: filename, environment: environment, workingDirectory: options.workdir,
             timeout: options.timeoutDuration, user: try options.guestUser(),
             limits: Limits.defaults(guestMemoryMiB: guest.memory).overridden(by: try options.limitOverrides()))
-        var result: PythonResult?
-        for try await event in try await sandbox.python.stream(code) {
-            switch event {
-            case .stdout(let b) where !json: try? await HostIO.write(STDOUT_FILENO, b, path: "stdout")
-            case .stderr(let b) where !json: try? await HostIO.write(STDERR_FILENO, b, path: "stderr")
-            case .result(let r): result = r
-            default: break
+        let result: PythonResult
+        if let call {
+            let (target, function) =
+                call.contains(":")
+                ? (String(call[..<call.lastIndex(of: ":")!]), String(call[call.index(after: call.lastIndex(of: ":")!)...]))
+                : (nil, call)
+            let request = PythonCall(
+                function, source: target == nil ? source : nil, target: target, arguments: arguments,
+                keywordArguments: keywordArguments, filename: filename, environment: environment,
+                workingDirectory: options.workdir, timeout: options.timeoutDuration, user: try options.guestUser(),
+                limits: code.limits)
+            result = try await sandbox.python.call(request)
+            if !json {
+                try? await HostIO.write(STDOUT_FILENO, result.stdout, path: "stdout")
+                try? await HostIO.write(STDERR_FILENO, result.stderr, path: "stderr")
             }
+        } else {
+            var last: PythonResult?
+            for try await event in try await sandbox.python.stream(code) {
+                switch event {
+                case .stdout(let b) where !json: try? await HostIO.write(STDOUT_FILENO, b, path: "stdout")
+                case .stderr(let b) where !json: try? await HostIO.write(STDERR_FILENO, b, path: "stderr")
+                case .result(let r): last = r
+                default: break
+                }
+            }
+            guard let last else { throw VMExecError(.protocolError, "the Python runner ended without a result") }
+            result = last
         }
-        guard let result else { throw VMExecError(.protocolError, "the Python runner ended without a result") }
         if json {
             try printJSON(PythonReport(result))
         } else if let value = result.value {
-            print(value.repr)
+            // A call's answer is its JSON; code's final value is shown as the REPL shows it.
+            print(call != nil ? value.json ?? value.repr : value.repr)
         } else if let e = result.exception {
             FileHandle.standardError.write(Data(e.traceback.utf8))
         }

@@ -1,6 +1,7 @@
 """vmexec's Python runner, shipped in the SDK shard: runs code as a job.
 
     python3 -m vmexec_runner run [--filename NAME] < CODE
+    python3 -m vmexec_runner call < {"function", "args", "kwargs", "source"+"filename" | "target"}
 
 The code is read whole from stdin, then run as interactive Python runs a
 cell: every statement in order, and if the last one is an expression, its
@@ -19,6 +20,10 @@ Everything goes to the runner's own stdout as JSON lines, one record each:
 
 The traceback holds the code's frames and those it called, never the
 runner's. The exit status is 0, or 1 when the code raised.
+
+`call` runs a function with JSON arguments: from `source` (code run as a
+module first), a `.py` file by path, or a module by name. Its return
+value must serialise to JSON; the result record carries it as `json`.
 """
 
 import argparse
@@ -140,14 +145,64 @@ def run(code, filename):
         return None, {"type": type(exc).__name__, "message": str(exc), "traceback": user_traceback(exc)}
 
 
+def load_target(request):
+    """The namespace a call's function is looked up in: the request's source run as a
+    module, a .py file by path, or a module by name (the working directory first on sys.path)."""
+    if request.get("source") is not None:
+        filename = request.get("filename") or "<code>"
+        namespace = {"__name__": "__vmexec_call__", "__file__": filename, "__builtins__": __builtins__}
+        source = request["source"]
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(compile(source, filename, "exec"), namespace)
+        return namespace
+    target = request.get("target") or ""
+    if target.endswith(".py"):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("__vmexec_call__", target)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {target}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return vars(module)
+    import importlib
+
+    sys.path.insert(0, os.getcwd())
+    return vars(importlib.import_module(target))
+
+
+def call(request):
+    """Calls request["function"] with its JSON args and kwargs; (value, error) as for run().
+    A return value that does not serialise to JSON is an error: a call's answer is JSON."""
+    try:
+        namespace = load_target(request)
+        name = request["function"]
+        function = namespace.get(name)
+        if not callable(function):
+            raise AttributeError(f"{request.get('target') or request.get('filename') or 'the code'} has no function {name!r}")
+        result = function(*request.get("args", []), **request.get("kwargs", {}))
+        value = describe_value(result) or {"repr": "None", "json": "null"}
+        if "json" not in value:
+            raise TypeError(f"{name} returned {type(result).__name__}, which is not JSON: {value['repr'][:200]}")
+        return value, None
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            return {"repr": "None", "json": "null"}, None
+        return None, {"type": type(exc).__name__, "message": str(exc), "traceback": user_traceback(exc)}
+
+
 def main(argv):
     parser = argparse.ArgumentParser(prog="python3 -m vmexec_runner")
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="run code read from stdin")
     run_parser.add_argument("--filename", default="<code>", help="the name tracebacks give the code")
+    sub.add_parser(
+        "call",
+        help="call a function: stdin is JSON {function, args, kwargs, and source (+ filename) or target}",
+    )
     args = parser.parse_args(argv)
 
-    code = sys.stdin.buffer.read().decode("utf-8")
+    given = sys.stdin.buffer.read().decode("utf-8")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -155,7 +210,19 @@ def main(argv):
 
     records = Records(os.dup(1))
     threads = capture(records)
-    value, error = run(code, args.filename)
+    if args.command == "run":
+        value, error = run(given, args.filename)
+    else:
+        try:
+            request = json.loads(given)
+            if not isinstance(request, dict) or not isinstance(request.get("function"), str):
+                raise ValueError("the call needs a JSON object with a function name")
+            if not isinstance(request.get("args", []), list) or not isinstance(request.get("kwargs", {}), dict):
+                raise ValueError("args must be a JSON array and kwargs a JSON object")
+        except ValueError as exc:
+            value, error = None, {"type": "ValueError", "message": str(exc), "traceback": ""}
+        else:
+            value, error = call(request)
     release(threads)
     records.send({"type": "result", "value": value, "error": error})
     return 1 if error else 0
