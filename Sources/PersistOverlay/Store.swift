@@ -112,6 +112,8 @@ public struct Store: Sendable {
         if fd >= 0 {
             if flock(fd, LOCK_SH | LOCK_NB) != 0 {
                 holder = (try? String(contentsOfFile: lockPath, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            } else {
+                _ = flock(fd, LOCK_UN)  // at once, not with the last copy of the descriptor (see StoreLock.release)
             }
             close(fd)
         }

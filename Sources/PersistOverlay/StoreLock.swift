@@ -33,9 +33,16 @@ final class StoreLock: @unchecked Sendable {
     }
 
     /// Lets the store go (also done when the process ends).
+    ///
+    /// Unlocked explicitly before the close: a child another thread is
+    /// spawning at this moment holds a copy of the descriptor until it
+    /// executes (O_CLOEXEC closes it only then), and a lock goes with the
+    /// last copy, so a close alone could leave the store locked, empty-named,
+    /// for that instant.
     func release() {
         guard fd >= 0 else { return }
         _ = ftruncate(fd, 0)
+        _ = flock(fd, LOCK_UN)
         close(fd)
         fd = -1
     }

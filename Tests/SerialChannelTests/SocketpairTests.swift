@@ -25,7 +25,8 @@ final class ScriptedGuest: @unchecked Sendable {
         }
     }
 
-    /// Reads the next frame (blocking on a private queue), or nil at EOF.
+    /// Reads the next frame (blocking on a private queue), or nil at EOF. A
+    /// host that sends nothing for a minute fails the test instead of hanging it.
     func receive() async throws -> Frame? {
         try await withCheckedThrowingContinuation { c in
             queue.async {
@@ -33,6 +34,10 @@ final class ScriptedGuest: @unchecked Sendable {
                     do {
                         if let f = try FrameParser.parse(&self.buffer) { return c.resume(returning: f) }
                     } catch { return c.resume(throwing: error) }
+                    var p = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
+                    if poll(&p, 1, 60_000) == 0 {
+                        return c.resume(throwing: ProtocolError.closed("the scripted guest got no frame from the host in 60 s"))
+                    }
                     var chunk = [UInt8](repeating: 0, count: 65536)
                     let n = read(self.fd, &chunk, chunk.count)
                     if n <= 0 { return c.resume(returning: nil) }
@@ -60,7 +65,8 @@ final class ScriptedGuest: @unchecked Sendable {
 func connectedPair(window: UInt32 = 65536, hostWindow: Int = 512 * 1024) async throws -> (ChannelClient, ScriptedGuest) {
     var fds: [Int32] = [0, 0]
     #if canImport(Glibc)
-        let kind = Int32(SOCK_STREAM.rawValue)
+        // Close-on-exec: a child another test spawns must not keep either end open (and EOF away).
+        let kind = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
     #else
         let kind = SOCK_STREAM
     #endif
@@ -83,7 +89,7 @@ struct SocketpairTests {
     @Test("a guest HELLO of another major version is refused with advice")
     func versionMismatch() async throws {
         var fds: [Int32] = [0, 0]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
         let guest = ScriptedGuest(fd: fds[1])
         let fd = fds[0]
         let client = Task { try await ChannelClient.connect(socket: fd, handshakeTimeout: .seconds(5)) }

@@ -100,7 +100,7 @@ class FakeMachine: GuestMachine, @unchecked Sendable {
     func connect(timeout: Duration, logger: Logger) async throws -> (ChannelClient, Hello) {
         guard ending == nil else { throw VMExecError(.launchFailed, "the fake machine has ended") }
         var fds: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
             throw VMExecError(.launchFailed, "socketpair: \(String(cString: strerror(errno)))")
         }
         let fakeInit = FakeInit(fd: fds[1], diesOnMount: faults.diesOnMount) { [weak self] in
