@@ -101,7 +101,7 @@ struct Exec: AsyncParsableCommand {
             }
             defer { local.restore() }
             // Signals to vmexec itself (not keys: those are typed into the guest in raw mode) go to the command.
-            let signals = [SIGTERM, SIGHUP].map { number in
+            let signals = [SIGINT, SIGTERM, SIGHUP].map { number in
                 signal(number, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
                 source.setEventHandler { Task { try? await terminal.signal("\(number)") } }
