@@ -109,6 +109,9 @@ public struct PythonException: Sendable, Equatable, Codable {
 public struct PythonResult: Sendable {
     public var stdout: [UInt8]
     public var stderr: [UInt8]
+    /// True when a stream passed the sandbox's output limit and the result kept only its start.
+    public var stdoutTruncated: Bool
+    public var stderrTruncated: Bool
     public var value: PythonValue?
     public var exception: PythonException?
     public var termination: Termination
@@ -153,6 +156,10 @@ public struct PythonRunner: Sendable {
         return try await Self.collect(try await stream(command))
     }
 
+    static func keep(_ bytes: [UInt8], in kept: inout [UInt8], limit: Int) {
+        kept += bytes.prefix(max(0, limit - kept.count))
+    }
+
     /// The result at the end of a stream.
     static func collect(_ events: AsyncThrowingStream<PythonEvent, any Error>) async throws -> PythonResult {
         var result: PythonResult?
@@ -165,6 +172,8 @@ public struct PythonRunner: Sendable {
 
     private func stream(_ command: Command) async throws -> AsyncThrowingStream<PythonEvent, any Error> {
         let exec = try await sandbox.stream(command)
+        // The result keeps at most the sandbox's output limit of each stream; the events carry it all.
+        let limit = sandbox.configuration.outputLimit
         return AsyncThrowingStream { continuation in
             let task = Task {
                 var records = PythonRecords()
@@ -176,10 +185,10 @@ public struct PythonRunner: Sendable {
                             for record in try records.take(bytes) {
                                 switch record {
                                 case .stdout(let b):
-                                    out += b
+                                    Self.keep(b, in: &out, limit: limit)
                                     continuation.yield(.stdout(b))
                                 case .stderr(let b):
-                                    err += b
+                                    Self.keep(b, in: &err, limit: limit)
                                     continuation.yield(.stderr(b))
                                 case .result: break
                                 }
@@ -197,7 +206,8 @@ public struct PythonRunner: Sendable {
                             continuation.yield(
                                 .result(
                                     PythonResult(
-                                        stdout: out, stderr: err, value: value, exception: exception,
+                                        stdout: out, stderr: err, stdoutTruncated: out.count >= limit,
+                                        stderrTruncated: err.count >= limit, value: value, exception: exception,
                                         termination: termination, usage: usage)))
                         }
                     }
@@ -237,6 +247,9 @@ struct PythonRecords {
     }
 
     private var pending: [UInt8] = []
+    /// Longest record line taken. The code runs in the runner's process and can write to the
+    /// record channel itself; a line without end must not grow the host's memory without bound.
+    static let maxLine = 32 << 20
     /// The result record's value and exception, once it came.
     private(set) var result: (PythonValue?, PythonException?)?
 
@@ -251,6 +264,17 @@ struct PythonRecords {
     mutating func take(_ bytes: [UInt8]) throws -> [Record] {
         pending += bytes
         var records: [Record] = []
+        // Only new bytes can end a line: a long line is not searched again at each piece.
+        guard bytes.contains(UInt8(ascii: "\n")) else {
+            if pending.count > Self.maxLine {
+                pending.removeAll()
+                throw VMExecError(
+                    .protocolError,
+                    "the Python runner wrote a record line longer than \(Self.maxLine >> 20) MiB; the job's output is not trusted"
+                )
+            }
+            return records
+        }
         while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
             let line = Array(pending[..<newline])
             pending.removeSubrange(...newline)
