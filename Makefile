@@ -99,19 +99,19 @@ test: test-unit test-guests test-cli test-api
 # Host-only: needs the build dependencies, no guest images.
 UNIT_TARGETS := SerialChannelTests|SquashMountsTests|PersistOverlayTests|VMExecutorUnitTests|VMExecServiceTests|VMExecServerUnitTests
 test-unit: deps test-c build-tests
-	timeout -s KILL 300 $(SWIFT) test --skip-build --filter '$(UNIT_TARGETS)'
+	Tests/deadline.sh 300 $(SWIFT) test --skip-build --filter '$(UNIT_TARGETS)'
 
 # The guest and CLI suites run one guest at a time (each is serialized), and
 # apart from each other: two TCG guests at once on 2 cores measure contention.
-# A hung test must fail the run, not hold CI: after 20 minutes the whole
-# process group is killed (SIGKILL: the test runner survives SIGTERM).
+# A hung test must fail the run, not hold CI: Tests/deadline.sh prints every
+# thread's stack past the deadline, then kills the whole process group.
 GUEST_ENV := VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache
 test-guests: deps images build-tests
-	$(GUEST_ENV) timeout -s KILL 1200 $(SWIFT) test --skip-build --filter VMExecutorTests
-	$(GUEST_ENV) timeout -s KILL 600 $(SWIFT) test --skip-build --filter VMExecServerTests
+	$(GUEST_ENV) Tests/deadline.sh 1200 $(SWIFT) test --skip-build --filter VMExecutorTests
+	$(GUEST_ENV) Tests/deadline.sh 600 $(SWIFT) test --skip-build --filter VMExecServerTests
 
 test-cli: deps images build-tests
-	$(GUEST_ENV) timeout -s KILL 900 $(SWIFT) test --skip-build --filter VMExecCLITests
+	$(GUEST_ENV) Tests/deadline.sh 900 $(SWIFT) test --skip-build --filter VMExecCLITests
 
 # The HTTP API: the spec validated (openapi-spec-validator), then schemathesis
 # (both from PyPI, in a venv under .build) against a live daemon over TCP.
@@ -125,7 +125,7 @@ $(VENV)/bin/schemathesis:
 
 test-api: deps images build-tests $(VENV)/bin/schemathesis
 	$(VENV)/bin/openapi-spec-validator docs/openapi.yaml
-	$(GUEST_ENV) timeout -s KILL 600 Tests/API/schemathesis.sh
+	$(GUEST_ENV) Tests/deadline.sh 600 Tests/API/schemathesis.sh
 
 # The init's parser against the golden vectors, under ASan and UBSan.
 test-c: .build/c/vectors_test

@@ -21,6 +21,8 @@ need rdsquashfs squashfs-tools-ng
 python3 -m pip --version >/dev/null 2>&1 || MISSING="$MISSING python3-pip"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || MISSING="$MISSING python3-venv"
 need curl curl
+# Tests/deadline.sh prints a hung test's threads with gdb.
+need gdb gdb
 # Libraries the host binaries link (system-library targets in Package.swift).
 needlib() { pkg-config --exists "$1" 2>/dev/null || MISSING="$MISSING $2"; }
 need pkg-config pkg-config
