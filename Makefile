@@ -72,9 +72,13 @@ $(IMG)/rootfs.sqfs $(IMG)/sdk.tree.version &: images/rootfs.sh images/treediff.p
 # and again when the shard code changes.
 SHARD_CODE := $(wildcard Sources/SquashMounts/*.swift)
 
-$(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE) images/runner/vmexec_runner.py
+RUNNER := $(wildcard images/runner/vmexec_runner/*.py)
+RUNNER_DIR := $(IMG)/sdk.tree/usr/lib/python3/dist-packages/vmexec_runner
+
+$(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE) $(RUNNER)
 	$(SWIFT) build --product vmexec
-	install -D -m 0644 images/runner/vmexec_runner.py $(IMG)/sdk.tree/usr/lib/python3/dist-packages/vmexec_runner.py
+	rm -rf $(RUNNER_DIR) $(IMG)/sdk.tree/usr/lib/python3/dist-packages/vmexec_runner.py
+	install -D -m 0644 -t $(RUNNER_DIR) $(RUNNER)
 	$(VMEXEC) shard create $(IMG)/sdk.tree -o $@ --name cpython --version $$(cat $<) --kind sdk --layer 10 \
 	  --arch $(ARCH) --provides python3 --provides python3.11
 
@@ -143,6 +147,7 @@ check: deps
 	$(SWIFT) build --build-tests --scratch-path .build-check -Xswiftc -warnings-as-errors
 	$(SWIFT) format lint --strict --recursive $(SWIFT_SOURCES)
 	$(INIT_CC) $(CFLAGS_STRICT) -fsyntax-only -ISources/InitGuest/include Sources/InitGuest/*.c
+	python3 -W error -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' $(RUNNER)
 
 # Lays the sources out as make check wants them.
 format:

@@ -13,11 +13,14 @@ struct PythonCommand: AsyncParsableCommand {
         discussion: """
             The SDK shard of the images' folder is attached unless a --shard provides python3. \
             Exits 0, or 1 when the code raised (its traceback, of the code's frames only, on stderr). \
-            --json prints one object at the end instead: value (repr and json), stdout, stderr, error.
+            --json prints one object at the end instead: value (repr and json), stdout, stderr, error, \
+            and what execution control reported (steps, ignoredErrors, loopLimits, watched, dropped). \
+            Without --json, control reports go to stderr as they come, each line starting "vmexec:".
             """)
 
     @OptionGroup var guest: GuestOptions
     @OptionGroup var options: CommandOptions
+    @OptionGroup(title: "Execution control (the runner rewrites the code)") var control: PythonControlOptions
 
     @Option(name: .customShort("c"), help: "The code to run.") var code: String?
     @Flag(help: "Print the result as JSON at the end instead of streaming.") var json = false
@@ -90,33 +93,37 @@ struct PythonCommand: AsyncParsableCommand {
     private func runCode(_ sandbox: Sandbox, source: String, filename: String) async throws -> Int32 {
         var environment = try options.environment()
         if environment["PYTHONUNBUFFERED"] == nil { environment["PYTHONUNBUFFERED"] = "1" }
-        let code = PythonCode(
-            source, filename: filename, environment: environment, workingDirectory: options.workdir,
-            timeout: options.timeoutDuration, user: try options.guestUser(),
-            limits: Limits.defaults(guestMemoryMiB: guest.memory).overridden(by: try options.limitOverrides()))
+        let limits = Limits.defaults(guestMemoryMiB: guest.memory).overridden(by: try options.limitOverrides())
+        let control = try self.control.control()
         let result: PythonResult
         if let call {
             let (target, function) =
                 call.contains(":")
                 ? (String(call[..<call.lastIndex(of: ":")!]), String(call[call.index(after: call.lastIndex(of: ":")!)...]))
                 : (nil, call)
-            let request = PythonCall(
-                function, source: target == nil ? source : nil, target: target, arguments: arguments,
-                keywordArguments: keywordArguments, filename: filename, environment: environment,
+            let module = PythonModule(
+                source: target == nil ? source : nil, target: target, filename: filename, environment: environment,
                 workingDirectory: options.workdir, timeout: options.timeoutDuration, user: try options.guestUser(),
-                limits: code.limits)
-            result = try await sandbox.python.call(request)
+                limits: limits, control: control)
+            result = try await sandbox.python.call(
+                PythonCall(function, in: module, arguments: arguments, keywordArguments: keywordArguments))
             if !json {
                 try? await HostIO.write(STDOUT_FILENO, result.stdout, path: "stdout")
                 try? await HostIO.write(STDERR_FILENO, result.stderr, path: "stderr")
+                for line in Self.reportLines(result) { FileHandle.standardError.write(Data(line.utf8)) }
             }
         } else {
+            let code = PythonCode(
+                source, filename: filename, environment: environment, workingDirectory: options.workdir,
+                timeout: options.timeoutDuration, user: try options.guestUser(), limits: limits, control: control)
             var last: PythonResult?
             for try await event in try await sandbox.python.stream(code) {
                 switch event {
                 case .stdout(let b) where !json: try? await HostIO.write(STDOUT_FILENO, b, path: "stdout")
                 case .stderr(let b) where !json: try? await HostIO.write(STDERR_FILENO, b, path: "stderr")
                 case .result(let r): last = r
+                case let report where !json:
+                    if let line = Self.reportLine(report) { FileHandle.standardError.write(Data(line.utf8)) }
                 default: break
                 }
             }
@@ -143,6 +150,29 @@ struct PythonCommand: AsyncParsableCommand {
     }
 }
 
+extension PythonCommand {
+    /// A control report as the terminal shows it, on stderr.
+    static func reportLine(_ event: PythonEvent) -> String? {
+        switch event {
+        case .step(let step):
+            let variables = step.variables.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.repr)" }
+            return "vmexec: line \(step.line)\(variables.isEmpty ? "" : ": " + variables.joined(separator: " "))\n"
+        case .ignoredError(let ignored):
+            return "vmexec: line \(ignored.line): ignored \(ignored.error.type): \(ignored.error.message)\n"
+        case .loopLimit(let limit):
+            return "vmexec: line \(limit.line): the loop stopped at its limit of \(limit.limit) iterations\n"
+        default:
+            return nil
+        }
+    }
+
+    /// A call's reports, after it (a call's result comes whole).
+    static func reportLines(_ r: PythonResult) -> [String] {
+        (r.steps.map(PythonEvent.step) + r.ignoredErrors.map(PythonEvent.ignoredError) + r.loopLimits.map(PythonEvent.loopLimit))
+            .compactMap(reportLine)
+    }
+}
+
 /// `vmexec python --json`: the result as one object.
 struct PythonReport: Encodable {
     /// Its repr, and its JSON text when it serialises.
@@ -151,6 +181,11 @@ struct PythonReport: Encodable {
     var stderr: String
     var error: PythonException?
     var exitCode: Int32
+    var steps: [PythonStep]
+    var ignoredErrors: [PythonIgnoredError]
+    var loopLimits: [PythonLoopLimit]
+    var watched: [String: PythonValue]
+    var dropped: [String: Int]
 
     init(_ r: PythonResult) {
         value = r.value
@@ -158,5 +193,10 @@ struct PythonReport: Encodable {
         stderr = r.stderrText
         error = r.exception
         exitCode = r.termination.shellCode
+        steps = r.steps
+        ignoredErrors = r.ignoredErrors
+        loopLimits = r.loopLimits
+        watched = r.watched
+        dropped = r.dropped
     }
 }

@@ -35,5 +35,32 @@ extension CLISuites {
             let usage = try await CLITests.vmexec(["python", "--accel", "tcg"])
             #expect(usage.status == 125 && usage.stderr.contains("-c CODE"), "\(usage.stderr)")
         }
+
+        @Test("execution control flags: loop limits, steps with watched variables, the error policy, restricted mode")
+        func control() async throws {
+            let code = "total = 0\nfor i in range(3):\n    for j in range(10):\n        total += 1\nbad = 1 / 0\ntotal\n"
+            let r = try await CLITests.vmexec(
+                [
+                    "python", "--accel", "tcg", "--max-inner-loops", "2", "--on-loop-limit", "break", "--on-error", "continue",
+                    "--trace", "--watch", "total", "-",
+                ], stdin: code)
+            #expect(r.status == 0 && r.stdout == "6\n", "\(r)")
+            #expect(r.stderr.contains("vmexec: line 3: the loop stopped at its limit of 2 iterations"), "\(r.stderr)")
+            #expect(r.stderr.contains("vmexec: line 6: total=6"), "\(r.stderr)")
+            #expect(r.stderr.contains("vmexec: line 5: ignored ZeroDivisionError"), "\(r.stderr)")
+
+            let json = try await CLITests.vmexec(
+                ["python", "--accel", "tcg", "--json", "--max-outer-loops", "1", "--watch", "total", "-"], stdin: code)
+            #expect(json.status == 1, "\(json)")
+            let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+            #expect((object?["error"] as? [String: Any])?["type"] as? String == "LoopLimitExceeded", "\(json.stdout)")
+            #expect(((object?["watched"] as? [String: Any])?["total"] as? [String: Any])?["json"] as? String == "10")
+
+            let restricted = try await CLITests.vmexec(["python", "--accel", "tcg", "--restricted", "-c", "import os"])
+            #expect(restricted.status == 1 && restricted.stderr.contains("not allowed in restricted mode"), "\(restricted)")
+            let refused = try await CLITests.vmexec(["python", "--accel", "tcg", "--on-error", "maybe", "-c", "1"])
+            #expect(refused.status == 64 || refused.status == 125, "\(refused)")
+            #expect(refused.stderr.contains("raise, wrap, continue or stop"), "\(refused.stderr)")
+        }
     }
 }

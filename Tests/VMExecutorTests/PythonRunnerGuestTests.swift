@@ -39,8 +39,8 @@ extension RealGuests {
             {
                 switch event {
                 case .stdout(let b): streamed.append(String(decoding: b, as: UTF8.self))
-                case .stderr: break
                 case .result(let r): #expect(r.value?.repr == "'done'")
+                default: break
                 }
             }
             #expect(streamed.count >= 2, "output came in pieces as printed, not at the end: \(streamed)")
@@ -74,22 +74,27 @@ extension RealGuests {
             let source =
                 "def scale(values, factor=1):\n    print('scaling', len(values))\n    return [v * factor for v in values]\n"
             let r = try await guest.python.call(
-                PythonCall("scale", source: source, arguments: "[[1, 2, 3]]", keywordArguments: #"{"factor": 10}"#))
+                PythonCall(
+                    "scale", in: PythonModule(source: source), arguments: "[[1, 2, 3]]", keywordArguments: #"{"factor": 10}"#))
             #expect(r.value?.json == "[10, 20, 30]" && r.stdoutText == "scaling 3\n", "\(r)")
-            let module = try await guest.python.call(PythonCall("dumps", target: "json", arguments: #"[{"a": [1]}]"#))
+            let module = try await guest.python.call(
+                PythonCall("dumps", in: PythonModule(target: "json"), arguments: #"[{"a": [1]}]"#))
             #expect(module.value?.json == #""{\"a\": [1]}""#, "\(String(describing: module.value))")
             try await guest.writeFile("/home/vmexec/tools.py", contents: Array("def twice(x):\n    return 2 * x\n".utf8))
-            let file = try await guest.python.call(PythonCall("twice", target: "/home/vmexec/tools.py", arguments: "[21]"))
+            let file = try await guest.python.call(
+                PythonCall("twice", in: PythonModule(target: "/home/vmexec/tools.py"), arguments: "[21]"))
             #expect(file.value?.json == "42", "\(String(describing: file.exception))")
 
-            let notJSON = try await guest.python.call(PythonCall("f", source: "def f():\n    return object()\n"))
+            let notJSON = try await guest.python.call(
+                PythonCall("f", in: PythonModule(source: "def f():\n    return object()\n")))
             #expect(notJSON.exception?.type == "TypeError" && notJSON.value == nil)
-            let raised = try await guest.python.call(PythonCall("f", source: "def f():\n    raise RuntimeError('no')\n"))
+            let raised = try await guest.python.call(
+                PythonCall("f", in: PythonModule(source: "def f():\n    raise RuntimeError('no')\n")))
             #expect(raised.exception?.type == "RuntimeError" && raised.exception?.traceback.contains("line 2, in f") == true)
-            let missing = try await guest.python.call(PythonCall("absent", source: "x = 1"))
+            let missing = try await guest.python.call(PythonCall("absent", in: PythonModule(source: "x = 1")))
             #expect(missing.exception?.type == "AttributeError")
             await #expect(throws: VMExecError.self) {
-                _ = try await guest.python.call(PythonCall("f", source: "def f(): pass", arguments: "{}"))
+                _ = try await guest.python.call(PythonCall("f", in: PythonModule(source: "def f(): pass"), arguments: "{}"))
             }
         }
 

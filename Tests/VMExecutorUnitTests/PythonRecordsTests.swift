@@ -9,11 +9,22 @@ struct PythonRecordsTests {
     func pieces() throws {
         var records = PythonRecords()
         let text =
-            #"{"type":"stdout","data":"aGkK"}"# + "\n" + #"{"type":"result","value":{"repr":"1","json":"1"},"error":null}"# + "\n"
+            #"{"type":"stdout","data":"aGkK"}"# + "\n" + #"{"type":"step","line":3,"vars":{"x":{"repr":"1","json":"1"}}}"#
+            + "\n" + #"{"type":"result","value":{"repr":"1","json":"1"},"error":null,"id":4}"# + "\n"
         var got: [PythonRecords.Record] = []
         for byte in Array(text.utf8) { got += try records.take([byte]) }
-        #expect(got == [.stdout(Array("hi\n".utf8)), .result])
-        #expect(records.result?.0 == PythonValue(repr: "1", json: "1"))
+        let value = PythonValue(repr: "1", json: "1")
+        #expect(
+            got == [
+                .stdout(Array("hi\n".utf8)), .step(PythonStep(line: 3, variables: ["x": value])),
+                .result(PythonRecords.Ending(value: value, id: 4)),
+            ])
+        #expect(records.result?.value == value && records.result?.id == 4)
+        // Many records in one piece come out in order, none lost.
+        var many = PythonRecords()
+        let lines = (0..<1000).map { #"{"type":"loop_limit","line":\#($0),"limit":5}"# + "\n" }.joined()
+        let all = try many.take(Array(lines.utf8))
+        #expect(all == (0..<1000).map { .loopLimit(PythonLoopLimit(line: $0, limit: 5)) })
     }
 
     @Test("a line that never ends is refused before it grows past its cap; a line that is not a record too")
@@ -25,13 +36,33 @@ struct PythonRecordsTests {
         }
         var other = PythonRecords()
         #expect(throws: VMExecError.self) { _ = try other.take(Array("not json\n".utf8)) }
+        var fieldless = PythonRecords()
+        #expect(throws: VMExecError.self) { _ = try fieldless.take(Array(#"{"type":"step"}"#.utf8) + [10]) }
+        var newer = PythonRecords()
+        #expect(try newer.take(Array(#"{"type":"from-a-newer-runner"}"#.utf8) + [10]).isEmpty)
     }
 
-    @Test("the result keeps each stream up to the output limit")
+    @Test("the result keeps each stream up to the output limit and each report kind up to its cap")
     func keptUpToLimit() {
-        var kept: [UInt8] = []
-        PythonRunner.keep([1, 2, 3], in: &kept, limit: 4)
-        PythonRunner.keep([4, 5, 6], in: &kept, limit: 4)
-        #expect(kept == [1, 2, 3, 4])
+        var parts = PythonResultParts(outputLimit: 4)
+        _ = parts.add(.stdout([1, 2, 3]))
+        _ = parts.add(.stdout([4, 5, 6]))
+        _ = parts.add(.stderr([1]))
+        #expect(parts.stdout == [1, 2, 3, 4] && parts.stdoutTruncated)
+        #expect(parts.stderr == [1] && !parts.stderrTruncated)
+        for line in 0..<(PythonResultParts.reportCap + 5) { _ = parts.add(.step(PythonStep(line: line, variables: [:]))) }
+        #expect(parts.steps.count == PythonResultParts.reportCap)
+    }
+
+    @Test("control goes to the runner as only what is set; bad control is refused on the host")
+    func control() throws {
+        #expect(PythonControl().runnerJSON == "{}")
+        let set = PythonControl(
+            timeLimit: .milliseconds(1500), maxInnerLoopIterations: 3, onLoopLimit: .break, onError: .continue)
+        #expect(set.runnerJSON == #"{"max_inner_loops":3,"on_error":"continue","on_loop_limit":"break","timeout":1.5}"#)
+        #expect(set.jobTimeout(nil) == .milliseconds(6500) && set.jobTimeout(.seconds(2)) == .seconds(2))
+        #expect(throws: VMExecError.self) { try PythonControl(watch: ["a b"]).validate() }
+        #expect(throws: VMExecError.self) { try PythonControl(loopFrequency: .infinity).validate() }
+        try PythonControl(watch: ["x", "obj.attr", "_private"]).validate()
     }
 }

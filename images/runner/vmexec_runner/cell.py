@@ -1,0 +1,58 @@
+"""Code run as interactive Python runs a cell: every statement in order, and
+the value of the last one kept when it is an expression."""
+
+import ast
+import linecache
+
+from .control import Runtime, Stop, check, namespace_builtins, rewrite, time_limit
+from .records import describe_error, describe_value
+
+
+def split_last_expression(tree):
+    """The module without its last statement, and that statement as an expression (or None)."""
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(body=tree.body[-1].value)
+        tree.body = tree.body[:-1]
+        return tree, last
+    return tree, None
+
+
+def run(source, filename, control, records):
+    """Runs the code; returns the result record's fields."""
+    runtime = Runtime(control, records)
+    namespace = {
+        "__name__": "__main__",
+        "__file__": filename,
+        "__builtins__": namespace_builtins(control),
+        "__vmexec__": runtime,
+    }
+    # Tracebacks and inspect show the code's lines, as they do for a file.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    value = error = None
+    try:
+        with time_limit(control.timeout):
+            tree = ast.parse(source, filename=filename, mode="exec")
+            check(tree, filename, source, control)
+            body, last = split_last_expression(tree)
+            exec(compile(rewrite(body, control), filename, "exec"), namespace)
+            if last is not None:
+                line = last.body.lineno
+                if control.trace:
+                    runtime.step(line, namespace)
+                try:
+                    value = describe_value(eval(compile(last, filename, "eval"), namespace))
+                except Exception as exc:
+                    if control.on_error == "raise":
+                        raise
+                    runtime.failed(line, exc)
+    except Stop:
+        pass
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt are the code's too
+        if not (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+            error = describe_error(exc)
+    result = {"value": value, "error": error}
+    if control.watch:
+        result["watched"] = runtime.watched(namespace)
+    if any(runtime.dropped.values()):
+        result["dropped"] = runtime.dropped
+    return result
