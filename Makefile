@@ -147,7 +147,7 @@ check: deps
 	$(SWIFT) build --build-tests --scratch-path .build-check -Xswiftc -warnings-as-errors
 	$(SWIFT) format lint --strict --recursive $(SWIFT_SOURCES)
 	$(INIT_CC) $(CFLAGS_STRICT) -fsyntax-only -ISources/InitGuest/include Sources/InitGuest/*.c
-	python3 -W error -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' $(RUNNER)
+	python3 -W error -c 'import ast, pathlib, sys; [ast.parse(pathlib.Path(f).read_text(), f) for f in sys.argv[1:]]' $(RUNNER)
 
 # Lays the sources out as make check wants them.
 format:
