@@ -8,9 +8,19 @@ struct PythonRecords {
         case step(PythonStep)
         case ignoredError(PythonIgnoredError)
         case loopLimit(PythonLoopLimit)
+        /// The code called a host function and waits for the answer.
+        case callback(Callback)
         /// A worker loaded its code (nil), or could not (why).
         case ready(PythonException?)
         case result(Ending)
+    }
+
+    /// A host function's call: its arguments kept as the JSON text the code sent.
+    struct Callback: Equatable {
+        var id: Int
+        var name: String
+        var arguments: String
+        var keywordArguments: String
     }
 
     /// A result record's fields.
@@ -18,6 +28,7 @@ struct PythonRecords {
         var value: PythonValue?
         var error: PythonException?
         var watched: [String: PythonValue]?
+        var shared: [String: PythonValue]?
         var dropped: [String: Int]?
         /// A worker's call: its id and what it used.
         var id: Int?
@@ -25,11 +36,12 @@ struct PythonRecords {
 
         init(
             value: PythonValue? = nil, error: PythonException? = nil, watched: [String: PythonValue]? = nil,
-            dropped: [String: Int]? = nil, id: Int? = nil, usage: CallUsage? = nil
+            shared: [String: PythonValue]? = nil, dropped: [String: Int]? = nil, id: Int? = nil, usage: CallUsage? = nil
         ) {
             self.value = value
             self.error = error
             self.watched = watched
+            self.shared = shared
             self.dropped = dropped
             self.id = id
             self.usage = usage
@@ -120,6 +132,22 @@ struct PythonRecords {
             return .loopLimit(PythonLoopLimit(line: try need(kind.line), limit: try need(kind.limit)))
         case "ready":
             return .ready(kind.error)
+        case "callback":
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                let id = object["id"] as? Int, let name = object["name"] as? String,
+                let arguments = object["args"] as? [Any], let keywordArguments = object["kwargs"] as? [String: Any],
+                let argumentsText = try? JSONSerialization.data(withJSONObject: arguments, options: .fragmentsAllowed),
+                let keywordText = try? JSONSerialization.data(withJSONObject: keywordArguments)
+            else {
+                throw VMExecError(
+                    .protocolError,
+                    "the Python runner wrote a callback record without its fields: \(String(decoding: line.prefix(200), as: UTF8.self))"
+                )
+            }
+            return .callback(
+                Callback(
+                    id: id, name: name, arguments: String(decoding: argumentsText, as: UTF8.self),
+                    keywordArguments: String(decoding: keywordText, as: UTF8.self)))
         case "result":
             do {
                 return .result(try decoder.decode(Ending.self, from: Data(line)))
@@ -166,7 +194,7 @@ struct PythonResultParts {
         case .loopLimit(let l):
             if loopLimits.count < Self.reportCap { loopLimits.append(l) }
             return .loopLimit(l)
-        case .ready, .result:
+        case .ready, .result, .callback:
             return nil
         }
     }
@@ -182,7 +210,8 @@ struct PythonResultParts {
         PythonResult(
             stdout: stdout, stderr: stderr, stdoutTruncated: stdoutTruncated, stderrTruncated: stderrTruncated,
             value: ending?.value, exception: ending?.error, steps: steps, ignoredErrors: ignoredErrors,
-            loopLimits: loopLimits, watched: ending?.watched ?? [:], dropped: ending?.dropped ?? [:],
+            loopLimits: loopLimits, watched: ending?.watched ?? [:], shared: ending?.shared ?? [:],
+            dropped: ending?.dropped ?? [:],
             termination: termination, usage: usage)
     }
 }

@@ -79,6 +79,8 @@ public struct PythonResult: Sendable {
     public var loopLimits: [PythonLoopLimit] = []
     /// The watched variables' values at the end.
     public var watched: [String: PythonValue] = [:]
+    /// The shared values' final state (``PythonCode/shared``).
+    public var shared: [String: PythonValue] = [:]
     /// Reports past their caps, by kind (`step`, `ignored`, `loop_limit`): counted, not kept.
     public var dropped: [String: Int] = [:]
     /// How the process ended. A persistent worker's call: exited 0, or 1 when it raised.

@@ -15,11 +15,17 @@ public struct PythonCode: Sendable {
     /// nil: the sandbox's defaults.
     public var limits: Limits?
     public var control: PythonControl
+    /// JSON values (as text) put among the code's globals by name; their final state comes back
+    /// in ``PythonResult/shared``.
+    public var shared: [String: String]
+    /// Functions the code calls by name, answered on the host while the code waits.
+    public var hostFunctions: [String: PythonHostFunction]
 
     public init(
         _ source: String, filename: String = "<code>", environment: [String: String] = [:],
         workingDirectory: String = "/", timeout: Duration? = nil, user: GuestUser? = nil, limits: Limits? = nil,
-        control: PythonControl = PythonControl()
+        control: PythonControl = PythonControl(), shared: [String: String] = [:],
+        hostFunctions: [String: PythonHostFunction] = [:]
     ) {
         self.source = source
         self.filename = filename
@@ -29,6 +35,18 @@ public struct PythonCode: Sendable {
         self.user = user
         self.limits = limits
         self.control = control
+        self.shared = shared
+        self.hostFunctions = hostFunctions
+    }
+
+    var sharing: PythonSharing { PythonSharing(shared: shared, functions: hostFunctions) }
+
+    /// The runner's request line.
+    func request() throws -> [UInt8] {
+        try control.validate()
+        var request: [String: Any] = ["source": source, "filename": filename, "control": control.runnerObject]
+        request.merge(try sharing.requestFields()) { $1 }
+        return Array(try JSONSerialization.data(withJSONObject: request)) + [UInt8(ascii: "\n")]
     }
 }
 
@@ -46,15 +64,22 @@ public struct PythonModule: Sendable {
     public var timeout: Duration?
     public var user: GuestUser?
     public var limits: Limits?
-    /// Applies to the loading and to each call; the controls that rewrite code need
-    /// `source` or a `.py` target, which the runner compiles.
+    /// Applies to the loading and to each call; the controls that rewrite code, shared values
+    /// and host functions need `source` or a `.py` target, which the runner loads itself.
     public var control: PythonControl
+    /// JSON values among the module's globals before its code runs; each result has their state.
+    public var shared: [String: String]
+    /// Functions the module calls by name, answered on the host.
+    public var hostFunctions: [String: PythonHostFunction]
 
     public init(
         source: String? = nil, target: String? = nil, filename: String = "<code>", environment: [String: String] = [:],
         workingDirectory: String = "/", timeout: Duration? = nil, user: GuestUser? = nil, limits: Limits? = nil,
-        control: PythonControl = PythonControl()
+        control: PythonControl = PythonControl(), shared: [String: String] = [:],
+        hostFunctions: [String: PythonHostFunction] = [:]
     ) {
+        self.shared = shared
+        self.hostFunctions = hostFunctions
         self.source = source
         self.target = target
         self.filename = filename
@@ -75,14 +100,17 @@ public struct PythonModule: Sendable {
         var request: [String: Any] = ["filename": filename, "control": control.runnerObject]
         if let source { request["source"] = source }
         if let target { request["target"] = target }
+        request.merge(try sharing.requestFields()) { $1 }
         return request
     }
 
-    func command(_ arguments: [String], stdin: Command.Stdin) -> Command {
+    var sharing: PythonSharing { PythonSharing(shared: shared, functions: hostFunctions) }
+
+    /// The runner as a command; `timeout` is the whole process's (a worker's life, or one call's).
+    func command(_ runnerCommand: String, stdin: Command.Stdin, timeout: Duration?) -> Command {
         Command(
-            ["python3", "-m", "vmexec_runner"] + arguments, environment: environment, workingDirectory: workingDirectory,
-            timeout: arguments == ["worker"] ? timeout : control.jobTimeout(timeout), stdin: stdin, user: user,
-            limits: limits)
+            ["python3", "-m", "vmexec_runner", runnerCommand], environment: environment, workingDirectory: workingDirectory,
+            timeout: timeout, stdin: stdin, user: user, limits: limits)
     }
 }
 
@@ -106,7 +134,7 @@ public struct PythonCall: Sendable {
     func request() throws -> [UInt8] {
         var request = try module.loadRequest()
         request.merge(try Self.callFields(function, arguments, keywordArguments)) { $1 }
-        return Array(try JSONSerialization.data(withJSONObject: request))
+        return Array(try JSONSerialization.data(withJSONObject: request)) + [UInt8(ascii: "\n")]
     }
 
     static func callFields(_ function: String, _ arguments: String, _ keywordArguments: String) throws -> [String: Any] {
@@ -136,20 +164,24 @@ public struct PythonRunner: Sendable {
 
     /// Runs the code, streaming its output and control reports as they come, then its result.
     public func stream(_ code: PythonCode) async throws -> AsyncThrowingStream<PythonEvent, any Error> {
-        try code.control.validate()
+        let request = try code.request()
         return try await stream(
             Command(
-                ["python3", "-m", "vmexec_runner", "run", "--filename", code.filename, "--control", code.control.runnerJSON],
-                environment: code.environment, workingDirectory: code.workingDirectory,
-                timeout: code.control.jobTimeout(code.timeout), stdin: .bytes(Array(code.source.utf8)), user: code.user,
-                limits: code.limits))
+                ["python3", "-m", "vmexec_runner", "run"], environment: code.environment,
+                workingDirectory: code.workingDirectory, timeout: code.control.jobTimeout(code.timeout),
+                stdin: code.hostFunctions.isEmpty ? .bytes(request) : .caller, user: code.user, limits: code.limits),
+            request: request, sharing: code.sharing)
     }
 
     /// Calls a function with JSON arguments in a fresh process: its return value as JSON
     /// (``PythonValue/json``), or its exception. A value that is not JSON is a `TypeError`.
     public func call(_ call: PythonCall) async throws -> PythonResult {
-        let command = call.module.command(["call"], stdin: .bytes(try call.request()))
-        return try await Self.collect(try await stream(command))
+        let request = try call.request()
+        let module = call.module
+        let command = module.command(
+            "call", stdin: module.hostFunctions.isEmpty ? .bytes(request) : .caller,
+            timeout: module.control.jobTimeout(module.timeout))
+        return try await Self.collect(try await stream(command, request: request, sharing: module.sharing))
     }
 
     /// Starts a persistent worker with the module loaded; its calls keep the module's state.
@@ -167,8 +199,13 @@ public struct PythonRunner: Sendable {
         return result
     }
 
-    private func stream(_ command: Command) async throws -> AsyncThrowingStream<PythonEvent, any Error> {
+    /// The runner started with `command`; with host functions, its stdin stays open for the
+    /// request and the answers to its callbacks.
+    private func stream(_ command: Command, request: [UInt8], sharing: PythonSharing) async throws
+        -> AsyncThrowingStream<PythonEvent, any Error>
+    {
         let exec = try await sandbox.stream(command)
+        if case .caller = command.stdin { _ = try await exec.writeStdin(request) }
         // The result keeps at most the sandbox's output limit of each stream; the events carry it all.
         let limit = sandbox.configuration.outputLimit
         return AsyncThrowingStream { continuation in
@@ -181,6 +218,9 @@ public struct PythonRunner: Sendable {
                         switch event {
                         case .stdout(let bytes):
                             for record in try records.take(bytes) {
+                                if case .callback(let callback) = record {
+                                    _ = try await exec.writeStdin(await sharing.answer(callback))
+                                }
                                 if let event = parts.add(record) { continuation.yield(event) }
                             }
                         case .stderr(let bytes):

@@ -22,19 +22,22 @@ public actor PythonWorker {
     private var busy = false
     private var waiting: [CheckedContinuation<Void, Never>] = []
 
-    private init(_ exec: ExecStream, outputLimit: Int, control: PythonControl) {
+    private let sharing: PythonSharing
+
+    private init(_ exec: ExecStream, outputLimit: Int, control: PythonControl, sharing: PythonSharing) {
         self.exec = exec
         self.iterator = exec.makeAsyncIterator()
         self.outputLimit = outputLimit
         self.control = control
+        self.sharing = sharing
     }
 
     static func start(_ sandbox: Sandbox, _ module: PythonModule) async throws -> PythonWorker {
         let request = try module.loadRequest()
-        var command = module.command(["worker"], stdin: .caller)
-        command.timeout = module.timeout  // the worker's whole life; the time limit is per call
-        let exec = try await sandbox.stream(command)
-        let worker = PythonWorker(exec, outputLimit: sandbox.configuration.outputLimit, control: module.control)
+        // The timeout is the worker's whole life; the control's time limit is per call.
+        let exec = try await sandbox.stream(module.command("worker", stdin: .caller, timeout: module.timeout))
+        let worker = PythonWorker(
+            exec, outputLimit: sandbox.configuration.outputLimit, control: module.control, sharing: module.sharing)
         try await worker.load(request)
         return worker
     }
@@ -42,6 +45,7 @@ public actor PythonWorker {
     private func load(_ request: [String: Any]) async throws {
         try await send(request)
         while let record = try await nextRecord() {
+            if case .callback(let callback) = record { try await answer(callback) }
             guard case .ready(let error) = record else { continue }
             guard let error else { return }
             throw VMExecError(.invalidRequest, "the Python worker's code raised while loading:\n\(error.traceback)")
@@ -50,6 +54,7 @@ public actor PythonWorker {
     }
 
     /// Calls `function` with a JSON array of positional and a JSON object of keyword arguments.
+    /// Host functions the module calls are answered while the call runs.
     /// The result's termination is exited 0, or 1 when the call raised; its usage is the call's.
     public func call(_ function: String, arguments: String = "[]", keywordArguments: String = "{}") async throws
         -> PythonResult
@@ -78,6 +83,7 @@ public actor PythonWorker {
                     usage: ending.usage?.usage
                         ?? Usage(wallNanoseconds: 0, userMicroseconds: 0, systemMicroseconds: 0, maxRSSKiB: 0))
             }
+            if case .callback(let callback) = record { try await answer(callback) }
             _ = parts.add(record)
         }
         throw ending("during the call to \(function)")
@@ -93,6 +99,11 @@ public actor PythonWorker {
             while try await nextRecord() != nil {}
         }
         return ended ?? .exited(0)
+    }
+
+    private func answer(_ callback: PythonRecords.Callback) async throws {
+        let line = await sharing.answer(callback)
+        _ = try await exec.writeStdin(line)
     }
 
     private func send(_ request: [String: Any]) async throws {

@@ -1,26 +1,29 @@
 """vmexec's Python runner, shipped in the SDK shard: runs code as a job.
 
-    python3 -m vmexec_runner run [--filename NAME] [--control JSON] < CODE
-    python3 -m vmexec_runner call < {"function", "args", "kwargs", "source"+"filename" | "target", "control"}
-    python3 -m vmexec_runner worker < one JSON line naming the code, then one per call
+    python3 -m vmexec_runner run     < {"source", "filename", "control", "shared", "callbacks"}
+    python3 -m vmexec_runner call    < {"function", "args", "kwargs", "source"+"filename" | "target", ...}
+    python3 -m vmexec_runner worker  < one JSON line naming the code, then one per call
 
-`run` reads the code whole from stdin and runs it as interactive Python
-runs a cell (cell.py); `call` calls a function with JSON arguments in this
-process; `worker` keeps the code loaded and answers calls until stdin ends
-(calls.py). `--control` (or a request's "control") asks for time and loop
-limits, throttling, step events, an error policy or restricted mode
-(control.py).
+Requests are JSON lines on stdin; the code's own stdin is /dev/null. `run`
+runs code as interactive Python runs a cell (cell.py); `call` calls a
+function with JSON arguments in this process; `worker` keeps the code loaded
+and answers calls until stdin ends (calls.py). A request's "control" asks for
+time and loop limits, throttling, step events, an error policy or restricted
+mode (control.py); "shared" puts JSON values among the code's globals and
+"callbacks" names host functions it may call, whose answers come as further
+lines on stdin (host.py).
 
 Everything goes to the runner's own stdout as JSON lines, one record each:
 
     {"type": "stdout", "data": BASE64}       output of the code, as it came
     {"type": "stderr", "data": BASE64}
-    {"type": "step", "line": N, "vars": {NAME: VALUE}}       with --control trace
+    {"type": "step", "line": N, "vars": {NAME: VALUE}}       under control trace
     {"type": "ignored", "line": N, "error": ERROR}           under on_error continue/stop
     {"type": "loop_limit", "line": N, "limit": N}            under on_loop_limit break
+    {"type": "callback", "id": N, "name", "args", "kwargs"}  a host function called
     {"type": "ready", "error": ERROR|null}                   a worker loaded its code
-    {"type": "result", "value": VALUE|null, "error": ERROR|null,
-     "watched": {NAME: VALUE}, "dropped": {KIND: N}, "id": ID, "usage": {...}}   last (per call)
+    {"type": "result", "value": VALUE|null, "error": ERROR|null, "watched": {NAME: VALUE},
+     "shared": {NAME: VALUE}, "dropped": {KIND: N}, "id": ID, "usage": {...}}   last (per call)
 
     VALUE = {"repr": "repr() of the value", "json": "the value as JSON text, if it serialises"}
     ERROR = {"type": "ValueError", "message": "...", "traceback": "..."}
@@ -35,53 +38,40 @@ import os
 import sys
 
 from . import calls, cell
-from .control import Control
+from .host import HostLink
 from .records import Capture, Records
 
 
 def main(argv):
     parser = argparse.ArgumentParser(prog="python3 -m vmexec_runner")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_parser = sub.add_parser("run", help="run code read from stdin")
-    run_parser.add_argument("--filename", default="<code>", help="the name tracebacks give the code")
-    run_parser.add_argument("--control", default="{}", help="execution control, a JSON object (control.py)")
-    sub.add_parser(
-        "call",
-        help="call a function: stdin is JSON {function, args, kwargs, control, and source (+ filename) or target}",
-    )
+    sub.add_parser("run", help="run code: stdin is a JSON line {source, filename, control, shared, callbacks}")
+    sub.add_parser("call", help="call a function: stdin is a JSON line {function, args, kwargs, source or target, ...}")
     sub.add_parser("worker", help="keep code loaded and answer calls: JSON lines on stdin (calls.py)")
     args = parser.parse_args(argv)
 
     records = Records(os.dup(1))
-    if args.command == "worker":
-        # Requests keep coming on the original stdin; the code's stdin is /dev/null.
-        requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
-    else:
-        given = sys.stdin.buffer.read().decode("utf-8")
+    # Requests (and the host's answers to callbacks) come on the original stdin.
+    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     sys.stdin = open(0, "r", closefd=False)
 
     capture = Capture(records)
+    link = HostLink(requests, records, capture)
     if args.command == "worker":
-        status = calls.worker(requests, records, capture)
+        status = calls.worker(requests, records, capture, link)
         capture.end()
         return status
-    if args.command == "run":
-        try:
-            control = Control(json.loads(args.control))
-        except ValueError as exc:
-            result = {"value": None, "error": {"type": "ValueError", "message": str(exc), "traceback": ""}}
-        else:
-            result = cell.run(given, args.filename, control, records)
+    try:
+        request = json.loads(requests.readline() or "null")
+        if not isinstance(request, dict):
+            raise ValueError("the request is not a JSON object")
+    except ValueError as exc:
+        result = {"value": None, "error": {"type": "ValueError", "message": f"a bad request: {exc}", "traceback": ""}}
     else:
-        try:
-            request = json.loads(given)
-        except ValueError as exc:
-            result = {"value": None, "error": {"type": "ValueError", "message": f"the call is not JSON: {exc}", "traceback": ""}}
-        else:
-            result = calls.call(request, records)
+        result = (cell.run if args.command == "run" else calls.call)(request, records, link)
     capture.end()
     records.send(dict(result, type="result"))
     return 1 if result["error"] else 0

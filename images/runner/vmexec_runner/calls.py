@@ -16,14 +16,16 @@ import time
 import types
 
 from .control import Control, Runtime, compile_module, namespace_builtins, time_limit
+from .host import shared_state, sharing
 from .records import describe_error, describe_value
 
 
-def load(request, control, runtime):
-    """The namespace the functions are looked up in."""
+def load(request, control, runtime, given):
+    """The namespace the functions are looked up in, with `given` (shared values, host
+    functions) among its globals before its code runs."""
     if request.get("source") is not None:
         filename = request.get("filename") or "<code>"
-        return _module("__vmexec_call__", filename, request["source"], control, runtime)
+        return _module("__vmexec_call__", filename, request["source"], control, runtime, given)
     target = request.get("target") or ""
     if target.endswith(".py"):
         path = os.path.abspath(target)
@@ -31,11 +33,11 @@ def load(request, control, runtime):
             source = f.read()
         # Its folder first on sys.path, as for a script: its neighbours import.
         sys.path.insert(0, os.path.dirname(path))
-        return _module(os.path.splitext(os.path.basename(path))[0], path, source, control, runtime)
-    if control.rewrites:
+        return _module(os.path.splitext(os.path.basename(path))[0], path, source, control, runtime, given)
+    if control.rewrites or given:
         raise ValueError(
-            "loop limits, throttling, tracing, the error policy and restricted mode apply to code the runner "
-            f"compiles: give the call's source or a .py path, not the module {target!r}"
+            "loop limits, throttling, tracing, the error policy, restricted mode, shared values and host "
+            f"functions apply to code the runner loads itself: give the call's source or a .py path, not the module {target!r}"
         )
     import importlib
 
@@ -43,11 +45,12 @@ def load(request, control, runtime):
     return vars(importlib.import_module(target))
 
 
-def _module(name, filename, source, control, runtime):
+def _module(name, filename, source, control, runtime, given):
     module = types.ModuleType(name)
     module.__file__ = filename
     module.__builtins__ = namespace_builtins(control)
     module.__vmexec__ = runtime
+    vars(module).update(given)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     # Registered, so that pickle, dataclasses and the like find the module's classes.
     sys.modules[name] = module
@@ -85,28 +88,35 @@ def describe_target(request):
     return request.get("target") or request.get("filename") or "the code"
 
 
-def call(request, records):
+def call(request, records, link):
     """One call in this process: load, call, the result record's fields."""
     try:
         check_request(request, loading=True, calling=True)
         control = Control(request.get("control"))
+        given, shared = sharing(request, link)
     except ValueError as exc:
         return {"value": None, "error": {"type": "ValueError", "message": str(exc), "traceback": ""}}
     runtime = Runtime(control, records)
+    namespace = {}
     try:
         with time_limit(control.timeout):
-            namespace = load(request, control, runtime)
-            return {"value": invoke(namespace, request, describe_target(request)), "error": None}
+            namespace = load(request, control, runtime, given)
+            fields = {"value": invoke(namespace, request, describe_target(request)), "error": None}
     except BaseException as exc:
         if isinstance(exc, SystemExit) and exc.code in (None, 0):
-            return {"value": {"repr": "None", "json": "null"}, "error": None}
-        return {"value": None, "error": describe_error(exc)}
+            fields = {"value": {"repr": "None", "json": "null"}, "error": None}
+        else:
+            fields = {"value": None, "error": describe_error(exc)}
+    if shared and namespace:
+        fields["shared"] = shared_state(namespace, shared)
+    return fields
 
 
-def worker(requests, records, capture):
+def worker(requests, records, capture, link):
     """Loads the code of the first request once, then answers each call that follows.
 
-    Every line of `requests` is JSON. The first names the code and the controls;
+    Every line of `requests` is JSON. The first names the code, the controls, the
+    shared values and the host functions (whose answers come on the same lines);
     the worker answers {"type": "ready", "error": ...}, and ends if the code did
     not load. Each line after it is {"id", "function", "args", "kwargs"}: the
     records of its output come first, then {"type": "result", "id", ...} with the
@@ -117,9 +127,10 @@ def worker(requests, records, capture):
         request = json.loads(first)
         check_request(request, loading=True, calling=False)
         control = Control(request.get("control"))
+        given, shared = sharing(request, link)
         runtime = Runtime(control, records)
         with time_limit(control.timeout):
-            namespace = load(request, control, runtime)
+            namespace = load(request, control, runtime, given)
     except BaseException as exc:
         capture.flush()
         records.send({"type": "ready", "error": describe_error(exc)})
@@ -149,6 +160,8 @@ def worker(requests, records, capture):
                     status = 0 if exc.code in (None, 0) else 1
                     if status == 0:
                         fields = {"value": {"repr": "None", "json": "null"}, "error": None}
+        if shared:
+            fields["shared"] = shared_state(namespace, shared)
         capture.flush()
         records.send(dict(fields, type="result", id=call_id, usage=_usage(started)))
         if status is not None:

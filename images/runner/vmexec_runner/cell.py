@@ -4,7 +4,8 @@ the value of the last one kept when it is an expression."""
 import ast
 import linecache
 
-from .control import Runtime, Stop, check, namespace_builtins, rewrite, time_limit
+from .control import Control, Runtime, Stop, check, namespace_builtins, rewrite, time_limit
+from .host import shared_state, sharing
 from .records import describe_error, describe_value
 
 
@@ -17,8 +18,18 @@ def split_last_expression(tree):
     return tree, None
 
 
-def run(source, filename, control, records):
-    """Runs the code; returns the result record's fields."""
+def run(request, records, link):
+    """Runs the request's code ({"source", "filename", "control", "shared", "callbacks"});
+    returns the result record's fields."""
+    try:
+        source = request.get("source")
+        if not isinstance(source, str):
+            raise ValueError("the request has no source text")
+        filename = request.get("filename") or "<code>"
+        control = Control(request.get("control"))
+        given, shared = sharing(request, link)
+    except ValueError as exc:
+        return {"value": None, "error": {"type": "ValueError", "message": str(exc), "traceback": ""}}
     runtime = Runtime(control, records)
     namespace = {
         "__name__": "__main__",
@@ -26,6 +37,7 @@ def run(source, filename, control, records):
         "__builtins__": namespace_builtins(control),
         "__vmexec__": runtime,
     }
+    namespace.update(given)
     # Tracebacks and inspect show the code's lines, as they do for a file.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     value = error = None
@@ -53,6 +65,8 @@ def run(source, filename, control, records):
     result = {"value": value, "error": error}
     if control.watch:
         result["watched"] = runtime.watched(namespace)
+    if shared:
+        result["shared"] = shared_state(namespace, shared)
     if any(runtime.dropped.values()):
         result["dropped"] = runtime.dropped
     return result
