@@ -65,4 +65,37 @@ struct PythonRecordsTests {
         #expect(throws: VMExecError.self) { try PythonControl(loopFrequency: .infinity).validate() }
         try PythonControl(watch: ["x", "obj.attr", "_private"]).validate()
     }
+
+    @Test("a callback record keeps its arguments as JSON text; answers are one line: the value, or an error")
+    func callbacks() async throws {
+        var records = PythonRecords()
+        let line = #"{"type":"callback","id":7,"name":"f","args":[1,"a"],"kwargs":{"k":null}}"# + "\n"
+        let got = try records.take(Array(line.utf8))
+        guard case .callback(let callback) = got.first else {
+            Issue.record("not a callback: \(got)")
+            return
+        }
+        #expect(callback.id == 7 && callback.name == "f" && callback.arguments == #"[1,"a"]"#)
+        let sharing = PythonSharing(
+            shared: [:],
+            functions: [
+                "f": { _ in "{\n  \"pretty\": true\n}" }, "bad": { _ in "not json" },
+                "fails": { _ in throw VMExecError(.invalidRequest, "no") },
+            ])
+        let answer = String(decoding: await sharing.answer(callback), as: UTF8.self)
+        #expect(answer == #"{"id":7,"value":{  "pretty": true}}"# + "\n")
+        for (name, said) in [("bad", "not JSON"), ("fails", "no"), ("absent", "no host function absent")] {
+            var other = callback
+            other.name = name
+            let text = String(decoding: await sharing.answer(other), as: UTF8.self)
+            #expect(text.hasSuffix("\n") && text.dropLast().contains("\n") == false)
+            let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+            #expect(((object?["error"] as? [String: Any])?["message"] as? String)?.contains(said) == true, "\(text)")
+        }
+        var forged = PythonRecords()
+        #expect(throws: VMExecError.self) { _ = try forged.take(Array(#"{"type":"callback","id":1}"#.utf8) + [10]) }
+        #expect(throws: VMExecError.self) {
+            try PythonSharing(shared: ["__x": "1"], functions: [:]).requestFields()
+        }
+    }
 }
