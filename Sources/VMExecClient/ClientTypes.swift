@@ -184,6 +184,9 @@ public enum JobEvent: Sendable, Equatable {
     public enum Stream: String, Sendable { case stdout, stderr }
     /// Bytes of one stream, in order.
     case output(Stream, [UInt8])
+    /// A Python job called a host function and waits for ``DaemonClient/answerCallback(_:_:_:value:error:)``;
+    /// its arguments are JSON text.
+    case callback(id: Int, name: String, arguments: String, keywordArguments: String)
     /// The job ended; the last event.
     case end(JobInfo)
 }

@@ -139,6 +139,11 @@ public struct DaemonClient: Sendable {
                         case .output:
                             let bytes = Array(Data(base64Encoded: event.data ?? "") ?? Data())
                             continuation.yield(.output(event.stream == .stderr ? .stderr : .stdout, bytes))
+                        case .callback:
+                            if let c = event.callback {
+                                continuation.yield(
+                                    .callback(id: c.id, name: c.name, arguments: c.args, keywordArguments: c.kwargs))
+                            }
                         case .end:
                             if let job = event.job { continuation.yield(.end(JobInfo(job))) }
                         }
@@ -158,6 +163,19 @@ public struct DaemonClient: Sendable {
             }
             continuation.onTermination = { _ in task.cancel() }
         }
+    }
+
+    /// Answers a Python job's waiting callback with JSON text, or an error message the code
+    /// gets as `CallbackError` (one of them).
+    public func answerCallback(_ sandbox: String, _ job: String, _ callback: Int, value: String?, error: String?)
+        async throws
+    {
+        let parsed = try value.map { try JSONDecoder().decode(OpenAPIValueContainer.self, from: Data($0.utf8)) }
+        _ = try Self.check(
+            try await api.answerCallback(
+                path: .init(sandbox: sandbox, job: job, callback: callback),
+                body: .json(.init(value: parsed, error: error)))
+        ).noContent
     }
 
     public func writeStdin(_ sandbox: String, _ id: String, _ bytes: [UInt8]) async throws {

@@ -46,12 +46,63 @@ extension Components.Schemas.Limits {
 }
 
 extension Components.Schemas.Job {
-    init(_ r: JobRecord, sandbox: String) {
+    /// `callbacks`: a running Python job's callbacks waiting for an answer (the runner's, not the store's).
+    init(_ r: JobRecord, sandbox: String, callbacks: [PendingCallback] = []) {
         self.init(
             id: r.id, sandbox: sandbox, state: .init(rawValue: r.state.rawValue) ?? .failed, argv: r.request.arguments,
             created: r.created, started: r.started, ended: r.ended, exit: r.outcome.map(Components.Schemas.Exit.init),
             reason: r.reason, failureCode: r.failureCode, stdout: .init(bytes: r.stdoutBytes, truncated: r.stdoutTruncated),
-            stderr: .init(bytes: r.stderrBytes, truncated: r.stderrTruncated))
+            stderr: .init(bytes: r.stderrBytes, truncated: r.stderrTruncated),
+            python: r.python.map(Components.Schemas.PythonOutcome.init),
+            callbacks: r.request.python == nil ? nil : callbacks.map(Components.Schemas.PendingCallback.init))
+    }
+}
+
+extension Components.Schemas.PendingCallback {
+    init(_ c: PendingCallback) {
+        self.init(id: c.id, name: c.name, args: c.arguments, kwargs: c.keywordArguments, since: c.since)
+    }
+}
+
+extension Components.Schemas.PythonOutcome {
+    init(_ o: PythonOutcome) {
+        func value(_ v: PythonValue) -> Components.Schemas.PythonValue { .init(repr: v.repr, json: v.json) }
+        func error(_ e: PythonException) -> Components.Schemas.PythonException {
+            .init(_type: e.type, message: e.message, traceback: e.traceback)
+        }
+        self.init(
+            value: o.value.map(value), exception: o.exception.map(error),
+            steps: o.steps.map { .init(line: $0.line, variables: .init(additionalProperties: $0.variables.mapValues(value))) },
+            ignoredErrors: o.ignoredErrors.map { .init(line: $0.line, error: error($0.error)) },
+            loopLimits: o.loopLimits.map { .init(line: $0.line, limit: $0.limit) },
+            watched: .init(additionalProperties: o.watched.mapValues(value)),
+            shared: .init(additionalProperties: o.shared.mapValues(value)),
+            dropped: .init(additionalProperties: o.dropped))
+    }
+}
+
+extension PythonControl {
+    /// The API's control object; absent: no control.
+    init(_ c: Components.Schemas.PythonControl?) throws {
+        self.init()
+        guard let c else { return }
+        if let seconds = c.timeLimitSeconds {
+            guard seconds > 0, seconds <= 31_536_000 else {
+                throw VMExecError(.invalidRequest, "timeLimitSeconds must be more than 0 and at most a year")
+            }
+            timeLimit = .milliseconds(Int64((seconds * 1000).rounded(.up)))
+        }
+        maxOuterLoopIterations = c.maxOuterLoops
+        maxInnerLoopIterations = c.maxInnerLoops
+        onLoopLimit = c.onLoopLimit.flatMap { LoopLimitAction(rawValue: $0.rawValue) } ?? .raise
+        loopFrequency = c.loopHz
+        trace = c.trace ?? false
+        watch = c.watch ?? []
+        traceLimit = c.traceLimit ?? 10_000
+        onError = c.onError.flatMap { ErrorPolicy(rawValue: $0.rawValue) } ?? .raise
+        restricted = c.restricted ?? false
+        allowedModules = c.allowModules ?? []
+        allowedBuiltins = c.allowBuiltins ?? []
     }
 }
 

@@ -38,6 +38,7 @@ struct JobEvents: Sendable {
 
     private func produce(_ emit: (_ line: [UInt8]) async throws -> Void) async throws {
         var next = [JobStream.stdout: offsets.stdout, .stderr: offsets.stderr]
+        var announced: Set<Int> = []  // callbacks this stream has shown
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         while !Task.isCancelled {
@@ -53,6 +54,12 @@ struct JobEvents: Sendable {
                     data: converted.data)
                 try await emit(Array(try encoder.encode(event)) + [0x0A])
                 next[stream] = converted.nextOffset
+            }
+            // A Python job's callbacks waiting for the client, each shown once, after the output before it.
+            for callback in await runner.pendingCallbacks(of: jobID) where !announced.contains(callback.id) {
+                announced.insert(callback.id)
+                let event = Components.Schemas.Event(_type: .callback, callback: .init(callback))
+                try await emit(Array(try encoder.encode(event)) + [0x0A])
             }
             // The record was read before the pages: once it is final, its counts are all there is.
             if record.state.isFinal {

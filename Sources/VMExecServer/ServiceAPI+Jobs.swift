@@ -37,8 +37,39 @@ extension ServiceAPI {
 
     func execPython(_ input: Operations.ExecPython.Input) async throws -> Operations.ExecPython.Output {
         guard case .json(let body) = input.body else { throw Self.unsupportedBody }
-        let (result, ended) = try await submitCode(body, interpreter: ["python3", "-"], sandbox: input.path.sandbox)
+        var environment = body.env?.additionalProperties ?? [:]
+        environment["PYTHONUNBUFFERED"] = environment["PYTHONUNBUFFERED"] ?? "1"  // output as it comes, not at exit
+        var shared: [String: String] = [:]
+        if let given = body.shared?.additionalProperties,
+            let object = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(given)) as? [String: Any]
+        {
+            for (name, value) in object {
+                shared[name] = String(
+                    decoding: try JSONSerialization.data(withJSONObject: value, options: .fragmentsAllowed), as: UTF8.self)
+            }
+        }
+        let python = PythonJob(
+            source: body.code, filename: body.filename ?? "<code>", control: try PythonControl(body.control),
+            shared: shared, callbacks: body.callbacks ?? [])
+        var request = JobRequest(
+            ["python3", "-m", "vmexec_runner", "run"], environment: environment, workingDirectory: body.workdir ?? "/",
+            timeoutSeconds: try Self.timeout(body.timeoutSeconds), limits: try body.limits?.limits(),
+            outputLimit: try Self.outputLimit(body.outputLimitBytes))
+        request.python = python
+        // Refused here, before a job is recorded, as the runner would refuse them.
+        let named: [String: PythonHostFunction] = Dictionary(
+            python.callbacks.map { name in (name, { @Sendable _ in "null" }) }, uniquingKeysWith: { first, _ in first })
+        try PythonCode(python.source, control: python.control, shared: python.shared, hostFunctions: named).validate()
+        let (result, ended) = try await submit(request, sandbox: input.path.sandbox, wait: body.wait ?? false)
         return ended ? .ok(.init(body: .json(result))) : .accepted(.init(body: .json(result)))
+    }
+
+    func answerCallback(_ input: Operations.AnswerCallback.Input) async throws -> Operations.AnswerCallback.Output {
+        guard case .json(let body) = input.body else { throw Self.unsupportedBody }
+        let (runner, record) = try await registry.job(owner: Caller.owner, sandbox: input.path.sandbox, id: input.path.job)
+        let value = try body.value.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+        try await runner.answerCallback(record.id, input.path.callback, value: value, error: body.error)
+        return .noContent(.init())
     }
 
     func execNodejs(_ input: Operations.ExecNodejs.Input) async throws -> Operations.ExecNodejs.Output {
@@ -48,15 +79,17 @@ extension ServiceAPI {
     }
 
     func getJob(_ input: Operations.GetJob.Input) async throws -> Operations.GetJob.Output {
-        let (_, record) = try await registry.job(owner: Caller.owner, sandbox: input.path.sandbox, id: input.path.job)
-        return .ok(.init(body: .json(.init(record, sandbox: input.path.sandbox))))
+        let (runner, record) = try await registry.job(owner: Caller.owner, sandbox: input.path.sandbox, id: input.path.job)
+        let callbacks = await runner.pendingCallbacks(of: record.id)
+        return .ok(.init(body: .json(.init(record, sandbox: input.path.sandbox, callbacks: callbacks))))
     }
 
     func getJobResult(_ input: Operations.GetJobResult.Input) async throws -> Operations.GetJobResult.Output {
         let q = input.query
-        let (_, record) = try await registry.job(owner: Caller.owner, sandbox: input.path.sandbox, id: input.path.job)
+        let (runner, record) = try await registry.job(owner: Caller.owner, sandbox: input.path.sandbox, id: input.path.job)
         let result = try result(
-            record, sandbox: input.path.sandbox, stdoutOffset: try Self.offset(q.stdoutOffset),
+            record, sandbox: input.path.sandbox, callbacks: await runner.pendingCallbacks(of: record.id),
+            stdoutOffset: try Self.offset(q.stdoutOffset),
             stderrOffset: try Self.offset(q.stderrOffset), limit: try Self.pageLimit(q.limit),
             encoding: PageEncoding(q.encoding))
         return .ok(.init(body: .json(result)))
@@ -145,14 +178,15 @@ extension ServiceAPI {
     }
 
     private func result(
-        _ record: JobRecord, sandbox: String, stdoutOffset: Int, stderrOffset: Int, limit: Int, encoding: PageEncoding
+        _ record: JobRecord, sandbox: String, callbacks: [PendingCallback] = [], stdoutOffset: Int, stderrOffset: Int,
+        limit: Int, encoding: PageEncoding
     ) throws -> Components.Schemas.JobResult {
         let out = try registry.jobs.output(record.id, stream: .stdout, offset: stdoutOffset, limit: limit)
         let err = try registry.jobs.output(record.id, stream: .stderr, offset: stderrOffset, limit: limit)
         // The record read after the pages, so that its counts are never behind them.
         let now = try registry.jobs.job(record.id) ?? record
         return .init(
-            job: .init(now, sandbox: sandbox), stdout: .init(out, stream: .stdout, encoding: encoding),
+            job: .init(now, sandbox: sandbox, callbacks: callbacks), stdout: .init(out, stream: .stdout, encoding: encoding),
             stderr: .init(err, stream: .stderr, encoding: encoding))
     }
 

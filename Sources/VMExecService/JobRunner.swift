@@ -16,8 +16,14 @@ public actor JobRunner {
     private let store: JobStore
     private let concurrency: Int
     private var queue: [String] = []
-    /// Jobs running now, with their stream once the command started.
-    private var running: [String: ExecStream?] = [:]
+    /// Jobs running now, with their process once it started.
+    private var running: [String: RunningJob?] = [:]
+    /// Python jobs' callbacks waiting for the client's answer, by job and callback id.
+    private var callbacks:
+        [String: [Int: (call: PendingCallback, answer: CheckedContinuation<Result<String, VMExecError>, Never>)]] = [:]
+    private var callbackCount: [String: Int] = [:]
+    /// How long a callback waits for the client's answer before the code gets an error.
+    public nonisolated let callbackTimeout: Duration
     private var cancelling: Set<String> = []
     /// Counts each job's changes (output appended, state changed); watchers wait for the next.
     private var versions: [String: Int] = [:]
@@ -36,8 +42,9 @@ public actor JobRunner {
 
     public init(
         id: String, sandbox: Sandbox, store: JobStore, concurrency: Int = 4, defaultLimits: Limits? = nil,
-        logger: Logger = Logger(label: "vmexec.jobs")
+        callbackTimeout: Duration = .seconds(60), logger: Logger = Logger(label: "vmexec.jobs")
     ) {
+        self.callbackTimeout = callbackTimeout
         self.logger = logger
         self.id = id
         self.sandbox = sandbox
@@ -119,11 +126,15 @@ public actor JobRunner {
             await change(of: jobID, since: version(of: jobID))
             try Task.checkCancellation()
         }
-        guard let stream = running[jobID] ?? nil, let record = try store.job(jobID) else {
+        guard let job = running[jobID] ?? nil, let record = try store.job(jobID) else {
             throw VMExecError(.notFound, "job \(jobID) is not running in this sandbox")
         }
-        guard record.request.stdinOpen else {
-            throw VMExecError(.invalidRequest, "job \(jobID) was not submitted with stdinOpen; its stdin is closed")
+        guard record.request.stdinOpen, case .command(let stream) = job else {
+            throw VMExecError(
+                .invalidRequest,
+                record.request.python != nil
+                    ? "job \(jobID) is a Python job: its stdin is the runner's; pass input as shared values"
+                    : "job \(jobID) was not submitted with stdinOpen; its stdin is closed")
         }
         return stream
     }
@@ -137,17 +148,18 @@ public actor JobRunner {
             bump(jobID)
             return
         }
-        guard let stream = running[jobID] else { return }
+        guard let job = running[jobID] else { return }
         cancelling.insert(jobID)
-        try? await stream?.signal(SIGKILL)
+        failCallbacks(of: jobID, "the job was cancelled")
+        try? await job?.signal(SIGKILL)
     }
 
     /// Sends `signal` to a running job's process group.
     public func signal(_ jobID: String, _ signal: Int32) async throws {
-        guard let stream = running[jobID] ?? nil else {
+        guard let job = running[jobID] ?? nil else {
             throw VMExecError(.notFound, "job \(jobID) is not running in this sandbox")
         }
-        try await stream.signal(signal)
+        try await job.signal(signal)
     }
 
     /// Jobs waiting for their turn, and jobs running.
@@ -235,12 +247,16 @@ public actor JobRunner {
             logger.info("job started", metadata: ["job": "\(jobID)", "argv0": "\(record.request.arguments.first ?? "")"])
             bump(jobID)
             try await sandbox.start()  // no-op while the guest runs; boots a fresh one after a death
+            if let python = record.request.python {
+                try await runPython(jobID, record.request, python)
+                return
+            }
             let stream = try await sandbox.stream(Self.command(record.request, defaults: await limitsToStartFrom()))
             // The submitted stdin goes first, before writers through writeStdin see the stream.
             if record.request.stdinOpen, let first = record.request.stdin, !first.isEmpty {
                 _ = try await stream.writeStdin(Array(first))
             }
-            running[jobID] = stream
+            running[jobID] = .command(stream)
             bump(jobID)
             if cancelling.contains(jobID) { try? await stream.signal(SIGKILL) }
             var outcome: JobOutcome?
@@ -252,20 +268,114 @@ public actor JobRunner {
                 }
                 bump(jobID)
             }
-            // A job's writes reach the store's image before it is reported done: a
-            // guest that dies later cannot take them along.
-            if await sandbox.configuration.store != nil { try? await sandbox.sync() }
-            if cancelling.contains(jobID) {
-                try store.finish(jobID, state: .cancelled, outcome: outcome, reason: "cancelled while it ran")
-            } else {
-                try store.finish(jobID, state: .exited, outcome: outcome)
-            }
+            try await finish(jobID, outcome: outcome)
         } catch {
             let failure = error as? any VMExecFailure
             _ = try? store.finish(
                 jobID, state: .failed, reason: failure?.explanation ?? "\(error)",
                 failureCode: failure?.failureCode ?? "hostFailure")
         }
+    }
+
+    /// Records a job that ran to its end (or was cancelled while it ran).
+    private func finish(_ jobID: String, outcome: JobOutcome?, python: PythonOutcome? = nil) async throws {
+        // A job's writes reach the store's image before it is reported done: a
+        // guest that dies later cannot take them along.
+        if await sandbox.configuration.store != nil { try? await sandbox.sync() }
+        if cancelling.contains(jobID) {
+            try store.finish(jobID, state: .cancelled, outcome: outcome, reason: "cancelled while it ran", python: python)
+        } else {
+            try store.finish(jobID, state: .exited, outcome: outcome, python: python)
+        }
+    }
+
+    /// Runs a Python job through the runner: the code's output goes to the job's streams,
+    /// its value, exception and reports to its record; its callbacks wait for the client.
+    private func runPython(_ jobID: String, _ request: JobRequest, _ job: PythonJob) async throws {
+        let base = Self.command(request, defaults: await limitsToStartFrom())
+        var functions: [String: PythonHostFunction] = [:]
+        for name in job.callbacks {
+            functions[name] = { [weak self] call in
+                guard let self else { throw VMExecError(.notRunning, "the daemon is stopping") }
+                return try await self.callback(jobID, call)
+            }
+        }
+        let code = PythonCode(
+            job.source, filename: job.filename, environment: base.environment, workingDirectory: base.workingDirectory,
+            timeout: base.timeout, user: base.user, limits: base.limits, control: job.control, shared: job.shared,
+            hostFunctions: functions)
+        let execution = try await sandbox.python.start(code)
+        running[jobID] = .python(execution)
+        bump(jobID)
+        if cancelling.contains(jobID) { try? await execution.signal(SIGKILL) }
+        defer { failCallbacks(of: jobID, "the job ended") }
+        var ended: PythonResult?
+        for try await event in execution.events {
+            switch event {
+            case .stdout(let bytes): try store.append(bytes, to: .stdout, of: jobID)
+            case .stderr(let bytes): try store.append(bytes, to: .stderr, of: jobID)
+            case .result(let r): ended = r
+            case .step, .ignoredError, .loopLimit: break  // kept in the result
+            }
+            bump(jobID)
+        }
+        try await finish(
+            jobID, outcome: ended.map { JobOutcome(termination: $0.termination, usage: $0.usage) },
+            python: ended.map(PythonOutcome.init))
+    }
+
+    /// A Python job's callback: waits for the client's answer (or the timeout).
+    private func callback(_ jobID: String, _ call: PythonHostCall) async throws -> String {
+        callbackCount[jobID, default: 0] += 1
+        let id = callbackCount[jobID]!
+        let pending = PendingCallback(
+            id: id, name: call.name, arguments: call.arguments, keywordArguments: call.keywordArguments, since: Date())
+        let timeout = callbackTimeout
+        let expiry = Task { [weak self] in
+            try await Task.sleep(for: timeout)
+            await self?.expire(jobID, id)
+        }
+        defer { expiry.cancel() }
+        let answer = await withCheckedContinuation { continuation in
+            callbacks[jobID, default: [:]][id] = (pending, continuation)
+            bump(jobID)
+        }
+        return try answer.get()
+    }
+
+    private func expire(_ jobID: String, _ id: Int) {
+        guard let waiting = callbacks[jobID]?.removeValue(forKey: id) else { return }
+        waiting.answer.resume(
+            returning: .failure(VMExecError(.limitReached, "no answer from the client within \(callbackTimeout)")))
+        bump(jobID)
+    }
+
+    private func failCallbacks(of jobID: String, _ why: String) {
+        for (_, waiting) in callbacks.removeValue(forKey: jobID) ?? [:] {
+            waiting.answer.resume(returning: .failure(VMExecError(.notRunning, why)))
+        }
+        callbackCount[jobID] = nil
+    }
+
+    /// The callbacks of a running Python job that wait for an answer, oldest first.
+    public func pendingCallbacks(of jobID: String) -> [PendingCallback] {
+        (callbacks[jobID] ?? [:]).values.map(\.call).sorted { $0.id < $1.id }
+    }
+
+    /// Answers a waiting callback: a JSON value (as text) the code gets, or an error message it
+    /// gets as `CallbackError`.
+    public func answerCallback(_ jobID: String, _ id: Int, value: String?, error: String?) throws {
+        guard (value == nil) != (error == nil) else {
+            throw VMExecError(.invalidRequest, "answer a callback with a value or an error, one of them")
+        }
+        if let value, (try? JSONSerialization.jsonObject(with: Data(value.utf8), options: .fragmentsAllowed)) == nil {
+            throw VMExecError(.invalidRequest, "the callback's value is not JSON")
+        }
+        guard let waiting = callbacks[jobID]?.removeValue(forKey: id) else {
+            throw VMExecError(.notFound, "job \(jobID) has no callback \(id) waiting (answered, timed out, or never made)")
+        }
+        waiting.answer.resume(returning: value.map { .success($0) } ?? .failure(VMExecError(.invalidRequest, error ?? "")))
+        bump(jobID)
     }
 
     /// Counts a change of the job and wakes whoever waits for one.
@@ -297,5 +407,18 @@ public actor JobRunner {
             r.arguments, environment: r.environment, workingDirectory: r.workingDirectory,
             timeout: r.timeoutSeconds.map { .milliseconds(Int64($0 * 1000)) }, stdin: stdin, user: user,
             limits: defaults.overridden(by: r.limits ?? Limits()), privateTmp: r.sharedTmp ? false : nil)
+    }
+}
+
+/// A started job's process: a command's stream, or a Python job's execution.
+enum RunningJob: Sendable {
+    case command(ExecStream)
+    case python(PythonExecution)
+
+    func signal(_ number: Int32) async throws {
+        switch self {
+        case .command(let stream): try await stream.signal(number)
+        case .python(let execution): try await execution.signal(number)
+        }
     }
 }

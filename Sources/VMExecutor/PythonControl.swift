@@ -4,9 +4,9 @@ import Foundation
 /// code's AST before it runs (images/runner/vmexec_runner/control.py). Each
 /// control is off unless set; docs/DESIGN.md ("Python jobs") says what each
 /// promises.
-public struct PythonControl: Sendable, Equatable {
+public struct PythonControl: Sendable, Equatable, Codable {
     /// What a loop does past its iteration limit.
-    public enum LoopLimitAction: String, Sendable, CaseIterable {
+    public enum LoopLimitAction: String, Sendable, CaseIterable, Codable {
         /// Raise `LoopLimitExceeded` (which `except Exception` does not catch).
         case raise
         /// Leave the loop, report it (``PythonLoopLimit``) and go on after it.
@@ -15,7 +15,7 @@ public struct PythonControl: Sendable, Equatable {
 
     /// What a failing statement of the script does (its top level and the blocks of its
     /// if/for/while/with statements; not inside functions, classes or try blocks).
-    public enum ErrorPolicy: String, Sendable, CaseIterable {
+    public enum ErrorPolicy: String, Sendable, CaseIterable, Codable {
         /// The exception ends the code, as Python does.
         case raise
         /// The code ends with a `StatementError` naming the line, caused by the exception.

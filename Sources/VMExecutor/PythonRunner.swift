@@ -41,6 +41,9 @@ public struct PythonCode: Sendable {
 
     var sharing: PythonSharing { PythonSharing(shared: shared, functions: hostFunctions) }
 
+    /// Refuses what the runner would refuse (control, shared names and values), before a guest is involved.
+    public func validate() throws { _ = try request() }
+
     /// The runner's request line.
     func request() throws -> [UInt8] {
         try control.validate()
@@ -164,8 +167,13 @@ public struct PythonRunner: Sendable {
 
     /// Runs the code, streaming its output and control reports as they come, then its result.
     public func stream(_ code: PythonCode) async throws -> AsyncThrowingStream<PythonEvent, any Error> {
+        try await start(code).events
+    }
+
+    /// Starts the code: its events, and the process to signal.
+    public func start(_ code: PythonCode) async throws -> PythonExecution {
         let request = try code.request()
-        return try await stream(
+        return try await start(
             Command(
                 ["python3", "-m", "vmexec_runner", "run"], environment: code.environment,
                 workingDirectory: code.workingDirectory, timeout: code.control.jobTimeout(code.timeout),
@@ -181,7 +189,7 @@ public struct PythonRunner: Sendable {
         let command = module.command(
             "call", stdin: module.hostFunctions.isEmpty ? .bytes(request) : .caller,
             timeout: module.control.jobTimeout(module.timeout))
-        return try await Self.collect(try await stream(command, request: request, sharing: module.sharing))
+        return try await Self.collect(try await start(command, request: request, sharing: module.sharing).events)
     }
 
     /// Starts a persistent worker with the module loaded; its calls keep the module's state.
@@ -201,14 +209,12 @@ public struct PythonRunner: Sendable {
 
     /// The runner started with `command`; with host functions, its stdin stays open for the
     /// request and the answers to its callbacks.
-    private func stream(_ command: Command, request: [UInt8], sharing: PythonSharing) async throws
-        -> AsyncThrowingStream<PythonEvent, any Error>
-    {
+    private func start(_ command: Command, request: [UInt8], sharing: PythonSharing) async throws -> PythonExecution {
         let exec = try await sandbox.stream(command)
         if case .caller = command.stdin { _ = try await exec.writeStdin(request) }
         // The result keeps at most the sandbox's output limit of each stream; the events carry it all.
         let limit = sandbox.configuration.outputLimit
-        return AsyncThrowingStream { continuation in
+        let events = AsyncThrowingStream<PythonEvent, any Error> { continuation in
             let task = Task {
                 var records = PythonRecords()
                 var parts = PythonResultParts(outputLimit: limit)
@@ -241,6 +247,7 @@ public struct PythonRunner: Sendable {
             }
             continuation.onTermination = { _ in task.cancel() }
         }
+        return PythonExecution(events: events, exec: exec)
     }
 
     /// Why a runner that exited gave no result: it is missing, or it failed before the code ran.
@@ -254,6 +261,15 @@ public struct PythonRunner: Sendable {
         return VMExecError(
             .protocolError, "the Python runner ended (\(termination)) without a result\(said.isEmpty ? "" : ": \(said)")")
     }
+}
+
+/// Python code that runs: its events as they come (iterate once), and its process.
+public struct PythonExecution: Sendable {
+    public let events: AsyncThrowingStream<PythonEvent, any Error>
+    let exec: ExecStream
+
+    /// Signals the runner's process group (SIGKILL to cancel).
+    public func signal(_ number: Int32) async throws { try await exec.signal(number) }
 }
 
 extension Sandbox {

@@ -72,6 +72,8 @@ struct Exec: AsyncParsableCommand {
                 try? await HostIO.write(stream == .stdout ? STDOUT_FILENO : STDERR_FILENO, bytes, path: stream.rawValue)
             case .end(let ended):
                 throw ExitCode(Self.exitCode(ended, timeout: options.timeout))
+            case .callback:
+                break  // a command job makes none; Python jobs come through exec/python
             }
         }
         throw VMExecError(.protocolError, "the daemon's event stream ended before the job did; see vmexec logs \(name) \(job.id)")

@@ -145,6 +145,7 @@ func collect(_ events: AsyncThrowingStream<JobEvent, any Error>) async throws ->
         case .output(.stdout, let bytes): out += bytes
         case .output(.stderr, let bytes): err += bytes
         case .end(let job): end = job
+        case .callback: break
         }
     }
     return (String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self), end)

@@ -29,7 +29,7 @@ Everything goes to the runner's own stdout as JSON lines, one record each:
     ERROR = {"type": "ValueError", "message": "...", "traceback": "..."}
 
 The traceback holds the code's frames and those it called, never the
-runner's. The exit status is 0, or 1 when the code raised.
+runner's. The exit status is 0, 1 when the code raised, or N after sys.exit(N).
 """
 
 import argparse
@@ -73,8 +73,9 @@ def main(argv):
     else:
         result = (cell.run if args.command == "run" else calls.call)(request, records, link)
     capture.end()
+    status = result.pop("exit_status", 1 if result["error"] else 0)
     records.send(dict(result, type="result"))
-    return 1 if result["error"] else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def run(request, records, link):
     namespace.update(given)
     # Tracebacks and inspect show the code's lines, as they do for a file.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    value = error = None
+    value = error = exit_code = None
     try:
         with time_limit(control.timeout):
             tree = ast.parse(source, filename=filename, mode="exec")
@@ -62,7 +62,11 @@ def run(request, records, link):
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are the code's too
         if not (isinstance(exc, SystemExit) and exc.code in (None, 0)):
             error = describe_error(exc)
+            exit_code = exc.code if isinstance(exc, SystemExit) else None
     result = {"value": value, "error": error}
+    if error and error["type"] == "SystemExit":
+        # sys.exit(N) ends the runner with N, as it would end `python3 script.py`.
+        result["exit_status"] = exit_code if isinstance(exit_code, int) and 0 < exit_code < 256 else 1
     if control.watch:
         result["watched"] = runtime.watched(namespace)
     if shared:
