@@ -24,6 +24,8 @@ NUMPY_VERSION ?= 1.26.4
 WHEELS := images/build/cache/wheels
 SDK_SHARD := $(IMG)/sdk-python.shard
 LIBS_SHARD := $(IMG)/libs-numpy-$(NUMPY_VERSION).shard
+MPL_VERSION := $(shell sed -n 's/^matplotlib==//p' images/matplotlib-requirements.txt)
+MPL_SHARD := $(IMG)/libs-matplotlib-$(MPL_VERSION).shard
 
 ifeq ($(ARCH),x86_64)
 INIT_CC ?= musl-gcc
@@ -47,7 +49,7 @@ build-tests:
 
 # ---- guest images (make-style: nothing is rebuilt that is up to date) ----
 
-images: deps $(IMG)/kernel.version $(IMG)/initramfs.cpio $(IMG)/rootfs.sqfs $(SDK_SHARD) $(LIBS_SHARD)
+images: deps $(IMG)/kernel.version $(IMG)/initramfs.cpio $(IMG)/rootfs.sqfs $(SDK_SHARD) $(LIBS_SHARD) $(MPL_SHARD)
 
 $(IMG)/kernel.version: images/kernel.sh images/extract-vmlinux.py
 	@mkdir -p $(IMG)
@@ -91,6 +93,20 @@ $(LIBS_SHARD): $(SHARD_CODE)
 	$(VMEXEC) shard import $$(ls $(WHEELS)/numpy-$(NUMPY_VERSION)-cp311-cp311-*$(ARCH).whl) -o $@ \
 	  --name numpy --version $(NUMPY_VERSION) --kind libs --mount /opt/libs/numpy --arch $(ARCH) \
 	  --requires python3.11 --provides numpy==$(NUMPY_VERSION) --env PYTHONPATH=/opt/libs/numpy --root-owned
+
+# Several wheels in one shard: each unpacked into one tree (a wheel is a zip of
+# what pip would put in site-packages; none runs code to install).
+$(MPL_SHARD): $(SHARD_CODE) images/matplotlib-requirements.txt
+	$(SWIFT) build --product vmexec
+	@mkdir -p $(WHEELS)/matplotlib
+	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --platform manylinux2014_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
+	  -d $(WHEELS)/matplotlib -r images/matplotlib-requirements.txt
+	rm -rf $(IMG)/matplotlib.tree && mkdir -p $(IMG)/matplotlib.tree
+	for wheel in $(WHEELS)/matplotlib/*.whl; do python3 -m zipfile -e $$wheel $(IMG)/matplotlib.tree || exit 1; done
+	$(VMEXEC) shard create $(IMG)/matplotlib.tree -o $@ --name matplotlib --version $(MPL_VERSION) --kind libs \
+	  --mount /opt/libs/matplotlib --arch $(ARCH) --requires python3.11 --requires numpy==$(NUMPY_VERSION) \
+	  --provides matplotlib==$(MPL_VERSION) --env PYTHONPATH=/opt/libs/matplotlib --root-owned
 
 # ---- run and test ----
 

@@ -77,6 +77,7 @@ extension Components.Schemas.PythonOutcome {
             loopLimits: o.loopLimits.map { .init(line: $0.line, limit: $0.limit) },
             watched: .init(additionalProperties: o.watched.mapValues(value)),
             shared: .init(additionalProperties: o.shared.mapValues(value)),
+            outputs: o.outputs.map { .init(mimeType: $0.mimeType, data: Data($0.data).base64EncodedString()) },
             dropped: .init(additionalProperties: o.dropped))
     }
 }

@@ -315,7 +315,7 @@ public actor JobRunner {
             case .stdout(let bytes): try store.append(bytes, to: .stdout, of: jobID)
             case .stderr(let bytes): try store.append(bytes, to: .stderr, of: jobID)
             case .result(let r): ended = r
-            case .step, .ignoredError, .loopLimit: break  // kept in the result
+            case .step, .ignoredError, .loopLimit, .output: break  // kept in the result
             }
             bump(jobID)
         }

@@ -35,9 +35,12 @@ public struct PythonOutcome: Codable, Sendable, Equatable {
     public var loopLimits: [PythonLoopLimit]
     public var watched: [String: PythonValue]
     public var shared: [String: PythonValue]
+    /// Figures and values that drew themselves.
+    public var outputs: [PythonOutput]
     public var dropped: [String: Int]
 
     public init(_ r: PythonResult) {
+        outputs = r.outputs
         value = r.value
         exception = r.exception
         steps = r.steps

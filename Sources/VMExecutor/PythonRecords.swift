@@ -8,6 +8,7 @@ struct PythonRecords {
         case step(PythonStep)
         case ignoredError(PythonIgnoredError)
         case loopLimit(PythonLoopLimit)
+        case output(PythonOutput)
         /// The code called a host function and waits for the answer.
         case callback(Callback)
         /// A worker loaded its code (nil), or could not (why).
@@ -74,6 +75,7 @@ struct PythonRecords {
         var vars: [String: PythonValue]?
         var limit: Int?
         var error: PythonException?
+        var mime: String?
     }
 
     /// The records completed by `bytes`.
@@ -132,6 +134,11 @@ struct PythonRecords {
             return .loopLimit(PythonLoopLimit(line: try need(kind.line), limit: try need(kind.limit)))
         case "ready":
             return .ready(kind.error)
+        case "output":
+            guard let data = Data(base64Encoded: kind.data ?? "") else {
+                throw VMExecError(.protocolError, "the Python runner wrote an output record whose data is not base64")
+            }
+            return .output(PythonOutput(mimeType: try need(kind.mime), data: Array(data)))
         case "callback":
             guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
                 let id = object["id"] as? Int, let name = object["name"] as? String,
@@ -171,8 +178,12 @@ struct PythonResultParts {
     var steps: [PythonStep] = []
     var ignoredErrors: [PythonIgnoredError] = []
     var loopLimits: [PythonLoopLimit] = []
+    var outputs: [PythonOutput] = []
+    private var outputBytes = 0
     /// Reports kept at most, per kind: a forged record stream must not grow the host's memory.
     static let reportCap = 10_000
+    /// Outputs kept at most (their bytes count against the output limit too).
+    static let outputCap = 100
 
     init(outputLimit: Int) { self.outputLimit = outputLimit }
 
@@ -194,6 +205,12 @@ struct PythonResultParts {
         case .loopLimit(let l):
             if loopLimits.count < Self.reportCap { loopLimits.append(l) }
             return .loopLimit(l)
+        case .output(let o):
+            if outputs.count < Self.outputCap, outputBytes + o.data.count <= outputLimit {
+                outputs.append(o)
+                outputBytes += o.data.count
+            }
+            return .output(o)
         case .ready, .result, .callback:
             return nil
         }
@@ -210,7 +227,7 @@ struct PythonResultParts {
         PythonResult(
             stdout: stdout, stderr: stderr, stdoutTruncated: stdoutTruncated, stderrTruncated: stderrTruncated,
             value: ending?.value, exception: ending?.error, steps: steps, ignoredErrors: ignoredErrors,
-            loopLimits: loopLimits, watched: ending?.watched ?? [:], shared: ending?.shared ?? [:],
+            loopLimits: loopLimits, watched: ending?.watched ?? [:], shared: ending?.shared ?? [:], outputs: outputs,
             dropped: ending?.dropped ?? [:],
             termination: termination, usage: usage)
     }

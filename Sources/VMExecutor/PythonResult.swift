@@ -63,6 +63,19 @@ public struct PythonLoopLimit: Sendable, Equatable, Codable {
     }
 }
 
+/// A rich output: a matplotlib figure (`image/png`), or a final value that draws itself
+/// (`_repr_png_`, `_repr_svg_`, `_repr_html_`).
+public struct PythonOutput: Sendable, Equatable, Codable {
+    /// `image/png`, `image/svg+xml` or `text/html`.
+    public var mimeType: String
+    public var data: [UInt8]
+
+    public init(mimeType: String, data: [UInt8]) {
+        self.mimeType = mimeType
+        self.data = data
+    }
+}
+
 /// What Python code gave: its output, its final expression's value or its exception, what
 /// execution control reported, how it ended.
 public struct PythonResult: Sendable {
@@ -81,6 +94,8 @@ public struct PythonResult: Sendable {
     public var watched: [String: PythonValue] = [:]
     /// The shared values' final state (``PythonCode/shared``).
     public var shared: [String: PythonValue] = [:]
+    /// Figures and values that drew themselves, in order (up to 100, and the output limit in bytes).
+    public var outputs: [PythonOutput] = []
     /// Reports past their caps, by kind (`step`, `ignored`, `loop_limit`): counted, not kept.
     public var dropped: [String: Int] = [:]
     /// How the process ended. A persistent worker's call: exited 0, or 1 when it raised.
@@ -99,5 +114,6 @@ public enum PythonEvent: Sendable {
     case step(PythonStep)
     case ignoredError(PythonIgnoredError)
     case loopLimit(PythonLoopLimit)
+    case output(PythonOutput)
     case result(PythonResult)
 }

@@ -25,6 +25,10 @@ struct PythonCommand: AsyncParsableCommand {
     @Option(name: .customShort("c"), help: "The code to run.") var code: String?
     @Flag(help: "Print the result as JSON at the end instead of streaming.") var json = false
     @Option(
+        help: "Save figures and values that draw themselves here, as output-N.png (.svg, .html); the folder is made if missing."
+    )
+    var outputs: String?
+    @Option(
         help:
             "Call a function with JSON arguments instead: FUNC of the code given, or MODULE:FUNC (a module by name, or a .py file in the guest)."
     )
@@ -94,6 +98,7 @@ struct PythonCommand: AsyncParsableCommand {
         var environment = try options.environment()
         if environment["PYTHONUNBUFFERED"] == nil { environment["PYTHONUNBUFFERED"] = "1" }
         let limits = Limits.defaults(guestMemoryMiB: guest.memory).overridden(by: try options.limitOverrides())
+        var saver = OutputSaver(folder: outputs)
         let control = try self.control.control()
         let result: PythonResult
         if let call {
@@ -111,6 +116,7 @@ struct PythonCommand: AsyncParsableCommand {
                 try? await HostIO.write(STDOUT_FILENO, result.stdout, path: "stdout")
                 try? await HostIO.write(STDERR_FILENO, result.stderr, path: "stderr")
                 for line in Self.reportLines(result) { FileHandle.standardError.write(Data(line.utf8)) }
+                for output in result.outputs { try saver.save(output) }
             }
         } else {
             let code = PythonCode(
@@ -122,6 +128,7 @@ struct PythonCommand: AsyncParsableCommand {
                 case .stdout(let b) where !json: try? await HostIO.write(STDOUT_FILENO, b, path: "stdout")
                 case .stderr(let b) where !json: try? await HostIO.write(STDERR_FILENO, b, path: "stderr")
                 case .result(let r): last = r
+                case .output(let output) where !json: try saver.save(output)
                 case let report where !json:
                     if let line = Self.reportLine(report) { FileHandle.standardError.write(Data(line.utf8)) }
                 default: break
@@ -173,6 +180,30 @@ extension PythonCommand {
     }
 }
 
+/// Rich outputs on the terminal: saved to `--outputs` (and said so), or only said.
+struct OutputSaver {
+    let folder: String?
+    private var count = 0
+
+    init(folder: String?) { self.folder = folder }
+
+    mutating func save(_ output: PythonOutput) throws {
+        count += 1
+        let ext = ["image/png": "png", "image/svg+xml": "svg", "text/html": "html"][output.mimeType] ?? "bin"
+        guard let folder else {
+            FileHandle.standardError.write(
+                Data("vmexec: output \(count): \(output.mimeType), \(output.data.count) bytes (--outputs DIR saves it)\n".utf8))
+            return
+        }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let path = (folder as NSString).appendingPathComponent("output-\(count).\(ext)")
+        guard FileManager.default.createFile(atPath: path, contents: Data(output.data)) else {
+            throw VMExecError(.invalidRequest, "cannot write \(path)")
+        }
+        FileHandle.standardError.write(Data("vmexec: output \(count): \(output.mimeType) saved to \(path)\n".utf8))
+    }
+}
+
 /// `vmexec python --json`: the result as one object.
 struct PythonReport: Encodable {
     /// Its repr, and its JSON text when it serialises.
@@ -186,6 +217,8 @@ struct PythonReport: Encodable {
     var loopLimits: [PythonLoopLimit]
     var watched: [String: PythonValue]
     var dropped: [String: Int]
+    /// Figures and values that drew themselves, their data in base64.
+    var outputs: [[String: String]]
 
     init(_ r: PythonResult) {
         value = r.value
@@ -198,5 +231,6 @@ struct PythonReport: Encodable {
         loopLimits = r.loopLimits
         watched = r.watched
         dropped = r.dropped
+        outputs = r.outputs.map { ["mimeType": $0.mimeType, "data": Data($0.data).base64EncodedString()] }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VMExecTestSupport
 
 extension CLISuites {
     /// `vmexec python`: code through the SDK shard's runner in a fresh guest.
@@ -61,6 +62,30 @@ extension CLISuites {
             let refused = try await CLITests.vmexec(["python", "--accel", "tcg", "--on-error", "maybe", "-c", "1"])
             #expect(refused.status == 64 || refused.status == 125, "\(refused)")
             #expect(refused.stderr.contains("raise, wrap, continue or stop"), "\(refused.stderr)")
+        }
+
+        @Test("--outputs saves figures as files; --json carries them in base64")
+        func outputs() async throws {
+            let numpy = try #require(TestImages.libsShardPath("numpy"))
+            let matplotlib = try #require(TestImages.libsShardPath("matplotlib"))
+            let folder = FileManager.default.temporaryDirectory.appendingPathComponent("vmexec-outputs-\(UUID())").path
+            defer { try? FileManager.default.removeItem(atPath: folder) }
+            let code = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\n'drawn'"
+            let r = try await CLITests.vmexec([
+                "python", "--accel", "tcg", "--shard", numpy, "--shard", matplotlib, "--outputs", folder, "-c", code,
+            ])
+            #expect(r.status == 0 && r.stdout == "'drawn'\n", "\(r)")
+            #expect(r.stderr.contains("image/png saved to \(folder)/output-1.png"), "\(r.stderr)")
+            let png = try #require(FileManager.default.contents(atPath: "\(folder)/output-1.png"))
+            #expect(Array(png.prefix(4)) == [0x89, 0x50, 0x4E, 0x47])
+
+            let json = try await CLITests.vmexec([
+                "python", "--accel", "tcg", "--shard", numpy, "--shard", matplotlib, "--json", "-c", code,
+            ])
+            let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+            let outputs = object?["outputs"] as? [[String: String]]
+            #expect(outputs?.first?["mimeType"] == "image/png", "\(json.stdout.prefix(300))")
+            #expect(Data(base64Encoded: outputs?.first?["data"] ?? "").map { Array($0.prefix(4)) } == [0x89, 0x50, 0x4E, 0x47])
         }
     }
 }

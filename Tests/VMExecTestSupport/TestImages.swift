@@ -18,6 +18,15 @@ public enum TestImages {
         return FileManager.default.fileExists(atPath: path) ? path : nil
     }
 
+    /// A libs shard `make images` builds beside the guest images (`libs-NAME-VERSION.shard`), or nil.
+    public static func libsShardPath(_ name: String) -> String? {
+        guard let dir = images?.directory,
+            let file = try? FileManager.default.contentsOfDirectory(atPath: dir.path)
+                .first(where: { $0.hasPrefix("libs-\(name)-") && $0.hasSuffix(".shard") })
+        else { return nil }
+        return dir.appendingPathComponent(file).path
+    }
+
     /// Why the suites cannot run, or nil when everything they need is there.
     public static var missing: String? {
         do {

@@ -9,7 +9,8 @@ runs code as interactive Python runs a cell (cell.py); `call` calls a
 function with JSON arguments in this process; `worker` keeps the code loaded
 and answers calls until stdin ends (calls.py). A request's "control" asks for
 time and loop limits, throttling, step events, an error policy or restricted
-mode (control.py); "shared" puts JSON values among the code's globals and
+mode (control.py); matplotlib figures and values that draw themselves come
+back as outputs (outputs.py); "shared" puts JSON values among the code's globals and
 "callbacks" names host functions it may call, whose answers come as further
 lines on stdin (host.py).
 
@@ -21,6 +22,7 @@ Everything goes to the runner's own stdout as JSON lines, one record each:
     {"type": "ignored", "line": N, "error": ERROR}           under on_error continue/stop
     {"type": "loop_limit", "line": N, "limit": N}            under on_loop_limit break
     {"type": "callback", "id": N, "name", "args", "kwargs"}  a host function called
+    {"type": "output", "mime": "image/png", "data": BASE64}  a figure, a value that draws itself
     {"type": "ready", "error": ERROR|null}                   a worker loaded its code
     {"type": "result", "value": VALUE|null, "error": ERROR|null, "watched": {NAME: VALUE},
      "shared": {NAME: VALUE}, "dropped": {KIND: N}, "id": ID, "usage": {...}}   last (per call)
@@ -37,7 +39,7 @@ import json
 import os
 import sys
 
-from . import calls, cell
+from . import calls, cell, outputs
 from .host import HostLink
 from .records import Capture, Records
 
@@ -50,6 +52,8 @@ def main(argv):
     sub.add_parser("worker", help="keep code loaded and answer calls: JSON lines on stdin (calls.py)")
     args = parser.parse_args(argv)
 
+    # Figures are drawn off screen and shown as outputs, unless the caller chose a backend.
+    os.environ.setdefault("MPLBACKEND", "module://vmexec_runner.mpl_backend")
     records = Records(os.dup(1))
     # Requests (and the host's answers to callbacks) come on the original stdin.
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
@@ -60,8 +64,9 @@ def main(argv):
 
     capture = Capture(records)
     link = HostLink(requests, records, capture)
+    outputs.sink, sent = outputs.record_sink(records, capture, limit=100)
     if args.command == "worker":
-        status = calls.worker(requests, records, capture, link)
+        status = calls.worker(requests, records, capture, link, sent)
         capture.end()
         return status
     try:
@@ -72,6 +77,9 @@ def main(argv):
         result = {"value": None, "error": {"type": "ValueError", "message": f"a bad request: {exc}", "traceback": ""}}
     else:
         result = (cell.run if args.command == "run" else calls.call)(request, records, link)
+        outputs.send_open_figures()
+        if sent["dropped"]:
+            result.setdefault("dropped", {})["output"] = sent["dropped"]
     capture.end()
     status = result.pop("exit_status", 1 if result["error"] else 0)
     records.send(dict(result, type="result"))

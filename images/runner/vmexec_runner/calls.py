@@ -15,6 +15,7 @@ import sys
 import time
 import types
 
+from . import outputs
 from .control import Control, Runtime, compile_module, namespace_builtins, time_limit
 from .host import shared_state, sharing
 from .records import describe_error, describe_value
@@ -112,7 +113,7 @@ def call(request, records, link):
     return fields
 
 
-def worker(requests, records, capture, link):
+def worker(requests, records, capture, link, sent):
     """Loads the code of the first request once, then answers each call that follows.
 
     Every line of `requests` is JSON. The first names the code, the controls, the
@@ -140,6 +141,7 @@ def worker(requests, records, capture, link):
     target = describe_target(request)
     for line in requests:
         started = time.monotonic_ns(), resource.getrusage(resource.RUSAGE_SELF)
+        sent["sent"] = sent["dropped"] = 0  # the output cap is per call
         call_id, status = None, None
         try:
             request = json.loads(line)
@@ -162,6 +164,9 @@ def worker(requests, records, capture, link):
                         fields = {"value": {"repr": "None", "json": "null"}, "error": None}
         if shared:
             fields["shared"] = shared_state(namespace, shared)
+        outputs.send_open_figures()
+        if sent["dropped"]:
+            fields["dropped"] = {"output": sent["dropped"]}
         capture.flush()
         records.send(dict(fields, type="result", id=call_id, usage=_usage(started)))
         if status is not None:

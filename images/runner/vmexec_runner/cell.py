@@ -4,6 +4,7 @@ the value of the last one kept when it is an expression."""
 import ast
 import linecache
 
+from . import outputs
 from .control import Control, Runtime, Stop, check, namespace_builtins, rewrite, time_limit
 from .host import shared_state, sharing
 from .records import describe_error, describe_value
@@ -52,7 +53,9 @@ def run(request, records, link):
                 if control.trace:
                     runtime.step(line, namespace)
                 try:
-                    value = describe_value(eval(compile(last, filename, "eval"), namespace))
+                    raw = eval(compile(last, filename, "eval"), namespace)
+                    value = describe_value(raw)
+                    outputs.send_value(raw)
                 except Exception as exc:
                     if control.on_error == "raise":
                         raise
