@@ -28,6 +28,9 @@ struct Bench {
         if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "daemon" {
             return try await DaemonBench.run(images: images, logger: logger)
         }
+        if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "python" {
+            return try await PythonBench.run(images: images, logger: logger)
+        }
         try ShardBench.run(sdkTree: images.directory.appendingPathComponent("sdk.tree"))
 
         // Start: launch to the init's hello, median of 5, on the standard image;
@@ -58,6 +61,7 @@ struct Bench {
         emit("cold_boot_hello_s", median(cold), "s", note: "a start that boots the kernel")
         try await StoreBench.run(images: images, logger: logger)
         try await DaemonBench.run(images: images, logger: logger)
+        try await PythonBench.run(images: images, logger: logger)
 
         // One guest on the bench image, with the agent on a second port.
         images.rootfs = URL(fileURLWithPath: args[2])

@@ -1,0 +1,65 @@
+import Foundation
+import Logging
+import SquashMounts
+import VMExecutor
+
+/// Python jobs' figures: a call answered by a persistent worker against the same
+/// call in a fresh runner process, and a worker that imported numpy once against
+/// a fresh `python3` importing numpy for each job. One guest with the SDK and numpy
+/// shards, measured in the same run.
+enum PythonBench {
+    static let calls = 40
+    static let numpyPeerRuns = 3
+
+    static func run(images: GuestImages, logger: Logger) async throws {
+        var c = SandboxConfiguration()
+        c.images = images
+        c.accelerator = .tcg
+        for file in ["sdk-python.shard", "libs-numpy-1.26.4.shard"] {
+            c.shards.append(try Shard.open(images.directory.appendingPathComponent(file).path))
+        }
+        let guest = Sandbox(configuration: c, logger: logger)
+        try await guest.start()
+        defer { Task { await guest.shutdown() } }
+
+        let source = "import json\ndef add(a, b):\n    return a + b\n"
+        let worker = try await guest.python.worker(PythonModule(source: source))
+        for _ in 0..<5 { _ = try await worker.call("add", arguments: "[1, 2]") }
+        var inWorker: [Double] = [], fresh: [Double] = []
+        for _ in 0..<calls {
+            var t = ContinuousClock.now
+            _ = try await worker.call("add", arguments: "[1, 2]")
+            inWorker.append(Bench.millis(ContinuousClock.now - t))
+            t = ContinuousClock.now
+            _ = try await guest.python.call(PythonCall("add", in: PythonModule(source: source), arguments: "[1, 2]"))
+            fresh.append(Bench.millis(ContinuousClock.now - t))
+        }
+        try await worker.close()
+        Bench.emit(
+            "python_call_p50_ms", Bench.percentile(inWorker, 50), "ms", peer: Bench.percentile(fresh, 50),
+            peerName: "the same call in a fresh runner process", note: "a function called with JSON arguments")
+
+        let numpySource = "import numpy\ndef norm(values):\n    return float(numpy.linalg.norm(numpy.array(values)))\n"
+        let numpyWorker = try await guest.python.worker(PythonModule(source: numpySource))
+        for _ in 0..<3 { _ = try await numpyWorker.call("norm", arguments: "[[3, 4]]") }
+        var warm: [Double] = []
+        for _ in 0..<calls {
+            let t = ContinuousClock.now
+            let r = try await numpyWorker.call("norm", arguments: "[[3, 4]]")
+            guard r.value?.json == "5.0" else { throw Bench.Failure("numpy worker answered \(String(describing: r.value))") }
+            warm.append(Bench.millis(ContinuousClock.now - t))
+        }
+        try await numpyWorker.close()
+        var cold: [Double] = []
+        for _ in 0..<numpyPeerRuns {
+            let t = ContinuousClock.now
+            _ = try await guest.exec(
+                Command(["python3", "-c", "import numpy; print(numpy.linalg.norm(numpy.array([3, 4])))"]))
+            cold.append(Bench.millis(ContinuousClock.now - t))
+        }
+        Bench.emit(
+            "python_numpy_job_p50_ms", Bench.percentile(warm, 50), "ms", peer: Bench.percentile(cold, 50),
+            peerName: "python3 importing numpy for each job",
+            note: "a numpy job answered by a worker that imported numpy once")
+    }
+}
