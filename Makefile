@@ -23,6 +23,7 @@ FUZZ_SECONDS ?= 60
 NUMPY_VERSION ?= 1.26.4
 WHEELS := images/build/cache/wheels
 SDK_SHARD := $(IMG)/sdk-python.shard
+NODE_SHARD := $(IMG)/sdk-node.shard
 LIBS_SHARD := $(IMG)/libs-numpy-$(NUMPY_VERSION).shard
 MPL_VERSION := $(shell sed -n 's/^matplotlib==//p' images/matplotlib-requirements.txt)
 MPL_SHARD := $(IMG)/libs-matplotlib-$(MPL_VERSION).shard
@@ -49,7 +50,8 @@ build-tests:
 
 # ---- guest images (make-style: nothing is rebuilt that is up to date) ----
 
-images: deps $(IMG)/kernel.version $(IMG)/initramfs.cpio $(IMG)/rootfs.sqfs $(SDK_SHARD) $(LIBS_SHARD) $(MPL_SHARD)
+images: deps $(IMG)/kernel.version $(IMG)/initramfs.cpio $(IMG)/rootfs.sqfs $(SDK_SHARD) $(NODE_SHARD) $(LIBS_SHARD) \
+  $(MPL_SHARD)
 
 $(IMG)/kernel.version: images/kernel.sh images/extract-vmlinux.py
 	@mkdir -p $(IMG)
@@ -66,9 +68,10 @@ $(IMG)/noop: images/noop.c
 $(IMG)/initramfs.cpio: $(IMG)/vmexec-init $(IMG)/kernel.version images/initramfs.sh images/modorder.py images/guest-modules.txt
 	images/initramfs.sh $(IMG) $(IMG)/vmexec-init $@ $(GUEST_MODULES)
 
-# One debootstrap gives the base (no Python) and, installed into a copy, the SDK layer's tree.
-$(IMG)/rootfs.sqfs $(IMG)/sdk.tree.version &: images/rootfs.sh images/treediff.py $(IMG)/noop
-	images/rootfs.sh $(ARCH) $(IMG)/rootfs.sqfs $(IMG)/noop "" $(IMG)/sdk.tree
+# One debootstrap gives the base (no Python) and, installed into copies, the
+# SDK layers' trees: CPython's and Node.js's.
+$(IMG)/rootfs.sqfs $(IMG)/sdk.tree.version $(IMG)/node.tree.version &: images/rootfs.sh images/treediff.py $(IMG)/noop
+	images/rootfs.sh $(ARCH) $(IMG)/rootfs.sqfs $(IMG)/noop "" $(IMG)/sdk.tree $(IMG)/node.tree
 
 # Shards are built by vmexec itself (libsquashfs), as a user would build them,
 # and again when the shard code changes.
@@ -83,6 +86,12 @@ $(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE) $(RUNNER)
 	install -D -m 0644 -t $(RUNNER_DIR) $(RUNNER)
 	$(VMEXEC) shard create $(IMG)/sdk.tree -o $@ --name cpython --version $$(cat $<) --kind sdk --layer 10 \
 	  --arch $(ARCH) --provides python3 --provides python3.11
+
+$(NODE_SHARD): $(IMG)/node.tree.version $(SHARD_CODE) images/runner/node/vmexec_node_runner.js
+	$(SWIFT) build --product vmexec
+	install -D -m 0644 images/runner/node/vmexec_node_runner.js $(IMG)/node.tree/usr/share/vmexec/vmexec_node_runner.js
+	$(VMEXEC) shard create $(IMG)/node.tree -o $@ --name nodejs --version $$(cat $<) --kind sdk --layer 11 \
+	  --arch $(ARCH) --provides node --provides nodejs$$(cut -d. -f1 $<)
 
 $(LIBS_SHARD): $(SHARD_CODE)
 	$(SWIFT) build --product vmexec

@@ -53,8 +53,8 @@ extension Components.Schemas.Job {
             created: r.created, started: r.started, ended: r.ended, exit: r.outcome.map(Components.Schemas.Exit.init),
             reason: r.reason, failureCode: r.failureCode, stdout: .init(bytes: r.stdoutBytes, truncated: r.stdoutTruncated),
             stderr: .init(bytes: r.stderrBytes, truncated: r.stderrTruncated),
-            python: r.python.map(Components.Schemas.PythonOutcome.init),
-            callbacks: r.request.python == nil ? nil : callbacks.map(Components.Schemas.PendingCallback.init))
+            code: r.code.map(Components.Schemas.CodeOutcome.init),
+            callbacks: r.request.code == nil ? nil : callbacks.map(Components.Schemas.PendingCallback.init))
     }
 }
 
@@ -64,8 +64,8 @@ extension Components.Schemas.PendingCallback {
     }
 }
 
-extension Components.Schemas.PythonOutcome {
-    init(_ o: PythonOutcome) {
+extension Components.Schemas.CodeOutcome {
+    init(_ o: CodeOutcome) {
         func value(_ v: PythonValue) -> Components.Schemas.PythonValue { .init(repr: v.repr, json: v.json) }
         func error(_ e: PythonException) -> Components.Schemas.PythonException {
             .init(_type: e.type, message: e.message, traceback: e.traceback)

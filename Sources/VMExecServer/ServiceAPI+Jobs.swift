@@ -48,14 +48,14 @@ extension ServiceAPI {
                     decoding: try JSONSerialization.data(withJSONObject: value, options: .fragmentsAllowed), as: UTF8.self)
             }
         }
-        let python = PythonJob(
-            source: body.code, filename: body.filename ?? "<code>", control: try PythonControl(body.control),
+        let python = CodeJob(
+            .python, source: body.code, filename: body.filename ?? "<code>", control: try PythonControl(body.control),
             shared: shared, callbacks: body.callbacks ?? [])
         var request = JobRequest(
             ["python3", "-m", "vmexec_runner", "run"], environment: environment, workingDirectory: body.workdir ?? "/",
             timeoutSeconds: try Self.timeout(body.timeoutSeconds), limits: try body.limits?.limits(),
             outputLimit: try Self.outputLimit(body.outputLimitBytes))
-        request.python = python
+        request.code = python
         // Refused here, before a job is recorded, as the runner would refuse them.
         let named: [String: PythonHostFunction] = Dictionary(
             python.callbacks.map { name in (name, { @Sendable _ in "null" }) }, uniquingKeysWith: { first, _ in first })
@@ -74,7 +74,12 @@ extension ServiceAPI {
 
     func execNodejs(_ input: Operations.ExecNodejs.Input) async throws -> Operations.ExecNodejs.Output {
         guard case .json(let body) = input.body else { throw Self.unsupportedBody }
-        let (result, ended) = try await submitCode(body, interpreter: ["node", "-"], sandbox: input.path.sandbox)
+        var request = JobRequest(
+            ["node", NodeRunner.runnerPath], environment: body.env?.additionalProperties ?? [:],
+            workingDirectory: body.workdir ?? "/", timeoutSeconds: try Self.timeout(body.timeoutSeconds),
+            limits: try body.limits?.limits(), outputLimit: try Self.outputLimit(body.outputLimitBytes))
+        request.code = CodeJob(.node, source: body.code)
+        let (result, ended) = try await submit(request, sandbox: input.path.sandbox, wait: body.wait ?? false)
         return ended ? .ok(.init(body: .json(result))) : .accepted(.init(body: .json(result)))
     }
 
@@ -146,18 +151,6 @@ extension ServiceAPI {
     }
 
     // MARK: helpers
-
-    private func submitCode(_ body: Components.Schemas.CodeSubmit, interpreter: [String], sandbox: String) async throws -> (
-        Components.Schemas.JobResult, Bool
-    ) {
-        var environment = body.env?.additionalProperties ?? [:]
-        environment["PYTHONUNBUFFERED"] = environment["PYTHONUNBUFFERED"] ?? "1"  // output as it comes, not at exit
-        let request = JobRequest(
-            interpreter, environment: environment, workingDirectory: body.workdir ?? "/",
-            timeoutSeconds: try Self.timeout(body.timeoutSeconds), limits: try body.limits?.limits(),
-            outputLimit: try Self.outputLimit(body.outputLimitBytes), stdin: Data(body.code.utf8))
-        return try await submit(request, sandbox: sandbox, wait: body.wait ?? false)
-    }
 
     /// Queues the job; with `wait`, returns once it ended. The result, and whether the job has ended.
     private func submit(_ request: JobRequest, sandbox: String, wait: Bool) async throws -> (

@@ -30,8 +30,9 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public var sharedTmp = false
     /// Leave stdin open for ``JobRunner/writeStdin(_:_:)`` until ``JobRunner/closeStdin(_:)``.
     public var stdinOpen: Bool
-    /// A Python job: the runner runs this code (`arguments` only name it); no stdin.
-    public var python: PythonJob?
+    /// A job submitted as code (exec/python, exec/nodejs): a runner runs it (`arguments` only
+    /// name it); no stdin.
+    public var code: CodeJob?
 
     public init(
         _ arguments: [String], environment: [String: String] = [:], workingDirectory: String = "/",
@@ -98,8 +99,8 @@ public struct JobRecord: Codable, Sendable, Equatable {
     public var stderrBytes: Int
     public var stdoutTruncated: Bool
     public var stderrTruncated: Bool
-    /// A Python job's value, exception and reports, once it ended.
-    public var python: PythonOutcome?
+    /// A code job's value, exception and reports, once it ended.
+    public var code: CodeOutcome?
 }
 
 /// Which of a job's output streams.

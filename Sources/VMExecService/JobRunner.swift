@@ -132,7 +132,7 @@ public actor JobRunner {
         guard record.request.stdinOpen, case .command(let stream) = job else {
             throw VMExecError(
                 .invalidRequest,
-                record.request.python != nil
+                record.request.code != nil
                     ? "job \(jobID) is a Python job: its stdin is the runner's; pass input as shared values"
                     : "job \(jobID) was not submitted with stdinOpen; its stdin is closed")
         }
@@ -247,8 +247,8 @@ public actor JobRunner {
             logger.info("job started", metadata: ["job": "\(jobID)", "argv0": "\(record.request.arguments.first ?? "")"])
             bump(jobID)
             try await sandbox.start()  // no-op while the guest runs; boots a fresh one after a death
-            if let python = record.request.python {
-                try await runPython(jobID, record.request, python)
+            if let code = record.request.code {
+                try await runCode(jobID, record.request, code)
                 return
             }
             let stream = try await sandbox.stream(Self.command(record.request, defaults: await limitsToStartFrom()))
@@ -278,21 +278,27 @@ public actor JobRunner {
     }
 
     /// Records a job that ran to its end (or was cancelled while it ran).
-    private func finish(_ jobID: String, outcome: JobOutcome?, python: PythonOutcome? = nil) async throws {
+    private func finish(_ jobID: String, outcome: JobOutcome?, code: CodeOutcome? = nil) async throws {
         // A job's writes reach the store's image before it is reported done: a
         // guest that dies later cannot take them along.
         if await sandbox.configuration.store != nil { try? await sandbox.sync() }
         if cancelling.contains(jobID) {
-            try store.finish(jobID, state: .cancelled, outcome: outcome, reason: "cancelled while it ran", python: python)
+            try store.finish(jobID, state: .cancelled, outcome: outcome, reason: "cancelled while it ran", code: code)
         } else {
-            try store.finish(jobID, state: .exited, outcome: outcome, python: python)
+            try store.finish(jobID, state: .exited, outcome: outcome, code: code)
         }
     }
 
-    /// Runs a Python job through the runner: the code's output goes to the job's streams,
-    /// its value, exception and reports to its record; its callbacks wait for the client.
-    private func runPython(_ jobID: String, _ request: JobRequest, _ job: PythonJob) async throws {
+    /// Runs a code job through its language's runner: the code's output goes to the job's
+    /// streams, its value, exception and reports to its record; its callbacks wait for the client.
+    private func runCode(_ jobID: String, _ request: JobRequest, _ job: CodeJob) async throws {
         let base = Self.command(request, defaults: await limitsToStartFrom())
+        if job.language == .node {
+            let code = NodeCode(
+                job.source, filename: job.filename, environment: base.environment,
+                workingDirectory: base.workingDirectory, timeout: base.timeout, user: base.user, limits: base.limits)
+            return try await follow(jobID, try await sandbox.node.start(code))
+        }
         var functions: [String: PythonHostFunction] = [:]
         for name in job.callbacks {
             functions[name] = { [weak self] call in
@@ -304,7 +310,11 @@ public actor JobRunner {
             job.source, filename: job.filename, environment: base.environment, workingDirectory: base.workingDirectory,
             timeout: base.timeout, user: base.user, limits: base.limits, control: job.control, shared: job.shared,
             hostFunctions: functions)
-        let execution = try await sandbox.python.start(code)
+        try await follow(jobID, try await sandbox.python.start(code))
+    }
+
+    /// Keeps a runner's events with the job until it ends.
+    private func follow(_ jobID: String, _ execution: PythonExecution) async throws {
         running[jobID] = .python(execution)
         bump(jobID)
         if cancelling.contains(jobID) { try? await execution.signal(SIGKILL) }
@@ -321,7 +331,7 @@ public actor JobRunner {
         }
         try await finish(
             jobID, outcome: ended.map { JobOutcome(termination: $0.termination, usage: $0.usage) },
-            python: ended.map(PythonOutcome.init))
+            code: ended.map(CodeOutcome.init))
     }
 
     /// A Python job's callback: waits for the client's answer (or the timeout).

@@ -66,8 +66,8 @@ public final class JobStore: Sendable {
         m.registerMigration("v3-failure-code") { db in
             try db.execute(sql: "ALTER TABLE job ADD COLUMN failureCode TEXT")
         }
-        m.registerMigration("v4-python-outcome") { db in
-            try db.execute(sql: "ALTER TABLE job ADD COLUMN python TEXT")
+        m.registerMigration("v4-code-outcome") { db in
+            try db.execute(sql: "ALTER TABLE job ADD COLUMN code TEXT")
         }
         return m
     }
@@ -127,7 +127,7 @@ public final class JobStore: Sendable {
         let record = JobRecord(
             id: UUID().uuidString.lowercased(), sandbox: sandbox, request: request, state: .queued, outcome: nil,
             reason: nil, failureCode: nil, created: Date(), started: nil, ended: nil, stdoutBytes: 0, stderrBytes: 0,
-            stdoutTruncated: false, stderrTruncated: false, python: nil)
+            stdoutTruncated: false, stderrTruncated: false, code: nil)
         try write("record a job") { db in
             let seq = try Int.fetchOne(db, sql: "SELECT COALESCE(MAX(seq), 0) + 1 FROM job") ?? 1
             try db.execute(
@@ -184,18 +184,18 @@ public final class JobStore: Sendable {
     @discardableResult
     public func finish(
         _ id: String, state: JobState, outcome: JobOutcome? = nil, reason: String? = nil, failureCode: String? = nil,
-        python: PythonOutcome? = nil
+        code: CodeOutcome? = nil
     ) throws -> Bool {
         precondition(state.isFinal, "finish takes a final state")
         return try write("end job \(id)") { db in
             try db.execute(
                 sql: """
-                    UPDATE job SET state = ?, outcome = ?, reason = ?, failureCode = ?, ended = ?, python = ?
+                    UPDATE job SET state = ?, outcome = ?, reason = ?, failureCode = ?, ended = ?, code = ?
                     WHERE id = ? AND state IN ('queued', 'running')
                     """,
                 arguments: [
                     state.rawValue, try outcome.map { try Self.json($0) }, reason, failureCode,
-                    Date().timeIntervalSince1970, try python.map { try Self.json($0) }, id,
+                    Date().timeIntervalSince1970, try code.map { try Self.json($0) }, id,
                 ])
             return db.changesCount == 1
         }
@@ -288,7 +288,7 @@ public final class JobStore: Sendable {
             ended: (row["ended"] as Double?).map(Date.init(timeIntervalSince1970:)),
             stdoutBytes: row["stdoutBytes"], stderrBytes: row["stderrBytes"],
             stdoutTruncated: row["stdoutTruncated"], stderrTruncated: row["stderrTruncated"],
-            python: try (row["python"] as String?).map { try decode(PythonOutcome.self, $0) })
+            code: try (row["code"] as String?).map { try decode(CodeOutcome.self, $0) })
     }
 
     private static func json<T: Encodable>(_ value: T) throws -> String {

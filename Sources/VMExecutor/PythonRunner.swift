@@ -209,7 +209,9 @@ public struct PythonRunner: Sendable {
 
     /// The runner started with `command`; with host functions, its stdin stays open for the
     /// request and the answers to its callbacks.
-    private func start(_ command: Command, request: [UInt8], sharing: PythonSharing) async throws -> PythonExecution {
+    func start(_ command: Command, request: [UInt8], sharing: PythonSharing, runner: String = "Python") async throws
+        -> PythonExecution
+    {
         let exec = try await sandbox.stream(command)
         if case .caller = command.stdin { _ = try await exec.writeStdin(request) }
         // The result keeps at most the sandbox's output limit of each stream; the events carry it all.
@@ -235,7 +237,7 @@ public struct PythonRunner: Sendable {
                         case .exit(let termination, let usage):
                             // Killed (a timeout, its memory, a signal): no result record, the ending says why.
                             if records.result == nil, case .exited = termination {
-                                throw Self.noResult(termination, runnerErrors)
+                                throw Self.noResult(termination, runnerErrors, runner: runner)
                             }
                             continuation.yield(.result(parts.result(records.result, termination: termination, usage: usage)))
                         }
@@ -251,15 +253,21 @@ public struct PythonRunner: Sendable {
     }
 
     /// Why a runner that exited gave no result: it is missing, or it failed before the code ran.
-    static func noResult(_ termination: Termination, _ runnerErrors: [UInt8]) -> VMExecError {
+    static func noResult(_ termination: Termination, _ runnerErrors: [UInt8], runner: String = "Python") -> VMExecError {
         let said = String(decoding: runnerErrors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        if said.contains("vmexec_node_runner.js") {
+            return VMExecError(
+                .unsupported,
+                "the attached Node.js has no vmexec runner: attach the Node.js SDK shard that make images builds (sdk-node.shard)"
+            )
+        }
         if said.contains("No module named vmexec_runner") {
             return VMExecError(
                 .unsupported,
                 "the attached Python has no vmexec runner: attach the SDK shard that make images builds (sdk-python.shard)")
         }
         return VMExecError(
-            .protocolError, "the Python runner ended (\(termination)) without a result\(said.isEmpty ? "" : ": \(said)")")
+            .protocolError, "the \(runner) runner ended (\(termination)) without a result\(said.isEmpty ? "" : ": \(said)")")
     }
 }
 

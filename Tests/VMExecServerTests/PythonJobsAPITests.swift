@@ -28,7 +28,7 @@ extension DaemonSuites {
                 body: Array(try JSONSerialization.data(withJSONObject: body)))
             #expect(waited.status == 200, "\(waited.body)")
             let job = Self.json(waited.body)["job"] as? [String: Any] ?? [:]
-            let python = job["python"] as? [String: Any] ?? [:]
+            let python = job["code"] as? [String: Any] ?? [:]
             #expect((python["value"] as? [String: Any])?["json"] as? String == "12", "\(waited.body)")
             #expect((python["loopLimits"] as? [[String: Any]])?.first?["line"] as? Int == 2)
             #expect(((python["watched"] as? [String: Any])?["total"] as? [String: Any])?["repr"] as? String == "6")
@@ -69,7 +69,7 @@ extension DaemonSuites {
             }
             #expect(answered == 2 && end?.exitCode == 0, "\(String(describing: end))")
             let done = Self.json((try await daemon.raw(.GET, "/v1/sandboxes/py/jobs/\(id)")).body)
-            let outcome = done["python"] as? [String: Any] ?? [:]
+            let outcome = done["code"] as? [String: Any] ?? [:]
             #expect((outcome["value"] as? [String: Any])?["json"] as? String == "42", "\(done)")
             let state = (outcome["shared"] as? [String: Any])?["state"] as? [String: Any]
             #expect(
@@ -106,13 +106,34 @@ extension DaemonSuites {
                 body: Array(#"{"code": "import sys\nsys.exit(3)", "wait": true}"#.utf8))
             let job = Self.json(exit.body)["job"] as? [String: Any] ?? [:]
             #expect((job["exit"] as? [String: Any])?["exitCode"] as? Int == 3, "\(exit.body)")
-            #expect(((job["python"] as? [String: Any])?["exception"] as? [String: Any])?["type"] as? String == "SystemExit")
+            #expect(((job["code"] as? [String: Any])?["exception"] as? [String: Any])?["type"] as? String == "SystemExit")
 
             _ = try await daemon.alice.createSandbox(SandboxRequest(name: "bare"))
             let bare = try await daemon.raw(
                 .POST, "/v1/sandboxes/bare/exec/python", contentType: "application/json",
                 body: Array(#"{"code": "1", "wait": true}"#.utf8))
             #expect(bare.body.contains("commandNotFound") || bare.body.contains("sdk-python"), "\(bare.body)")
+        }
+
+        @Test("exec/nodejs runs through the Node.js runner: output, then the completion value in the job's code")
+        func nodejs() async throws {
+            let daemon = try await TestDaemon.start()
+            defer { Task { await daemon.remove() } }
+            _ = try await daemon.alice.createSandbox(SandboxRequest(name: "js", shards: ["nodejs"]))
+            let r = try await daemon.raw(
+                .POST, "/v1/sandboxes/js/exec/nodejs", contentType: "application/json",
+                body: Array(#"{"code": "console.log('hi'); [1, 2].map((x) => x * 2)", "wait": true}"#.utf8))
+            #expect(r.status == 200, "\(r.body)")
+            let object = Self.json(r.body)
+            let job = object["job"] as? [String: Any] ?? [:]
+            #expect((object["stdout"] as? [String: Any])?["data"] as? String == "hi\n", "\(r.body)")
+            #expect(((job["code"] as? [String: Any])?["value"] as? [String: Any])?["json"] as? String == "[2,4]", "\(r.body)")
+            let thrown = try await daemon.raw(
+                .POST, "/v1/sandboxes/js/exec/nodejs", contentType: "application/json",
+                body: Array(#"{"code": "throw new Error('no')", "wait": true}"#.utf8))
+            let failed = Self.json(thrown.body)["job"] as? [String: Any] ?? [:]
+            #expect((failed["exit"] as? [String: Any])?["exitCode"] as? Int == 1)
+            #expect(((failed["code"] as? [String: Any])?["exception"] as? [String: Any])?["message"] as? String == "no")
         }
     }
 }

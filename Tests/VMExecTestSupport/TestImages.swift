@@ -18,6 +18,13 @@ public enum TestImages {
         return FileManager.default.fileExists(atPath: path) ? path : nil
     }
 
+    /// The Node.js SDK shard `make images` builds beside the guest images.
+    public static var nodeShardPath: String? {
+        guard let dir = images?.directory else { return nil }
+        let path = dir.appendingPathComponent("sdk-node.shard").path
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+
     /// A libs shard `make images` builds beside the guest images (`libs-NAME-VERSION.shard`), or nil.
     public static func libsShardPath(_ name: String) -> String? {
         guard let dir = images?.directory,

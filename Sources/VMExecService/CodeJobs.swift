@@ -1,9 +1,15 @@
 import Foundation
 import VMExecutor
 
-/// A Python job: code through the SDK shard's runner (`exec/python`), with
-/// execution control, shared values and callbacks the client answers.
-public struct PythonJob: Codable, Sendable, Equatable {
+/// The languages a code job is in, each run by the runner its SDK shard carries.
+public enum CodeLanguage: String, Codable, Sendable {
+    case python, node
+}
+
+/// A job submitted as code: through the SDK shard's runner (`exec/python`, `exec/nodejs`).
+/// Python jobs may have execution control, shared values and callbacks the client answers.
+public struct CodeJob: Codable, Sendable, Equatable {
+    public var language: CodeLanguage
     public var source: String
     /// The name tracebacks give the code.
     public var filename: String
@@ -14,9 +20,10 @@ public struct PythonJob: Codable, Sendable, Equatable {
     public var callbacks: [String]
 
     public init(
-        source: String, filename: String = "<code>", control: PythonControl = PythonControl(),
+        _ language: CodeLanguage, source: String, filename: String = "<code>", control: PythonControl = PythonControl(),
         shared: [String: String] = [:], callbacks: [String] = []
     ) {
+        self.language = language
         self.source = source
         self.filename = filename
         self.control = control
@@ -25,9 +32,9 @@ public struct PythonJob: Codable, Sendable, Equatable {
     }
 }
 
-/// What a Python job gave besides its output: its final value or exception, what
-/// execution control reported, the shared values' final state. Kept with the job when it ends.
-public struct PythonOutcome: Codable, Sendable, Equatable {
+/// What a code job gave besides its output: its final value or exception, what execution
+/// control reported, the shared values' final state, its outputs. Kept with the job when it ends.
+public struct CodeOutcome: Codable, Sendable, Equatable {
     public var value: PythonValue?
     public var exception: PythonException?
     public var steps: [PythonStep]
