@@ -53,7 +53,7 @@ struct PythonCommand: AsyncParsableCommand {
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
-        let (source, filename) = code == nil && file == nil ? ("", "<code>") : try readSource()
+        let (source, filename) = code == nil && file == nil ? ("", "<code>") : try CodeSource.read(code: code, file: file)
         var configuration = try guest.sandboxConfiguration()
         try Self.addSDK(to: &configuration)
         let sandbox = Sandbox(configuration: configuration, logger: guest.logger())
@@ -69,28 +69,9 @@ struct PythonCommand: AsyncParsableCommand {
         throw ExitCode(status)
     }
 
-    private func readSource() throws -> (String, String) {
-        if let code { return (code, "<string>") }
-        let path = file ?? "-"
-        if path == "-" {
-            return (String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self), "<stdin>")
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw VMExecError(.notFound, "cannot read \(path)")
-        }
-        return (String(decoding: data, as: UTF8.self), (path as NSString).lastPathComponent)
-    }
-
     /// The images' SDK shard, unless a shard given provides python3.
     static func addSDK(to configuration: inout SandboxConfiguration) throws {
-        guard !configuration.shards.contains(where: { $0.manifest.provides.contains("python3") }),
-            let images = configuration.images
-        else { return }
-        let sdk = images.directory.appendingPathComponent("sdk-python.shard").path
-        guard FileManager.default.fileExists(atPath: sdk) else {
-            throw VMExecError(.notFound, "no Python: give --shard with an SDK shard, or build the images' (make images)")
-        }
-        configuration.shards.insert(try Shard.open(sdk), at: 0)
+        try CodeSource.addSDK(to: &configuration, provides: "python3", file: "sdk-python.shard", language: "Python")
     }
 
     /// Runs the code; the exit status (0, 1 when it raised, the shell's code when it was killed).

@@ -15,6 +15,7 @@ struct VMExec: AsyncParsableCommand {
         subcommands: [
             Run.self, Serve.self, Up.self, ListSandboxes.self, Exec.self, Copy.self, ProcessList.self, Kill.self,
             Jobs.self, Logs.self, Down.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self, PythonCommand.self,
+            NodeCommand.self,
             DiffCommand.self, ExportCommand.self,
         ])
 
