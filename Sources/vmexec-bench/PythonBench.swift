@@ -3,7 +3,8 @@ import Logging
 import SquashMounts
 import VMExecutor
 
-/// Python jobs' figures: a call answered by a persistent worker against the same
+/// Python jobs' figures: code through the runner against the bare interpreter, a call
+/// answered by a persistent worker against the same
 /// call in a fresh runner process, and a worker that imported numpy once against
 /// a fresh `python3` importing numpy for each job. One guest with the SDK and numpy
 /// shards, measured in the same run.
@@ -21,6 +22,21 @@ enum PythonBench {
         let guest = Sandbox(configuration: c, logger: logger)
         try await guest.start()
         defer { Task { await guest.shutdown() } }
+
+        // Code through the runner against the bare interpreter: what the runner adds to a job.
+        var runs: [Double] = [], bare: [Double] = []
+        for _ in 0..<3 { _ = try await guest.python.run(PythonCode("pass")) }
+        for _ in 0..<calls / 2 {
+            var t = ContinuousClock.now
+            _ = try await guest.python.run(PythonCode("pass"))
+            runs.append(Bench.millis(ContinuousClock.now - t))
+            t = ContinuousClock.now
+            _ = try await guest.exec(Command(["python3", "-c", "pass"]))
+            bare.append(Bench.millis(ContinuousClock.now - t))
+        }
+        Bench.emit(
+            "python_run_p50_ms", Bench.percentile(runs, 50), "ms", peer: Bench.percentile(bare, 50),
+            peerName: "python3 -c pass", note: "`pass` through the runner: value, exception and output capture")
 
         let source = "import json\ndef add(a, b):\n    return a + b\n"
         let worker = try await guest.python.worker(PythonModule(source: source))

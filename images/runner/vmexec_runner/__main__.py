@@ -34,26 +34,25 @@ The traceback holds the code's frames and those it called, never the
 runner's. The exit status is 0, 1 when the code raised, or N after sys.exit(N).
 """
 
-import argparse
 import json
 import os
 import sys
 
-from . import calls, cell, outputs
+from . import cell, outputs
 from .host import HostLink
 from .records import Capture, Records
 
 
-def main(argv):
-    parser = argparse.ArgumentParser(prog="python3 -m vmexec_runner")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run code: stdin is a JSON line {source, filename, control, shared, callbacks}")
-    sub.add_parser("call", help="call a function: stdin is a JSON line {function, args, kwargs, source or target, ...}")
-    sub.add_parser("worker", help="keep code loaded and answer calls: JSON lines on stdin (calls.py)")
-    args = parser.parse_args(argv)
+USAGE = "usage: python3 -m vmexec_runner {run|call|worker} < JSON lines (see the module's doc)"
 
-    # Figures are drawn off screen and shown as outputs, unless the caller chose a backend.
-    os.environ.setdefault("MPLBACKEND", "module://vmexec_runner.mpl_backend")
+
+def main(argv):
+    # No argparse: it and what it imports cost a fresh interpreter tens of milliseconds under TCG.
+    if len(argv) != 1 or argv[0] not in ("run", "call", "worker"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    command = argv[0]
+
     records = Records(os.dup(1))
     # Requests (and the host's answers to callbacks) come on the original stdin.
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
@@ -65,7 +64,9 @@ def main(argv):
     capture = Capture(records)
     link = HostLink(requests, records, capture)
     outputs.sink, sent = outputs.record_sink(records, capture, limit=100)
-    if args.command == "worker":
+    if command == "worker":
+        from . import calls
+
         status = calls.worker(requests, records, capture, link, sent)
         capture.end()
         return status
@@ -76,7 +77,12 @@ def main(argv):
     except ValueError as exc:
         result = {"value": None, "error": {"type": "ValueError", "message": f"a bad request: {exc}", "traceback": ""}}
     else:
-        result = (cell.run if args.command == "run" else calls.call)(request, records, link)
+        if command == "run":
+            result = cell.run(request, records, link)
+        else:
+            from . import calls
+
+            result = calls.call(request, records, link)
         outputs.send_open_figures()
         if sent["dropped"]:
             result.setdefault("dropped", {})["output"] = sent["dropped"]
