@@ -32,6 +32,14 @@ public actor PythonWorker {
         self.sharing = sharing
     }
 
+    /// A worker dropped without ``close()`` does not stay in the guest.
+    deinit {
+        if ended == nil {
+            let exec = exec
+            Task { try? await exec.signal(SIGKILL) }
+        }
+    }
+
     static func start(_ sandbox: Sandbox, _ module: PythonModule) async throws -> PythonWorker {
         let request = try module.loadRequest()
         // The timeout is the worker's whole life; the control's time limit is per call.

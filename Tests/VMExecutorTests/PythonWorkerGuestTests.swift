@@ -49,6 +49,24 @@ extension RealGuests {
             await #expect(throws: VMExecError.self) { _ = try await worker.call("bump") }
         }
 
+        @Test("a worker dropped without close does not stay in the guest")
+        func dropped() async throws {
+            let guest = try await SharedGuest.shared.get()
+            var pid: Int?
+            do {
+                let worker = try await guest.python.worker(PythonModule(source: Self.counter))
+                let r = try await worker.call("bump")
+                pid = (try JSONSerialization.jsonObject(with: Data((r.value?.json ?? "").utf8)) as? [String: Int])?["pid"]
+            }
+            let gone = try #require(pid)
+            var left = true
+            for _ in 0..<100 where left {
+                left = try await guest.processes().contains { $0.pid == UInt32(gone) }
+                if left { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(!left, "the worker's process \(gone) ended with the worker")
+        }
+
         @Test("calls from many tasks run one at a time, none lost")
         func concurrentCalls() async throws {
             let python = try await SharedGuest.shared.get().python

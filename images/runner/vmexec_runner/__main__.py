@@ -53,6 +53,8 @@ def main(argv):
         return 2
     command = argv[0]
 
+    # Figures are drawn off screen and shown as outputs, unless the caller chose a backend.
+    os.environ.setdefault("MPLBACKEND", "module://vmexec_runner.mpl_backend")
     records = Records(os.dup(1))
     # Requests (and the host's answers to callbacks) come on the original stdin.
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
