@@ -26,8 +26,12 @@ def send_open_figures():
     for number in pyplot.get_fignums():
         figure = pyplot.figure(number)
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        sink("image/png", buffer.getvalue())
+        try:
+            figure.savefig(buffer, format="png")
+        except Exception as exc:  # a figure that cannot be drawn must not lose the result
+            print(f"vmexec: figure {number} could not be drawn: {type(exc).__name__}: {exc}", file=sys.stderr)
+        else:
+            sink("image/png", buffer.getvalue())
         pyplot.close(figure)
 
 
