@@ -49,6 +49,15 @@ extension RealGuests {
             #expect(r.outputs[1] == PythonOutput(mimeType: "image/png", data: [0x89] + Array("PNG-not-really".utf8)))
             #expect(r.outputs[2] == PythonOutput(mimeType: "text/html", data: Array("<b>ok</b>".utf8)))
 
+            // A figure that cannot be drawn is said on stderr; the other figures and the result still come.
+            let broken = try await guest.python.run(
+                PythonCode(
+                    "import matplotlib.pyplot as plt\nbad = plt.figure()\nbad.savefig = None\nplt.figure()\nplt.plot([1])\n'kept'"
+                ))
+            #expect(broken.value?.json == "\"kept\"" && broken.exception == nil, "\(String(describing: broken.exception))")
+            #expect(broken.outputs.map(\.mimeType) == ["image/png"], "\(broken.outputs.count)")
+            #expect(broken.stderrText.contains("figure 1 could not be drawn"), "\(broken.stderrText)")
+
             // Past 100 outputs, the rest are counted, not sent.
             let many = try await guest.python.run(
                 PythonCode(
