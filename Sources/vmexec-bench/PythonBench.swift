@@ -12,11 +12,60 @@ enum PythonBench {
     static let calls = 40
     static let numpyPeerRuns = 3
 
-    static func run(images: GuestImages, logger: Logger) async throws {
+    static let oneShotRuns = 3
+
+    /// Start a guest with `shards`, run one job, shut it down: the seconds it all took.
+    static func oneShot(
+        _ images: GuestImages, _ shards: [String], reuseBootState: Bool, logger: Logger,
+        _ job: (Sandbox) async throws -> Void
+    ) async throws -> Double {
         var c = SandboxConfiguration()
         c.images = images
         c.accelerator = .tcg
-        for file in ["sdk-python.shard", "libs-numpy-1.26.4.shard"] {
+        c.reuseBootState = reuseBootState
+        c.shards = try shards.map { try Shard.open(images.directory.appendingPathComponent($0).path) }
+        let t = ContinuousClock.now
+        let s = Sandbox(configuration: c, logger: logger)
+        try await s.start()
+        try await job(s)
+        await s.shutdown()
+        return Bench.seconds(ContinuousClock.now - t)
+    }
+
+    static func run(images: GuestImages, logger: Logger) async throws {
+        // One-shot jobs, in this process (the CLI adds its own start on top): a start restoring
+        // the saved boot state against a cold boot, and numpy through the runner against python3.
+        let sdk = ["sdk-python.shard"], numpy = ["sdk-python.shard", "libs-numpy-1.26.4.shard"]
+        var restored: [Double] = [], coldBoot: [Double] = [], runner: [Double] = [], bareNumpy: [Double] = []
+        for _ in 0..<oneShotRuns {
+            restored.append(
+                try await oneShot(images, sdk, reuseBootState: true, logger: logger) {
+                    _ = try await $0.exec(Command(["python3", "-c", "pass"]))
+                })
+            coldBoot.append(
+                try await oneShot(images, sdk, reuseBootState: false, logger: logger) {
+                    _ = try await $0.exec(Command(["python3", "-c", "pass"]))
+                })
+            runner.append(
+                try await oneShot(images, numpy, reuseBootState: true, logger: logger) {
+                    _ = try await $0.python.run(PythonCode("import numpy"))
+                })
+            bareNumpy.append(
+                try await oneShot(images, numpy, reuseBootState: true, logger: logger) {
+                    _ = try await $0.exec(Command(["python3", "-c", "import numpy"]))
+                })
+        }
+        Bench.emit(
+            "oneshot_python_s", Bench.median(restored), "s", peer: Bench.median(coldBoot), peerName: "the same with a cold boot",
+            note: "start with the SDK shard, python3 -c pass, shut down; no warm state per shard set yet (target 1.0 s)")
+        Bench.emit(
+            "oneshot_numpy_s", Bench.median(runner), "s", peer: Bench.median(bareNumpy), peerName: "python3 -c 'import numpy'",
+            note: "start with SDK and numpy shards, import numpy through the runner, shut down; no zygote yet (target 1.0 s)")
+
+        var c = SandboxConfiguration()
+        c.images = images
+        c.accelerator = .tcg
+        for file in numpy {
             c.shards.append(try Shard.open(images.directory.appendingPathComponent(file).path))
         }
         let guest = Sandbox(configuration: c, logger: logger)
