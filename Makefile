@@ -65,6 +65,11 @@ $(IMG)/noop: images/noop.c
 	@mkdir -p $(IMG)
 	$(INIT_CC) $(CFLAGS_STRICT) -Os -static $< -o $@
 
+# The warm interpreter's client (images/zygote-client.c), shipped in the SDK shard.
+$(IMG)/zygote-client: images/zygote-client.c
+	@mkdir -p $(IMG)
+	$(INIT_CC) $(CFLAGS_STRICT) -Os -static $< -o $@
+
 $(IMG)/initramfs.cpio: $(IMG)/vmexec-init $(IMG)/kernel.version images/initramfs.sh images/modorder.py images/guest-modules.txt
 	images/initramfs.sh $(IMG) $(IMG)/vmexec-init $@ $(GUEST_MODULES)
 
@@ -77,19 +82,28 @@ $(IMG)/rootfs.sqfs $(IMG)/sdk.tree.version $(IMG)/node.tree.version &: images/ro
 # and again when the shard code changes.
 SHARD_CODE := $(wildcard Sources/SquashMounts/*.swift)
 
+# Bytecode in every Python shard: a read-only shard cannot take __pycache__, so
+# without it every import compiles its module's source, every time. Under TCG
+# that was most of `import numpy` (4.2 s; 1.7 s with bytecode, 0.8 s once the
+# guest's page cache has the files) and half a second of the runner's start.
+# The SDK's CPython version only (bytecode is per major.minor); unchecked-hash:
+# no mtime checks at import. Compiling reads the sources, it runs nothing of them.
+SDK_PYTHON := 3.11
+define compile_python
+	if [ "$$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$(SDK_PYTHON)" ]; then \
+	  python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash $(1) > /dev/null; \
+	else echo "note: host python3 is not the SDK's $(SDK_PYTHON): $(1) is compiled at each import"; fi
+endef
+
 RUNNER := $(wildcard images/runner/vmexec_runner/*.py)
 RUNNER_DIR := $(IMG)/sdk.tree/usr/lib/python3/dist-packages/vmexec_runner
 
-$(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE) $(RUNNER)
+$(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE) $(RUNNER) $(IMG)/zygote-client
 	$(SWIFT) build --product vmexec
 	rm -rf $(RUNNER_DIR) $(IMG)/sdk.tree/usr/lib/python3/dist-packages/vmexec_runner.py
 	install -D -m 0644 -t $(RUNNER_DIR) $(RUNNER)
-	@# Bytecode in the shard: a read-only shard cannot take __pycache__, and compiling the
-	@# runner at every start costs a fresh interpreter about half a second under TCG.
-	@# Same major.minor only (bytecode is per version); unchecked-hash: no mtime checks.
-	if [ "$$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$$(cut -d. -f1,2 $<)" ]; then \
-	  python3 -m compileall -q --invalidation-mode unchecked-hash $(RUNNER_DIR); \
-	else echo "note: host python3 is not the SDK's $$(cat $<): the runner is compiled at each start"; fi
+	install -D -m 0755 $(IMG)/zygote-client $(IMG)/sdk.tree/usr/lib/vmexec/zygote-client
+	$(call compile_python,$(RUNNER_DIR))
 	$(VMEXEC) shard create $(IMG)/sdk.tree -o $@ --name cpython --version $$(cat $<) --kind sdk --layer 10 \
 	  --arch $(ARCH) --provides python3 --provides python3.11
 
@@ -105,9 +119,12 @@ $(LIBS_SHARD): $(SHARD_CODE)
 	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
 	  --platform manylinux2014_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
 	  -d $(WHEELS) numpy==$(NUMPY_VERSION)
-	$(VMEXEC) shard import $$(ls $(WHEELS)/numpy-$(NUMPY_VERSION)-cp311-cp311-*$(ARCH).whl) -o $@ \
+	rm -rf $(IMG)/numpy.tree && mkdir -p $(IMG)/numpy.tree
+	python3 -m zipfile -e $$(ls $(WHEELS)/numpy-$(NUMPY_VERSION)-cp311-cp311-*$(ARCH).whl) $(IMG)/numpy.tree
+	$(call compile_python,$(IMG)/numpy.tree)
+	$(VMEXEC) shard create $(IMG)/numpy.tree -o $@ \
 	  --name numpy --version $(NUMPY_VERSION) --kind libs --mount /opt/libs/numpy --arch $(ARCH) \
-	  --requires python3.11 --provides numpy==$(NUMPY_VERSION) --env PYTHONPATH=/opt/libs/numpy --root-owned
+	  --requires python3.11 --provides numpy==$(NUMPY_VERSION) --env PYTHONPATH=/opt/libs/numpy --preload numpy --root-owned
 
 # Several wheels in one shard: each unpacked into one tree (a wheel is a zip of
 # what pip would put in site-packages; none runs code to install).
@@ -119,9 +136,11 @@ $(MPL_SHARD): $(SHARD_CODE) images/matplotlib-requirements.txt
 	  -d $(WHEELS)/matplotlib -r images/matplotlib-requirements.txt
 	rm -rf $(IMG)/matplotlib.tree && mkdir -p $(IMG)/matplotlib.tree
 	for wheel in $(WHEELS)/matplotlib/*.whl; do python3 -m zipfile -e $$wheel $(IMG)/matplotlib.tree || exit 1; done
+	$(call compile_python,$(IMG)/matplotlib.tree)
 	$(VMEXEC) shard create $(IMG)/matplotlib.tree -o $@ --name matplotlib --version $(MPL_VERSION) --kind libs \
 	  --mount /opt/libs/matplotlib --arch $(ARCH) --requires python3.11 --requires numpy==$(NUMPY_VERSION) \
-	  --provides matplotlib==$(MPL_VERSION) --env PYTHONPATH=/opt/libs/matplotlib --root-owned
+	  --provides matplotlib==$(MPL_VERSION) --env PYTHONPATH=/opt/libs/matplotlib \
+	  --preload matplotlib.pyplot --root-owned
 
 # ---- run and test ----
 
@@ -178,6 +197,7 @@ check: deps
 	$(SWIFT) build --build-tests --scratch-path .build-check -Xswiftc -warnings-as-errors
 	$(SWIFT) format lint --strict --recursive $(SWIFT_SOURCES)
 	$(INIT_CC) $(CFLAGS_STRICT) -fsyntax-only -ISources/InitGuest/include Sources/InitGuest/*.c
+	$(INIT_CC) $(CFLAGS_STRICT) -fsyntax-only images/zygote-client.c images/noop.c
 	python3 -W error -c 'import ast, pathlib, sys; [ast.parse(pathlib.Path(f).read_text(), f) for f in sys.argv[1:]]' $(RUNNER)
 
 # Lays the sources out as make check wants them.

@@ -66,13 +66,16 @@ public struct ShardManifest: Codable, Sendable, Equatable {
     /// Path lists this shard adds to the environment of every command, e.g.
     /// `PYTHONPATH` = `/opt/libs/numpy`; prepended, with `:`, to what is there.
     public var environment: [String: String]
+    /// Python modules a sandbox's warm interpreter imports before any job (e.g. `numpy`), so
+    /// that jobs start without importing them. Optional: manifests before it have none.
+    public var preload: [String]?
     /// Filled in when the shard is built; `nil` only while building.
     public var image: Image?
 
     public init(
         name: String, version: String, kind: Kind, architecture: String = "any",
         placement: Placement, provides: [String] = [], requires: [String] = [],
-        environment: [String: String] = [:]
+        environment: [String: String] = [:], preload: [String]? = nil
     ) {
         self.name = name
         self.version = version
@@ -82,6 +85,7 @@ public struct ShardManifest: Codable, Sendable, Equatable {
         self.provides = provides
         self.requires = requires
         self.environment = environment
+        self.preload = preload
     }
 
     /// Architectures a shard may name.
@@ -111,6 +115,23 @@ public struct ShardManifest: Codable, Sendable, Equatable {
             guard Self.isEnvironmentName(key) else { throw bad("'\(key)' is not an environment variable name") }
             guard !value.isEmpty, !value.contains("\0"), value.utf8.count <= 1024 else {
                 throw bad("the value of \(key) must be 1-1024 bytes without NUL")
+            }
+        }
+        let preload = preload ?? []
+        guard preload.count <= 32 else { throw bad("at most 32 modules to preload, not \(preload.count)") }
+        for module in preload where !Self.isModuleName(module) {
+            throw bad("'\(module)' to preload is not a Python module name (e.g. numpy or matplotlib.pyplot)")
+        }
+    }
+
+    /// A dotted Python module name (`numpy`, `matplotlib.pyplot`), at most 128 bytes.
+    static func isModuleName(_ s: String) -> Bool {
+        guard s.utf8.count <= 128 else { return false }
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.allSatisfy { part in
+            guard let first = part.utf8.first, !(first >= 0x30 && first <= 0x39) else { return false }
+            return part.utf8.allSatisfy { b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == UInt8(ascii: "_")
             }
         }
     }

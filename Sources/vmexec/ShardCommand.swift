@@ -43,6 +43,9 @@ struct ShardCommand: ParsableCommand {
             help: "NAME=PATH prepended to NAME in the guest, e.g. PYTHONPATH=/opt/libs/numpy (repeatable).")
         var environment: [String] = []
 
+        @Option(help: "A Python module the sandbox's warm interpreter imports ahead of jobs, e.g. numpy (repeatable).")
+        var preload: [String] = []
+
         @Option(help: "Compressor: zstd, xz or gzip.")
         var compressor: ShardCompressor = .zstd
 
@@ -72,7 +75,7 @@ struct ShardCommand: ParsableCommand {
             let placement: ShardManifest.Placement = mount.map { .mount($0) } ?? .layer(order: layer ?? 0)
             return ShardManifest(
                 name: name, version: version, kind: kind, architecture: arch, placement: placement,
-                provides: provides, requires: requires, environment: env)
+                provides: provides, requires: requires, environment: env, preload: preload.isEmpty ? nil : preload)
         }
 
         var squashfsOptions: SquashfsOptions {
@@ -151,6 +154,7 @@ struct ShardCommand: ParsableCommand {
                 provides     \(m.provides.joined(separator: ", "))
                 requires     \(m.requires.joined(separator: ", "))
                 environment  \(m.environment.sorted { $0.key < $1.key }.map { "\($0.key)+=\($0.value)" }.joined(separator: " "))
+                preload      \((m.preload ?? []).joined(separator: ", "))
                 sha256       \(m.image?.sha256 ?? "")
                 file         \(inspection.fileBytes) bytes
                 squashfs     \(s.compressor), block \(s.blockSize), \(s.inodeCount) inodes, \(s.bytesUsed) bytes used, \(s.fragmentCount) fragments\(s.hasXattrs ? ", xattrs" : "")
