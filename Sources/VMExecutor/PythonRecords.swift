@@ -34,6 +34,8 @@ struct PythonRecords {
         /// A worker's call: its id and what it used.
         var id: Int?
         var usage: CallUsage?
+        /// "warm": forked from the zygote; "cold" (or absent, an older runner): started for the job.
+        var start: String?
 
         init(
             value: PythonValue? = nil, error: PythonException? = nil, watched: [String: PythonValue]? = nil,
@@ -229,6 +231,6 @@ struct PythonResultParts {
             value: ending?.value, exception: ending?.error, steps: steps, ignoredErrors: ignoredErrors,
             loopLimits: loopLimits, watched: ending?.watched ?? [:], shared: ending?.shared ?? [:], outputs: outputs,
             dropped: ending?.dropped ?? [:],
-            termination: termination, usage: usage)
+            termination: termination, usage: usage, warmStart: ending?.start == "warm")
     }
 }

@@ -102,6 +102,9 @@ public struct PythonResult: Sendable {
     public var termination: Termination
     /// The process's usage; a worker's call: the wall and CPU time the call took.
     public var usage: Usage
+    /// The runner was forked from the sandbox's warm interpreter (its zygote, with the shards'
+    /// preloads imported), not started for the job.
+    public var warmStart = false
 
     public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
     public var stderrText: String { String(decoding: stderr, as: UTF8.self) }

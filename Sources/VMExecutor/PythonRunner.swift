@@ -212,7 +212,7 @@ public struct PythonRunner: Sendable {
     func start(_ command: Command, request: [UInt8], sharing: PythonSharing, runner: String = "Python") async throws
         -> PythonExecution
     {
-        let exec = try await sandbox.stream(command)
+        let exec = try await sandbox.stream(await sandbox.pythonCommand(command))
         if case .caller = command.stdin { _ = try await exec.writeStdin(request) }
         // The result keeps at most the sandbox's output limit of each stream; the events carry it all.
         let limit = sandbox.configuration.outputLimit

@@ -43,7 +43,8 @@ public actor PythonWorker {
     static func start(_ sandbox: Sandbox, _ module: PythonModule) async throws -> PythonWorker {
         let request = try module.loadRequest()
         // The timeout is the worker's whole life; the control's time limit is per call.
-        let exec = try await sandbox.stream(module.command("worker", stdin: .caller, timeout: module.timeout))
+        let exec = try await sandbox.stream(
+            await sandbox.pythonCommand(module.command("worker", stdin: .caller, timeout: module.timeout)))
         let worker = PythonWorker(
             exec, outputLimit: sandbox.configuration.outputLimit, control: module.control, sharing: module.sharing)
         try await worker.load(request)

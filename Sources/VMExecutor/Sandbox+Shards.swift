@@ -57,6 +57,9 @@ extension Sandbox {
     private func attachNow(_ shard: Shard) async throws {
         let r = try requireRunning()
         try await Self.vet(desiredShards + [shard], verifying: [shard], architecture: configuration.architecture)
+        // The warm interpreter restarts with the new set's preloads (and a layer restacks only
+        // while no command runs).
+        await stopZygote()
         let a = newAttachment(shard)
         try await r.machine.plug(a.disk)
         do {
@@ -87,6 +90,7 @@ extension Sandbox {
             throw VMExecError(.invalidRequest, "no shard named \(name) is attached (attached: \(names.isEmpty ? "none" : names))")
         }
         let rest = attachments.filter { $0.serial != a.serial }
+        await stopZygote()  // its open files would keep the shard busy
         do {
             try await r.client.request(a.isLayer ? Self.layersRequest(rest) : .unmount(serial: a.serial))
         } catch {

@@ -42,6 +42,10 @@ public struct SandboxConfiguration: Sendable {
     /// Appended to QEMU's command line (extra devices, e.g. a second port for
     /// a benchmark peer); given to other hypervisors as they are.
     public var extraQEMUArguments: [String] = []
+    /// Start a warm Python interpreter (a zygote, with the shards' preloads imported) at the
+    /// first Python job, so that later ones fork from it in milliseconds; see
+    /// ``Sandbox/warmPython()``. Off: every Python job starts its own interpreter.
+    public var warmPython = true
     /// Start by restoring the machine state saved after the first boot of the
     /// same images and command line (see ``BootState``), and save one after a
     /// cold boot. Off: always boot.
@@ -82,6 +86,8 @@ public actor Sandbox {
     var nextDrive = 1
     /// The store's lock while a guest uses it.
     var storeLease: StoreLease?
+    /// The warm Python interpreter that runner jobs fork from (``warmPython()``).
+    var zygote = PythonZygote.State.stopped
     /// Whether a lifecycle operation runs (see ``exclusively(_:)``), and who waits for it.
     private var operationRunning = false
     private var operationWaiters: [CheckedContinuation<Void, Never>] = []

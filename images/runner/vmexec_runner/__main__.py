@@ -25,7 +25,8 @@ Everything goes to the runner's own stdout as JSON lines, one record each:
     {"type": "output", "mime": "image/png", "data": BASE64}  a figure, a value that draws itself
     {"type": "ready", "error": ERROR|null}                   a worker loaded its code
     {"type": "result", "value": VALUE|null, "error": ERROR|null, "watched": {NAME: VALUE},
-     "shared": {NAME: VALUE}, "dropped": {KIND: N}, "id": ID, "usage": {...}}   last (per call)
+     "shared": {NAME: VALUE}, "dropped": {KIND: N}, "id": ID, "usage": {...},
+     "start": "cold"|"warm"}   last (per call); "warm": forked from the zygote (zygote.py)
 
     VALUE = {"repr": "repr() of the value", "json": "the value as JSON text, if it serialises"}
     ERROR = {"type": "ValueError", "message": "...", "traceback": "..."}
@@ -40,6 +41,7 @@ import sys
 
 from . import cell, outputs
 from .host import HostLink
+from . import records as record_channel
 from .records import Capture, Records
 
 
@@ -90,7 +92,7 @@ def main(argv):
             result.setdefault("dropped", {})["output"] = sent["dropped"]
     capture.end()
     status = result.pop("exit_status", 1 if result["error"] else 0)
-    records.send(dict(result, type="result"))
+    records.send(dict(result, type="result", start=record_channel.START))
     return status
 
 

@@ -19,6 +19,8 @@ import threading
 import traceback
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# "cold": this interpreter started for the job; "warm": forked from the zygote (zygote.py).
+START = "cold"
 
 
 class Records:

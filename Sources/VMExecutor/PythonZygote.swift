@@ -1,0 +1,209 @@
+import Foundation
+import SquashMounts
+
+/// What a sandbox's warm interpreter imported, once it listens for jobs.
+public struct PythonWarmth: Sendable, Equatable {
+    /// The modules the attached shards ask to preload (``ShardManifest/preload``), in order.
+    public var preloaded: [String]
+    /// Those that did not import, with the error; jobs import them themselves.
+    public var failed: [String: String]
+}
+
+/// A sandbox's warm interpreter, its zygote (images/runner/vmexec_runner/zygote.py): a root
+/// Python process that has imported the shards' preloads and the runner, and forks a child per
+/// job. A job is still a command: the SDK shard's static `zygote-client` (images/zygote-client.c),
+/// started by the init with the job's isolation, hands its descriptors, arguments and
+/// environment to the zygote, whose child takes that isolation before it runs the runner.
+///
+/// Jobs go through it only once it said it listens; before that, after it ended, and on an SDK
+/// shard without it, they start cold. It restarts at the next job after it ended or the shards
+/// changed.
+enum PythonZygote {
+    static let socket = "/run/vmexec/python.sock"
+    static let client = "/usr/lib/vmexec/zygote-client"
+    static let runner = ["python3", "-m", "vmexec_runner"]
+
+    /// Where a sandbox's zygote is.
+    enum State {
+        case stopped
+        /// Started on this machine generation; waiters get the outcome.
+        case starting(generation: Int, Task<Result<PythonWarmth, VMExecError>, Never>)
+        /// `ended` finishes when its stream does.
+        case ready(generation: Int, exec: ExecStream, warmth: PythonWarmth, ended: Task<Void, Never>)
+        /// It could not start on this generation (an SDK shard without it, a failed start):
+        /// not tried again until the shards change or the guest restarts.
+        case unavailable(generation: Int, reason: String)
+    }
+
+    /// The modules to preload: every attached shard's, in attachment order, each once.
+    static func preloads(_ shards: [Shard]) -> [String] {
+        var seen = Set<String>()
+        return shards.flatMap { $0.manifest.preload ?? [] }.filter { seen.insert($0).inserted }
+    }
+
+    /// The zygote's own command: root, the shared /tmp, no timeout, no stdin.
+    static func command(_ modules: [String]) -> Command {
+        Command(
+            runner.dropLast() + ["vmexec_runner.zygote", socket] + modules, stdin: .none, user: .root,
+            privateTmp: false)
+    }
+
+    /// Reads the zygote's output up to its ready line; a failure when it ended first, saying why.
+    static func awaitReady(_ exec: ExecStream) async -> Result<PythonWarmth, VMExecError> {
+        var line: [UInt8] = []
+        var said: [UInt8] = []
+        do {
+            for try await event in exec {
+                switch event {
+                case .stdout(let bytes):
+                    line += bytes
+                    guard let end = line.firstIndex(of: UInt8(ascii: "\n")) else { continue }
+                    struct Ready: Decodable { var failed: [String: String] }
+                    guard let ready = try? JSONDecoder().decode(Ready.self, from: Data(line[..<end])) else {
+                        return .failure(VMExecError(.protocolError, "the warm interpreter said \(line.prefix(200))"))
+                    }
+                    return .success(PythonWarmth(preloaded: [], failed: ready.failed))
+                case .stderr(let bytes):
+                    if said.count < 4096 { said += bytes.prefix(4096 - said.count) }
+                case .exit(let termination, _):
+                    let text = String(decoding: said, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                    return .failure(
+                        VMExecError(
+                            .unsupported,
+                            "the warm interpreter ended (\(termination)) before it listened\(text.isEmpty ? "" : ": \(text.suffix(600))")"
+                        ))
+                }
+            }
+        } catch {
+            return .failure(VMExecError(.guestStopped, "the warm interpreter's stream ended: \(error)"))
+        }
+        return .failure(VMExecError(.protocolError, "the warm interpreter's stream ended without its exit"))
+    }
+}
+
+extension Sandbox {
+    /// Starts the sandbox's warm Python interpreter (its zygote) if it is not running, and waits
+    /// until it listens: later Python jobs fork from it, with the attached shards' preloads
+    /// (e.g. numpy) already imported. Python jobs start it themselves (without waiting) when
+    /// ``SandboxConfiguration/warmPython`` is on; call this to have it ready before the first.
+    public func warmPython() async throws -> PythonWarmth {
+        let r = try requireRunning()
+        switch zygote {
+        case .ready(let generation, _, let warmth, _) where generation == r.generation:
+            return warmth
+        case .unavailable(let generation, let reason) where generation == r.generation:
+            throw VMExecError(.unsupported, reason)
+        case .starting(let generation, let task) where generation == r.generation:
+            return try await task.value.get()
+        default:
+            return try await startZygote(r).value.get()
+        }
+    }
+
+    /// The command for a runner job: through the zygote when it listens (else as given, a cold
+    /// start, and the zygote started for later jobs when the configuration asks for it).
+    func pythonCommand(_ command: Command) -> Command {
+        guard command.arguments.starts(with: PythonZygote.runner), let r = running else { return command }
+        switch zygote {
+        case .ready(let generation, _, _, _) where generation == r.generation:
+            var warm = command
+            warm.arguments = [PythonZygote.client, PythonZygote.socket] + command.arguments
+            return warm
+        case .starting(let generation, _) where generation == r.generation:
+            return command
+        case .unavailable(let generation, _) where generation == r.generation:
+            return command
+        default:
+            if configuration.warmPython { _ = startZygote(r) }
+            return command
+        }
+    }
+
+    /// Starts the zygote on the running guest; its task ends once it listens or failed.
+    @discardableResult
+    func startZygote(_ r: Running) -> Task<Result<PythonWarmth, VMExecError>, Never> {
+        let modules = PythonZygote.preloads(attachments.map(\.shard))
+        let generation = r.generation
+        let task = Task<Result<PythonWarmth, VMExecError>, Never> {
+            let exec: ExecStream
+            do {
+                exec = try await self.stream(PythonZygote.command(modules))
+            } catch {
+                let failure = error as? VMExecError ?? VMExecError(.protocolError, "\(error)")
+                await self.zygoteEnded(generation: generation, failure: failure)
+                return .failure(failure)
+            }
+            var outcome = await PythonZygote.awaitReady(exec)
+            if case .success(var warmth) = outcome {
+                warmth.preloaded = modules.filter { warmth.failed[$0] == nil }
+                outcome = .success(warmth)
+                await self.zygoteReady(generation: generation, exec: exec, warmth: warmth)
+            } else if case .failure(let failure) = outcome {
+                await self.zygoteEnded(generation: generation, failure: failure)
+            }
+            return outcome
+        }
+        zygote = .starting(generation: generation, task)
+        logger.info("python zygote starting", metadata: ["preload": "\(modules.joined(separator: ","))"])
+        return task
+    }
+
+    private func zygoteReady(generation: Int, exec: ExecStream, warmth: PythonWarmth) {
+        guard case .starting(generation, _) = zygote else {
+            // Stopped (the shards changed) while it started: it goes.
+            Task { try? await exec.signal(SIGTERM) }
+            return
+        }
+        // Its output after the ready line is only its end: then jobs start cold until it restarts.
+        let ended = Task {
+            var said: [UInt8] = []
+            var ending = "its stream closed"
+            do {
+                for try await event in exec {
+                    if case .stderr(let bytes) = event, said.count < 4096 { said += bytes.prefix(4096 - said.count) }
+                    if case .exit(let termination, _) = event { ending = "\(termination)" }
+                }
+            } catch {}
+            await self.zygoteGone(exec: exec, ending: ending, said: String(decoding: said, as: UTF8.self))
+        }
+        zygote = .ready(generation: generation, exec: exec, warmth: warmth, ended: ended)
+        logger.info(
+            "python zygote ready",
+            metadata: ["preloaded": "\(warmth.preloaded.joined(separator: ","))", "failed": "\(warmth.failed)"])
+    }
+
+    private func zygoteEnded(generation: Int, failure: VMExecError) {
+        guard case .starting(generation, _) = zygote else { return }
+        // A guest that stopped meanwhile is no reason to give up on the next one.
+        zygote = failure.code == .guestStopped ? .stopped : .unavailable(generation: generation, reason: failure.message)
+        logger.warning("python zygote unavailable; Python jobs start cold", metadata: ["why": "\(failure.message)"])
+    }
+
+    private func zygoteGone(exec: ExecStream, ending: String, said: String) {
+        if case .ready(_, let current, _, _) = zygote, current.streamID == exec.streamID { zygote = .stopped }
+        logger.notice(
+            "python zygote ended", metadata: ["ending": "\(ending)", "said": "\(said.suffix(600))"])
+    }
+
+    /// Stops the zygote before the shards change (its preloads would be stale, its open files
+    /// keep a detached shard busy). It stops listening at once and ends when its running jobs
+    /// have; those are not disturbed. Waits up to `grace` for that.
+    func stopZygote(grace: Duration = .seconds(2)) async {
+        let state = zygote
+        zygote = .stopped
+        switch state {
+        case .ready(_, let exec, _, let ended):
+            try? await exec.signal(SIGTERM)
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await ended.value }
+                group.addTask { try? await Task.sleep(for: grace) }
+                await group.next()
+                group.cancelAll()
+            }
+        case .starting(_, let task):
+            _ = await task.value  // once it listens, zygoteReady() finds it stopped and ends it
+        default:
+            break
+        }
+    }
+}
