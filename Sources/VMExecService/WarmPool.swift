@@ -36,7 +36,8 @@ public struct PoolProfile: Sendable, Hashable, CustomStringConvertible {
 /// Started guests waiting for a sandbox: creating a sandbox of a pooled
 /// profile takes one (no boot on the request's path) and the pool boots a
 /// replacement in the background, one guest at a time. Each guest has run
-/// one command before it waits, so a sandbox's first job finds the exec path warm.
+/// one command before it waits, so a sandbox's first job finds the exec path warm, and a
+/// Python guest has its warm interpreter (``Sandbox/warmPython()``) up.
 actor WarmPool {
     private let profiles: [PoolProfile]
     private let make: @Sendable (PoolProfile) throws -> Sandbox
@@ -85,6 +86,9 @@ actor WarmPool {
                     // its first command (measured: 250 ms, then 30 ms), so the pool pays that, not the job.
                     _ = try await sandbox.exec(
                         JobRunner.command(JobRequest(["true"]), defaults: .defaults(guestMemoryMiB: profile.memoryMiB)))
+                    // A Python guest waits with its warm interpreter up and the shards' preloads
+                    // imported; a guest without Python refuses at once, and that is no failure.
+                    _ = try? await sandbox.warmPython()
                     if self.keep(sandbox, for: profile) { continue }
                     await sandbox.shutdown()
                 } catch {

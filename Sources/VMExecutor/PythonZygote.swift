@@ -130,16 +130,16 @@ extension Sandbox {
                 exec = try await self.stream(PythonZygote.command(modules))
             } catch {
                 let failure = error as? VMExecError ?? VMExecError(.protocolError, "\(error)")
-                await self.zygoteEnded(generation: generation, failure: failure)
+                self.zygoteEnded(generation: generation, failure: failure)
                 return .failure(failure)
             }
             var outcome = await PythonZygote.awaitReady(exec)
             if case .success(var warmth) = outcome {
                 warmth.preloaded = modules.filter { warmth.failed[$0] == nil }
                 outcome = .success(warmth)
-                await self.zygoteReady(generation: generation, exec: exec, warmth: warmth)
+                self.zygoteReady(generation: generation, exec: exec, warmth: warmth)
             } else if case .failure(let failure) = outcome {
-                await self.zygoteEnded(generation: generation, failure: failure)
+                self.zygoteEnded(generation: generation, failure: failure)
             }
             return outcome
         }
@@ -164,7 +164,7 @@ extension Sandbox {
                     if case .exit(let termination, _) = event { ending = "\(termination)" }
                 }
             } catch {}
-            await self.zygoteGone(exec: exec, ending: ending, said: String(decoding: said, as: UTF8.self))
+            self.zygoteGone(exec: exec, ending: ending, said: String(decoding: said, as: UTF8.self))
         }
         zygote = .ready(generation: generation, exec: exec, warmth: warmth, ended: ended)
         logger.info(

@@ -23,6 +23,7 @@ enum PythonBench {
         c.images = images
         c.accelerator = .tcg
         c.reuseBootState = reuseBootState
+        c.warmPython = false  // as the CLI's one-shot commands: one job, nothing to fork for
         c.shards = try shards.map { try Shard.open(images.directory.appendingPathComponent($0).path) }
         let t = ContinuousClock.now
         let s = Sandbox(configuration: c, logger: logger)
@@ -72,6 +73,53 @@ enum PythonBench {
         try await guest.start()
         defer { Task { await guest.shutdown() } }
 
+        let warmth = try await guest.warmPython()
+        guard warmth.preloaded == ["numpy"] else { throw Bench.Failure("the zygote preloaded \(warmth)") }
+
+        // A job's start: from the request to its first line of output, forked from the zygote
+        // with numpy imported, against a fresh python3 that imports numpy first. Jobs arrive
+        // one at a time (250 ms apart, the zygote has its next child ready), and back to back.
+        let first = PythonCode("import numpy\nprint('started', flush=True)")
+        func firstLine() async throws -> Double {
+            let t = ContinuousClock.now
+            let run = try await guest.python.start(first)
+            var firstLine: Double?
+            for try await event in run.events {
+                if case .stdout = event, firstLine == nil { firstLine = Bench.millis(ContinuousClock.now - t) }
+                if case .result(let r) = event, !r.warmStart { throw Bench.Failure("a job started cold") }
+            }
+            guard let firstLine else { throw Bench.Failure("a job printed nothing") }
+            return firstLine
+        }
+        for _ in 0..<3 { _ = try await firstLine() }
+        var starts: [Double] = [], burst: [Double] = [], freshStarts: [Double] = []
+        for _ in 0..<calls / 2 {
+            try await Task.sleep(for: .milliseconds(250))
+            starts.append(try await firstLine())
+        }
+        for _ in 0..<calls / 2 { burst.append(try await firstLine()) }
+        for _ in 0..<numpyPeerRuns {
+            let t = ContinuousClock.now
+            for try await event in try await guest.stream(
+                Command(["python3", "-c", "import numpy\nprint('started', flush=True)"]))
+            {
+                if case .stdout = event {
+                    freshStarts.append(Bench.millis(ContinuousClock.now - t))
+                    break
+                }
+            }
+        }
+        Bench.emit(
+            "python_job_start_p50_ms", Bench.percentile(starts, 50), "ms", peer: Bench.percentile(freshStarts, 50),
+            peerName: "python3 importing numpy, to its first line",
+            note:
+                "request to the job's first line, forked from the warm interpreter with numpy preloaded, jobs 250 ms apart (target 20 ms)"
+        )
+        Bench.emit(
+            "python_job_start_burst_p50_ms", Bench.percentile(burst, 50), "ms", peer: Bench.percentile(freshStarts, 50),
+            peerName: "python3 importing numpy, to its first line",
+            note: "the same, jobs back to back: each waits for the zygote's next child to be ready")
+
         // Code through the runner against the bare interpreter: what the runner adds to a job.
         var runs: [Double] = [], bare: [Double] = []
         for _ in 0..<3 { _ = try await guest.python.run(PythonCode("pass")) }
@@ -85,7 +133,8 @@ enum PythonBench {
         }
         Bench.emit(
             "python_run_p50_ms", Bench.percentile(runs, 50), "ms", peer: Bench.percentile(bare, 50),
-            peerName: "python3 -c pass", note: "`pass` through the runner: value, exception and output capture")
+            peerName: "python3 -c pass",
+            note: "`pass` through the runner, forked from the warm interpreter: value, exception and output capture")
 
         let source = "import json\ndef add(a, b):\n    return a + b\n"
         let worker = try await guest.python.worker(PythonModule(source: source))

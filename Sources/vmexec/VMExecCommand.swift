@@ -131,6 +131,8 @@ struct GuestOptions: ParsableArguments {
         c.cpus = cpus
         c.accelerator = accel
         c.reuseBootState = !coldBoot
+        // One job per guest: a warm interpreter would only compete with it for the CPU.
+        c.warmPython = false
         c.shards = try shards.map { try Shard.open($0) }
         c.store = try store.map { try Store.open(at: URL(fileURLWithPath: $0)) }
         c.allowLowerChange = allowLowerChange

@@ -34,7 +34,9 @@ extension RealGuests {
             let b = try JSONSerialization.jsonObject(with: Data((second.value?.json ?? "").utf8)) as? [String: Int]
             #expect(a?["count"] == 1 && b?["count"] == 6)
             #expect(a?["pid"] != nil && a?["pid"] == b?["pid"], "one process answers both")
-            #expect(second.termination == .exited(0) && second.usage.wallNanoseconds > 0)
+            #expect(
+                second.termination == .exited(0) && second.usage.wallNanoseconds > 0,
+                "\(second.usage) \(first.usage) \(second.warmStart)")
 
             let failed = try await worker.call("fail")
             #expect(failed.exception?.type == "ValueError" && failed.termination == .exited(1))

@@ -6,6 +6,7 @@ the descriptor level, so prints, C extensions and child processes are all
 caught, and passed on as records as it comes.
 """
 
+import _thread
 import base64
 import fcntl
 import io
@@ -57,8 +58,9 @@ class Capture:
         self.ended = False
         self.wake_read, self.wake_write = os.pipe()
         self.drained = threading.Semaphore(0)
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
+        # A bare thread, as a daemon thread: threading.Thread.start() also waits for the new
+        # thread to say it started, a round of context switches a job's start need not pay.
+        _thread.start_new_thread(self._pump, ())
         sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), encoding="utf-8", line_buffering=True)
         sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), encoding="utf-8", line_buffering=True)
 
