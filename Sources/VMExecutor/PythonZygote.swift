@@ -41,10 +41,14 @@ enum PythonZygote {
         return shards.flatMap { $0.manifest.preload ?? [] }.filter { seen.insert($0).inserted }
     }
 
-    /// The zygote's own command: root, the shared /tmp, no timeout, no stdin.
-    static func command(_ modules: [String]) -> Command {
-        Command(
-            runner.dropLast() + ["vmexec_runner.zygote", socket] + modules, stdin: .none, user: .root,
+    /// The zygote's own command: root, the shared /tmp, no timeout, no stdin; the sandbox's
+    /// memory and process limits but no CPU-time limit, which a process that lives as long as
+    /// the guest would reach. Its children take each job's limits.
+    static func command(_ modules: [String], limits: Limits) -> Command {
+        var limits = limits
+        limits.cpuSeconds = nil
+        return Command(
+            runner.dropLast() + ["vmexec_runner.zygote", socket] + modules, stdin: .none, user: .root, limits: limits,
             privateTmp: false)
     }
 
@@ -123,11 +127,12 @@ extension Sandbox {
     @discardableResult
     func startZygote(_ r: Running) -> Task<Result<PythonWarmth, VMExecError>, Never> {
         let modules = PythonZygote.preloads(attachments.map(\.shard))
+        let limits = configuration.limits ?? .defaults(guestMemoryMiB: configuration.memoryMiB)
         let generation = r.generation
         let task = Task<Result<PythonWarmth, VMExecError>, Never> {
             let exec: ExecStream
             do {
-                exec = try await self.stream(PythonZygote.command(modules))
+                exec = try await self.stream(PythonZygote.command(modules, limits: limits))
             } catch {
                 let failure = error as? VMExecError ?? VMExecError(.protocolError, "\(error)")
                 self.zygoteEnded(generation: generation, failure: failure)

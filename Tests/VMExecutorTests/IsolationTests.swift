@@ -194,6 +194,15 @@ extension RealGuests {
             #expect(root.exitCode == 0 && !root.stdout.isEmpty, "\(root.stderrText)")
         }
 
+        @Test("a command is a candidate for the OOM killer: oom_score_adj 0, not the init's -1000")
+        func oomCandidate() async throws {
+            let s = try await SharedGuest.shared.get()
+            for user in [GuestUser.unprivileged, .root] {
+                let r = try await s.exec(Command(["cat", "/proc/self/oom_score_adj"], user: user))
+                #expect(r.stdoutText == "0\n", "\(user): \(r.stdoutText)")
+            }
+        }
+
         @Test("the cgroups of ended commands are removed: after 20 commands only the asker's and the spares remain")
         func cgroupsRemoved() async throws {
             // A guest of its own: in the shared one other tests' commands hold cgroups too.
