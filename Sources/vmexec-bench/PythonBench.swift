@@ -61,7 +61,9 @@ enum PythonBench {
             note: "start with the SDK shard, python3 -c pass, shut down; no warm state per shard set yet (target 1.0 s)")
         Bench.emit(
             "oneshot_numpy_s", Bench.median(runner), "s", peer: Bench.median(bareNumpy), peerName: "python3 -c 'import numpy'",
-            note: "start with SDK and numpy shards, import numpy through the runner, shut down; no zygote yet (target 1.0 s)")
+            note:
+                "start with SDK and numpy shards, import numpy through the runner, shut down; no warm state per shard set yet (target 1.0 s)"
+        )
 
         var c = SandboxConfiguration()
         c.images = images
