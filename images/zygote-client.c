@@ -17,6 +17,11 @@
  * When nothing listens on SOCKET (no zygote yet, or it is still importing),
  * it executes PROGRAM ARG... itself: a cold start, never a failure.
  *
+ *   zygote-client --watch PID
+ *
+ * waits until process PID has ended (the host's watch on a zygote it did not
+ * start itself: one restored running with a saved state). 1 if there is none.
+ *
  * Messages (native byte order; one socket, SOCK_STREAM):
  *   client -> zygote  "VXZ1" u32 length, then `length` bytes: the arguments
  *                     from PROGRAM on, each NUL-terminated, an empty string,
@@ -31,7 +36,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -169,8 +176,26 @@ static void end_as(int status)
     exit(125);
 }
 
+/* Waits for `pid` to end, through a pidfd (Linux 5.3). */
+static int watch(const char *pid_text)
+{
+    char *end;
+    long pid = strtol(pid_text, &end, 10);
+    if (*end || pid <= 0)
+        return 125;
+    int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    if (fd < 0)
+        return 1;
+    struct pollfd p = {fd, POLLIN, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--watch") == 0)
+        return watch(argv[2]);
     if (argc < 3) {
         fprintf(stderr, "usage: zygote-client SOCKET PROGRAM [ARG...]\n");
         return 125;

@@ -194,6 +194,7 @@ void exec_start(const struct vx_frame *f)
     }
     p->job = job;
     p->memory_limited = e.policy.memory_max != 0;
+    p->service = (e.policy.options & VX_POLICY_SERVICE) != 0;
     p->start_ns = start;
     p->deadline_ns = e.timeout_ms ? start + (uint64_t)e.timeout_ms * 1000000ull : 0;
     emit_u32(VX_STARTED, 0, f->stream, (uint32_t)pid);
@@ -231,6 +232,10 @@ void exec_report_exits(void)
         struct stream *p = &streams[i];
         if (!p->used || !p->exited || p->fd_out[VX_STDOUT] >= 0 || p->fd_out[VX_STDERR] >= 0)
             continue;
+        if (p->orphan) { /* no session to tell */
+            stream_free(p);
+            continue;
+        }
         if (wire_room() < VX_HEADER_SIZE + VX_EXIT_SIZE)
             return;
         uint8_t x[VX_EXIT_SIZE] = {0};
@@ -287,7 +292,7 @@ uint32_t exec_stream_of_group(uint32_t pgid)
 {
     for (unsigned i = 0; i < MAX_STREAMS; i++)
         if (streams[i].used && streams[i].kind == K_COMMAND && (uint32_t)streams[i].pid == pgid)
-            return streams[i].id;
+            return streams[i].orphan ? 0 : streams[i].id;
     return 0;
 }
 

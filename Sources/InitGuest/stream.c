@@ -59,7 +59,7 @@ unsigned streams_count(void)
 struct stream *stream_find(uint32_t id)
 {
     for (unsigned i = 0; i < MAX_STREAMS; i++)
-        if (streams[i].used && streams[i].id == id)
+        if (streams[i].used && !streams[i].orphan && streams[i].id == id)
             return &streams[i];
     return NULL;
 }
@@ -115,8 +115,23 @@ void streams_end_all(void)
 {
     for (unsigned i = 0; i < MAX_STREAMS; i++) {
         struct stream *s = &streams[i];
-        if (!s->used)
+        if (!s->used || s->orphan)
             continue;
+        if (s->kind == K_COMMAND && s->service && !s->exited) {
+            /* A service (the warm interpreter) outlives the session that started
+             * it: its stream goes, its process, cgroup and limits stay. What it
+             * writes from now on meets closed pipes. */
+            close_fd(&s->fd_in);
+            close_fd(&s->pty_fd);
+            close_fd(&s->fd_out[VX_STDOUT]);
+            close_fd(&s->fd_out[VX_STDERR]);
+            free(s->in_buf);
+            s->in_buf = NULL;
+            s->in_len = 0;
+            s->has_stdin = 0;
+            s->orphan = 1;
+            continue;
+        }
         if (s->kind == K_COMMAND && kill(-s->pid, SIGKILL) != 0)
             kill(s->pid, SIGKILL);
         stream_free(s); /* an unfinished PUT leaves nothing behind */

@@ -40,6 +40,8 @@ struct stream {
     uint32_t in_len, in_credit, in_ungranted;
     int has_stdin, in_eof;
     int exited, status, timed_out;
+    int service;           /* K_COMMAND with VX_POLICY_SERVICE: outlives its session */
+    int orphan;            /* a service whose session ended: no stream, reaped quietly */
     int memory_limited, memory_killed;
     struct job job;
     struct rusage ru;

@@ -78,14 +78,19 @@ public struct ExecPolicy: Sendable, Equatable {
     /// its own, and so a /dev/shm, with an IPC namespace of its own; gone when
     /// the command's last process ends.
     public var privateTmp: Bool
+    /// Outlives its session (since 1.6): when the session ends (a new HELLO, the host gone), its
+    /// stream is dropped but the process keeps running, as after restoring a saved state that
+    /// had it. The warm Python interpreter is one.
+    public var service: Bool
 
     public static let size = 32
-    /// Bit of the options word: ``privateTmp``.
+    /// Bits of the options word: ``privateTmp``, ``service``.
     static let privateTmpOption: UInt32 = 1
+    static let serviceOption: UInt32 = 2
 
     public init(
         uid: UInt32 = 0, gid: UInt32 = 0, memoryMax: UInt64 = 0, pidsMax: UInt32 = 0, openFiles: UInt32 = 0,
-        cpuSeconds: UInt32 = 0, privateTmp: Bool = false
+        cpuSeconds: UInt32 = 0, privateTmp: Bool = false, service: Bool = false
     ) {
         self.uid = uid
         self.gid = gid
@@ -94,16 +99,19 @@ public struct ExecPolicy: Sendable, Equatable {
         self.openFiles = openFiles
         self.cpuSeconds = cpuSeconds
         self.privateTmp = privateTmp
+        self.service = service
     }
 
     init(decoding p: ArraySlice<UInt8>) throws(ProtocolError) {
         let b = Array(p)
-        guard b.count == Self.size, b.u32(at: 28) & ~Self.privateTmpOption == 0 else {
+        let options = b.count == Self.size ? b.u32(at: 28) : 0
+        guard b.count == Self.size, options & ~(Self.privateTmpOption | Self.serviceOption) == 0 else {
             throw .malformedPayload("EXEC policy")
         }
         self.init(
             uid: b.u32(at: 0), gid: b.u32(at: 4), memoryMax: b.u64(at: 8), pidsMax: b.u32(at: 16),
-            openFiles: b.u32(at: 20), cpuSeconds: b.u32(at: 24), privateTmp: b.u32(at: 28) != 0)
+            openFiles: b.u32(at: 20), cpuSeconds: b.u32(at: 24), privateTmp: options & Self.privateTmpOption != 0,
+            service: options & Self.serviceOption != 0)
     }
 
     func encoded() -> [UInt8] {
@@ -114,7 +122,7 @@ public struct ExecPolicy: Sendable, Equatable {
         p.appendLE(pidsMax)
         p.appendLE(openFiles)
         p.appendLE(cpuSeconds)
-        p.appendLE(privateTmp ? Self.privateTmpOption : 0)
+        p.appendLE((privateTmp ? Self.privateTmpOption : 0) | (service ? Self.serviceOption : 0))
         return p
     }
 }

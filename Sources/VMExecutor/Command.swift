@@ -27,6 +27,8 @@ public struct Command: Sendable {
     /// input, colours. Input goes through ``ExecStream/writeStdin(_:)`` or
     /// ``stdin``; all output comes as stdout. nil: pipes.
     public var terminal: TerminalSize?
+    /// Outlives the channel's session (``ExecPolicy/service``): the warm interpreter's own command.
+    var service = false
 
     /// Where the command's stdin comes from.
     public enum Stdin: Sendable {

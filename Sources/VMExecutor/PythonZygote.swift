@@ -28,11 +28,24 @@ enum PythonZygote {
         case stopped
         /// Started on this machine generation; waiters get the outcome.
         case starting(generation: Int, Task<Result<PythonWarmth, VMExecError>, Never>)
-        /// `ended` finishes when its stream does.
-        case ready(generation: Int, exec: ExecStream, warmth: PythonWarmth, ended: Task<Void, Never>)
+        /// Listening, as guest process `pid`; `ended` finishes when it has ended (its own stream,
+        /// or a watch on a zygote restored with a warm state).
+        case ready(generation: Int, pid: UInt32, warmth: PythonWarmth, ended: Task<Void, Never>)
         /// It could not start on this generation (an SDK shard without it, a failed start):
         /// not tried again until the shards change or the guest restarts.
         case unavailable(generation: Int, reason: String)
+    }
+
+    /// Whether a sandbox with these shards gets a zygote: one of them offers Python.
+    static func wanted(_ shards: [Shard]) -> Bool {
+        shards.contains { $0.manifest.provides.contains("python3") }
+    }
+
+    /// What a warm state saved with a listening zygote records of it, beside the state file.
+    struct Saved: Codable {
+        var pid: UInt32
+        var preloaded: [String]
+        var failed: [String: String]
     }
 
     /// The modules to preload: every attached shard's, in attachment order, each once.
@@ -47,9 +60,12 @@ enum PythonZygote {
     static func command(_ modules: [String], limits: Limits) -> Command {
         var limits = limits
         limits.cpuSeconds = nil
-        return Command(
+        var command = Command(
             runner.dropLast() + ["vmexec_runner.zygote", socket] + modules, stdin: .none, user: .root, limits: limits,
             privateTmp: false)
+        // It outlives the channel's session: a warm state saved with it restores it running.
+        command.service = true
+        return command
     }
 
     /// Reads the zygote's output up to its ready line; a failure when it ended first, saying why.
@@ -123,6 +139,57 @@ extension Sandbox {
         }
     }
 
+    /// What a warm state of this sandbox holds besides its shards: the zygote, when one is
+    /// wanted (part of the state's key).
+    var warmStateVariant: String {
+        let shards = desiredShards
+        guard configuration.warmPython, PythonZygote.wanted(shards) else { return "" }
+        return "\u{3}python-zygote:" + PythonZygote.preloads(shards).joined(separator: ",")
+    }
+
+    /// Before a warm state is saved: the zygote started and listening, when one is wanted
+    /// (a failure leaves it out; jobs then start it as usual).
+    func prepareWarmState() async -> PythonZygote.Saved? {
+        guard configuration.warmPython, PythonZygote.wanted(desiredShards) else { return nil }
+        do {
+            let warmth = try await warmPython()
+            guard case .ready(_, let pid, _, _) = zygote else { return nil }
+            return PythonZygote.Saved(pid: pid, preloaded: warmth.preloaded, failed: warmth.failed)
+        } catch {
+            logger.warning("the warm state is saved without a warm interpreter: \(error)")
+            return nil
+        }
+    }
+
+    /// After a warm state was restored: its zygote runs (the init kept it across the session
+    /// change), and jobs use it at once; a watch says when it ends.
+    func adoptZygote(_ saved: PythonZygote.Saved) {
+        guard let r = running else { return }
+        let warmth = PythonWarmth(preloaded: saved.preloaded, failed: saved.failed)
+        let pid = saved.pid
+        let ended = Task {
+            var watch = Command([PythonZygote.client, "--watch", "\(pid)"], stdin: .none, user: .root, privateTmp: false)
+            watch.limits = Limits()
+            let gone: Bool
+            if let exec = try? await self.stream(watch) {
+                gone = await Self.drain(exec)
+            } else {
+                gone = true
+            }
+            if gone { self.zygoteGone(pid: pid, ending: "it ended (watched)", said: "") }
+        }
+        zygote = .ready(generation: r.generation, pid: pid, warmth: warmth, ended: ended)
+        logger.info("python zygote restored with the warm state", metadata: ["pid": "\(pid)"])
+    }
+
+    /// Waits for a command's end; false when its stream failed instead (the channel closed).
+    private static func drain(_ exec: ExecStream) async -> Bool {
+        do {
+            for try await event in exec { if case .exit = event { return true } }
+        } catch {}
+        return false
+    }
+
     /// Starts the zygote on the running guest; its task ends once it listens or failed.
     @discardableResult
     func startZygote(_ r: Running) -> Task<Result<PythonWarmth, VMExecError>, Never> {
@@ -160,6 +227,7 @@ extension Sandbox {
             return
         }
         // Its output after the ready line is only its end: then jobs start cold until it restarts.
+        let pid = exec.pid
         let ended = Task {
             var said: [UInt8] = []
             var ending = "its stream closed"
@@ -169,9 +237,9 @@ extension Sandbox {
                     if case .exit(let termination, _) = event { ending = "\(termination)" }
                 }
             } catch {}
-            self.zygoteGone(exec: exec, ending: ending, said: String(decoding: said, as: UTF8.self))
+            self.zygoteGone(pid: pid, ending: ending, said: String(decoding: said, as: UTF8.self))
         }
-        zygote = .ready(generation: generation, exec: exec, warmth: warmth, ended: ended)
+        zygote = .ready(generation: generation, pid: pid, warmth: warmth, ended: ended)
         logger.info(
             "python zygote ready",
             metadata: ["preloaded": "\(warmth.preloaded.joined(separator: ","))", "failed": "\(warmth.failed)"])
@@ -184,10 +252,9 @@ extension Sandbox {
         logger.warning("python zygote unavailable; Python jobs start cold", metadata: ["why": "\(failure.message)"])
     }
 
-    private func zygoteGone(exec: ExecStream, ending: String, said: String) {
-        if case .ready(_, let current, _, _) = zygote, current.streamID == exec.streamID { zygote = .stopped }
-        logger.notice(
-            "python zygote ended", metadata: ["ending": "\(ending)", "said": "\(said.suffix(600))"])
+    private func zygoteGone(pid: UInt32, ending: String, said: String) {
+        if case .ready(_, let current, _, _) = zygote, current == pid { zygote = .stopped }
+        logger.notice("python zygote ended", metadata: ["ending": "\(ending)", "said": "\(said.suffix(600))"])
     }
 
     /// Stops the zygote before the shards change (its preloads would be stale, its open files
@@ -197,8 +264,8 @@ extension Sandbox {
         let state = zygote
         zygote = .stopped
         switch state {
-        case .ready(_, let exec, _, let ended):
-            try? await exec.signal(SIGTERM)
+        case .ready(_, let pid, _, let ended):
+            try? await signal(pid: pid, SIGTERM)
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await ended.value }
                 group.addTask { try? await Task.sleep(for: grace) }

@@ -28,9 +28,53 @@ extension Sandbox {
         }
     }
 
+    /// Whether this start may restore (or save) a warm state: saved states on, shards to
+    /// attach, and no store (whose content a saved state would not follow).
+    var warmStateEligible: Bool {
+        configuration.reuseBootState && configuration.reuseWarmState && storeLease == nil && configuration.store == nil
+            && !desiredShards.isEmpty
+    }
+
+    /// With disks in the spec (the shards, see ``startMachine()``): restores the warm state saved
+    /// after a start with them attached; else boots without them (the boot state) and says
+    /// where to save one once they are.
+    private func boot(_ spec: MachineSpec, _ accelerator: Accelerator, deadline: Duration) async throws -> Running {
+        guard !spec.disks.isEmpty, let key = hypervisor.stateKey(for: spec, accelerator: accelerator) else {
+            return try await bootFresh(spec, accelerator, deadline: deadline)
+        }
+        let warm = BootState(
+            key: BootState.key(of: key + warmStateVariant),
+            directory: configuration.bootStateDirectory ?? BootState.defaultDirectory)
+        if warm.exists {
+            do {
+                var r = try await launch(spec, accelerator, deadline: deadline, restoring: warm)
+                r.warm = true
+                r.warmZygote = warm.readNotes(PythonZygote.Saved.self)
+                return r
+            } catch {
+                warm.remove()
+                logger.warning("restoring the warm state failed; starting afresh: \(error)")
+            }
+        }
+        var bare = spec
+        bare.disks = []
+        var r = try await bootFresh(bare, accelerator, deadline: deadline)
+        r.warmToSave = warm
+        return r
+    }
+
+    /// Saves the state of a guest whose shards were just attached (and whose warm interpreter
+    /// listens, when one is wanted), for later starts with the same ones; a failure only costs
+    /// those starts the attaching.
+    func saveWarmState(_ state: BootState) async throws {
+        let zygote = await prepareWarmState()
+        guard let r = running else { return }
+        try await saveBootState(r, state, what: "warm state", notes: zygote.flatMap { try? JSONEncoder().encode($0) })
+    }
+
     /// Restores the saved boot state when there is one (falling back to a
     /// cold boot if it fails), else boots and saves a state for next time.
-    private func boot(_ spec: MachineSpec, _ accelerator: Accelerator, deadline: Duration) async throws -> Running {
+    private func bootFresh(_ spec: MachineSpec, _ accelerator: Accelerator, deadline: Duration) async throws -> Running {
         let state =
             configuration.reuseBootState
             ? hypervisor.stateKey(for: spec, accelerator: accelerator).map {
@@ -45,28 +89,28 @@ extension Sandbox {
             }
         }
         let r = try await launch(spec, accelerator, deadline: deadline, restoring: nil)
-        if let state { try await saveBootState(r, state) }
+        if let state { try await saveBootState(r, state, what: "boot state") }
         return r
     }
 
     /// Saves the just-booted guest's state. Not saving only costs the next
     /// start time; a machine that could not run on after the save ends this
     /// start with an error.
-    private func saveBootState(_ r: Running, _ state: BootState) async throws {
+    private func saveBootState(_ r: Running, _ state: BootState, what: String, notes: Data? = nil) async throws {
         do {
             try await r.client.ping()  // nothing of this session is in flight when saved
             let started = ContinuousClock.now
-            try await state.save(r.machine)
-            logger.info("boot state saved", metadata: ["file": "\(state.file.path)", "took": "\(ContinuousClock.now - started)"])
+            try await state.save(r.machine, notes: notes)
+            logger.info("\(what) saved", metadata: ["file": "\(state.file.path)", "took": "\(ContinuousClock.now - started)"])
         } catch {
             if r.machine.ending != nil {
                 r.client.close(.closed("the guest stopped"))
                 r.machine.discard()
                 throw VMExecError(
-                    .launchFailed, "the guest stopped while its boot state was saved: \(error)",
+                    .launchFailed, "the guest stopped while its \(what) was saved: \(error)",
                     cause: error as? any VMExecFailure)
             }
-            logger.warning("could not save the boot state (the next start boots again): \(error)")
+            logger.warning("could not save the \(what) (the next start does without): \(error)")
         }
         try await r.client.ping()  // the guest answers again
     }

@@ -50,6 +50,11 @@ public struct SandboxConfiguration: Sendable {
     /// same images and command line (see ``BootState``), and save one after a
     /// cold boot. Off: always boot.
     public var reuseBootState = true
+    /// With ``reuseBootState``: also save the machine as it is once the shards are attached
+    /// (and the warm Python interpreter listens, with ``warmPython``), after the first start
+    /// with a set of shards, and restore that on later starts with the same set (and no
+    /// store): no attaching, no preloading. Off: only the boot state.
+    public var reuseWarmState = true
     /// Where saved boot states live; nil for `$VMEXEC_CACHE/boot-states`
     /// (else `$XDG_CACHE_HOME/vmexec/…`, else `~/.cache/vmexec/…`).
     public var bootStateDirectory: URL?
@@ -99,6 +104,12 @@ public actor Sandbox {
         let client: ChannelClient
         let hello: Hello
         let restored: Bool
+        /// Restored from a warm state: its shards were attached when it was saved.
+        var warm = false
+        /// Where to save a warm state once its shards are attached, when there is none yet.
+        var warmToSave: BootState?
+        /// The warm interpreter the restored warm state has running.
+        var warmZygote: PythonZygote.Saved?
     }
 
     public init(configuration: SandboxConfiguration = SandboxConfiguration(), logger: Logger = Logger(label: "vmexec")) {
@@ -132,6 +143,9 @@ public actor Sandbox {
 
     /// Whether the running guest was restored from a saved boot state.
     public var restoredFromSavedState: Bool { running?.restored ?? false }
+    /// Whether it was restored from a warm state: its shards attached (and its warm Python
+    /// interpreter running) when it was saved.
+    public var restoredFromWarmState: Bool { running?.warm ?? false }
     /// The guest console's log file of the running guest.
     public var consoleLog: String? { running?.machine.consoleLogPath }
 
@@ -179,30 +193,44 @@ public actor Sandbox {
                 throw VMExecError(error.code == .locked ? .storeBusy : .storeRefused, error.message, cause: error)
             }
         }
+        // Shards are hot-plugged after boot, so the saved boot state serves any set of them; a
+        // warm state has this set attached already (see Sandbox+Boot), with these serials.
+        let planned =
+            warmStateEligible
+            ? desiredShards.enumerated().map { i, shard in
+                ShardAttachment(shard: shard, serial: "vxs-\(nextDrive + i)")
+            } : []
         let spec = MachineSpec(
             architecture: configuration.architecture, images: images,
             memoryMiB: configuration.memoryMiB, cpus: configuration.cpus,
-            network: configuration.network, extraArguments: configuration.extraQEMUArguments)
+            network: configuration.network, extraArguments: configuration.extraQEMUArguments,
+            disks: planned.map(\.disk))
         do {
             running = try await boot(spec)
         } catch {
             releaseStore()
             throw error
         }
-        // Shards are hot-plugged after boot, so the saved boot state serves any set of them.
         attachments = []
-        do {
-            if let lease = storeLease { try await plugStore(lease) }
-            try await plugAll(desiredShards)
-        } catch {
-            if let r = running { cleanUp(r) }
-            throw error
+        if running!.warm {
+            attachments = planned
+            nextDrive += planned.count
+            if let saved = running!.warmZygote { adoptZygote(saved) }
+        } else {
+            do {
+                if let lease = storeLease { try await plugStore(lease) }
+                try await plugAll(desiredShards)
+                if let state = running!.warmToSave { try await saveWarmState(state) }
+            } catch {
+                if let r = running { cleanUp(r) }
+                throw error
+            }
         }
         logger.info(
             "guest up",
             metadata: [
                 "accelerator": "\(running!.machine.accelerator)", "kernel": "\(guestInfo["kernel"] ?? "?")",
-                "start": "\(running!.restored ? "restored saved state" : "cold boot")",
+                "start": "\(running!.warm ? "restored warm state" : running!.restored ? "restored saved state" : "cold boot")",
             ])
     }
 
@@ -316,7 +344,7 @@ public actor Sandbox {
         let policy = ExecPolicy(
             uid: user.ids.uid, gid: user.ids.gid, memoryMax: limits.memoryBytes ?? 0,
             pidsMax: limits.processes ?? 0, openFiles: limits.openFiles ?? 0,
-            cpuSeconds: limits.cpuSeconds ?? 0, privateTmp: privateTmp)
+            cpuSeconds: limits.cpuSeconds ?? 0, privateTmp: privateTmp, service: command.service)
         var timeoutMs: UInt32 = 0
         if let t = command.timeout {
             let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000

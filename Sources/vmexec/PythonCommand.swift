@@ -56,6 +56,9 @@ struct PythonCommand: AsyncParsableCommand {
         let (source, filename) = code == nil && file == nil ? ("", "<code>") : try CodeSource.read(code: code, file: file)
         var configuration = try guest.sandboxConfiguration()
         try Self.addSDK(to: &configuration)
+        // Saved with the warm state of these shards (after the first start with them), the warm
+        // interpreter is there at once: the job forks from it. Not started for a job otherwise.
+        configuration.warmPython = configuration.reuseBootState && configuration.store == nil
         let sandbox = Sandbox(configuration: configuration, logger: guest.logger())
         let status: Int32
         do {

@@ -131,7 +131,8 @@ struct GuestOptions: ParsableArguments {
         c.cpus = cpus
         c.accelerator = accel
         c.reuseBootState = !coldBoot
-        // One job per guest: a warm interpreter would only compete with it for the CPU.
+        // One job per guest: a warm interpreter started for it would only compete with it for the
+        // CPU (`vmexec python` has one saved with the shards' warm state).
         c.warmPython = false
         c.shards = try shards.map { try Shard.open($0) }
         c.store = try store.map { try Store.open(at: URL(fileURLWithPath: $0)) }

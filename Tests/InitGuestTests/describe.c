@@ -115,6 +115,8 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
                 e.policy.nofile, e.policy.cpu_seconds);
         if (e.policy.options & VX_POLICY_PRIVATE_TMP)
             put(&o, " private_tmp");
+        if (e.policy.options & VX_POLICY_SERVICE)
+            put(&o, " service");
         if (e.flags & VX_EXEC_PTY)
             put(&o, " rows=%u cols=%u", (unsigned)e.rows, (unsigned)e.cols);
         break;

@@ -11,6 +11,7 @@ extension RealGuests {
         static func configuration(_ dir: URL) -> SandboxConfiguration {
             var c = SharedGuest.configuration()
             c.bootStateDirectory = dir
+            c.reuseWarmState = false  // the boot state alone (WarmStateTests has the other)
             return c
         }
 

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VX_MAJOR 1
-#define VX_MINOR 5
+#define VX_MINOR 6
 
 #define VX_HEADER_SIZE 12u
 /* Hard cap on a frame's payload; a header claiming more is fatal. */
@@ -139,7 +139,8 @@ struct vx_policy {
 };
 
 #define VX_POLICY_PRIVATE_TMP 0x1u /* a /tmp of its own: a tmpfs in a mount namespace of its own */
-#define VX_POLICY_KNOWN_OPTIONS VX_POLICY_PRIVATE_TMP
+#define VX_POLICY_SERVICE 0x2u     /* outlives its session: the stream goes, the process stays (since 1.6) */
+#define VX_POLICY_KNOWN_OPTIONS (VX_POLICY_PRIVATE_TMP | VX_POLICY_SERVICE)
 
 struct vx_exec {
     uint32_t flags, timeout_ms;

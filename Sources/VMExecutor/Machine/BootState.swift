@@ -27,7 +27,7 @@ struct BootState: Sendable {
     }
 
     /// States kept at most; older ones (of replaced images) are removed.
-    static let keep = 4
+    static let keep = 8
 
     /// The state saved under `key` (see ``GuestHypervisor/stateKey(for:accelerator:)``).
     init(key: String, directory: URL = BootState.defaultDirectory) {
@@ -46,14 +46,26 @@ struct BootState: Sendable {
         return String(hash, radix: 16)
     }
 
+    /// What the sandbox records beside a state (a warm state's zygote), as JSON.
+    var notes: URL { URL(fileURLWithPath: file.path + ".json") }
+
     var exists: Bool { FileManager.default.fileExists(atPath: file.path) }
 
-    func remove() { try? FileManager.default.removeItem(at: file) }
+    func remove() {
+        try? FileManager.default.removeItem(at: file)
+        try? FileManager.default.removeItem(at: notes)
+    }
+
+    /// The notes saved with the state, or nil.
+    func readNotes<T: Decodable>(_ type: T.Type) -> T? {
+        guard let data = try? Data(contentsOf: notes) else { return nil }
+        return try? JSONDecoder().decode(type, from: data)
+    }
 
     /// Saves `machine`'s state under this key: into a private file first,
     /// visible under the key only once complete (two sandboxes of one
     /// process may save the same key at once).
-    func save(_ machine: any GuestMachine) async throws {
+    func save(_ machine: any GuestMachine, notes: Data? = nil) async throws {
         let fm = FileManager.default
         try fm.createDirectory(
             at: directory, withIntermediateDirectories: true,
@@ -62,6 +74,9 @@ struct BootState: Sendable {
         defer { try? fm.removeItem(at: partial) }
         _ = fm.createFile(atPath: partial.path, contents: nil, attributes: [.posixPermissions: 0o600])
         try await machine.saveState(to: partial)
+        // The notes first: a state is used once its file is there.
+        try? fm.removeItem(at: self.notes)
+        if let notes { try notes.write(to: self.notes, options: .atomic) }
         guard rename(partial.path, file.path) == 0 else {
             throw VMExecError(.launchFailed, "cannot store the boot state at \(file.path): \(String(cString: strerror(errno)))")
         }
@@ -78,6 +93,9 @@ struct BootState: Sendable {
                 let b = (try? fm.attributesOfItem(atPath: $1.path)[.modificationDate] as? Date) ?? .distantPast
                 return a > b
             }
-        for old in states.dropFirst(keep) { try? fm.removeItem(at: old) }
+        for old in states.dropFirst(keep) {
+            try? fm.removeItem(at: old)
+            try? fm.removeItem(atPath: old.path + ".json")
+        }
     }
 }

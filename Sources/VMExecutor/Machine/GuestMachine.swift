@@ -128,10 +128,13 @@ public struct MachineSpec: Sendable {
     public var network: NetworkPolicy
     /// Hypervisor-specific arguments appended as they are (QEMU: its command line).
     public var extraArguments: [String]
+    /// Disks the machine has from its start, as if plugged in this order (``GuestMachine/plug(_:)``):
+    /// a state saved after they were plugged restores only into a machine that has them.
+    public var disks: [MachineDisk]
 
     public init(
         architecture: GuestArchitecture, images: GuestImages, memoryMiB: Int, cpus: Int,
-        network: NetworkPolicy = .none, extraArguments: [String] = []
+        network: NetworkPolicy = .none, extraArguments: [String] = [], disks: [MachineDisk] = []
     ) {
         self.architecture = architecture
         self.images = images
@@ -139,6 +142,7 @@ public struct MachineSpec: Sendable {
         self.cpus = cpus
         self.network = network
         self.extraArguments = extraArguments
+        self.disks = disks
     }
 }
 

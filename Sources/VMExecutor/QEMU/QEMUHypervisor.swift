@@ -50,10 +50,11 @@ public struct QEMUHypervisor: GuestHypervisor {
         let profile = profile(spec)
         let placeholder = URL(fileURLWithPath: "/@RUN@")
         var text = arguments(profile, spec, accelerator, runDirectory: placeholder).joined(separator: "\u{1}")
-        let files = [
-            spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path,
-            QEMUProcess.find(profile.qemuBinary) ?? profile.qemuBinary,
-        ]
+        let files =
+            [
+                spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path,
+                QEMUProcess.find(profile.qemuBinary) ?? profile.qemuBinary,
+            ] + spec.disks.map(\.file)
         for path in files {
             let attrs = try? FileManager.default.attributesOfItem(atPath: path)
             let size = (attrs?[.size] as? NSNumber)?.int64Value ?? -1
@@ -96,7 +97,19 @@ public struct QEMUHypervisor: GuestHypervisor {
             images: spec.images, controlSocket: QEMUMachine.controlSocket(in: dir).path,
             consoleLog: QEMUMachine.consoleLog(in: dir).path,
             monitorSocket: QEMUMachine.monitorSocket(in: dir).path)
-        return profile.arguments(accelerator: accelerator, paths: paths) + spec.extraArguments
+        return profile.arguments(accelerator: accelerator, paths: paths) + spec.disks.flatMap(Self.diskArguments)
+            + spec.extraArguments
+    }
+
+    /// A disk present from the start: the block node and SCSI device that hot-plugging makes,
+    /// in QEMU's JSON option syntax (no escaping of the file name).
+    static func diskArguments(_ disk: MachineDisk) -> [String] {
+        let objects = QEMUMachine.diskObjects(disk)
+        func json(_ object: [String: any Sendable]) -> String {
+            let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+            return String(decoding: data ?? Data(), as: UTF8.self)
+        }
+        return ["-blockdev", json(objects.node), "-device", json(objects.device)]
     }
 
     /// QEMU runs `exec:` URIs through /bin/sh; this quotes any path for it.

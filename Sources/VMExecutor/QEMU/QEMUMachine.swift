@@ -43,9 +43,25 @@ final class QEMUMachine: GuestMachine {
     }
 
     /// Block node and device ids of a disk, from its serial.
-    private static func ids(_ disk: MachineDisk) -> (node: String, device: String) {
+    static func ids(_ disk: MachineDisk) -> (node: String, device: String) {
         let node = disk.serial.replacingOccurrences(of: "-", with: "")
         return (node, node + "-dev")
+    }
+
+    /// The block node and SCSI device of a disk, as ``plug(_:)`` makes them (also given on the
+    /// command line of a machine that has the disk from its start).
+    static func diskObjects(_ disk: MachineDisk) -> (node: [String: any Sendable], device: [String: any Sendable]) {
+        let (node, device) = ids(disk)
+        return (
+            [
+                "driver": "raw", "node-name": node, "read-only": disk.readOnly,
+                "file": ["driver": "file", "filename": disk.file, "read-only": disk.readOnly] as [String: any Sendable],
+            ],
+            [
+                "driver": "scsi-hd", "bus": "\(MachineProfile.shardBus).0", "drive": node, "id": device,
+                "serial": disk.serial,
+            ]
+        )
     }
 
     /// A SCSI disk on the guest's virtio-scsi bus (QMP blockdev-add, then
@@ -54,20 +70,11 @@ final class QEMUMachine: GuestMachine {
     /// fdatasync of the image.
     func plug(_ disk: MachineDisk) async throws {
         let qmp = try await monitor()
-        let (node, device) = Self.ids(disk)
-        try await qmp.execute(
-            "blockdev-add",
-            arguments: [
-                "driver": "raw", "node-name": node, "read-only": disk.readOnly,
-                "file": ["driver": "file", "filename": disk.file, "read-only": disk.readOnly] as [String: any Sendable],
-            ])
+        let (node, _) = Self.ids(disk)
+        let objects = Self.diskObjects(disk)
+        try await qmp.execute("blockdev-add", arguments: objects.node)
         do {
-            try await qmp.execute(
-                "device_add",
-                arguments: [
-                    "driver": "scsi-hd", "bus": "\(MachineProfile.shardBus).0", "drive": node, "id": device,
-                    "serial": disk.serial,
-                ])
+            try await qmp.execute("device_add", arguments: objects.device)
         } catch {
             _ = try? await qmp.execute("blockdev-del", arguments: ["node-name": node])
             throw error

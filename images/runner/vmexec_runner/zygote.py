@@ -84,14 +84,31 @@ def main(argv):
     # so a child's collections do not copy the zygote's pages.
     gc.collect()
     gc.freeze()
+    _take_over(path + ".pid")
     listener = _listen(path)
     print(json.dumps({"type": "ready", "pid": os.getpid(), "failed": failed}), flush=True)
     _serve(listener, path)
     return 0
 
 
+def _take_over(pidfile):
+    """One zygote per guest: an earlier one (left by an earlier session, or restored with a
+    saved state and not adopted) is asked to stop; it finishes its running jobs."""
+    try:
+        with open(pidfile) as f:
+            old = int(f.read().strip() or 0)
+        with open(f"/proc/{old}/cmdline", "rb") as f:
+            if b"vmexec_runner.zygote" in f.read() and old != os.getpid():
+                os.kill(old, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+    os.makedirs(os.path.dirname(pidfile), mode=0o755, exist_ok=True)
+    with open(pidfile + ".new", "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(pidfile + ".new", pidfile)
+
+
 def _listen(path):
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -102,6 +119,14 @@ def _listen(path):
     os.chmod(path, 0o666)
     listener.listen(64)
     return listener
+
+
+def _say(fd, text):
+    """Writes to the zygote's (or a job's) stderr; once the zygote's session has ended, nobody reads it."""
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def _serve(listener, path):
@@ -133,12 +158,14 @@ def _serve(listener, path):
                 os.kill(spare, signal.SIGKILL)
                 spare = None
             if listener is not None:
-                listener.close()
-                listener = None
+                # The path may be a successor's socket by now: only this one's own is removed.
                 try:
-                    os.unlink(path)
+                    if os.stat(path).st_ino == os.fstat(listener.fileno()).st_ino:
+                        os.unlink(path)
                 except OSError:
                     pass
+                listener.close()
+                listener = None
             if not jobs and not _pending(hand):
                 return
         elif spare is None:
@@ -215,27 +242,33 @@ def _spare(listener, hand, zygote):
         if os.getppid() != zygote:
             os._exit(0)
         _writable_cgroups()
-        _reseed()
         _own_pages()
         _rehearse()
         # Back from the zygote's lowest priority: the job's set-up must not queue behind the
         # next spare's fork. (It takes the client's priority with the rest of its isolation.)
         os.setpriority(os.PRIO_PROCESS, 0, 0)
         conn, _ = listener.accept()
+        # Random numbers drawn after the accept: a spare restored with a saved state is the
+        # same in every restore until then.
+        _reseed()
         listener.close()
         socket.send_fds(hand, [struct.pack("=i", os.getpid())], [conn.fileno()])
         hand.close()
     except BaseException:
         import traceback
 
-        os.write(2, f"vmexec zygote: a spare failed: {traceback.format_exc()}".encode(errors="replace"))
+        _say(2, f"vmexec zygote: a spare failed: {traceback.format_exc()}")
         os._exit(127)
     _child(conn)
 
 
 def _reseed():
-    """A spare serves one job: its random numbers are that job's own. Python's random reseeds
-    itself at fork; numpy's global generator is given a fresh state from the kernel."""
+    """A spare serves one job: its random numbers are that job's own. Python's random and
+    numpy's global generator get fresh state from the kernel (whose entropy the host
+    refreshes on every connection)."""
+    import random
+
+    random.seed()
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:
         numpy = sys.modules["numpy"]
@@ -304,21 +337,21 @@ def _child(conn):
             program, args, env = _become_client(conn)
         except Refused as exc:
             # To the job's stderr once it came, else the zygote's (the host logs it).
-            os.write(_job_stderr, f"vmexec zygote: {exc}\n".encode())
+            _say(_job_stderr, f"vmexec zygote: {exc}\n")
             os._exit(127)
         if tuple(args[1:3]) != RUNNER:
             # Not the runner: executed, as the init would have (now in the job's isolation).
             try:
                 os.execvpe(program, args, env)
             except OSError as exc:
-                os.write(2, f"vmexec zygote: cannot execute {program}: {exc.strerror}\n".encode())
+                _say(2, f"vmexec zygote: cannot execute {program}: {exc.strerror}\n")
                 os._exit(127)
         status = _run_runner(args[3:], env)
     except BaseException:
         # A fault of the zygote's own, not the job's: said where the job's errors go.
         import traceback
 
-        os.write(_job_stderr, f"vmexec zygote: {traceback.format_exc()}".encode(errors="replace"))
+        _say(_job_stderr, f"vmexec zygote: {traceback.format_exc()}")
         status = 127
     finally:
         os._exit(status)
