@@ -261,6 +261,11 @@ public final class RemoteProcess: Sendable {
             let result: Result<UInt32, any Error>? = state.withLock { s in
                 if let pid = s.pid { return .success(pid) }
                 if let f = s.failure { return .failure(f) }
+                // The EXIT may have come before this wait began (the sender still in send()):
+                // exited() found no waiter to fail then, so this one must not wait.
+                if s.exit != nil {
+                    return .failure(ProtocolError.violation("stream \(stream) exited before it was reported started"))
+                }
                 s.startWaiter = c
                 return nil
             }

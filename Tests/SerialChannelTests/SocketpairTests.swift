@@ -287,21 +287,20 @@ struct ProtocolBreachTests {
         return try await p
     }
 
-    @Test("EXIT before STARTED fails the exec instead of leaving it waiting")
+    /// Many times over: the EXIT can be read before the exec has begun to wait for its start
+    /// (it was, once in about thirty runs, and that exec then waited for good).
+    @Test("EXIT before STARTED fails the exec instead of leaving it waiting, however early it comes")
     func exitBeforeStart() async throws {
-        let (client, guest) = try await connectedPair()
-        let process = Task { try await client.exec(ExecRequest(arguments: ["x"])) }
-        let exec = try #require(try await guest.receive())
-        guest.send(Frame(.exit, stream: exec.stream, payload: ExitStatus(termination: .exited(0)).encoded()))
-        let outcome = Task { try await process.value }
-        let watchdog = Task {
-            try await Task.sleep(for: .seconds(10)); process.cancel()
-        }
-        let error = await #expect(throws: ProtocolError.self) { _ = try await outcome.value }
-        watchdog.cancel()
-        guard case .violation? = error else {
-            Issue.record("expected a violation, got \(String(describing: error))")
-            return
+        for _ in 0..<100 {
+            let (client, guest) = try await connectedPair()
+            let process = Task { try await client.exec(ExecRequest(arguments: ["x"])) }
+            let exec = try #require(try await guest.receive())
+            guest.send(Frame(.exit, stream: exec.stream, payload: ExitStatus(termination: .exited(0)).encoded()))
+            let error = await #expect(throws: ProtocolError.self) { _ = try await process.value }
+            guard case .violation? = error else {
+                Issue.record("expected a violation, got \(String(describing: error))")
+                return
+            }
         }
     }
 
