@@ -228,4 +228,5 @@ bench-images: images $(IMG)/rootfs-bench.sqfs
 
 bench: deps bench-images
 	$(SWIFT) build -c release --product vmexec-bench
+	$(SWIFT) build -c release --product vmexec
 	.build/release/vmexec-bench $(IMG) $(CURDIR)/$(IMG)/rootfs-bench.sqfs

@@ -3,74 +3,83 @@ import Logging
 import SquashMounts
 import VMExecutor
 
-/// Python jobs' figures: code through the runner against the bare interpreter, a call
-/// answered by a persistent worker against the same
-/// call in a fresh runner process, and a worker that imported numpy once against
-/// a fresh `python3` importing numpy for each job. One guest with the SDK and numpy
-/// shards, measured in the same run.
+/// Python jobs' figures: one-shot runs of the vmexec command (warm states against a cold
+/// boot and a bare interpreter), then in one guest with the SDK and numpy shards: a job's
+/// start from the warm interpreter against a fresh `python3` importing numpy, code through
+/// the runner against the bare interpreter, a call answered by a persistent worker against
+/// the same call in a fresh runner process, and a worker that imported numpy once against a
+/// fresh `python3` importing numpy for each job. Each beside its peer, in the same run.
 enum PythonBench {
     static let calls = 40
     static let numpyPeerRuns = 3
 
     static let oneShotRuns = 3
 
-    /// Start a guest with `shards`, run one job, shut it down: the seconds it all took.
-    static func oneShot(
-        _ images: GuestImages, _ shards: [String], reuseBootState: Bool, logger: Logger,
-        _ job: (Sandbox) async throws -> Void
-    ) async throws -> Double {
-        var c = SandboxConfiguration()
-        c.images = images
-        c.accelerator = .tcg
-        c.reuseBootState = reuseBootState
-        c.warmPython = false  // as the CLI's one-shot commands: one job, nothing to fork for
-        c.shards = try shards.map { try Shard.open(images.directory.appendingPathComponent($0).path) }
+    /// The `vmexec` command built beside this benchmark (`make bench` builds both).
+    static var vmexecBinary: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("vmexec")
+    }
+
+    /// Runs the `vmexec` command to its end: the seconds the whole process took. Its output is
+    /// checked, so a failing run is no figure.
+    static func timedCLI(_ arguments: [String], stdin: URL? = nil, expect: String) throws -> Double {
+        let p = Process()
+        p.executableURL = vmexecBinary
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        if let stdin { p.standardInput = try FileHandle(forReadingFrom: stdin) }
         let t = ContinuousClock.now
-        let s = Sandbox(configuration: c, logger: logger)
-        try await s.start()
-        try await job(s)
-        await s.shutdown()
-        return Bench.seconds(ContinuousClock.now - t)
+        try p.run()
+        let bytes = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let took = Bench.seconds(ContinuousClock.now - t)
+        let said = String(decoding: bytes, as: UTF8.self)
+        guard p.terminationStatus == 0, said.contains(expect) else {
+            let what = arguments.joined(separator: " ")
+            throw Bench.Failure("vmexec \(what) exited \(p.terminationStatus): \(String(said.prefix(300)))")
+        }
+        return took
     }
 
     static func run(images: GuestImages, logger: Logger) async throws {
-        // One-shot jobs, in this process (the CLI adds its own start on top): a start restoring
-        // the saved boot state against a cold boot, and numpy through the runner against python3.
-        let sdk = ["sdk-python.shard"], numpy = ["sdk-python.shard", "libs-numpy-1.26.4.shard"]
+        // One-shot jobs through the vmexec command, whole process: a start restoring the warm
+        // state of its shards (saved by a first run, not timed) against a cold boot, and a numpy
+        // script through `vmexec python` (whose warm state has the zygote) against `vmexec run`.
+        let dir = images.directory
+        let sdk = dir.appendingPathComponent("sdk-python.shard").path
+        let numpy = dir.appendingPathComponent("libs-numpy-1.26.4.shard").path
+        let script = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-bench-\(getpid()).py")
+        try "import numpy\nprint(numpy.ones(3).sum())\n".write(to: script, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: script) }
+        let sdkRun = ["run", "--images", dir.path, "--accel", "tcg", "--shard", sdk]
+        let python = ["python", "--images", dir.path, "--accel", "tcg", "--shard", sdk, "--shard", numpy, script.path]
+        let bareRun = ["run", "--images", dir.path, "--accel", "tcg", "--shard", sdk, "--shard", numpy, "--", "python3", "-"]
+        let up = ["--", "python3", "-c", "print('up')"]
+        _ = try timedCLI(sdkRun + up, expect: "up")
+        _ = try timedCLI(python, expect: "3.0")
+        _ = try timedCLI(bareRun, stdin: script, expect: "3.0")
         var restored: [Double] = [], coldBoot: [Double] = [], runner: [Double] = [], bareNumpy: [Double] = []
         for _ in 0..<oneShotRuns {
-            restored.append(
-                try await oneShot(images, sdk, reuseBootState: true, logger: logger) {
-                    _ = try await $0.exec(Command(["python3", "-c", "pass"]))
-                })
-            coldBoot.append(
-                try await oneShot(images, sdk, reuseBootState: false, logger: logger) {
-                    _ = try await $0.exec(Command(["python3", "-c", "pass"]))
-                })
-            runner.append(
-                try await oneShot(images, numpy, reuseBootState: true, logger: logger) {
-                    _ = try await $0.python.run(PythonCode("import numpy"))
-                })
-            bareNumpy.append(
-                try await oneShot(images, numpy, reuseBootState: true, logger: logger) {
-                    _ = try await $0.exec(Command(["python3", "-c", "import numpy"]))
-                })
+            restored.append(try timedCLI(sdkRun + up, expect: "up"))
+            coldBoot.append(try timedCLI(sdkRun + ["--cold-boot"] + up, expect: "up"))
+            runner.append(try timedCLI(python, expect: "3.0"))
+            bareNumpy.append(try timedCLI(bareRun, stdin: script, expect: "3.0"))
         }
         Bench.emit(
-            "oneshot_python_s", Bench.median(restored), "s", peer: Bench.median(coldBoot), peerName: "the same with a cold boot",
-            note: "start with the SDK shard, python3 -c pass, shut down; no warm state per shard set yet (target 1.0 s)")
+            "oneshot_python_s", Bench.median(restored), "s", peer: Bench.median(coldBoot),
+            peerName: "the same with --cold-boot",
+            note: "vmexec run --shard sdk -- python3 -c ..., whole process, restoring the warm state (target 1.0 s)")
         Bench.emit(
-            "oneshot_numpy_s", Bench.median(runner), "s", peer: Bench.median(bareNumpy), peerName: "python3 -c 'import numpy'",
-            note:
-                "start with SDK and numpy shards, import numpy through the runner, shut down; no warm state per shard set yet (target 1.0 s)"
-        )
+            "oneshot_numpy_s", Bench.median(runner), "s", peer: Bench.median(bareNumpy),
+            peerName: "vmexec run --shard sdk --shard numpy -- python3 (the same script)",
+            note: "vmexec python of a script importing numpy, whole process, forked from the restored zygote (target 1.0 s)")
 
         var c = SandboxConfiguration()
         c.images = images
         c.accelerator = .tcg
-        for file in numpy {
-            c.shards.append(try Shard.open(images.directory.appendingPathComponent(file).path))
-        }
+        c.shards = [try Shard.open(sdk), try Shard.open(numpy)]
         let guest = Sandbox(configuration: c, logger: logger)
         try await guest.start()
         defer { Task { await guest.shutdown() } }

@@ -72,7 +72,8 @@ struct GuestOptions: ParsableArguments {
     @Option(help: "Guest architecture (x86_64, aarch64).")
     var arch: GuestArchitecture = .host
 
-    @Flag(help: "Boot the kernel instead of restoring the state saved after the first boot.")
+    @Flag(
+        help: "Boot the kernel instead of restoring a saved state (after the first boot, or the first start with these shards).")
     var coldBoot = false
 
     @Flag(name: .shortAndLong, help: "Log what vmexec does to stderr.")

@@ -205,8 +205,12 @@ extension RealGuests {
 
         @Test("the cgroups of ended commands are removed: after 20 commands only the asker's and the spares remain")
         func cgroupsRemoved() async throws {
-            // A guest of its own: in the shared one other tests' commands hold cgroups too.
-            let s = try await SharedGuest.started()
+            // A guest of its own: in the shared one other tests' commands hold cgroups too; and no
+            // warm state, whose warm Python interpreter holds one.
+            var c = SharedGuest.configuration()
+            c.reuseWarmState = false
+            let s = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await s.start()
             defer { Task { await s.shutdown() } }
             for _ in 0..<20 { _ = try await s.exec(Command(["true"])) }
             // The init removes them in idle moments, a piece at a time.
