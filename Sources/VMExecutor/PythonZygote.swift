@@ -29,8 +29,9 @@ enum PythonZygote {
         /// Started on this machine generation; waiters get the outcome.
         case starting(generation: Int, Task<Result<PythonWarmth, VMExecError>, Never>)
         /// Listening, as guest process `pid`; `ended` finishes when it has ended (its own stream,
-        /// or a watch on a zygote restored with a warm state).
-        case ready(generation: Int, pid: UInt32, warmth: PythonWarmth, ended: Task<Void, Never>)
+        /// or a watch on a zygote adopted after a restore or a reconnect). `epoch` tells this
+        /// watch's end from an earlier one's for the same process.
+        case ready(generation: Int, pid: UInt32, warmth: PythonWarmth, epoch: Int, ended: Task<Void, Never>)
         /// It could not start on this generation (an SDK shard without it, a failed start):
         /// not tried again until the shards change or the guest restarts.
         case unavailable(generation: Int, reason: String)
@@ -77,7 +78,15 @@ enum PythonZygote {
                 switch event {
                 case .stdout(let bytes):
                     line += bytes
-                    guard let end = line.firstIndex(of: UInt8(ascii: "\n")) else { continue }
+                    guard let end = line.firstIndex(of: UInt8(ascii: "\n")) else {
+                        // Guest output: a ready line is a few hundred bytes, never unbounded.
+                        if line.count > 64 << 10 {
+                            try? await exec.signal(SIGKILL)
+                            return .failure(
+                                VMExecError(.protocolError, "the warm interpreter wrote 64 KiB without its ready line"))
+                        }
+                        continue
+                    }
                     struct Ready: Decodable { var failed: [String: String] }
                     guard let ready = try? JSONDecoder().decode(Ready.self, from: Data(line[..<end])) else {
                         return .failure(VMExecError(.protocolError, "the warm interpreter said \(line.prefix(200))"))
@@ -109,7 +118,7 @@ extension Sandbox {
     public func warmPython() async throws -> PythonWarmth {
         let r = try requireRunning()
         switch zygote {
-        case .ready(let generation, _, let warmth, _) where generation == r.generation:
+        case .ready(let generation, _, let warmth, _, _) where generation == r.generation:
             return warmth
         case .unavailable(let generation, let reason) where generation == r.generation:
             throw VMExecError(.unsupported, reason)
@@ -125,7 +134,7 @@ extension Sandbox {
     func pythonCommand(_ command: Command) -> Command {
         guard command.arguments.starts(with: PythonZygote.runner), let r = running else { return command }
         switch zygote {
-        case .ready(let generation, _, _, _) where generation == r.generation:
+        case .ready(let generation, _, _, _, _) where generation == r.generation:
             var warm = command
             warm.arguments = [PythonZygote.client, PythonZygote.socket] + command.arguments
             return warm
@@ -153,7 +162,7 @@ extension Sandbox {
         guard configuration.warmPython, PythonZygote.wanted(desiredShards) else { return nil }
         do {
             let warmth = try await warmPython()
-            guard case .ready(_, let pid, _, _) = zygote else { return nil }
+            guard case .ready(_, let pid, _, _, _) = zygote else { return nil }
             return PythonZygote.Saved(pid: pid, preloaded: warmth.preloaded, failed: warmth.failed)
         } catch {
             logger.warning("the warm state is saved without a warm interpreter: \(error)")
@@ -161,12 +170,15 @@ extension Sandbox {
         }
     }
 
-    /// After a warm state was restored: its zygote runs (the init kept it across the session
-    /// change), and jobs use it at once; a watch says when it ends.
+    /// After a warm state was restored, or the host reconnected: the zygote runs (the init kept
+    /// it across the session change, a service command), and jobs use it at once; a watch says
+    /// when it ends.
     func adoptZygote(_ saved: PythonZygote.Saved) {
         guard let r = running else { return }
         let warmth = PythonWarmth(preloaded: saved.preloaded, failed: saved.failed)
         let pid = saved.pid
+        zygoteEpoch += 1
+        let epoch = zygoteEpoch
         let ended = Task {
             var watch = Command([PythonZygote.client, "--watch", "\(pid)"], stdin: .none, user: .root, privateTmp: false)
             watch.limits = Limits()
@@ -176,10 +188,20 @@ extension Sandbox {
             } else {
                 gone = true
             }
-            if gone { self.zygoteGone(pid: pid, ending: "it ended (watched)", said: "") }
+            if gone { self.zygoteGone(epoch: epoch, ending: "it ended (watched)", said: "") }
         }
-        zygote = .ready(generation: r.generation, pid: pid, warmth: warmth, ended: ended)
+        zygote = .ready(generation: r.generation, pid: pid, warmth: warmth, epoch: epoch, ended: ended)
         logger.info("python zygote restored with the warm state", metadata: ["pid": "\(pid)"])
+    }
+
+    /// After the host reconnected: the zygote's stream went with the old session, its process
+    /// did not; it is adopted again. One still starting is left to the next (which takes over).
+    func readoptZygote() {
+        guard case .ready(_, let pid, let warmth, _, _) = zygote else {
+            if case .starting = zygote { zygote = .stopped }
+            return
+        }
+        adoptZygote(PythonZygote.Saved(pid: pid, preloaded: warmth.preloaded, failed: warmth.failed))
     }
 
     /// Waits for a command's end; false when its stream failed instead (the channel closed).
@@ -228,6 +250,8 @@ extension Sandbox {
         }
         // Its output after the ready line is only its end: then jobs start cold until it restarts.
         let pid = exec.pid
+        zygoteEpoch += 1
+        let epoch = zygoteEpoch
         let ended = Task {
             var said: [UInt8] = []
             var ending = "its stream closed"
@@ -237,9 +261,9 @@ extension Sandbox {
                     if case .exit(let termination, _) = event { ending = "\(termination)" }
                 }
             } catch {}
-            self.zygoteGone(pid: pid, ending: ending, said: String(decoding: said, as: UTF8.self))
+            self.zygoteGone(epoch: epoch, ending: ending, said: String(decoding: said, as: UTF8.self))
         }
-        zygote = .ready(generation: generation, pid: pid, warmth: warmth, ended: ended)
+        zygote = .ready(generation: generation, pid: pid, warmth: warmth, epoch: epoch, ended: ended)
         logger.info(
             "python zygote ready",
             metadata: ["preloaded": "\(warmth.preloaded.joined(separator: ","))", "failed": "\(warmth.failed)"])
@@ -252,8 +276,9 @@ extension Sandbox {
         logger.warning("python zygote unavailable; Python jobs start cold", metadata: ["why": "\(failure.message)"])
     }
 
-    private func zygoteGone(pid: UInt32, ending: String, said: String) {
-        if case .ready(_, let current, _, _) = zygote, current == pid { zygote = .stopped }
+    private func zygoteGone(epoch: Int, ending: String, said: String) {
+        guard case .ready(_, _, _, let current, _) = zygote, current == epoch else { return }  // re-adopted since
+        zygote = .stopped
         logger.notice("python zygote ended", metadata: ["ending": "\(ending)", "said": "\(said.suffix(600))"])
     }
 
@@ -264,7 +289,7 @@ extension Sandbox {
         let state = zygote
         zygote = .stopped
         switch state {
-        case .ready(_, let pid, _, let ended):
+        case .ready(_, let pid, _, _, let ended):
             try? await signal(pid: pid, SIGTERM)
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await ended.value }

@@ -93,6 +93,8 @@ public actor Sandbox {
     var storeLease: StoreLease?
     /// The warm Python interpreter that runner jobs fork from (``warmPython()``).
     var zygote = PythonZygote.State.stopped
+    /// Numbers the zygote's watches (``PythonZygote/State/ready(generation:pid:warmth:epoch:ended:)``).
+    var zygoteEpoch = 0
     /// Whether a lifecycle operation runs (see ``exclusively(_:)``), and who waits for it.
     private var operationRunning = false
     private var operationWaiters: [CheckedContinuation<Void, Never>] = []
@@ -270,8 +272,9 @@ public actor Sandbox {
     }
 
     /// Drops the channel and connects to the same guest again, as a restarted
-    /// host would. The init ends the processes of the old session; calls
-    /// waiting on them fail. The guest itself keeps running.
+    /// host would. The init ends the processes of the old session (the warm
+    /// Python interpreter, a service, is adopted again); calls waiting on
+    /// them fail. The guest itself keeps running.
     public func reconnect(timeout: Duration = .seconds(10)) async throws {
         guard let r = running, r.machine.ending == nil else {
             throw VMExecError(.notRunning, "the sandbox is not running; call start() first")
@@ -279,7 +282,10 @@ public actor Sandbox {
         r.client.close(.closed("the host reconnected"))
         do {
             let (client, hello) = try await r.machine.connect(timeout: timeout, logger: logger)
-            running = Running(generation: r.generation, machine: r.machine, client: client, hello: hello, restored: r.restored)
+            var again = Running(generation: r.generation, machine: r.machine, client: client, hello: hello, restored: r.restored)
+            again.warm = r.warm
+            running = again
+            readoptZygote()
         } catch {
             throw await Self.explain(error, machine: r.machine)
         }

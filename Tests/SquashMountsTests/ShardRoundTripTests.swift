@@ -81,6 +81,25 @@ struct ShardRoundTripTests {
         #expect(try mapped.inspect().entries.allSatisfy { $0.uid == 0 && $0.gid == 0 })
     }
 
+    @Test("a manifest's preload list: Python module names only, at most 32; manifests without one still decode")
+    func preloads() throws {
+        var m = testManifest()
+        m.preload = ["numpy", "matplotlib.pyplot", "_private.mod2"]
+        try m.validate()
+        for bad in ["1numpy", "numpy..core", "os; import sys", "", String(repeating: "a", count: 129)] {
+            m.preload = [bad]
+            #expect(throws: ShardError.self, "\(bad)") { try m.validate() }
+        }
+        m.preload = (0..<33).map { "m\($0)" }
+        #expect(throws: ShardError.self) { try m.validate() }
+        m.preload = nil
+        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(m)) as? [String: Any] ?? [:]
+        #expect(json["preload"] == nil, "absent, as in manifests written before it")
+        json["preload"] = ["numpy"]
+        let decoded = try JSONDecoder().decode(ShardManifest.self, from: JSONSerialization.data(withJSONObject: json))
+        #expect(decoded.preload == ["numpy"])
+    }
+
     @Test("a block size that is not a power of two is refused")
     func badBlockSize() throws {
         let fixture = try TreeFixture()

@@ -211,6 +211,65 @@ extension RealGuests {
             #expect(interrupted?.exception?.type == "KeyboardInterrupt", "\(String(describing: interrupted?.exception))")
         }
 
+        /// The zygote, not its spare child (both carry the zygote's command line).
+        static func zygotes(_ guest: Sandbox) async throws -> [UInt32] {
+            let all = try await guest.processes().filter { $0.arguments.contains("vmexec_runner.zygote") }
+            let pids = Set(all.map(\.pid))
+            return all.filter { !pids.contains($0.parentPID) }.map(\.pid)
+        }
+
+        @Test("a zygote that dies is started again; after a reconnect it is adopted again; a stray one is taken over")
+        func restartAndTakeOver() async throws {
+            let guest = try await Self.guest.get()
+            let first = try #require(try await Self.zygotes(guest).first)
+            try await guest.signal(pid: first, SIGKILL)
+            try await Task.sleep(for: .milliseconds(500))
+            let cold = try await guest.python.run(PythonCode("1 + 1"))
+            #expect(!cold.warmStart && cold.value?.repr == "2", "with the zygote gone, a job starts cold and starts it")
+            _ = try await guest.warmPython()
+            #expect(try await guest.python.run(PythonCode("1 + 1")).warmStart)
+            let second = try #require(try await Self.zygotes(guest).first)
+            #expect(second != first)
+
+            // A new session (the host reconnecting) keeps the zygote, a service command, and the
+            // host adopts it again: the next job forks from it at once.
+            try await guest.reconnect()
+            #expect(try await Self.zygotes(guest) == [second], "the zygote outlived its session")
+            #expect(try await guest.python.run(PythonCode("1 + 1")).warmStart, "adopted again after the reconnect")
+
+            // A zygote the host does not know of (a stray one) is taken over by the next: it is
+            // asked to stop and ends; the host's own, taken over by the stray, is restarted.
+            let stray = try await guest.stream(
+                Command(["python3", "-m", "vmexec_runner.zygote", "/run/vmexec/python.sock"], user: .root, privateTmp: false))
+            let watching = Task { () async throws -> Termination? in
+                for try await event in stray { if case .exit(let t, _) = event { return t } }
+                return nil
+            }
+            var left: [UInt32] = []
+            for _ in 0..<100 {
+                left = try await Self.zygotes(guest)
+                if left == [stray.pid] { break }  // the host's ended on the stray's request
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(left == [stray.pid], "the stray took over: \(left)")
+            try await Task.sleep(for: .milliseconds(300))  // the host hears its zygote's end
+            _ = try await guest.python.run(PythonCode("1 + 1"))
+            _ = try await guest.warmPython()
+            let strayEnded = try await watching.value
+            #expect(strayEnded == .exited(0), "the stray ended when the host's new zygote took over")
+            #expect(try await Self.zygotes(guest).count == 1)
+            #expect(try await guest.python.run(PythonCode("1 + 1")).warmStart)
+        }
+
+        @Test("the Python shards carry bytecode: a read-only shard's imports compile nothing")
+        func bytecodeInShards() throws {
+            let numpy = try Shard.open(try #require(TestImages.libsShardPath("numpy"))).inspect(hashes: false)
+            #expect(numpy.entries.contains { $0.path == "/numpy/__pycache__/__init__.cpython-311.pyc" })
+            let sdk = try Shard.open(try #require(SharedGuest.sdkShardPath)).inspect(hashes: false)
+            #expect(sdk.entries.contains { $0.path.hasSuffix("vmexec_runner/__pycache__/zygote.cpython-311.pyc") })
+            #expect(sdk.entries.contains { $0.path == "/usr/lib/vmexec/zygote-client" })
+        }
+
         @Test("detaching a preloaded shard stops the zygote first; the next job starts it with the new set")
         func shardChange() async throws {
             let guest = try await Self.guest.get()
