@@ -103,9 +103,9 @@ int jobs_setup(char *err, size_t n)
     }
     if (write_file(CG "/init/memory.min", INIT_RESERVE) != 0)
         vx_log("no memory reserve for the init: %s", strerror(errno));
-    /* The OOM killer never picks the init. */
-    if (write_file("/proc/self/oom_score_adj", "-1000") != 0)
-        vx_log("cannot protect the init from the OOM killer: %s", strerror(errno));
+    /* No oom_score_adj for the init: the OOM killer never picks PID 1 (the
+     * kernel's oom_unkillable_task), and commands, which inherit the value,
+     * must stay candidates, or one at its memory limit could only stall. */
     available = 1;
     for (unsigned i = 0; i < MAX_GRAVES; i++)
         jobs_clear(&graves[i]);

@@ -122,13 +122,6 @@ static void child_run(const struct spawn_request *r, int join_cgroup)
             goto fail;
         close(procs);
     }
-    /* The init keeps itself out of the OOM killer's reach (-1000), and a
-     * child inherits that: a command must be a candidate like any process,
-     * or a command at its memory limit could only stall, never be killed. */
-    int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-    if (oom < 0 || write(oom, "0", 1) != 1)
-        goto fail;
-    close(oom);
     if (policy->nofile) {
         struct rlimit rl = {policy->nofile, policy->nofile};
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)

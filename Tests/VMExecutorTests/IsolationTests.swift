@@ -194,7 +194,7 @@ extension RealGuests {
             #expect(root.exitCode == 0 && !root.stdout.isEmpty, "\(root.stderrText)")
         }
 
-        @Test("a command is a candidate for the OOM killer: oom_score_adj 0, not the init's -1000")
+        @Test("a command is a candidate for the OOM killer: oom_score_adj 0")
         func oomCandidate() async throws {
             let s = try await SharedGuest.shared.get()
             for user in [GuestUser.unprivileged, .root] {
