@@ -151,7 +151,7 @@ run: deps build images
 test: test-unit test-guests test-cli test-api
 
 # Host-only: needs the build dependencies, no guest images.
-UNIT_TARGETS := SerialChannelTests|SquashMountsTests|PersistOverlayTests|VMExecutorUnitTests|VMExecServiceTests|VMExecServerUnitTests
+UNIT_TARGETS := SerialChannelTests|SquashMountsTests|ShardLibraryTests|PersistOverlayTests|VMExecutorUnitTests|VMExecServiceTests|VMExecServerUnitTests
 test-unit: deps test-c build-tests
 	Tests/deadline.sh 300 $(SWIFT) test --skip-build --filter '$(UNIT_TARGETS)'
 

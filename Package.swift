@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "SerialChannel", targets: ["SerialChannel"]),
         .library(name: "SquashMounts", targets: ["SquashMounts"]),
         .library(name: "PersistOverlay", targets: ["PersistOverlay"]),
+        .library(name: "ShardLibrary", targets: ["ShardLibrary"]),
         .executable(name: "vmexec", targets: ["vmexec"]),
         .executable(name: "vmexec-bench", targets: ["vmexec-bench"]),
     ],
@@ -48,6 +49,14 @@ let package = Package(
                 "VMExecFailure",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // The host's shard library: installed versions, activation, trusted keys, resolution by name.
+        .target(
+            name: "ShardLibrary",
+            dependencies: [
+                "VMExecFailure", "SquashMounts",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // squashfs images are written and read through libsquashfs (squashfs-tools-ng),
@@ -123,6 +132,7 @@ let package = Package(
             name: "vmexec",
             dependencies: [
                 "VMExecutor", "SquashMounts", "PersistOverlay", "VMExecService", "VMExecServer", "VMExecClient", "CVMExecHost",
+                "ShardLibrary",
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -148,6 +158,9 @@ let package = Package(
             name: "SquashMountsTests",
             dependencies: ["SquashMounts", "PersistOverlay", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PersistOverlayTests", dependencies: ["PersistOverlay"]),
+        .testTarget(
+            name: "ShardLibraryTests",
+            dependencies: ["ShardLibrary", "SquashMounts", .product(name: "Crypto", package: "swift-crypto")]),
         // Host-only: Sandbox over a machine double, QEMU's process wrapper. No images needed.
         .testTarget(
             name: "VMExecutorUnitTests",

@@ -12,6 +12,12 @@ public struct Shard: Sendable, Equatable {
     public let fileBytes: UInt64
     /// Bytes of the squashfs image at the file's start.
     public let imageBytes: UInt64
+    /// sha256 of the manifest's bytes: what a signature signs (and the image's sha256 is in the manifest).
+    public let manifestSHA256: [UInt8]
+    /// Ed25519 signatures of the manifest carried in the file, unchecked: see `ShardSignature.check`.
+    public let signatures: [ShardSignature]
+    /// The manifest's bytes as stored (what its sha256 covers).
+    let manifestJSON: [UInt8]
 
     /// What `inspect` shows.
     public struct Inspection: Codable, Sendable {
@@ -48,14 +54,27 @@ public struct Shard: Sendable, Equatable {
             let footer = try ShardFileLayout.decode(footerBytes, fileSize: size, path: path)
             try handle.seek(toOffset: footer.manifestOffset)
             let json = try handle.read(upToCount: Int(footer.manifestLength)) ?? Data()
-            let paddingBytes = Int(size - UInt64(ShardFileLayout.footerSize) - footer.manifestOffset) - json.count
-            let padding = try handle.read(upToCount: paddingBytes) ?? Data()
+            let restBytes = Int(size - UInt64(ShardFileLayout.footerSize) - footer.manifestOffset) - json.count
+            let rest = [UInt8](try handle.read(upToCount: max(0, restBytes)) ?? Data())
             guard json.count == Int(footer.manifestLength), ShardFileLayout.digest(json) == footer.manifestSHA256,
-                padding.count == paddingBytes, padding.allSatisfy({ $0 == 0 })
+                rest.count == restBytes
             else {
                 throw ShardError(
                     .checksumMismatch,
                     "\(path): its manifest or the bytes around it changed since it was built; the file is damaged, copy it again")
+            }
+            var signatures: [ShardSignature] = []
+            if footer.layout == 2 {
+                guard let found = ShardFileLayout.signatures(in: rest) else {
+                    throw ShardError(
+                        .checksumMismatch, "\(path): its signature block is damaged; copy the file again, or sign it again")
+                }
+                signatures = found
+            } else if !rest.allSatisfy({ $0 == 0 }) {
+                throw ShardError(
+                    .checksumMismatch,
+                    "\(path): the bytes between its manifest and its footer changed since it was built; the file is damaged, copy it again"
+                )
             }
             let manifest: ShardManifest
             do {
@@ -71,7 +90,9 @@ public struct Shard: Sendable, Equatable {
             guard let image = manifest.image, image.bytes == footer.imageBytes else {
                 throw ShardError(.notAShard, "\(path): its manifest does not describe its image; the file is damaged")
             }
-            return Shard(path: path, manifest: manifest, fileBytes: size, imageBytes: footer.imageBytes)
+            return Shard(
+                path: path, manifest: manifest, fileBytes: size, imageBytes: footer.imageBytes,
+                manifestSHA256: footer.manifestSHA256, signatures: signatures, manifestJSON: [UInt8](json))
         } catch let error as ShardError {
             throw error
         } catch {

@@ -44,7 +44,9 @@ public enum ShardBuilder {
         let summary = try writer.finish()
 
         var complete = manifest
-        let unsigned = Shard(path: temporary, manifest: complete, fileBytes: summary.bytes, imageBytes: summary.bytes)
+        let unsigned = Shard(
+            path: temporary, manifest: complete, fileBytes: summary.bytes, imageBytes: summary.bytes, manifestSHA256: [],
+            signatures: [], manifestJSON: [])
         complete.image = ShardManifest.Image(
             sha256: try unsigned.imageSHA256(), bytes: summary.bytes,
             compressor: options.compressor.rawValue, blockSize: UInt32(options.blockSize))
@@ -56,15 +58,7 @@ public enum ShardBuilder {
         } catch {
             throw ShardError(.invalidArgument, "encoding the manifest: \(error)")
         }
-        let footerAt = ShardFileLayout.footerOffset(imageBytes: summary.bytes, manifestLength: json.count)
-        var tail = [UInt8](json)
-        tail.append(contentsOf: [UInt8](repeating: 0, count: Int(footerAt - summary.bytes) - json.count))
-        tail.append(
-            contentsOf: ShardFileLayout.encode(
-                .init(
-                    imageBytes: summary.bytes, manifestOffset: summary.bytes,
-                    manifestLength: UInt32(json.count),
-                    manifestSHA256: ShardFileLayout.digest(json))))
+        let tail = ShardFileLayout.tail(manifest: [UInt8](json), signatures: [], imageBytes: summary.bytes)
         let fd = Glibc.open(temporary, O_WRONLY | O_APPEND | O_CLOEXEC)
         guard fd >= 0 else { throw ShardError(.io, "reopening \(temporary): \(String(cString: strerror(errno)))") }
         defer { close(fd) }

@@ -32,6 +32,20 @@ public struct ShardError: VMExecFailure, Equatable {
         case wrongArchitecture
         /// A path asked for does not exist in the shard.
         case notFound
+        /// The trust policy wants a signature and the shard carries none.
+        case unsigned
+        /// A signature does not match the shard's manifest: changed after signing.
+        case badSignature
+        /// Signed, but by no key the host trusts.
+        case untrustedSigner
+        /// Signed only by keys the host has revoked.
+        case revokedSigner
+        /// No such shard (or version) is installed in the library.
+        case notInstalled
+        /// The version is installed already with other content.
+        case exists
+        /// A running sandbox uses the version.
+        case inUse
     }
 
     public let code: Code
@@ -49,7 +63,10 @@ public struct ShardError: VMExecFailure, Equatable {
         switch code {
         case .invalidArgument, .unsupportedEntry, .pathTraversal: .invalidRequest
         case .io: .hostFailure
-        case .notFound: .notFound
+        case .notFound, .notInstalled: .notFound
+        case .exists: .conflict
+        case .inUse: .busy
+        case .unsigned, .badSignature, .untrustedSigner, .revokedSigner: .refused
         case .badArchive, .notAShard, .checksumMismatch, .corrupt, .unmetRequirement, .conflict, .wrongArchitecture: .refused
         }
     }

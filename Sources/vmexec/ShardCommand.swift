@@ -6,8 +6,11 @@ import SquashMounts
 struct ShardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shard",
-        abstract: "Build, inspect and verify shards (read-only squashfs images with a manifest).",
-        subcommands: [Create.self, Import.self, Inspect.self, Verify.self])
+        abstract: "Build, sign, inspect and verify shards; install them into the library and choose the active versions.",
+        subcommands: [
+            Create.self, Import.self, Inspect.self, Verify.self, Sign.self, Install.self, List.self, Activate.self,
+            Rollback.self, Remove.self, GC.self, Log.self,
+        ])
 
     /// Manifest and image options shared by `create` and `import`.
     struct BuildOptions: ParsableArguments {
@@ -156,6 +159,7 @@ struct ShardCommand: ParsableCommand {
                 environment  \(m.environment.sorted { $0.key < $1.key }.map { "\($0.key)+=\($0.value)" }.joined(separator: " "))
                 preload      \((m.preload ?? []).joined(separator: ", "))
                 sha256       \(m.image?.sha256 ?? "")
+                signed by    \(shard.signatures.isEmpty ? "nobody" : shard.signatures.map { "\($0.fingerprint)\($0.isValid(for: shard) ? "" : " (INVALID: changed after signing)")" }.joined(separator: ", "))
                 file         \(inspection.fileBytes) bytes
                 squashfs     \(s.compressor), block \(s.blockSize), \(s.inodeCount) inodes, \(s.bytesUsed) bytes used, \(s.fragmentCount) fragments\(s.hasXattrs ? ", xattrs" : "")
                 """)

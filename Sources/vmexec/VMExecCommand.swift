@@ -14,7 +14,8 @@ struct VMExec: AsyncParsableCommand {
         version: vmexecVersion,
         subcommands: [
             Run.self, Serve.self, Up.self, ListSandboxes.self, Exec.self, Copy.self, ProcessList.self, Kill.self,
-            Jobs.self, Logs.self, Down.self, ShardCommand.self, StoreCommand.self, SnapshotCommand.self, PythonCommand.self,
+            Jobs.self, Logs.self, Down.self, ShardCommand.self, TrustCommand.self, Keygen.self, StoreCommand.self,
+            SnapshotCommand.self, PythonCommand.self,
             NodeCommand.self,
             DiffCommand.self, ExportCommand.self,
         ])
@@ -82,6 +83,15 @@ struct GuestOptions: ParsableArguments {
     @Option(name: .customLong("shard"), help: "Attach this shard read-only (repeatable); verified before boot.")
     var shards: [String] = []
 
+    @Option(
+        name: .customLong("use"),
+        help:
+            "Attach the active version of this shard of the library, and the shards it requires (repeatable; NAME==VERSION for another)."
+    )
+    var uses: [String] = []
+
+    @OptionGroup var library: LibraryOptions
+
     @Option(help: "Keep the guest's changes in this overlay store (see `vmexec store create`).")
     var store: String?
 
@@ -136,6 +146,11 @@ struct GuestOptions: ParsableArguments {
         // CPU (`vmexec python` has one saved with the shards' warm state).
         c.warmPython = false
         c.shards = try shards.map { try Shard.open($0) }
+        if !uses.isEmpty {
+            let checkout = try library.open().checkout(uses, architecture: arch.rawValue)
+            heldCheckouts.withLock { $0.append(checkout) }
+            c.shards += checkout.shards.filter { s in !c.shards.contains { $0.manifest.name == s.manifest.name } }
+        }
         c.store = try store.map { try Store.open(at: URL(fileURLWithPath: $0)) }
         c.allowLowerChange = allowLowerChange
         c.network = try networkPolicy()
