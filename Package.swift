@@ -88,7 +88,7 @@ let package = Package(
         .target(
             name: "VMExecService",
             dependencies: [
-                "VMExecutor", "SquashMounts", "PersistOverlay",
+                "VMExecutor", "SquashMounts", "PersistOverlay", "ShardLibrary",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

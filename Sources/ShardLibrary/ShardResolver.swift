@@ -17,7 +17,8 @@ extension ShardLibrary {
     /// requirement has no active provider: the error names the shard that
     /// requires it, the active shards of that family that do not fit, and the
     /// installed versions that would.
-    public func resolve(_ uses: [String], architecture: String) throws -> [Version] {
+    /// `alongside`: shards attached beside the library's (given as files); their capabilities count.
+    public func resolve(_ uses: [String], architecture: String, alongside: [ShardManifest] = []) throws -> [Version] {
         let all = try list()
         var chosen: [Version] = []
         for use in uses {
@@ -56,7 +57,11 @@ extension ShardLibrary {
             let shard = chosen[index]
             index += 1
             for requirement in shard.manifest.requires {
-                if chosen.contains(where: { $0.name != shard.name && $0.manifest.satisfies(requirement) }) { continue }
+                if chosen.contains(where: { $0.name != shard.name && $0.manifest.satisfies(requirement) })
+                    || alongside.contains(where: { $0.name != shard.name && $0.satisfies(requirement) })
+                {
+                    continue
+                }
                 let fits = { (v: Version) in
                     v.name != shard.name && v.manifest.satisfies(requirement)
                         && (v.architecture == "any" || v.architecture == architecture)
@@ -79,8 +84,8 @@ extension ShardLibrary {
     }
 
     /// Resolves `uses`, opens each file, admits it through the trust store and holds it.
-    public func checkout(_ uses: [String], architecture: String) throws -> ShardCheckout {
-        let versions = try resolve(uses, architecture: architecture)
+    public func checkout(_ uses: [String], architecture: String, alongside: [Shard] = []) throws -> ShardCheckout {
+        let versions = try resolve(uses, architecture: architecture, alongside: alongside.map(\.manifest))
         let lease = try ShardLease.shared(versions.map(\.path))
         var shards: [Shard] = []
         for version in versions {
@@ -94,7 +99,7 @@ extension ShardLibrary {
             _ = try trust.admit(shard)
             shards.append(shard)
         }
-        try ShardSet.check(shards, guestArchitecture: architecture)
+        try ShardSet.check(shards + alongside, guestArchitecture: architecture)
         return ShardCheckout(shards: shards, versions: versions, lease: lease)
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PersistOverlay
+import ShardLibrary
 import SquashMounts
 import Synchronization
 import VMExecutor
@@ -33,6 +34,8 @@ public actor SandboxRegistry {
         let sandbox: Sandbox
         let runner: JobRunner
         let health = Mutex(Health())
+        /// Library holds of shards attached live (those it started with are in its configuration).
+        let holds = Mutex<[ShardLease]>([])
 
         struct Health {
             var booting = false
@@ -60,11 +63,13 @@ public actor SandboxRegistry {
         self.jobs = try JobStore(path: configuration.jobStorePath)
         let config = configuration
         self.pool = WarmPool(profiles: configuration.pool, logger: logger) { profile in
-            let shards = try profile.shards.map { try Self.shard(named: $0, in: config) }
+            let shards = try Self.shards(named: profile.shards, in: config)
+            var machine = Self.machine(
+                config, shards: shards.shards, store: nil, memoryMiB: profile.memoryMiB, cpus: profile.cpus,
+                network: profile.network)
+            machine.shardHold = shards.hold
             return Sandbox(
-                configuration: Self.machine(
-                    config, shards: shards, store: nil, memoryMiB: profile.memoryMiB, cpus: profile.cpus,
-                    network: profile.network),
+                configuration: machine,
                 logger: logger.with("sandbox", "pool"))
         }
     }
@@ -205,7 +210,19 @@ public actor SandboxRegistry {
     /// Attaches a shard of the shard folder to the sandbox's guest; the sandbox keeps it across restarts.
     public func attachShard(owner: String, sandbox name: String, shard shardName: String) async throws -> Shard {
         let entry = try entry(owner, name)
-        let shard = try Self.shard(named: shardName, in: configuration)
+        let attached = await entry.sandbox.shards
+        let resolved = try Self.shards(named: [shardName], in: configuration, alongside: attached)
+        guard let shard = resolved.shards.first(where: { $0.manifest.name == shardName }) else {
+            throw VMExecError(.notFound, "no shard named \(shardName)")
+        }
+        if let missing = resolved.shards.first(where: { s in
+            !attached.contains { $0.manifest.name == s.manifest.name } && s != shard
+        }) {
+            throw VMExecError(
+                .shardRefused,
+                "\(shardName) needs \(missing.manifest.name) \(missing.manifest.version), which sandbox \(name) does not have; attach it first, or create a sandbox with both"
+            )
+        }
         if entry.record.spec.store != nil, case .layer = shard.manifest.placement {
             throw VMExecError(
                 .shardRefused,
@@ -215,6 +232,7 @@ public actor SandboxRegistry {
         }
         let sandbox = try await self.sandbox(owner: owner, name: name)
         try await sandbox.attach(shard)
+        if let hold = resolved.hold { entry.holds.withLock { $0.append(hold) } }
         try await persistShards(entry)
         return shard
     }
@@ -404,12 +422,14 @@ public actor SandboxRegistry {
         if let started {
             sandbox = started
         } else {
-            let shards = try spec.shards.map { try Self.shard(named: $0, in: configuration) }
-            let store = try spec.store.map { try self.store(named: $0, shards: shards) }
+            let resolved = try Self.shards(named: spec.shards, in: configuration)
+            let store = try spec.store.map { try self.store(named: $0, shards: resolved.shards) }
+            var machine = Self.machine(
+                configuration, shards: resolved.shards, store: store, memoryMiB: spec.memoryMiB, cpus: spec.cpus,
+                network: spec.network)
+            machine.shardHold = resolved.hold
             sandbox = Sandbox(
-                configuration: Self.machine(
-                    configuration, shards: shards, store: store, memoryMiB: spec.memoryMiB, cpus: spec.cpus,
-                    network: spec.network),
+                configuration: machine,
                 logger: logger.with("sandbox", "\(record.owner)/\(record.name)"))
         }
         return Entry(
@@ -437,9 +457,29 @@ public actor SandboxRegistry {
         return config
     }
 
+    /// Shards by name: those installed in the library as it resolves them (their
+    /// requirements added, the trust store asked now, the files held), the others
+    /// from the shard folder. `alongside`: shards the guest has already.
+    static func shards(named names: [String], in configuration: ServiceConfiguration, alongside: [Shard] = []) throws -> (
+        shards: [Shard], hold: ShardLease?
+    ) {
+        let installed = Set(try configuration.library?.list().map(\.name) ?? [])
+        let fromFolder = try names.filter { !installed.contains($0) }.map { try shard(named: $0, in: configuration) }
+        let fromLibrary = names.filter { installed.contains($0) }
+        guard let library = configuration.library, !fromLibrary.isEmpty else { return (fromFolder, nil) }
+        let checkout = try library.checkout(
+            fromLibrary, architecture: configuration.architecture.rawValue, alongside: fromFolder + alongside)
+        let added = checkout.shards.filter { s in !alongside.contains { $0.manifest.name == s.manifest.name } }
+        return (fromFolder + added, checkout.lease)
+    }
+
     /// The newest shard file in the shard directory whose manifest has this name.
     static func shard(named name: String, in configuration: ServiceConfiguration) throws -> Shard {
         let dir = configuration.shardDirectory ?? configuration.images.directory
+        guard configuration.folderShards else {
+            throw VMExecError(
+                .notFound, "no shard named \(name) is installed in the library; install it with `vmexec shard install FILE`")
+        }
         let files = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
         var found: [(Shard, Date)] = []
         for file in files where file.hasSuffix(".shard") {
@@ -449,7 +489,10 @@ public actor SandboxRegistry {
             found.append((shard, modified ?? .distantPast))
         }
         guard let newest = found.max(by: { $0.1 < $1.1 }) else {
-            throw VMExecError(.notFound, "no shard named \(name) in \(dir.path); the daemon offers the shards there")
+            throw VMExecError(
+                .notFound,
+                "no shard named \(name) in the library\(configuration.library.map { " (\($0.directory.path))" } ?? "") or in \(dir.path); install it with `vmexec shard install FILE`"
+            )
         }
         return newest.0
     }

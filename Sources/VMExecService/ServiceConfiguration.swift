@@ -1,4 +1,5 @@
 import Foundation
+import ShardLibrary
 import VMExecutor
 
 /// What the daemon's core needs to know about this host: where its state,
@@ -8,8 +9,15 @@ public struct ServiceConfiguration: Sendable {
     public var stateDirectory: URL
     /// The guest's kernel, initramfs and root file system.
     public var images: GuestImages
-    /// Shards sandboxes may name, by manifest name (`*.shard` files); nil: the images' folder.
+    /// The shard library: sandboxes name its shards, resolved to the active versions
+    /// (with what they require) and checked against its trust store at each start.
+    public var library: ShardLibrary?
+    /// More shards sandboxes may name, by manifest name (`*.shard` files): names the
+    /// library does not hold are looked up here; nil: the images' folder. A developer's
+    /// folder: its shards are verified but not checked against the trust store.
     public var shardDirectory: URL?
+    /// False: sandboxes take shards from the library only (what a field daemon should do).
+    public var folderShards = true
     /// Stores sandboxes may name; each `NAME` is a store folder, made on first use.
     public var storeDirectory: URL
     /// Size of a store made on first use.

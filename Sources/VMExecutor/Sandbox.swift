@@ -61,6 +61,9 @@ public struct SandboxConfiguration: Sendable {
     /// Shards attached read-only to the guest (see ``Sandbox/attach(_:)``):
     /// verified and checked against each other before boot.
     public var shards: [Shard] = []
+    /// Kept for as long as the sandbox lives: the shard library's hold on the files of
+    /// `shards` (a `ShardLease`), so that no version is removed from under its guest.
+    public var shardHold: (any AnyObject & Sendable)?
     /// The overlay store that keeps the guest's changes (see ``Store``); nil: a
     /// throwaway tmpfs upper layer. The sandbox holds the store's lock while its
     /// guest lives.

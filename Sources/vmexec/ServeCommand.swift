@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PersistOverlay
+import ShardLibrary
 import VMExecServer
 import VMExecService
 import VMExecutor
@@ -33,7 +34,13 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Folder holding the guest images (default: $VMEXEC_IMAGES, then the build folder).")
     var images: String?
 
-    @Option(help: "Folder of the shards sandboxes may name (default: the images' folder).")
+    @Option(help: "The shard library sandboxes name shards from (default: $VMEXEC_LIBRARY, then library/ in --state).")
+    var library: String?
+
+    @Option(
+        help:
+            "A developer's folder of more shards sandboxes may name, for names the library lacks (default: the images' folder; none: only the library)."
+    )
     var shards: String?
 
     @Option(help: "Largest file upload over TCP, e.g. 10M.")
@@ -110,7 +117,12 @@ struct Serve: AsyncParsableCommand {
         var config = ServiceConfiguration(
             stateDirectory: state.map { URL(fileURLWithPath: $0) } ?? Self.defaultStateDirectory(),
             images: try GuestImages.locate(explicit: images))
-        config.shardDirectory = shards.map { URL(fileURLWithPath: $0) }
+        config.shardDirectory = shards.flatMap { $0 == "none" ? nil : URL(fileURLWithPath: $0) }
+        config.folderShards = shards != "none"
+        config.library = try ShardLibrary(
+            directory: library.map { URL(fileURLWithPath: $0) }
+                ?? ShardLibrary.defaultDirectory(state: config.stateDirectory),
+            logger: logger)
         config.maxSandboxes = maxSandboxes
         config.maxGuestMemoryMiB = maxMemory
         config.jobRetentionSeconds = retentionDays * 86400

@@ -147,9 +147,9 @@ struct GuestOptions: ParsableArguments {
         c.warmPython = false
         c.shards = try shards.map { try Shard.open($0) }
         if !uses.isEmpty {
-            let checkout = try library.open().checkout(uses, architecture: arch.rawValue)
+            let checkout = try library.open().checkout(uses, architecture: arch.rawValue, alongside: c.shards)
             heldCheckouts.withLock { $0.append(checkout) }
-            c.shards += checkout.shards.filter { s in !c.shards.contains { $0.manifest.name == s.manifest.name } }
+            c.shards += checkout.shards
         }
         c.store = try store.map { try Store.open(at: URL(fileURLWithPath: $0)) }
         c.allowLowerChange = allowLowerChange

@@ -1,0 +1,119 @@
+import Foundation
+import SquashMounts
+import Testing
+import VMExecTestSupport
+
+extension CLISuites {
+    /// The shard library as a field engineer drives it: keys, trust, install, --use, activate,
+    /// rollback, and a daemon whose sandboxes keep their versions until it restarts.
+    @Suite("vmexec keygen, trust, shard install/list/activate/rollback/remove/gc, --use", .timeLimit(.minutes(10)))
+    struct LibraryCLITests {
+        /// A vendor key, the images' SDK and two versions of a small library, signed; a home for the library.
+        final class Setup {
+            let home: DaemonHome
+            let workshop: ShardWorkshop
+            let sdk: String
+            let libs: [String]
+
+            init() async throws {
+                home = try DaemonHome()
+                workshop = try ShardWorkshop()
+                let key = home.directory + "/vendor"
+                let keygen = try await home.vmexec(["keygen", "-o", key])
+                #expect(keygen.status == 0, "\(keygen.stderr)")
+                sdk = home.directory + "/sdk-python.shard"
+                try FileManager.default.copyItem(atPath: try #require(TestImages.sdkShardPath), toPath: sdk)
+                libs = [try workshop.libs(version: "1").path, try workshop.libs(version: "2").path]
+                let sign = try await home.vmexec(["shard", "sign", "--key", key + ".key", sdk] + libs)
+                #expect(sign.status == 0, "\(sign.stderr)")
+                let trust = try await home.vmexec(["trust", "add", key + ".pub"])
+                #expect(trust.status == 0 && trust.stdout.contains("trusted key"), "\(trust.stderr)")
+            }
+
+            func vmexec(_ args: [String]) async throws -> CLITests.Outcome { try await home.vmexec(args) }
+
+            deinit { home.remove() }
+        }
+
+        @Test("install, list, --use with requirements resolved, activate, rollback, remove, gc; the log says who")
+        func installAndUse() async throws {
+            let s = try await Setup()
+            let install = try await s.vmexec(["shard", "install", s.sdk] + s.libs)
+            #expect(install.status == 0, "\(install.stderr)")
+            #expect(install.stdout.contains("installed vxlib 2 (libs, signed by"), "\(install.stdout)")
+            let list = try await s.vmexec(["shard", "list", "--json"])
+            let versions = try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]] ?? []
+            #expect(versions.count == 3, "\(list.stdout)")
+            #expect(versions.filter { $0["active"] as? Bool == true }.compactMap { $0["version"] as? String }.count == 2)
+
+            // --use vxlib brings the SDK it requires (python3.11) from the library.
+            let script = ["--", "python3", "-c", "import vxlib, sys; print(vxlib.VERSION, sys.version_info[:2])"]
+            let run = try await s.vmexec(["run", "--use", "vxlib"] + script)
+            #expect(run.status == 0 && run.stdout == "2 (3, 11)\n", "\(run.stdout)\(run.stderr)")
+            let rollback = try await s.vmexec(["shard", "rollback", "vxlib"])
+            #expect(rollback.stdout == "vxlib: 1 is active (was 2)\n", "\(rollback.stdout)\(rollback.stderr)")
+            let older = try await s.vmexec(["run", "--use", "vxlib"] + script)
+            #expect(older.stdout == "1 (3, 11)\n", "\(older.stdout)\(older.stderr)")
+            let pinned = try await s.vmexec(["run", "--use", "vxlib==2"] + script)
+            #expect(pinned.stdout == "2 (3, 11)\n", "\(pinned.stdout)\(pinned.stderr)")
+
+            let removeActive = try await s.vmexec(["shard", "remove", "vxlib", "1"])
+            #expect(removeActive.status == 125 && removeActive.stderr.contains("is the active version"), "\(removeActive.stderr)")
+            let gc = try await s.vmexec(["shard", "gc"])
+            #expect(gc.stdout == "nothing to remove\n", "the rollback target stays: \(gc.stdout)")
+            let remove = try await s.vmexec(["shard", "remove", "vxlib", "2"])
+            #expect(remove.stdout == "removed vxlib 2\n", "\(remove.stderr)")
+            let unknown = try await s.vmexec(["run", "--use", "pandas", "--", "true"])
+            #expect(unknown.status == 125 && unknown.stderr.contains("no shard named pandas is installed"), "\(unknown.stderr)")
+            let log = try await s.vmexec(["shard", "log"])
+            #expect(log.stdout.contains("rollback  vxlib 1"), "\(log.stdout)")
+            #expect(log.stdout.contains("remove    vxlib 2"), "\(log.stdout)")
+        }
+
+        @Test("unsigned and revoked shards are refused at install and at attach, before anything boots")
+        func refusals() async throws {
+            let s = try await Setup()
+            let unsigned = try s.workshop.libs(version: "3").path
+            let refused = try await s.vmexec(["shard", "install", unsigned])
+            #expect(refused.status == 125 && refused.stderr.contains("is not signed"), "\(refused.stderr)")
+            #expect(try await s.vmexec(["shard", "install", s.sdk, s.libs[0]]).status == 0)
+            let revoke = try await s.vmexec(["trust", "revoke", "vendor"])
+            #expect(revoke.status == 0, "\(revoke.stderr)")
+            let started = Date()
+            let atAttach = try await s.vmexec(["run", "--use", "vxlib", "--", "true"])
+            #expect(atAttach.status == 125 && atAttach.stderr.contains("which was revoked on"), "\(atAttach.stderr)")
+            #expect(Date().timeIntervalSince(started) < 20, "refused before a guest boots")
+            let list = try await s.vmexec(["trust", "list"])
+            #expect(list.stdout.contains("revoked"), "\(list.stdout)")
+        }
+
+        @Test("the daemon names library shards; a sandbox keeps its versions until the daemon restarts; held versions stay")
+        func daemonUsesLibrary() async throws {
+            let s = try await Setup()
+            #expect(try await s.vmexec(["shard", "install", s.sdk] + s.libs).status == 0)
+            let up = try await s.vmexec(["up", "dev", "--shard", "vxlib"])
+            #expect(up.status == 0, "\(up.stderr)")
+            let probe = ["exec", "dev", "--", "python3", "-c", "import vxlib; print(vxlib.VERSION)"]
+            #expect(try await s.vmexec(probe).stdout == "2\n")
+            #expect(try await s.vmexec(["shard", "activate", "vxlib", "1"]).status == 0)
+            #expect(try await s.vmexec(probe).stdout == "2\n", "the running sandbox keeps its version")
+            let held = try await s.vmexec(["shard", "remove", "vxlib", "2"])
+            #expect(held.status == 125 && held.stderr.contains("in use by a running sandbox"), "\(held.stderr)")
+
+            // Restarted, the daemon brings the sandbox back with the active version.
+            let pid = try #require(s.home.daemonPID)
+            kill(pid, SIGTERM)
+            for _ in 0..<300 where kill(pid, 0) == 0 { try await Task.sleep(for: .milliseconds(100)) }
+            let daemon = try await s.home.serve()
+            defer { daemon.terminate() }
+            var after = ""
+            for _ in 0..<60 {
+                after = try await s.vmexec(probe).stdout
+                if after == "1\n" { break }
+                try await Task.sleep(for: .seconds(1))
+            }
+            #expect(after == "1\n", "after the restart the sandbox has the active version")
+            #expect(try await s.vmexec(["shard", "remove", "vxlib", "2"]).status == 0)
+        }
+    }
+}
