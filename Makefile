@@ -105,7 +105,8 @@ $(SDK_SHARD): $(IMG)/sdk.tree.version $(SHARD_CODE) $(RUNNER) $(IMG)/zygote-clie
 	install -D -m 0755 $(IMG)/zygote-client $(IMG)/sdk.tree/usr/lib/vmexec/zygote-client
 	$(call compile_python,$(RUNNER_DIR))
 	$(VMEXEC) shard create $(IMG)/sdk.tree -o $@ --name cpython --version $$(cat $<) --kind sdk --layer 10 \
-	  --arch $(ARCH) --provides python3 --provides python3.11
+	  --arch $(ARCH) --provides python3 --provides python3.11 \
+	  --provides glibc==$$(sqfscat $(IMG)/rootfs.sqfs /var/lib/dpkg/status | awk '/^Package: libc6$$/{f=1} f&&/^Version:/{split($$2,v,"-"); print v[1]; exit}')
 
 $(NODE_SHARD): $(IMG)/node.tree.version $(SHARD_CODE) images/runner/node/vmexec_node_runner.js
 	$(SWIFT) build --product vmexec

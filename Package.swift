@@ -59,6 +59,10 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // Libs shards from wheels or a site-packages folder, checked on the host, nothing of them run.
+        .target(
+            name: "WheelShards",
+            dependencies: ["SquashMounts", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
         // squashfs images are written and read through libsquashfs (squashfs-tools-ng),
         // archives through libarchive: the field's libraries, linked from the system.
         .systemLibrary(name: "CSquashfs", pkgConfig: "libsquashfs1", providers: [.apt(["libsquashfs-dev"])]),
@@ -132,7 +136,7 @@ let package = Package(
             name: "vmexec",
             dependencies: [
                 "VMExecutor", "SquashMounts", "PersistOverlay", "VMExecService", "VMExecServer", "VMExecClient", "CVMExecHost",
-                "ShardLibrary",
+                "ShardLibrary", "WheelShards",
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -160,7 +164,10 @@ let package = Package(
         .testTarget(name: "PersistOverlayTests", dependencies: ["PersistOverlay"]),
         .testTarget(
             name: "ShardLibraryTests",
-            dependencies: ["ShardLibrary", "SquashMounts", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: [
+                "ShardLibrary", "SquashMounts", "WheelShards", "VMExecTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         // Host-only: Sandbox over a machine double, QEMU's process wrapper. No images needed.
         .testTarget(
             name: "VMExecutorUnitTests",

@@ -136,3 +136,12 @@ struct ArchiveImporter {
         return result
     }
 }
+
+/// The archive path checks, for other importers of untrusted archives (wheels).
+public enum ArchiveImporterPaths {
+    /// The entry's path as components; throws `pathTraversal` for one that is absolute or climbs out with `..`.
+    @discardableResult
+    public static func components(of raw: String, entry: String) throws(ShardError) -> [[UInt8]] {
+        try ArchiveImporter.components(of: raw, entry: entry)
+    }
+}

@@ -4,6 +4,7 @@ import Logging
 import ShardLibrary
 import SquashMounts
 import Synchronization
+import WheelShards
 
 /// Where the shard library is: `--library`, else `$VMEXEC_LIBRARY`, else `library` in vmexec's state folder.
 struct LibraryOptions: ParsableArguments {
@@ -178,6 +179,68 @@ extension ShardCommand {
                     "\(file): \(shard.manifest.name) \(shard.manifest.version) signed by \(signingKey.publicKey.fingerprint) \(signingKey.name)"
                 )
             }
+        }
+    }
+}
+
+extension ShardCommand {
+    struct FromWheels: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "from-wheels",
+            abstract: "Make one libs shard from a folder of wheels (pip download's) or a site-packages folder, offline.",
+            discussion: """
+                Every wheel must fit the SDK shard's Python, ABI, architecture and glibc, match its RECORD, \
+                and have what it requires among the folder's wheels (or --external). Nothing in the \
+                wheels runs on the host; bytecode is compiled in when the host's python3 is the SDK's version.
+                """)
+
+        @Argument(help: "The folder of wheels (or a site-packages folder).")
+        var folder: String
+
+        @Option(name: .shortAndLong, help: "The shard file to write.")
+        var output: String
+
+        @Option(help: "Shard name.")
+        var name: String
+
+        @Option(help: "Shard version.")
+        var version: String
+
+        @Option(help: "The SDK shard the libraries are for: a file, or a name in the library (its active version).")
+        var sdk: String
+
+        @Option(help: "Mount point in the guest (default /opt/libs/NAME).")
+        var mount: String?
+
+        @Option(help: "A distribution another shard provides, e.g. numpy (repeatable): required by name, not looked for.")
+        var external: [String] = []
+
+        @Option(help: "A Python module the warm interpreter imports ahead of jobs (repeatable).")
+        var preload: [String] = []
+
+        @OptionGroup var library: LibraryOptions
+
+        func run() throws {
+            let sdkShard: Shard
+            if FileManager.default.fileExists(atPath: sdk) {
+                sdkShard = try Shard.open(sdk)
+            } else {
+                guard let active = try library.open().list(name: sdk).first(where: \.active) else {
+                    throw ShardError(.notInstalled, "--sdk \(sdk) is neither a file nor an active shard of the library")
+                }
+                sdkShard = try Shard.open(active.path)
+            }
+            var maker = LibsShardMaker(
+                name: name, version: version, target: try PythonTarget(sdk: sdkShard.manifest), mountPoint: mount)
+            maker.external = external
+            maker.preload = preload
+            let report = try maker.make(from: folder, to: output)
+            let m = report.shard.manifest
+            print(
+                "\(output): \(m.name) \(m.version) for \(m.requires.joined(separator: ", ")) on \(m.architecture), \(report.shard.fileBytes) bytes"
+            )
+            print("  provides \(report.distributions.joined(separator: " "))")
+            if !report.bytecode { print("  no bytecode compiled in (the host's python3 is not the SDK's version)") }
         }
     }
 }

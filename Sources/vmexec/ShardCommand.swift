@@ -9,7 +9,7 @@ struct ShardCommand: ParsableCommand {
         abstract: "Build, sign, inspect and verify shards; install them into the library and choose the active versions.",
         subcommands: [
             Create.self, Import.self, Inspect.self, Verify.self, Sign.self, Install.self, List.self, Activate.self,
-            Rollback.self, Remove.self, GC.self, Log.self,
+            Rollback.self, Remove.self, GC.self, Log.self, FromWheels.self,
         ])
 
     /// Manifest and image options shared by `create` and `import`.

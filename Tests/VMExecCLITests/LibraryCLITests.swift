@@ -70,6 +70,54 @@ extension CLISuites {
             #expect(log.stdout.contains("remove    vxlib 2"), "\(log.stdout)")
         }
 
+        @Test("from-wheels: numpy's wheel and a pure-Python package that depends on another, in one signed libs shard")
+        func fromWheels() async throws {
+            let s = try await Setup()
+            let wheels = s.home.directory + "/wheels"
+            try FileManager.default.createDirectory(atPath: wheels, withIntermediateDirectories: true)
+            // The numpy wheel `make images` downloaded (pip download's folder on a connected machine).
+            let cache = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+                .appendingPathComponent("../../images/build/cache/wheels").standardized.path
+            let numpy = try #require(
+                try FileManager.default.contentsOfDirectory(atPath: cache).first {
+                    $0.hasPrefix("numpy-") && $0.hasSuffix("_x86_64.whl")
+                })
+            try FileManager.default.copyItem(atPath: cache + "/" + numpy, toPath: wheels + "/" + numpy)
+            try WheelFactory.wheel(
+                in: wheels, name: "alpha", version: "1.2", requires: ["beta>=1.0", "numpy>=1.20"],
+                files: [
+                    "alpha/__init__.py":
+                        "import numpy\nfrom beta import BETA\ndef main():\n    print('alpha-cli', BETA, int(numpy.arange(4).sum()))\n"
+                ],
+                consoleScripts: ["alpha-cli": "alpha:main"])
+            try WheelFactory.wheel(in: wheels, name: "beta", version: "1.1", files: ["beta/__init__.py": "BETA = 'beta 1.1'\n"])
+            let shard = s.home.directory + "/field-libs.shard"
+            let made = try await s.vmexec([
+                "shard", "from-wheels", wheels, "-o", shard, "--name", "field-libs", "--version", "1", "--sdk", s.sdk,
+            ])
+            #expect(made.status == 0, "\(made.stderr)")
+            #expect(made.stdout.contains("provides alpha==1.2 beta==1.1 numpy==1.26.4"), "\(made.stdout)")
+            #expect(try await s.vmexec(["shard", "install", shard]).stderr.contains("is not signed"))
+            #expect(try await s.vmexec(["shard", "sign", "--key", s.home.directory + "/vendor.key", shard]).status == 0)
+            #expect(try await s.vmexec(["shard", "install", s.sdk, shard]).status == 0)
+            let run = try await s.vmexec([
+                "run", "--use", "field-libs", "--", "sh", "-c",
+                "python3 -c 'import numpy, alpha; print(numpy.__version__, alpha.BETA)' && alpha-cli",
+            ])
+            #expect(run.status == 0 && run.stdout == "1.26.4 beta 1.1\nalpha-cli beta 1.1 6\n", "\(run.stdout)\(run.stderr)")
+
+            // A wheel for another architecture is refused by name.
+            try WheelFactory.wheel(
+                in: wheels, name: "gamma", version: "1", python: "cp311", abi: "cp311", platform: "manylinux_2_17_aarch64",
+                files: ["gamma/__init__.py": ""])
+            let misfit = try await s.vmexec([
+                "shard", "from-wheels", wheels, "-o", shard + "2", "--name", "x", "--version", "1", "--sdk", "cpython",
+            ])
+            #expect(
+                misfit.status == 125 && misfit.stderr.contains("gamma-1-cp311-cp311-manylinux_2_17_aarch64.whl does not fit"),
+                "\(misfit.stderr)")
+        }
+
         @Test("unsigned and revoked shards are refused at install and at attach, before anything boots")
         func refusals() async throws {
             let s = try await Setup()

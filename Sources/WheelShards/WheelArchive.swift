@@ -1,0 +1,191 @@
+import CArchive
+import Crypto
+import Foundation
+import SquashMounts
+
+/// One wheel unpacked into a site folder the way an installer lays it out, without running
+/// anything from it: wheels carry no install scripts, and none of their code runs on the host.
+///
+/// `NAME.data/purelib` and `platlib` go to the site root, `scripts` to `bin/` (a `#!python`
+/// line becomes the guest's interpreter), `headers` to `include/NAME/`, `data` to `data/`.
+/// Every file is checked against the wheel's RECORD (sha256 and size); paths that would
+/// leave the folder, and shared objects for another architecture, are refused.
+struct WheelArchive {
+    let path: String
+    let name: WheelName
+
+    /// What the wheel declared in its `*.dist-info`.
+    struct Metadata {
+        var name: String
+        var version: String
+        var requiresPython: String?
+        var requirements: [PackageRequirement]
+        var consoleScripts: [(name: String, target: String)]
+    }
+
+    private static func message(_ archive: OpaquePointer) -> String {
+        archive_error_string(archive).map { String(cString: $0) } ?? "unreadable archive"
+    }
+
+    /// Unpacks into `site`; returns the wheel's metadata and the files it wrote (relative paths).
+    func unpack(into site: URL, target: PythonTarget, python: String) throws(ShardError) -> (Metadata, [String]) {
+        guard let archive = archive_read_new() else { throw ShardError(.io, "out of memory") }
+        defer { archive_read_free(archive) }
+        archive_read_support_format_zip(archive)
+        guard archive_read_open_filename(archive, path, 1 << 16) == ARCHIVE_OK else {
+            throw ShardError(.badArchive, "wheel \(name.file) cannot be read: \(Self.message(archive))")
+        }
+        let dataDir = "\(name.distribution)-\(name.version).data/"
+        var digests: [String: (String, Int)] = [:]
+        var written: [String] = []
+        var texts: [String: String] = [:]
+        var entry: OpaquePointer?
+        while true {
+            let rc = archive_read_next_header(archive, &entry)
+            if rc == ARCHIVE_EOF { break }
+            guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let entry else {
+                throw ShardError(.badArchive, "wheel \(name.file): \(Self.message(archive))")
+            }
+            guard let raw = archive_entry_pathname(entry).map({ String(cString: $0) }) else { continue }
+            guard Int32(archive_entry_filetype(entry)) == S_IFREG else { continue }
+            _ = try ArchiveImporterPaths.components(of: raw, entry: "\(name.file):\(raw)")
+            var bytes = [UInt8]()
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+            defer { buffer.deallocate() }
+            while true {
+                let n = archive_read_data(archive, buffer.baseAddress, buffer.count)
+                if n == 0 { break }
+                guard n > 0 else { throw ShardError(.badArchive, "wheel \(name.file): \(raw): \(Self.message(archive))") }
+                bytes += UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+            }
+            let digest = Data(SHA256.hash(data: bytes)).base64EncodedString()
+                .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+                .replacingOccurrences(of: "=", with: "")
+            digests[raw] = (digest, bytes.count)
+            if raw.contains(".dist-info/") && !raw.hasPrefix(dataDir) {
+                texts[String(raw.split(separator: "/").last ?? "")] = String(decoding: bytes, as: UTF8.self)
+            }
+            var destination = raw
+            var mode: mode_t = archive_entry_perm(entry) & 0o111 != 0 ? 0o755 : 0o644
+            if raw.hasPrefix(dataDir) {
+                let rest = raw.dropFirst(dataDir.count)
+                let scheme = rest.prefix { $0 != "/" }
+                let inner = String(rest.dropFirst(scheme.count + 1))
+                switch scheme {
+                case "purelib", "platlib": destination = inner
+                case "scripts":
+                    destination = "bin/" + inner
+                    mode = 0o755
+                    if bytes.starts(with: Array("#!python".utf8)) {
+                        let line = bytes.firstIndex(of: 10) ?? bytes.endIndex
+                        bytes = Array("#!\(python)".utf8) + bytes[line...]
+                    }
+                case "headers": destination = "include/\(name.distribution)/" + inner
+                default: destination = "data/" + inner
+                }
+            }
+            if destination.hasSuffix(".so") || destination.contains(".so.") {
+                try checkMachine(bytes, file: raw, target: target)
+            }
+            try write(bytes, to: site, relative: destination, mode: mode)
+            written.append(destination)
+        }
+        let metadata = try metadata(texts)
+        try checkRecord(texts["RECORD"], digests)
+        for script in metadata.consoleScripts {
+            let parts = script.target.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, !parts[0].isEmpty else { continue }
+            let attribute = parts[1].split(separator: " ").first.map(String.init) ?? parts[1]
+            let text = """
+                #!\(python)
+                import sys
+                from \(parts[0]) import \(attribute.split(separator: ".").first ?? "")
+                sys.exit(\(attribute)())
+
+                """
+            try write(Array(text.utf8), to: site, relative: "bin/" + script.name, mode: 0o755)
+            written.append("bin/" + script.name)
+        }
+        return (metadata, written)
+    }
+
+    private func metadata(_ texts: [String: String]) throws(ShardError) -> Metadata {
+        guard let text = texts["METADATA"] else {
+            throw ShardError(.badArchive, "wheel \(name.file) has no .dist-info/METADATA: it is not a wheel")
+        }
+        var fields: [(String, String)] = []
+        for line in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
+            if line.isEmpty { break }  // the description follows the headers
+            guard let colon = line.firstIndex(of: ":"), !line.hasPrefix(" ") else { continue }
+            fields.append(
+                (String(line[..<colon]).lowercased(), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+        }
+        let name = fields.first { $0.0 == "name" }?.1 ?? self.name.distribution
+        let version = fields.first { $0.0 == "version" }?.1 ?? self.name.version
+        var scripts: [(String, String)] = []
+        var section = ""
+        for line in (texts["entry_points.txt"] ?? "").split(whereSeparator: \.isNewline) {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasPrefix("[") {
+                section = trimmed
+                continue
+            }
+            guard section == "[console_scripts]", let eq = trimmed.firstIndex(of: "=") else { continue }
+            let scriptName = trimmed[..<eq].trimmingCharacters(in: .whitespaces)
+            guard !scriptName.isEmpty, !scriptName.contains("/") else { continue }
+            scripts.append((scriptName, trimmed[trimmed.index(after: eq)...].trimmingCharacters(in: .whitespaces)))
+        }
+        return Metadata(
+            name: name, version: version, requiresPython: fields.first { $0.0 == "requires-python" }?.1,
+            requirements: fields.filter { $0.0 == "requires-dist" }.compactMap { PackageRequirement($0.1) },
+            consoleScripts: scripts)
+    }
+
+    /// Every file the RECORD lists must be there with its sha256 and size (RECORD itself has none).
+    private func checkRecord(_ record: String?, _ digests: [String: (String, Int)]) throws(ShardError) {
+        guard let record else { throw ShardError(.badArchive, "wheel \(name.file) has no RECORD: it is not a wheel") }
+        for line in record.split(whereSeparator: \.isNewline) {
+            let fields = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard fields.count >= 3, fields[1].hasPrefix("sha256=") else { continue }
+            let file = fields[0].trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+            guard let (digest, size) = digests[file] else {
+                throw ShardError(.badArchive, "wheel \(name.file) lists \(file) in its RECORD but does not hold it: damaged")
+            }
+            guard digest == fields[1].dropFirst(7), String(size) == fields[2] || fields[2].isEmpty else {
+                throw ShardError(
+                    .checksumMismatch, "wheel \(name.file): \(file) does not match its RECORD: the wheel is damaged or altered")
+            }
+        }
+    }
+
+    private func checkMachine(_ bytes: [UInt8], file: String, target: PythonTarget) throws(ShardError) {
+        guard bytes.count >= 20, bytes.starts(with: [0x7f, 0x45, 0x4c, 0x46]) else { return }
+        let machine = UInt16(bytes[18]) | UInt16(bytes[19]) << 8
+        guard machine == target.elfMachine else {
+            let names: [UInt16: String] = [62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm"]
+            throw ShardError(
+                .wrongArchitecture,
+                "wheel \(name.file): \(file) is machine code for \(names[machine] ?? "machine \(machine)"), and the SDK is \(target.architecture)"
+            )
+        }
+    }
+
+    private func write(_ bytes: [UInt8], to site: URL, relative: String, mode: mode_t) throws(ShardError) {
+        let url = site.appendingPathComponent(relative)
+        do {
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        } catch {
+            throw ShardError(.io, "creating \(url.deletingLastPathComponent().path): \(error)")
+        }
+        if let existing = FileManager.default.contents(atPath: url.path) {
+            guard [UInt8](existing) == bytes else {
+                throw ShardError(
+                    .conflict, "wheel \(name.file) holds \(relative), which another wheel holds with other content")
+            }
+            return
+        }
+        guard FileManager.default.createFile(atPath: url.path, contents: Data(bytes)), chmod(url.path, mode) == 0 else {
+            throw ShardError(.io, "writing \(url.path): \(String(cString: strerror(errno)))")
+        }
+    }
+}

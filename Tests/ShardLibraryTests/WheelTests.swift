@@ -1,0 +1,127 @@
+import Foundation
+import SquashMounts
+import Testing
+import VMExecTestSupport
+
+@testable import WheelShards
+
+/// Libs shards from wheels, decided on the host: versions, markers, tags, RECORDs, requirements.
+@Suite("Libs shards from wheels")
+struct WheelTests {
+    static let cpython311 = PythonTarget(major: 3, minor: 11, fullVersion: "3.11.2", architecture: "x86_64", glibc: (2, 36))
+
+    @Test("PEP 440 order and specifiers")
+    func versions() throws {
+        let ordered = ["1.0.dev1", "1.0a1", "1.0b2", "1.0rc1", "1.0", "1.0.post1", "1.1", "1!0.5"]
+        let parsed = ordered.compactMap(PackageVersion.init)
+        #expect(parsed.count == ordered.count)
+        #expect(zip(parsed, parsed.dropFirst()).allSatisfy { $0 < $1 })
+        #expect(PackageVersion("1.0") == PackageVersion("1.0.0"))
+        let v = try #require(PackageVersion("1.26.4"))
+        #expect(v.satisfies(">=1.21,<2") && v.satisfies("~=1.26") && v.satisfies("==1.26.*") && v.satisfies(""))
+        #expect(!v.satisfies(">=2") && !v.satisfies("!=1.26.4") && !v.satisfies("~=1.25.0") && !v.satisfies("==1.25.*"))
+        #expect(PackageVersion("not a version") == nil)
+    }
+
+    @Test("PEP 508 requirements and markers")
+    func markers() throws {
+        let env = Self.cpython311.markerEnvironment
+        let plain = try #require(PackageRequirement("numpy (>=1.21)"))
+        #expect(plain.name == "numpy" && plain.specifier == ">=1.21" && plain.applies(in: env))
+        let old = try #require(PackageRequirement("importlib-metadata>=4; python_version < \"3.10\""))
+        #expect(!old.applies(in: env))
+        let linux = try #require(
+            PackageRequirement("x[a,b]>=1 ; sys_platform == 'linux' and (python_version >= '3.8' or os_name == 'nt')"))
+        #expect(linux.extras == ["a", "b"] && linux.applies(in: env))
+        let extra = try #require(PackageRequirement("pytest; extra == \"test\""))
+        #expect(!extra.applies(in: env))
+        #expect(extra.applies(in: env.merging(["extra": "test"]) { $1 }))
+        #expect(try #require(PackageRequirement("y; platform_machine in 'x86_64 aarch64'")).applies(in: env))
+        #expect(PackageRequirement.normalize("Python_Dateutil.x") == "python-dateutil-x")
+    }
+
+    @Test("wheel tags fit CPython 3.11 on x86_64 with glibc 2.36 as pip decides")
+    func tags() throws {
+        let fits = [
+            "a-1-py3-none-any.whl", "a-1-py2.py3-none-any.whl", "a-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            "a-1-cp38-abi3-manylinux_2_28_x86_64.whl", "a-1-cp311-none-any.whl", "a-1-py310-none-any.whl",
+        ]
+        for file in fits { #expect(WheelName(file)?.mismatch(for: Self.cpython311) == nil, "\(file)") }
+        let misfits = [
+            "a-1-cp312-cp312-manylinux_2_17_x86_64.whl", "a-1-cp311-cp311-manylinux_2_17_aarch64.whl",
+            "a-1-cp311-cp311-manylinux_2_39_x86_64.whl", "a-1-cp311-cp311-musllinux_1_1_x86_64.whl",
+            "a-1-cp311-cp311-win_amd64.whl", "a-1-py2-none-any.whl", "a-1-cp313-abi3-manylinux_2_17_x86_64.whl",
+        ]
+        for file in misfits { #expect(WheelName(file)?.mismatch(for: Self.cpython311) != nil, "\(file)") }
+    }
+
+    @Test("a folder of wheels becomes one shard; misfits, damage and missing requirements are refused by name")
+    func folder() throws {
+        let root = NSTemporaryDirectory() + "vmexec-wheels-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let wheels = root + "/wheels"
+        try FileManager.default.createDirectory(atPath: wheels, withIntermediateDirectories: true)
+        try WheelFactory.wheel(
+            in: wheels, name: "alpha", version: "1.2",
+            requires: ["beta>=1.0", "gamma; extra == \"docs\"", "delta; python_version < \"3.8\""],
+            files: ["alpha/__init__.py": "from beta import BETA\n"], consoleScripts: ["alpha-cli": "alpha:main"])
+        try WheelFactory.wheel(in: wheels, name: "beta", version: "1.1", files: ["beta/__init__.py": "BETA = 1\n"])
+        let maker = LibsShardMaker(name: "field", version: "1", target: Self.cpython311)
+        let report = try maker.make(from: wheels, to: root + "/field.shard")
+        #expect(report.distributions == ["alpha==1.2", "beta==1.1"])
+        let m = report.shard.manifest
+        #expect(m.kind == .libs && m.architecture == "any" && m.requires == ["python3.11"])
+        #expect(m.placement == .mount("/opt/libs/field") && m.environment["PATH"] == "/opt/libs/field/bin")
+        let paths = try report.shard.paths()
+        #expect(paths.contains("/alpha/__init__.py") && paths.contains("/beta/__init__.py") && paths.contains("/bin/alpha-cli"))
+        var script = Data()
+        try report.shard.readFile("/bin/alpha-cli") { script.append(contentsOf: $0) }
+        #expect(String(decoding: script, as: UTF8.self).hasPrefix("#!/usr/bin/python3\n"))
+
+        // beta too old for alpha's >=1.0... is fine; beta missing is not.
+        try FileManager.default.removeItem(atPath: wheels + "/beta-1.1-py3-none-any.whl")
+        let missing = shardError { _ = try maker.make(from: wheels, to: root + "/x.shard") }
+        #expect(missing?.code == .unmetRequirement)
+        #expect(
+            missing?.message.contains("alpha 1.2 requires beta>=1.0, which no wheel of the folder is") == true,
+            "\(missing?.message ?? "")")
+        var external = maker
+        external.external = ["beta"]
+        #expect(try external.make(from: wheels, to: root + "/x.shard").shard.manifest.requires == ["python3.11", "beta"])
+        try FileManager.default.removeItem(atPath: root + "/x.shard")
+        try WheelFactory.wheel(in: wheels, name: "beta", version: "0.9", files: ["beta/__init__.py": "BETA = 0\n"])
+        #expect(
+            shardError { _ = try maker.make(from: wheels, to: root + "/x.shard") }?.message.contains("the folder has beta 0.9")
+                == true)
+        try FileManager.default.removeItem(atPath: wheels + "/beta-0.9-py3-none-any.whl")
+        try WheelFactory.wheel(in: wheels, name: "beta", version: "1.1", files: ["beta/__init__.py": "BETA = 1\n"])
+
+        // A wheel for another Python is refused naming it; so is a damaged one.
+        let other = try WheelFactory.wheel(
+            in: wheels, name: "gamma", version: "1", python: "cp312", abi: "cp312", platform: "manylinux_2_17_x86_64",
+            files: ["gamma/__init__.py": ""])
+        let misfit = shardError { _ = try maker.make(from: wheels, to: root + "/x.shard") }
+        #expect(
+            misfit?.message.contains("gamma-1-cp312-cp312-manylinux_2_17_x86_64.whl does not fit the SDK") == true,
+            "\(misfit?.message ?? "")")
+        try FileManager.default.removeItem(atPath: other)
+        try WheelFactory.wheel(in: wheels, name: "epsilon", version: "1", files: ["epsilon.py": "x = 1\n"], corruptRecord: true)
+        #expect(shardError { _ = try maker.make(from: wheels, to: root + "/x.shard") }?.code == .checksumMismatch)
+        // Refused builds leave neither a shard nor their staging folder behind.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root).sorted() == ["field.shard", "wheels"])
+    }
+
+    @Test("a wheel whose entries climb out of the site folder is refused")
+    func traversal() throws {
+        let root = NSTemporaryDirectory() + "vmexec-wheels-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: root + "/w", withIntermediateDirectories: true)
+        try WheelFactory.wheel(in: root + "/w", name: "evil", version: "1", files: ["../../escape.py": "x = 1\n"])
+        let error = shardError {
+            _ = try LibsShardMaker(name: "e", version: "1", target: Self.cpython311).make(
+                from: root + "/w", to: root + "/e.shard")
+        }
+        #expect(error?.code == .pathTraversal, "\(String(describing: error))")
+        #expect(!FileManager.default.fileExists(atPath: root + "/escape.py"))
+    }
+}
