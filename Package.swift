@@ -59,9 +59,10 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        // Libs shards from wheels or a site-packages folder, checked on the host, nothing of them run.
+        // Python shards made offline: libs from wheels or a site-packages folder, programs from a
+        // folder, zip, wheel or sdist; checked on the host, nothing of them run there.
         .target(
-            name: "WheelShards",
+            name: "PythonShards",
             dependencies: ["SquashMounts", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
         // squashfs images are written and read through libsquashfs (squashfs-tools-ng),
         // archives through libarchive: the field's libraries, linked from the system.
@@ -136,7 +137,7 @@ let package = Package(
             name: "vmexec",
             dependencies: [
                 "VMExecutor", "SquashMounts", "PersistOverlay", "VMExecService", "VMExecServer", "VMExecClient", "CVMExecHost",
-                "ShardLibrary", "WheelShards",
+                "ShardLibrary", "PythonShards",
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -165,7 +166,7 @@ let package = Package(
         .testTarget(
             name: "ShardLibraryTests",
             dependencies: [
-                "ShardLibrary", "SquashMounts", "WheelShards", "VMExecTestSupport",
+                "ShardLibrary", "SquashMounts", "PythonShards", "VMExecTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
         // Host-only: Sandbox over a machine double, QEMU's process wrapper. No images needed.

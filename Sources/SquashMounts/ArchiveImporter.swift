@@ -144,4 +144,9 @@ public enum ArchiveImporterPaths {
     public static func components(of raw: String, entry: String) throws(ShardError) -> [[UInt8]] {
         try ArchiveImporter.components(of: raw, entry: entry)
     }
+
+    /// Refuses a symlink target that is absolute or resolves outside the root.
+    public static func checkLinkTarget(_ target: String, linkAt components: [[UInt8]], entry: String) throws(ShardError) {
+        try ArchiveImporter.checkLinkTarget(target, linkAt: components, entry: entry)
+    }
 }

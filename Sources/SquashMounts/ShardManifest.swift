@@ -69,6 +69,9 @@ public struct ShardManifest: Codable, Sendable, Equatable {
     /// Python modules a sandbox's warm interpreter imports before any job (e.g. `numpy`), so
     /// that jobs start without importing them. Optional: manifests before it have none.
     public var preload: [String]?
+    /// A program shard's command: what `vmexec program run NAME ARGS…` runs (with ARGS after it),
+    /// in the shard's folder, e.g. `python3 /opt/programs/report/main.py`. Optional.
+    public var entrypoint: [String]?
     /// Filled in when the shard is built; `nil` only while building.
     public var image: Image?
 
@@ -121,6 +124,11 @@ public struct ShardManifest: Codable, Sendable, Equatable {
         guard preload.count <= 32 else { throw bad("at most 32 modules to preload, not \(preload.count)") }
         for module in preload where !Self.isModuleName(module) {
             throw bad("'\(module)' to preload is not a Python module name (e.g. numpy or matplotlib.pyplot)")
+        }
+        if let entrypoint {
+            guard !entrypoint.isEmpty, entrypoint.count <= 64,
+                entrypoint.allSatisfy({ !$0.isEmpty && !$0.contains("\0") && $0.utf8.count <= 4096 })
+            else { throw bad("the entry point must be 1-64 arguments of 1-4096 bytes without NUL") }
         }
     }
 

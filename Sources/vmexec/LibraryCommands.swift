@@ -1,10 +1,10 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PythonShards
 import ShardLibrary
 import SquashMounts
 import Synchronization
-import WheelShards
 
 /// Where the shard library is: `--library`, else `$VMEXEC_LIBRARY`, else `library` in vmexec's state folder.
 struct LibraryOptions: ParsableArguments {

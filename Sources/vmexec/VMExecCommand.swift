@@ -14,7 +14,8 @@ struct VMExec: AsyncParsableCommand {
         version: vmexecVersion,
         subcommands: [
             Run.self, Serve.self, Up.self, ListSandboxes.self, Exec.self, Copy.self, ProcessList.self, Kill.self,
-            Jobs.self, Logs.self, Down.self, ShardCommand.self, TrustCommand.self, Keygen.self, StoreCommand.self,
+            Jobs.self, Logs.self, Down.self, ShardCommand.self, TrustCommand.self, Keygen.self, ProgramCommand.self,
+            StoreCommand.self,
             SnapshotCommand.self, PythonCommand.self,
             NodeCommand.self,
             DiffCommand.self, ExportCommand.self,

@@ -3,7 +3,7 @@ import SquashMounts
 import Testing
 import VMExecTestSupport
 
-@testable import WheelShards
+@testable import PythonShards
 
 /// Libs shards from wheels, decided on the host: versions, markers, tags, RECORDs, requirements.
 @Suite("Libs shards from wheels")

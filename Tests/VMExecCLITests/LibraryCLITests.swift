@@ -118,6 +118,66 @@ extension CLISuites {
                 "\(misfit.stderr)")
         }
 
+        @Test("a program of several files with a package folder: installed, listed and run by name; from a zip and an sdist too")
+        func programs() async throws {
+            let s = try await Setup()
+            #expect(try await s.vmexec(["shard", "install", s.sdk] + s.libs).status == 0)
+            let folder = s.home.directory + "/report"
+            try FileManager.default.createDirectory(atPath: folder + "/report", withIntermediateDirectories: true)
+            try Data(
+                "import sys, vxlib\nfrom report.summary import total\nprint('total', total([1, 2, 3]), vxlib.VERSION, sys.argv[1:])\n"
+                    .utf8
+            )
+            .write(to: URL(fileURLWithPath: folder + "/main.py"))
+            try Data("".utf8).write(to: URL(fileURLWithPath: folder + "/report/__init__.py"))
+            try Data("def total(xs):\n    return sum(xs)\n".utf8).write(to: URL(fileURLWithPath: folder + "/report/summary.py"))
+            try Data("vxlib>=1  # the field library\n".utf8).write(to: URL(fileURLWithPath: folder + "/requirements.txt"))
+            let install = try await s.vmexec(["program", "install", folder, "--name", "report"])
+            #expect(install.stdout.hasPrefix("installed program report 1: python3 /opt/programs/report/main.py"), "\(install)")
+            let list = try await s.vmexec(["program", "list"])
+            #expect(list.stdout.contains("python3, vxlib"), "\(list.stdout)")
+            let run = try await s.vmexec(["program", "run", "report", "--", "north", "--fast"])
+            #expect(run.status == 0 && run.stdout == "total 6 2 ['north', '--fast']\n", "\(run.stdout)\(run.stderr)")
+
+            // The same folder as a zip, and as an sdist (NAME-VERSION/ inside), with a package entry point.
+            try Data("from report.summary import total\nprint('pkg', total([4]))\n".utf8)
+                .write(to: URL(fileURLWithPath: folder + "/report/__main__.py"))
+            try FileManager.default.removeItem(atPath: folder + "/main.py")
+            let zip = s.home.directory + "/report.zip", sdist = s.home.directory + "/report-2.0.tar.gz"
+            let pack = Process()
+            pack.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            pack.arguments = [
+                "python3", "-c",
+                "import shutil, sys; shutil.make_archive(sys.argv[1][:-4], 'zip', sys.argv[3]); shutil.make_archive(sys.argv[2][:-7], 'gztar', sys.argv[3] + '/..', 'report')",
+                zip, sdist, folder,
+            ]
+            try pack.run()
+            pack.waitUntilExit()
+            for (source, version) in [(zip, "2"), (sdist, "3")] {
+                let installed = try await s.vmexec(["program", "install", source, "--name", "report"])
+                #expect(installed.stdout.hasPrefix("installed program report \(version) (was"), "\(installed)")
+                #expect(installed.stdout.contains("python3 -m report"), "\(installed.stdout)")
+                let again = try await s.vmexec(["program", "run", "report"])
+                #expect(again.stdout == "pkg 4\n", "\(again.stdout)\(again.stderr)")
+            }
+        }
+
+        @Test("a program that needs a library absent from the library is refused before boot")
+        func programMissingLibrary() async throws {
+            let s = try await Setup()
+            #expect(try await s.vmexec(["shard", "install", s.sdk]).status == 0)
+            let folder = s.home.directory + "/needs"
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try Data("import pandas\n".utf8).write(to: URL(fileURLWithPath: folder + "/main.py"))
+            let install = try await s.vmexec(["program", "install", folder, "--name", "needs", "--requires", "pandas"])
+            #expect(install.status == 0 && install.stdout.contains("note: it cannot run yet"), "\(install)")
+            let started = Date()
+            let run = try await s.vmexec(["program", "run", "needs"])
+            #expect(run.status == 125, "\(run)")
+            #expect(run.stderr.contains("needs 1 requires pandas, which no active shard provides"), "\(run.stderr)")
+            #expect(Date().timeIntervalSince(started) < 20, "refused before a guest boots")
+        }
+
         @Test("unsigned and revoked shards are refused at install and at attach, before anything boots")
         func refusals() async throws {
             let s = try await Setup()
