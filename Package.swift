@@ -104,7 +104,7 @@ let package = Package(
         .target(
             name: "VMExecServer",
             dependencies: [
-                "VMExecService", "PersistOverlay", "SquashMounts",
+                "VMExecService", "PersistOverlay", "SquashMounts", "ShardLibrary", "PythonShards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "OpenAPIHummingbird", package: "swift-openapi-hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -193,7 +193,8 @@ let package = Package(
         .testTarget(
             name: "VMExecServerTests",
             dependencies: [
-                "VMExecServer", "VMExecService", "VMExecClient", "VMExecutor", "VMExecTestSupport",
+                "VMExecServer", "VMExecService", "VMExecClient", "VMExecutor", "VMExecTestSupport", "ShardLibrary",
+                "SquashMounts",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -153,7 +153,7 @@ extension ServiceAPI {
     // MARK: helpers
 
     /// Queues the job; with `wait`, returns once it ended. The result, and whether the job has ended.
-    private func submit(_ request: JobRequest, sandbox: String, wait: Bool) async throws -> (
+    func submit(_ request: JobRequest, sandbox: String, wait: Bool) async throws -> (
         Components.Schemas.JobResult, Bool
     ) {
         guard !request.arguments.isEmpty, request.arguments.count <= 4096 else {

@@ -237,6 +237,49 @@ public actor SandboxRegistry {
         return shard
     }
 
+    /// Makes an installed program runnable in the sandbox: its version (the active one unless
+    /// `version`) and the libraries it requires are attached if they are not, an older version
+    /// of it detached first. Returns its entry point and folder.
+    public func prepareProgram(owner: String, sandbox name: String, program: String, version: String?) async throws -> (
+        entrypoint: [String], folder: String
+    ) {
+        guard let library = configuration.library else {
+            throw VMExecError(.notFound, "this daemon has no shard library")
+        }
+        let entry = try entry(owner, name)
+        let sandbox = try await self.sandbox(owner: owner, name: name)
+        let attached = await sandbox.shards
+        // Requirements the guest meets already count; the others come from the library.
+        let wanted = version.map { "\(program)==\($0)" } ?? program
+        let others = attached.filter { $0.manifest.name != program }.map(\.manifest)
+        let versions = try library.resolve([wanted], architecture: configuration.architecture.rawValue, alongside: others)
+        guard let chosen = versions.first, chosen.kind == .program, let entrypoint = chosen.manifest.entrypoint,
+            case .mount(let folder) = chosen.manifest.placement
+        else {
+            throw VMExecError(.notFound, "\(program) is not a program of the library (GET /v1/programs lists them)")
+        }
+        if let old = attached.first(where: { $0.manifest.name == program }), old.manifest.version != chosen.version {
+            try await sandbox.detach(program)
+        }
+        // Requirements first (the resolver lists them after what needs them).
+        for version in versions.reversed() where !(await sandbox.shards).contains(where: { $0.manifest.name == version.name }) {
+            if case .layer = version.manifest.placement {
+                throw VMExecError(
+                    .shardRefused,
+                    "\(program) needs \(version.name) \(version.version), a layer of the guest's root, which attaches only when a sandbox is made; create the sandbox with \(version.name)"
+                )
+            }
+            let checkout = try library.checkout(
+                ["\(version.name)==\(version.version)"], architecture: configuration.architecture.rawValue,
+                alongside: await sandbox.shards)
+            guard let shard = checkout.shards.first else { continue }
+            try await sandbox.attach(shard)
+            entry.holds.withLock { $0.append(checkout.lease) }
+        }
+        try await persistShards(entry)
+        return (entrypoint, folder)
+    }
+
     /// Detaches a shard from the sandbox's guest (refused while something uses it).
     public func detachShard(owner: String, sandbox name: String, shard shardName: String) async throws {
         let entry = try entry(owner, name)

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import ShardLibrary
 import Testing
 import VMExecClient
 import VMExecServer
@@ -53,6 +54,7 @@ final class TestDaemon: Sendable {
         let images = try #require(TestImages.images)
         var config = ServiceConfiguration(stateDirectory: dir.appendingPathComponent("state"), images: images)
         config.storeSize = 256 << 20
+        config.library = try ShardLibrary(directory: dir.appendingPathComponent("state/library"))
         config.pool = pool
         config.maxSandboxes = maxSandboxes
         var logger = Logger(label: "test.daemon")
