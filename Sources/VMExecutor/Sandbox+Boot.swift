@@ -1,5 +1,6 @@
 import Foundation
 import SerialChannel
+import SquashMounts
 
 /// How a sandbox gets a running guest from its hypervisor: the accelerator
 /// plan, a saved boot state restored when there is one (a cold boot when it
@@ -32,7 +33,20 @@ extension Sandbox {
     /// attach, and no store (whose content a saved state would not follow).
     var warmStateEligible: Bool {
         configuration.reuseBootState && configuration.reuseWarmState && storeLease == nil && configuration.store == nil
-            && !desiredShards.isEmpty
+            && !warmShards.isEmpty
+    }
+
+    /// The shards a warm state holds: all but program shards mounted at their own path. A
+    /// program changes with every upload, so a saved machine per version would be saved once
+    /// and rarely restored (and 100 MB each); it is hot-plugged after the restore instead.
+    var warmShards: [Shard] { desiredShards.filter { !Self.isLate($0) } }
+
+    /// Shards attached after the warm state's restore (see ``warmShards``).
+    var lateShards: [Shard] { desiredShards.filter(Self.isLate) }
+
+    static func isLate(_ shard: Shard) -> Bool {
+        guard shard.manifest.kind == .program, case .mount = shard.manifest.placement else { return false }
+        return true
     }
 
     /// With disks in the spec (the shards, see ``startMachine()``): restores the warm state saved

@@ -202,7 +202,7 @@ public actor Sandbox {
         // warm state has this set attached already (see Sandbox+Boot), with these serials.
         let planned =
             warmStateEligible
-            ? desiredShards.enumerated().map { i, shard in
+            ? warmShards.enumerated().map { i, shard in
                 ShardAttachment(shard: shard, serial: "vxs-\(nextDrive + i)")
             } : []
         let spec = MachineSpec(
@@ -217,19 +217,23 @@ public actor Sandbox {
             throw error
         }
         attachments = []
-        if running!.warm {
-            attachments = planned
-            nextDrive += planned.count
-            if let saved = running!.warmZygote { adoptZygote(saved) }
-        } else {
-            do {
+        do {
+            if running!.warm {
+                attachments = planned
+                nextDrive += planned.count
+                if let saved = running!.warmZygote { adoptZygote(saved) }
+                try await plugAll(lateShards)
+            } else if let state = running!.warmToSave {
+                try await plugAll(warmShards)
+                try await saveWarmState(state)
+                try await plugAll(lateShards)
+            } else {
                 if let lease = storeLease { try await plugStore(lease) }
                 try await plugAll(desiredShards)
-                if let state = running!.warmToSave { try await saveWarmState(state) }
-            } catch {
-                if let r = running { cleanUp(r) }
-                throw error
             }
+        } catch {
+            if let r = running { cleanUp(r) }
+            throw error
         }
         logger.info(
             "guest up",

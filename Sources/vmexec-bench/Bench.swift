@@ -31,6 +31,9 @@ struct Bench {
         if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "python" {
             return try await PythonBench.run(images: images, logger: logger)
         }
+        if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "program" {
+            return try await ProgramBench.run(images: images, logger: logger)
+        }
         try ShardBench.run(sdkTree: images.directory.appendingPathComponent("sdk.tree"))
 
         // Start: launch to the init's hello, median of 5, on the standard image;
@@ -62,6 +65,7 @@ struct Bench {
         try await StoreBench.run(images: images, logger: logger)
         try await DaemonBench.run(images: images, logger: logger)
         try await PythonBench.run(images: images, logger: logger)
+        try await ProgramBench.run(images: images, logger: logger)
 
         // One guest on the bench image, with the agent on a second port.
         images.rootfs = URL(fileURLWithPath: args[2])
