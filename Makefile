@@ -80,7 +80,7 @@ $(IMG)/rootfs.sqfs $(IMG)/sdk.tree.version $(IMG)/node.tree.version &: images/ro
 
 # Shards are built by vmexec itself (libsquashfs), as a user would build them,
 # and again when the shard code changes.
-SHARD_CODE := $(wildcard Sources/SquashMounts/*.swift)
+SHARD_CODE := $(wildcard Sources/SquashMounts/*.swift Sources/PythonShards/*.swift)
 
 # Bytecode in every Python shard: a read-only shard cannot take __pycache__, so
 # without it every import compiles its module's source, every time. Under TCG
@@ -114,34 +114,27 @@ $(NODE_SHARD): $(IMG)/node.tree.version $(SHARD_CODE) images/runner/node/vmexec_
 	$(VMEXEC) shard create $(IMG)/node.tree -o $@ --name nodejs --version $$(cat $<) --kind sdk --layer 11 \
 	  --arch $(ARCH) --provides node --provides nodejs$$(cut -d. -f1 $<)
 
-$(LIBS_SHARD): $(SHARD_CODE)
+# Libs shards are made as a field engineer makes them: `pip download` on a connected
+# machine, then `vmexec shard from-wheels` for the SDK shard (tags, RECORDs and
+# requirements checked on the host; nothing of the wheels runs; bytecode compiled in).
+$(LIBS_SHARD): $(SHARD_CODE) $(SDK_SHARD)
 	$(SWIFT) build --product vmexec
-	@mkdir -p $(WHEELS)
+	@mkdir -p $(WHEELS)/numpy
 	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
 	  --platform manylinux2014_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
-	  -d $(WHEELS) numpy==$(NUMPY_VERSION)
-	rm -rf $(IMG)/numpy.tree && mkdir -p $(IMG)/numpy.tree
-	python3 -m zipfile -e $$(ls $(WHEELS)/numpy-$(NUMPY_VERSION)-cp311-cp311-*$(ARCH).whl) $(IMG)/numpy.tree
-	$(call compile_python,$(IMG)/numpy.tree)
-	$(VMEXEC) shard create $(IMG)/numpy.tree -o $@ \
-	  --name numpy --version $(NUMPY_VERSION) --kind libs --mount /opt/libs/numpy --arch $(ARCH) \
-	  --requires python3.11 --provides numpy==$(NUMPY_VERSION) --env PYTHONPATH=/opt/libs/numpy --preload numpy --root-owned
+	  -d $(WHEELS)/numpy numpy==$(NUMPY_VERSION)
+	$(VMEXEC) shard from-wheels $(WHEELS)/numpy -o $@ --name numpy --version $(NUMPY_VERSION) \
+	  --sdk $(SDK_SHARD) --preload numpy
 
-# Several wheels in one shard: each unpacked into one tree (a wheel is a zip of
-# what pip would put in site-packages; none runs code to install).
-$(MPL_SHARD): $(SHARD_CODE) images/matplotlib-requirements.txt
+# Several wheels in one shard; numpy is the numpy shard's (--external).
+$(MPL_SHARD): $(SHARD_CODE) $(SDK_SHARD) images/matplotlib-requirements.txt
 	$(SWIFT) build --product vmexec
 	@mkdir -p $(WHEELS)/matplotlib
 	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
 	  --platform manylinux2014_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
 	  -d $(WHEELS)/matplotlib -r images/matplotlib-requirements.txt
-	rm -rf $(IMG)/matplotlib.tree && mkdir -p $(IMG)/matplotlib.tree
-	for wheel in $(WHEELS)/matplotlib/*.whl; do python3 -m zipfile -e $$wheel $(IMG)/matplotlib.tree || exit 1; done
-	$(call compile_python,$(IMG)/matplotlib.tree)
-	$(VMEXEC) shard create $(IMG)/matplotlib.tree -o $@ --name matplotlib --version $(MPL_VERSION) --kind libs \
-	  --mount /opt/libs/matplotlib --arch $(ARCH) --requires python3.11 --requires numpy==$(NUMPY_VERSION) \
-	  --provides matplotlib==$(MPL_VERSION) --env PYTHONPATH=/opt/libs/matplotlib \
-	  --preload matplotlib.pyplot --root-owned
+	$(VMEXEC) shard from-wheels $(WHEELS)/matplotlib -o $@ --name matplotlib --version $(MPL_VERSION) \
+	  --sdk $(SDK_SHARD) --external numpy --preload matplotlib.pyplot
 
 # ---- run and test ----
 

@@ -163,6 +163,12 @@ public final class ShardLibrary: Sendable {
         try read { db in try Self.versions(db, name: name, version: version, in: directory).first }
     }
 
+    /// One more than the highest numbered version of `name` ("1" for a new name): programs'
+    /// default version, so that each upload is a new one.
+    public func nextNumberedVersion(of name: String) throws -> String {
+        String((try list(name: name).compactMap { Int($0.version) }.max() ?? 0) + 1)
+    }
+
     /// The active version of each name.
     public func active() throws -> [Version] { try list().filter(\.active) }
 

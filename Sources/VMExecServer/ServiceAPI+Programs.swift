@@ -48,7 +48,7 @@ extension ServiceAPI {
             throw error
         }
         var maker = ProgramShardMaker(
-            name: q.name, version: q.version ?? String((installed.compactMap { Int($0.version) }.max() ?? 0) + 1))
+            name: q.name, version: try q.version ?? library.nextNumberedVersion(of: q.name))
         maker.entry = q.entry
         maker.requires = (q.requires ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         if q.filename.hasSuffix(".whl") {

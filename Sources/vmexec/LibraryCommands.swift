@@ -22,6 +22,17 @@ struct LibraryOptions: ParsableArguments {
     }
 }
 
+extension LibraryOptions {
+    /// A shard given as a file, or as a name of the library (its active version).
+    func shard(_ fileOrName: String, in library: ShardLibrary) throws -> Shard {
+        if FileManager.default.fileExists(atPath: fileOrName) { return try Shard.open(fileOrName) }
+        guard let active = try library.list(name: fileOrName).first(where: \.active) else {
+            throw ShardError(.notInstalled, "\(fileOrName) is neither a shard file nor an active shard of the library")
+        }
+        return try Shard.open(active.path)
+    }
+}
+
 /// Library shards a command of this process attached: held until the process ends.
 let heldCheckouts = Mutex<[ShardCheckout]>([])
 
@@ -221,15 +232,7 @@ extension ShardCommand {
         @OptionGroup var library: LibraryOptions
 
         func run() throws {
-            let sdkShard: Shard
-            if FileManager.default.fileExists(atPath: sdk) {
-                sdkShard = try Shard.open(sdk)
-            } else {
-                guard let active = try library.open().list(name: sdk).first(where: \.active) else {
-                    throw ShardError(.notInstalled, "--sdk \(sdk) is neither a file nor an active shard of the library")
-                }
-                sdkShard = try Shard.open(active.path)
-            }
+            let sdkShard = try library.shard(sdk, in: try library.open())
             var maker = LibsShardMaker(
                 name: name, version: version, target: try PythonTarget(sdk: sdkShard.manifest), mountPoint: mount)
             maker.external = external

@@ -44,17 +44,10 @@ struct ProgramCommand: AsyncParsableCommand {
 
         func run() throws {
             let lib = try library.open()
-            let installed = try lib.list(name: name)
-            var maker = ProgramShardMaker(
-                name: name, version: version ?? String((installed.compactMap { Int($0.version) }.max() ?? 0) + 1))
+            var maker = ProgramShardMaker(name: name, version: try version ?? lib.nextNumberedVersion(of: name))
             maker.entry = entry
             maker.requires = requires
-            if source.hasSuffix(".whl") {
-                let path =
-                    FileManager.default.fileExists(atPath: sdk) ? sdk : try lib.list(name: sdk).first(where: \.active)?.path
-                guard let path else { throw ShardError(.notInstalled, "--sdk \(sdk): no such file or active shard") }
-                maker.target = try PythonTarget(sdk: try Shard.open(path).manifest)
-            }
+            if source.hasSuffix(".whl") { maker.target = try PythonTarget(sdk: try library.shard(sdk, in: lib).manifest) }
             let file = lib.directory.appendingPathComponent("incoming/program-\(name)-\(getpid()).shard").path
             defer { unlink(file) }
             let shard = try maker.make(from: source, to: file)

@@ -77,7 +77,7 @@ extension CLISuites {
             try FileManager.default.createDirectory(atPath: wheels, withIntermediateDirectories: true)
             // The numpy wheel `make images` downloaded (pip download's folder on a connected machine).
             let cache = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-                .appendingPathComponent("../../images/build/cache/wheels").standardized.path
+                .appendingPathComponent("../../images/build/cache/wheels/numpy").standardized.path
             let numpy = try #require(
                 try FileManager.default.contentsOfDirectory(atPath: cache).first {
                     $0.hasPrefix("numpy-") && $0.hasSuffix("_x86_64.whl")
