@@ -125,3 +125,88 @@ struct WheelTests {
         #expect(!FileManager.default.fileExists(atPath: root + "/escape.py"))
     }
 }
+
+/// Program shards and libs from a site-packages folder, made on the host.
+@Suite("Program shards")
+struct ProgramShardTests {
+    func scratch() throws -> String {
+        let root = NSTemporaryDirectory() + "vmexec-programs-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        return root
+    }
+
+    func write(_ text: String, _ path: String) throws {
+        try FileManager.default.createDirectory(
+            atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+    }
+
+    @Test("entry points: main.py, __main__.py, a package's __main__, pyproject scripts, --entry; none is refused")
+    func entryPoints() throws {
+        let root = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        func entry(_ folder: String, _ given: String? = nil) throws -> [String]? {
+            var maker = ProgramShardMaker(name: "p", version: "1")
+            maker.entry = given
+            return try maker.make(from: folder, to: root + "/p-\(UUID().uuidString.prefix(6)).shard").manifest.entrypoint
+        }
+        try write("print(1)\n", root + "/a/main.py")
+        #expect(try entry(root + "/a") == ["python3", "/opt/programs/p/main.py"])
+        try write("print(1)\n", root + "/b/__main__.py")
+        #expect(try entry(root + "/b") == ["python3", "/opt/programs/p"])
+        try write("", root + "/c/tool/__init__.py")
+        try write("print(1)\n", root + "/c/tool/__main__.py")
+        #expect(try entry(root + "/c") == ["python3", "-m", "tool"])
+        try write("", root + "/d/tool/__init__.py")
+        try write("[project]\nname = \"tool\"\n\n[project.scripts]\ntool-run = \"tool.cli:main\"\n", root + "/d/pyproject.toml")
+        #expect(try entry(root + "/d") == ["python3", "-c", "import sys; from tool.cli import main; sys.exit(main())"])
+        #expect(try entry(root + "/d", "tool.cli") == ["python3", "-m", "tool.cli"])
+        #expect(shardError { _ = try entry(root + "/d", "missing.py") }?.code == .notFound)
+        try write("", root + "/e/lib/__init__.py")
+        #expect(shardError { _ = try entry(root + "/e") }?.message.contains("no entry point found") == true)
+    }
+
+    @Test("a program from a wheel: its console script is the entry point, its dependencies the requirements")
+    func wheelProgram() throws {
+        let root = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let wheel = try WheelFactory.wheel(
+            in: root, name: "field-report", version: "2.0", requires: ["numpy>=1.20", "colorama; sys_platform == \"win32\""],
+            files: ["field_report/__init__.py": "def main():\n    print('report')\n"],
+            consoleScripts: ["field-report": "field_report:main"])
+        var maker = ProgramShardMaker(name: "report", version: "2.0")
+        maker.target = WheelTests.cpython311
+        let shard = try maker.make(from: wheel, to: root + "/report.shard")
+        #expect(shard.manifest.kind == .program && shard.manifest.placement == .mount("/opt/programs/report"))
+        #expect(shard.manifest.requires == ["python3", "numpy"], "the Windows-only dependency does not apply")
+        #expect(
+            shard.manifest.entrypoint == ["python3", "-c", "import sys; from field_report import main; sys.exit(main())"])
+        #expect(try shard.paths().contains("/field_report/__init__.py"))
+        maker.target = nil
+        #expect(shardError { _ = try maker.make(from: wheel, to: root + "/x.shard") }?.message.contains("--sdk") == true)
+    }
+
+    @Test("libs from a site-packages folder: its distributions provided, machine code for another architecture refused")
+    func sitePackages() throws {
+        let root = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let site = root + "/site-packages"
+        try write("X = 1\n", site + "/alpha/__init__.py")
+        try write(
+            "Metadata-Version: 2.1\nName: alpha\nVersion: 1.0\nRequires-Dist: beta\n\n", site + "/alpha-1.0.dist-info/METADATA")
+        let maker = LibsShardMaker(name: "site", version: "1", target: WheelTests.cpython311)
+        #expect(shardError { _ = try maker.make(from: site, to: root + "/s.shard") }?.code == .unmetRequirement)
+        try write("Y = 2\n", site + "/beta.py")
+        try write("Metadata-Version: 2.1\nName: beta\nVersion: 3\n\n", site + "/beta-3.dist-info/METADATA")
+        let report = try maker.make(from: site, to: root + "/s.shard")
+        #expect(report.distributions == ["alpha==1.0", "beta==3"])
+        #expect(report.shard.manifest.architecture == "any")
+        // An aarch64 shared object in an x86_64 folder.
+        var elf = [UInt8](repeating: 0, count: 64)
+        elf[0...3] = [0x7f, 0x45, 0x4c, 0x46]
+        elf[18] = 183
+        try Data(elf).write(to: URL(fileURLWithPath: site + "/alpha/_speedups.cpython-311-aarch64-linux-gnu.so"))
+        let wrong = shardError { _ = try maker.make(from: site, to: root + "/t.shard") }
+        #expect(wrong?.code == .wrongArchitecture, "\(String(describing: wrong))")
+    }
+}
