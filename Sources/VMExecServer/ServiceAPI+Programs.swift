@@ -24,17 +24,23 @@ extension ServiceAPI {
             throw VMExecError(
                 .alreadyExists, "program \(q.name) was installed by \(other.installedBy); choose another name")
         }
-        // The upload goes to a file of its own, then becomes a shard; both are removed after.
-        let incoming = library.directory.appendingPathComponent("incoming")
-        let token = "\(getpid())-\(UUID().uuidString.prefix(8))"
-        let upload = incoming.appendingPathComponent("upload-\(token)-\(q.filename)").path
-        let shardFile = incoming.appendingPathComponent("program-\(token).shard").path
-        defer {
-            unlink(upload)
-            unlink(shardFile)
+        // The upload goes into a folder of its own under the client's file name (whose ending
+        // says what it is; a wheel's whole name matters), then becomes a shard; all removed after.
+        let folder = library.directory.appendingPathComponent("incoming/upload-\(getpid())-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let endings = [".zip", ".tar.gz", ".tgz", ".tar", ".whl"]
+        guard !q.filename.contains("/"), q.filename.utf8.count <= 255,
+            let ending = endings.first(where: { q.filename.hasSuffix($0) }), q.filename.count > ending.count
+        else {
+            throw VMExecError(
+                .invalidRequest,
+                "filename must be the upload's file name (at most 255 bytes, no '/') ending in .zip, .tar.gz, .tgz, .tar or .whl")
         }
+        let upload = folder.appendingPathComponent(q.filename).path
+        let shardFile = folder.appendingPathComponent("program.shard").path
         guard FileManager.default.createFile(atPath: upload, contents: nil), let handle = FileHandle(forWritingAtPath: upload)
-        else { throw ShardError(.io, "cannot write the upload into \(incoming.path)") }
+        else { throw ShardError(.io, "cannot write the upload into \(folder.path)") }
         var received = 0
         do {
             for try await chunk in body {

@@ -76,6 +76,16 @@ extension DaemonSuites {
                 body: Array("not a zip".utf8))
             #expect(broken.status == 422 || broken.status == 400, "\(broken.body)")
             #expect(errorBody(broken.body)["code"] == "badArchive", "\(broken.body)")
+            // A file name of the longest kind is kept whole; one without a known ending is refused.
+            let long = String(repeating: "r", count: 251) + ".zip"
+            let longName = try await daemon.raw(
+                .POST, "/v1/programs?name=long&filename=\(long)&requires=vxlib", contentType: "application/octet-stream",
+                body: Array(try Data(contentsOf: URL(fileURLWithPath: zip))))
+            #expect(longName.status == 201, "\(longName.body)")
+            let noEnding = try await daemon.raw(
+                .POST, "/v1/programs?name=plain&filename=\(String(repeating: "0", count: 255))",
+                contentType: "application/octet-stream", body: Array("x".utf8))
+            #expect(noEnding.status == 400, "\(noEnding.body)")
             let unknown = try await daemon.raw(
                 .POST, "/v1/sandboxes/field/exec/program", contentType: "application/json",
                 body: Array(#"{"program":"nothing","wait":true}"#.utf8))
