@@ -131,11 +131,13 @@ void exec_start(const struct vx_frame *f)
             if (ends[i] >= 0 && fchown(ends[i], e.policy.uid, e.policy.gid) != 0)
                 vx_log("cannot give a command its pipe: %s", strerror(errno));
     }
-    /* A private /tmp and /dev/shm hold no more than the command's memory
-     * limit (their pages are charged to the command's cgroup either way). */
+    /* A private /tmp and /dev/shm hold what the host asked for, else no more
+     * than the command's memory limit (their pages are charged to the
+     * command's cgroup either way). */
     char tmp_options[64] = "mode=1777";
-    if (e.policy.memory_max)
-        snprintf(tmp_options, sizeof tmp_options, "mode=1777,size=%llu", (unsigned long long)e.policy.memory_max);
+    uint64_t tmp_size = e.policy.tmp_bytes ? e.policy.tmp_bytes : e.policy.memory_max;
+    if (tmp_size)
+        snprintf(tmp_options, sizeof tmp_options, "mode=1777,size=%llu", (unsigned long long)tmp_size);
     struct spawn_request req = {has_stdin ? in[0] : devnull, out[1], err[1], cwd, argv, envp, &e.policy,
                                 job.dir_fd, tmp_options, tty};
     struct spawn_failure failed;

@@ -141,6 +141,15 @@ int vx_exec_decode(const struct vx_frame *f, struct vx_exec *e)
         if (e->policy.options & ~VX_POLICY_KNOWN_OPTIONS)
             return VX_E_MALFORMED;
         n -= VX_POLICY_SIZE;
+        if (e->policy.options & VX_POLICY_TMP_SIZE) {
+            /* The size block sits before the policy block; it sizes a private /tmp only. */
+            if (n - pos < VX_TMP_SIZE_SIZE || !(e->policy.options & VX_POLICY_PRIVATE_TMP))
+                return VX_E_MALFORMED;
+            e->policy.tmp_bytes = vx_get_u64(p + n - VX_TMP_SIZE_SIZE);
+            if (e->policy.tmp_bytes == 0)
+                return VX_E_MALFORMED;
+            n -= VX_TMP_SIZE_SIZE;
+        }
     }
     e->strings = p + pos;
     e->strings_len = n - pos;

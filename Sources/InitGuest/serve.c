@@ -18,9 +18,11 @@
 #include "listing.h"
 #include "stream.h"
 #include "transfer.h"
+#include "userland.h"
 #include "vx_proto.h"
 #include "wire.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -137,6 +139,18 @@ static int info_value(struct vx_str info, const char *key, char *out, size_t n)
     return 0;
 }
 
+/* 1-63 letters, digits, '-' and '.', not starting with '-' or '.'. */
+static int valid_hostname(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || s[0] == '-' || s[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '.'))
+            return 0;
+    return 1;
+}
+
 /*
  * Takes the host's wall clock and fresh entropy from its HELLO. A guest
  * restored from a saved state wakes with the clock and RNG state of the
@@ -146,6 +160,14 @@ static int info_value(struct vx_str info, const char *key, char *out, size_t n)
 static void adopt_host_facts(struct vx_str info)
 {
     char value[160];
+    /* The sandbox's host name (since 1.7), on every session: a state saved
+     * for one sandbox must not carry its name into another's. */
+    const char *hostname = "vmexec";
+    if (info_value(info, "hostname", value, sizeof value) && valid_hostname(value))
+        hostname = value;
+    char err[160];
+    if (userland_hostname(hostname, err, sizeof err) != 0)
+        vx_log("cannot name the host %s: %s", hostname, err);
     if (info_value(info, "time_ns", value, sizeof value)) {
         char *end;
         unsigned long long ns = strtoull(value, &end, 10);

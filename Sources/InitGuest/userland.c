@@ -73,12 +73,53 @@ int userland_setup(char *err, size_t n)
     return 0;
 }
 
+/* The host name now, and whether /etc/hosts in the root is the init's file. */
+static char current_name[64] = "vmexec";
+static int hosts_bound;
+
+static int bind_hosts(char *err, size_t n)
+{
+    const char *file = VX_NEWROOT "/run/vmexec-hosts";
+    int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return failed(err, n, "write", "/run/vmexec-hosts");
+    char text[512];
+    int len = snprintf(text, sizeof text,
+                       "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback %s\n"
+                       "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+                       current_name, current_name);
+    int ok = len > 0 && write(fd, text, (size_t)len) == len;
+    close(fd);
+    if (!ok)
+        return failed(err, n, "write", "/run/vmexec-hosts");
+    if (!hosts_bound) {
+        if (mount(file, VX_NEWROOT "/etc/hosts", NULL, MS_BIND, NULL) != 0)
+            return failed(err, n, "bind", "/etc/hosts");
+        hosts_bound = 1;
+    }
+    return 0;
+}
+
+int userland_hostname(const char *name, char *err, size_t n)
+{
+    if (sethostname(name, strlen(name)) != 0)
+        return failed(err, n, "set", "the host name");
+    snprintf(current_name, sizeof current_name, "%s", name);
+    if (!hosts_bound && strcmp(name, "vmexec") == 0)
+        return 0; /* the image's own file names it */
+    return bind_hosts(err, n);
+}
+
 int userland_setup_root(char *err, size_t n)
 {
     /* /run is a fresh tmpfs with each root; /var/lock points at /run/lock. */
     const char *lock = VX_NEWROOT "/run/lock";
     if ((mkdir(lock, 01777) != 0 && errno != EEXIST) || chmod(lock, 01777) != 0)
         return failed(err, n, "make", "/run/lock");
+    /* A new root has the image's /etc/hosts: name the host in it again. */
+    hosts_bound = 0;
+    if (strcmp(current_name, "vmexec") != 0 && bind_hosts(err, n) != 0)
+        return -1;
     /* The cgroup hierarchy, read-only: a command finds its own limits
      * (/proc/self/cgroup names its group), as JVMs, Go and Node.js look for. */
     struct stat st;

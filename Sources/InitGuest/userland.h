@@ -19,6 +19,13 @@ int userland_setup(char *err, size_t n);
  * limits). 0, or -1 with a sentence. */
 int userland_setup_root(char *err, size_t n);
 
+/* The guest's host name (sethostname), and /etc/hosts naming it, so that
+ * programs resolving their own name (Python's socket.getfqdn, Java) find it.
+ * The image's /etc/hosts names vmexec; for another name a file of the same
+ * shape in the root's /run is bound over it (and kept when the root is built
+ * again). 0, or -1 with a sentence. */
+int userland_hostname(const char *name, char *err, size_t n);
+
 /*
  * In a command's process, already in a mount and IPC namespace of its own,
  * before it enters the root: an empty /tmp and /dev/shm (tmpfs with

@@ -63,9 +63,9 @@ public final class ChannelClient: Sendable {
     /// Connects to a Unix socket (QEMU's chardev) and completes the handshake.
     public static func connect(
         unixSocket path: String, handshakeTimeout: Duration = .seconds(30), hostWindow: Int = 512 * 1024,
-        logger: Logger = Logger(label: "vmexec.channel")
+        hostFacts: [String: String] = [:], logger: Logger = Logger(label: "vmexec.channel")
     ) async throws -> (ChannelClient, Hello) {
-        try await open(handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, logger: logger) {
+        try await open(handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, hostFacts: hostFacts, logger: logger) {
             $0.connect(unixDomainSocketPath: path)
         }
     }
@@ -73,15 +73,15 @@ public final class ChannelClient: Sendable {
     /// Uses an already connected stream socket (e.g. one end of a socketpair).
     public static func connect(
         socket descriptor: CInt, handshakeTimeout: Duration = .seconds(30), hostWindow: Int = 512 * 1024,
-        logger: Logger = Logger(label: "vmexec.channel")
+        hostFacts: [String: String] = [:], logger: Logger = Logger(label: "vmexec.channel")
     ) async throws -> (ChannelClient, Hello) {
-        try await open(handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, logger: logger) {
+        try await open(handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, hostFacts: hostFacts, logger: logger) {
             $0.withConnectedSocket(descriptor)
         }
     }
 
     private static func open(
-        handshakeTimeout: Duration, hostWindow: Int, logger: Logger,
+        handshakeTimeout: Duration, hostWindow: Int, hostFacts: [String: String], logger: Logger,
         _ connect: (ClientBootstrap) -> EventLoopFuture<any Channel>
     ) async throws -> (ChannelClient, Hello) {
         let slot = ClientSlot()
@@ -89,7 +89,7 @@ public final class ChannelClient: Sendable {
             .channelInitializer { ch in Self.initialize(ch, box: slot, hostWindow: hostWindow, logger: logger) }
         _ = try await connect(bootstrap).get()
         let client = slot.value.withLock { $0! }
-        return (client, try await client.handshake(timeout: handshakeTimeout))
+        return (client, try await client.handshake(timeout: handshakeTimeout, facts: hostFacts))
     }
 
     private static func initialize(
@@ -106,20 +106,22 @@ public final class ChannelClient: Sendable {
 
     /// The host's HELLO info: who it is, its wall clock, and 32 fresh random
     /// bytes. The guest sets its clock and reseeds its RNG from them, which a
-    /// guest restored from a saved state needs (see docs/PROTOCOL.md).
-    static func hostInfo() -> String {
+    /// guest restored from a saved state needs (see docs/PROTOCOL.md). `facts`
+    /// adds entries, such as the guest's `hostname` (since 1.7).
+    static func hostInfo(_ facts: [String: String] = [:]) -> String {
         var rng = SystemRandomNumberGenerator()
         let seed = (0..<32).map { _ in String(UInt8.random(in: 0...255, using: &rng), radix: 16) }
             .map { $0.count == 1 ? "0" + $0 : $0 }.joined()
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         let ns = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-        return "host=vmexec\ntime_ns=\(ns)\nseed=\(seed)"
+        let extra = facts.sorted { $0.key < $1.key }.map { "\n\($0.key)=\($0.value)" }.joined()
+        return "host=vmexec\ntime_ns=\(ns)\nseed=\(seed)" + extra
     }
 
     /// Sends the host's HELLO and waits for the guest's.
-    private func handshake(timeout: Duration) async throws -> Hello {
-        let hello = Hello(window: UInt32(hostWindow), info: Self.hostInfo())
+    private func handshake(timeout: Duration, facts: [String: String]) async throws -> Hello {
+        let hello = Hello(window: UInt32(hostWindow), info: Self.hostInfo(facts))
         try await send(Frame(.hello, payload: hello.encoded()))
         let deadline = Task { [weak self] in
             try await Task.sleep(for: timeout)

@@ -3,7 +3,7 @@ import NIOCore
 /// Constants of the vmexec wire protocol (docs/PROTOCOL.md).
 public enum WireProtocol {
     public static let major: UInt16 = 1
-    public static let minor: UInt16 = 6
+    public static let minor: UInt16 = 7
     /// Bytes in a frame header: length, type, sub, reserved, stream.
     public static let headerSize = 12
     /// Hard cap on a frame's payload. A header claiming more is fatal.

@@ -82,15 +82,22 @@ public struct ExecPolicy: Sendable, Equatable {
     /// stream is dropped but the process keeps running, as after restoring a saved state that
     /// had it. The warm Python interpreter is one.
     public var service: Bool
+    /// The private /tmp's (and /dev/shm's) size in bytes (since 1.7; needs ``privateTmp``);
+    /// nil: the memory limit, or no limit without one.
+    public var tmpBytes: UInt64?
 
     public static let size = 32
-    /// Bits of the options word: ``privateTmp``, ``service``.
+    /// Bits of the options word: ``privateTmp``, ``service``, ``tmpBytes``.
     static let privateTmpOption: UInt32 = 1
     static let serviceOption: UInt32 = 2
+    static let tmpSizeOption: UInt32 = 4
+    static let knownOptions = privateTmpOption | serviceOption | tmpSizeOption
+    /// The size block that precedes the policy block when ``tmpBytes`` is set.
+    static let tmpSizeBlock = 8
 
     public init(
         uid: UInt32 = 0, gid: UInt32 = 0, memoryMax: UInt64 = 0, pidsMax: UInt32 = 0, openFiles: UInt32 = 0,
-        cpuSeconds: UInt32 = 0, privateTmp: Bool = false, service: Bool = false
+        cpuSeconds: UInt32 = 0, privateTmp: Bool = false, service: Bool = false, tmpBytes: UInt64? = nil
     ) {
         self.uid = uid
         self.gid = gid
@@ -100,29 +107,41 @@ public struct ExecPolicy: Sendable, Equatable {
         self.cpuSeconds = cpuSeconds
         self.privateTmp = privateTmp
         self.service = service
+        self.tmpBytes = tmpBytes
     }
 
     init(decoding p: ArraySlice<UInt8>) throws(ProtocolError) {
         let b = Array(p)
         let options = b.count == Self.size ? b.u32(at: 28) : 0
-        guard b.count == Self.size, options & ~(Self.privateTmpOption | Self.serviceOption) == 0 else {
+        guard b.count == Self.size, options & ~Self.knownOptions == 0,
+            options & Self.tmpSizeOption == 0 || options & Self.privateTmpOption != 0
+        else {
             throw .malformedPayload("EXEC policy")
         }
         self.init(
             uid: b.u32(at: 0), gid: b.u32(at: 4), memoryMax: b.u64(at: 8), pidsMax: b.u32(at: 16),
             openFiles: b.u32(at: 20), cpuSeconds: b.u32(at: 24), privateTmp: options & Self.privateTmpOption != 0,
-            service: options & Self.serviceOption != 0)
+            service: options & Self.serviceOption != 0, tmpBytes: options & Self.tmpSizeOption != 0 ? 0 : nil)
     }
 
-    func encoded() -> [UInt8] {
+    /// The size block (when ``tmpBytes`` is set), then the policy block.
+    func encoded() throws(ProtocolError) -> [UInt8] {
         var p: [UInt8] = []
+        if let tmpBytes {
+            guard privateTmp, tmpBytes > 0 else {
+                throw .invalidRequest("a /tmp size needs a private /tmp and at least one byte")
+            }
+            p.appendLE(tmpBytes)
+        }
         p.appendLE(uid)
         p.appendLE(gid)
         p.appendLE(memoryMax)
         p.appendLE(pidsMax)
         p.appendLE(openFiles)
         p.appendLE(cpuSeconds)
-        p.appendLE((privateTmp ? Self.privateTmpOption : 0) | (service ? Self.serviceOption : 0))
+        p.appendLE(
+            (privateTmp ? Self.privateTmpOption : 0) | (service ? Self.serviceOption : 0)
+                | (tmpBytes != nil ? Self.tmpSizeOption : 0))
         return p
     }
 }
@@ -213,6 +232,13 @@ public struct ExecRequest: Sendable, Equatable {
             guard p.count >= 12 + ExecPolicy.size else { throw .malformedPayload("EXEC") }
             policy = try ExecPolicy(decoding: p[(p.count - ExecPolicy.size)...])
             p.removeLast(ExecPolicy.size)
+            if policy?.tmpBytes != nil {
+                guard p.count >= 12 + ExecPolicy.tmpSizeBlock else { throw .malformedPayload("EXEC") }
+                let size = p.u64(at: p.count - ExecPolicy.tmpSizeBlock)
+                guard size > 0 else { throw .malformedPayload("EXEC") }
+                policy?.tmpBytes = size
+                p.removeLast(ExecPolicy.tmpSizeBlock)
+            }
         }
         workingDirectory = try Self.string(p, &pos)
         arguments = []
@@ -260,7 +286,7 @@ public struct ExecRequest: Sendable, Equatable {
             p.appendLE(UInt16(bytes.count))
             p.append(contentsOf: bytes)
         }
-        if let policy { p += policy.encoded() }
+        if let policy { p += try policy.encoded() }
         if let terminal { p += try terminal.encoded() }
         guard p.count <= WireProtocol.maxPayload else {
             throw .invalidRequest(

@@ -37,10 +37,15 @@ public struct SandboxRequest: Sendable {
     public var concurrency: Int?
     public var idleTimeoutSeconds: Double?
     public var lifetimeSeconds: Double?
+    /// The guest's host name (default vmexec).
+    public var hostname: String?
+    /// A program every job runs through, with the job's argv as its arguments.
+    public var entrypoint: [String]?
 
     public init(
         name: String? = nil, shards: [String] = [], store: String? = nil, memoryMiB: Int? = nil, cpus: Int? = nil,
-        network: Bool? = nil, concurrency: Int? = nil, idleTimeoutSeconds: Double? = nil, lifetimeSeconds: Double? = nil
+        network: Bool? = nil, concurrency: Int? = nil, idleTimeoutSeconds: Double? = nil, lifetimeSeconds: Double? = nil,
+        hostname: String? = nil, entrypoint: [String]? = nil
     ) {
         self.name = name
         self.shards = shards
@@ -51,6 +56,8 @@ public struct SandboxRequest: Sendable {
         self.concurrency = concurrency
         self.idleTimeoutSeconds = idleTimeoutSeconds
         self.lifetimeSeconds = lifetimeSeconds
+        self.hostname = hostname
+        self.entrypoint = entrypoint
     }
 }
 
@@ -88,18 +95,25 @@ public struct JobLimits: Sendable, Equatable {
     public var processes: Int?
     public var cpuSeconds: Int?
     public var stdinBytes: Int?
+    /// Size of the private /tmp and /dev/shm.
+    public var tmpBytes: Int?
 
-    public init(memoryBytes: Int? = nil, processes: Int? = nil, cpuSeconds: Int? = nil, stdinBytes: Int? = nil) {
+    public init(
+        memoryBytes: Int? = nil, processes: Int? = nil, cpuSeconds: Int? = nil, stdinBytes: Int? = nil, tmpBytes: Int? = nil
+    ) {
         self.memoryBytes = memoryBytes
         self.processes = processes
         self.cpuSeconds = cpuSeconds
         self.stdinBytes = stdinBytes
+        self.tmpBytes = tmpBytes
     }
 }
 
 extension Components.Schemas.Limits {
     init(_ l: JobLimits) {
-        self.init(memoryBytes: l.memoryBytes, processes: l.processes, cpuSeconds: l.cpuSeconds, stdinBytes: l.stdinBytes)
+        self.init(
+            memoryBytes: l.memoryBytes, processes: l.processes, cpuSeconds: l.cpuSeconds, stdinBytes: l.stdinBytes,
+            tmpBytes: l.tmpBytes)
     }
 }
 

@@ -66,7 +66,7 @@ public struct DaemonClient: Sendable {
         let body = Components.Schemas.SandboxCreate(
             name: r.name, shards: r.shards, store: r.store, memoryMiB: r.memoryMiB, cpus: r.cpus, limits: nil,
             network: r.network, concurrency: r.concurrency, idleTimeoutSeconds: r.idleTimeoutSeconds,
-            lifetimeSeconds: r.lifetimeSeconds)
+            lifetimeSeconds: r.lifetimeSeconds, hostname: r.hostname, entrypoint: r.entrypoint)
         return SandboxInfo(try Self.check(try await api.createSandbox(body: .json(body))).created.body.json)
     }
 

@@ -15,7 +15,7 @@ extension Components.Schemas.Sandbox {
             limits: spec.limits.map(Components.Schemas.Limits.init),
             network: spec.network, concurrency: spec.concurrency, idleTimeoutSeconds: spec.idleTimeoutSeconds,
             lifetimeSeconds: spec.lifetimeSeconds, created: s.record.created, jobsQueued: s.jobsQueued,
-            jobsRunning: s.jobsRunning, lastError: s.lastError)
+            jobsRunning: s.jobsRunning, lastError: s.lastError, hostname: spec.hostname, entrypoint: spec.entrypoint)
     }
 }
 
@@ -24,7 +24,7 @@ extension Components.Schemas.Limits {
         self.init(
             memoryBytes: l.memoryBytes.map(Int.init), processes: l.processes.map(Int.init),
             openFiles: l.openFiles.map(Int.init), cpuSeconds: l.cpuSeconds.map(Int.init),
-            stdinBytes: l.stdinBytes.map(Int.init))
+            stdinBytes: l.stdinBytes.map(Int.init), tmpBytes: l.tmpBytes.map(Int.init))
     }
 
     /// The core's limits, each checked against the spec's bounds (the generated code checks types, not ranges).
@@ -41,7 +41,8 @@ extension Components.Schemas.Limits {
             processes: try check(processes, "processes", 1...65536).map(UInt32.init),
             openFiles: try check(openFiles, "openFiles", 16...1 << 20).map(UInt32.init),
             cpuSeconds: try check(cpuSeconds, "cpuSeconds", 1...31_536_000).map(UInt32.init),
-            stdinBytes: try check(stdinBytes, "stdinBytes", 0...1 << 40).map(UInt64.init))
+            stdinBytes: try check(stdinBytes, "stdinBytes", 0...1 << 40).map(UInt64.init),
+            tmpBytes: try check(tmpBytes, "tmpBytes", 1 << 20...1 << 40).map(UInt64.init))
     }
 }
 

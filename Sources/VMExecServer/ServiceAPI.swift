@@ -49,10 +49,12 @@ struct ServiceAPI: APIProtocol {
 
     func createSandbox(_ input: Operations.CreateSandbox.Input) async throws -> Operations.CreateSandbox.Output {
         guard case .json(let body) = input.body else { throw Self.unsupportedBody }
-        let spec = SandboxSpec(
+        var spec = SandboxSpec(
             shards: body.shards ?? [], store: body.store, memoryMiB: body.memoryMiB ?? 512, cpus: body.cpus ?? 1,
             limits: try body.limits?.limits(), network: body.network ?? false, concurrency: body.concurrency ?? 4,
             idleTimeoutSeconds: body.idleTimeoutSeconds, lifetimeSeconds: body.lifetimeSeconds)
+        spec.hostname = body.hostname
+        spec.entrypoint = body.entrypoint
         let status = try await registry.create(owner: Caller.owner, name: body.name, spec: spec)
         return .created(.init(body: .json(.init(status))))
     }

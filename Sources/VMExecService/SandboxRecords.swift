@@ -21,6 +21,10 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
     public var idleTimeoutSeconds: Double?
     /// Delete the sandbox this long after it was made.
     public var lifetimeSeconds: Double?
+    /// The guest's host name; nil: vmexec.
+    public var hostname: String?
+    /// A program every job runs through, with the job's argv as its arguments.
+    public var entrypoint: [String]?
 
     public init(
         shards: [String] = [], store: String? = nil, memoryMiB: Int = 512, cpus: Int = 1, limits: Limits? = nil,

@@ -471,6 +471,8 @@ public actor SandboxRegistry {
                 configuration, shards: resolved.shards, store: store, memoryMiB: spec.memoryMiB, cpus: spec.cpus,
                 network: spec.network)
             machine.shardHold = resolved.hold
+            machine.hostname = spec.hostname
+            machine.entrypoint = spec.entrypoint
             sandbox = Sandbox(
                 configuration: machine,
                 logger: logger.with("sandbox", "\(record.owner)/\(record.name)"))
@@ -556,6 +558,12 @@ public actor SandboxRegistry {
         guard (128...65536).contains(spec.memoryMiB) else { throw bad("memoryMiB must be 128-65536") }
         guard (1...64).contains(spec.cpus) else { throw bad("cpus must be 1-64") }
         guard (1...64).contains(spec.concurrency) else { throw bad("concurrency must be 1-64") }
+        if let name = spec.hostname, !Sandbox.isHostname(name) {
+            throw bad("hostname must be 1-63 letters, digits, '-' and '.', not starting with '-' or '.'")
+        }
+        if let entrypoint = spec.entrypoint, entrypoint.isEmpty || entrypoint.contains(where: \.isEmpty) {
+            throw bad("entrypoint must be 1-64 non-empty arguments")
+        }
         guard spec.shards.allSatisfy(isName), spec.store.map(isName) ?? true else {
             throw bad("shard and store names are 1-40 of a-z 0-9 _ -")
         }

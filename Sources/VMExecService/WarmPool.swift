@@ -25,7 +25,7 @@ public struct PoolProfile: Sendable, Hashable, CustomStringConvertible {
     /// Whether a sandbox of `spec` can take this profile's guests.
     func serves(_ spec: SandboxSpec) -> Bool {
         spec.store == nil && spec.shards.sorted() == shards && spec.memoryMiB == memoryMiB && spec.cpus == cpus
-            && spec.network == network
+            && spec.network == network && spec.hostname == nil && spec.entrypoint == nil
     }
 
     public var description: String {

@@ -29,6 +29,9 @@ public struct Command: Sendable {
     public var terminal: TerminalSize?
     /// Outlives the channel's session (``ExecPolicy/service``): the warm interpreter's own command.
     var service = false
+    /// Whether the sandbox's ``SandboxConfiguration/entrypoint`` runs it (with its arguments
+    /// after the entry point's); vmexec's own commands (runners, the zygote) set it false.
+    public var throughEntrypoint = true
 
     /// Where the command's stdin comes from.
     public enum Stdin: Sendable {
@@ -111,16 +114,19 @@ public struct Limits: Sendable, Equatable, Codable {
     /// Bytes of stdin passed on; past them stdin is closed (the command sees
     /// end of file) and the result says ``ExecResult/stdinTruncated``.
     public var stdinBytes: UInt64?
+    /// Size of a private /tmp (and /dev/shm); nil: the memory limit, or none without one.
+    public var tmpBytes: UInt64?
 
     public init(
         memoryBytes: UInt64? = nil, processes: UInt32? = nil, openFiles: UInt32? = nil, cpuSeconds: UInt32? = nil,
-        stdinBytes: UInt64? = nil
+        stdinBytes: UInt64? = nil, tmpBytes: UInt64? = nil
     ) {
         self.memoryBytes = memoryBytes
         self.processes = processes
         self.openFiles = openFiles
         self.cpuSeconds = cpuSeconds
         self.stdinBytes = stdinBytes
+        self.tmpBytes = tmpBytes
     }
 
     /// The defaults for a guest of `memoryMiB`: three quarters of its memory,
@@ -143,6 +149,7 @@ extension Limits {
         if let v = overrides.openFiles { l.openFiles = v }
         if let v = overrides.cpuSeconds { l.cpuSeconds = v }
         if let v = overrides.stdinBytes { l.stdinBytes = v }
+        if let v = overrides.tmpBytes { l.tmpBytes = v }
         return l
     }
 }

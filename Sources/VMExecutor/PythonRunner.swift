@@ -212,6 +212,8 @@ public struct PythonRunner: Sendable {
     func start(_ command: Command, request: [UInt8], sharing: PythonSharing, runner: String = "Python") async throws
         -> PythonExecution
     {
+        var command = command
+        command.throughEntrypoint = false  // the runner is vmexec's, not the user's command
         let exec = try await sandbox.stream(await sandbox.pythonCommand(command))
         if case .caller = command.stdin { _ = try await exec.writeStdin(request) }
         // The result keeps at most the sandbox's output limit of each stream; the events carry it all.

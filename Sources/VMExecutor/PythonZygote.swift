@@ -66,6 +66,7 @@ enum PythonZygote {
             privateTmp: false)
         // It outlives the channel's session: a warm state saved with it restores it running.
         command.service = true
+        command.throughEntrypoint = false
         return command
     }
 
@@ -181,6 +182,7 @@ extension Sandbox {
         let epoch = zygoteEpoch
         let ended = Task {
             var watch = Command([PythonZygote.client, "--watch", "\(pid)"], stdin: .none, user: .root, privateTmp: false)
+            watch.throughEntrypoint = false
             watch.limits = Limits()
             let gone: Bool
             if let exec = try? await self.stream(watch) {

@@ -156,7 +156,7 @@ extension Sandbox {
                 throw fail(.bootTimeout, "the guest did not say hello within \(deadline) (\(accelerator))")
             }
             do {
-                let (client, hello) = try await machine.connect(timeout: remaining, logger: logger)
+                let (client, hello) = try await machine.connect(timeout: remaining, hostFacts: hostFacts, logger: logger)
                 if let bootError = hello.fields["boot_error"], !bootError.isEmpty {
                     client.close(.closed("boot failed"))
                     throw fail(.bootFailed, "the guest init could not set up the guest: \(bootError)")

@@ -25,6 +25,13 @@ public struct SandboxConfiguration: Sendable {
     public var limits: Limits?
     /// Whether commands that do not say get a /tmp of their own (see ``Command/privateTmp``).
     public var privateTmp = true
+    /// The guest's host name (`uname -n`), set on every session; nil: `vmexec`. 1-63 letters,
+    /// digits, '-' and '.'.
+    public var hostname: String?
+    /// A program every command runs through, with the command as its arguments (as a
+    /// container's entry point): `entrypoint + command.arguments`. Not for vmexec's own
+    /// commands (``Command/throughEntrypoint``).
+    public var entrypoint: [String]?
     /// Environment every command starts from (HOME follows the user); a command's own entries win.
     public var environment: [String: String] = [
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -179,9 +186,30 @@ public actor Sandbox {
         return try await body()
     }
 
+    /// What the host's HELLO tells the guest besides its clock and entropy.
+    var hostFacts: [String: String] { configuration.hostname.map { ["hostname": $0] } ?? [:] }
+
+    /// Whether `name` can be a guest's host name: 1-63 letters, digits, '-' and '.', not starting with either.
+    public static func isHostname(_ name: String) -> Bool {
+        guard let first = name.utf8.first, name.utf8.count <= 63, first != UInt8(ascii: "-"), first != UInt8(ascii: ".")
+        else { return false }
+        return name.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == UInt8(ascii: "-")
+                || b == UInt8(ascii: ".")
+        }
+    }
+
     /// ``start()`` inside an operation.
     func startMachine() async throws {
         if isRunning { return }
+        if let name = configuration.hostname, !Self.isHostname(name) {
+            throw VMExecError(
+                .invalidRequest,
+                "'\(name)' cannot be a host name: 1-63 letters, digits, '-' and '.', not starting with '-' or '.'")
+        }
+        if let entrypoint = configuration.entrypoint, entrypoint.first?.isEmpty ?? true {
+            throw VMExecError(.invalidRequest, "the entry point needs a program name")
+        }
         if let dead = running { cleanUp(dead) }
         let images = try configuration.images ?? GuestImages.locate(architecture: configuration.architecture)
         // Refused before boot: a damaged shard, a requirement unmet, a clash, another architecture.
@@ -288,7 +316,7 @@ public actor Sandbox {
         }
         r.client.close(.closed("the host reconnected"))
         do {
-            let (client, hello) = try await r.machine.connect(timeout: timeout, logger: logger)
+            let (client, hello) = try await r.machine.connect(timeout: timeout, hostFacts: hostFacts, logger: logger)
             var again = Running(generation: r.generation, machine: r.machine, client: client, hello: hello, restored: r.restored)
             again.warm = r.warm
             running = again
@@ -357,7 +385,8 @@ public actor Sandbox {
         let policy = ExecPolicy(
             uid: user.ids.uid, gid: user.ids.gid, memoryMax: limits.memoryBytes ?? 0,
             pidsMax: limits.processes ?? 0, openFiles: limits.openFiles ?? 0,
-            cpuSeconds: limits.cpuSeconds ?? 0, privateTmp: privateTmp, service: command.service)
+            cpuSeconds: limits.cpuSeconds ?? 0, privateTmp: privateTmp, service: command.service,
+            tmpBytes: privateTmp ? limits.tmpBytes : nil)
         var timeoutMs: UInt32 = 0
         if let t = command.timeout {
             let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000
@@ -365,8 +394,9 @@ public actor Sandbox {
         }
         var hasStdin = command.terminal != nil
         if case .none = command.stdin {} else { hasStdin = true }
+        let arguments = command.throughEntrypoint ? (configuration.entrypoint ?? []) + command.arguments : command.arguments
         let request = ExecRequest(
-            arguments: command.arguments, environment: env.map { "\($0.key)=\($0.value)" }.sorted(),
+            arguments: arguments, environment: env.map { "\($0.key)=\($0.value)" }.sorted(),
             workingDirectory: command.workingDirectory, timeoutMilliseconds: timeoutMs, hasStdin: hasStdin,
             policy: policy, terminal: command.terminal)
         let process: RemoteProcess

@@ -35,6 +35,9 @@ struct CommandOptions: ParsableArguments {
     @Flag(help: "Share the guest's /tmp (which vmexec cp reaches), /dev/shm and IPC instead of having its own.")
     var sharedTmp = false
 
+    @Option(help: "Size of the command's private /tmp and /dev/shm, e.g. 64M (default: its memory limit).")
+    var tmpSize: String?
+
     func validate() throws {
         _ = try environment()
         if let t = timeout, t <= 0 { throw ValidationError("--timeout must be positive") }
@@ -65,9 +68,12 @@ struct CommandOptions: ParsableArguments {
                 throw ValidationError("--\(option) takes a size such as 256M or 4G, not '\(text)'")
             }
         }
+        let tmp = try size(tmpSize, "tmp-size")
+        if tmp != nil && sharedTmp { throw ValidationError("--tmp-size sizes a private /tmp: it does not go with --shared-tmp") }
+        if let tmp, tmp < 1 << 20 { throw ValidationError("--tmp-size must be at least 1M") }
         return Limits(
             memoryBytes: try size(memoryLimit, "memory-limit"), processes: pidsLimit, cpuSeconds: cpuLimit,
-            stdinBytes: try size(stdinLimit, "stdin-limit"))
+            stdinBytes: try size(stdinLimit, "stdin-limit"), tmpBytes: tmp)
     }
 
     var timeoutDuration: Duration? { timeout.map { .milliseconds(Int64($0 * 1000)) } }

@@ -84,7 +84,8 @@ struct Exec: AsyncParsableCommand {
         let overrides = try options.limitOverrides()
         return JobLimits(
             memoryBytes: overrides.memoryBytes.map(Int.init), processes: overrides.processes.map(Int.init),
-            cpuSeconds: overrides.cpuSeconds.map(Int.init), stdinBytes: overrides.stdinBytes.map(Int.init))
+            cpuSeconds: overrides.cpuSeconds.map(Int.init), stdinBytes: overrides.stdinBytes.map(Int.init),
+            tmpBytes: overrides.tmpBytes.map(Int.init))
     }
 
     /// `exec -t`: the command on a terminal through the daemon's WebSocket; its exit code.

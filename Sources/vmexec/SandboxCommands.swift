@@ -25,6 +25,8 @@ struct Up: AsyncParsableCommand {
     @Option(help: "Stop the guest after this many seconds with nothing running (it boots again for the next job).")
     var idleTimeout: Double?
     @Option(help: "Delete the sandbox this many seconds after it was made.") var lifetime: Double?
+    @Option(help: "The guest's host name (default vmexec).") var hostname: String?
+    @Option(help: "A program every job runs through, with the job's command as its arguments.") var entrypoint: String?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -34,7 +36,8 @@ struct Up: AsyncParsableCommand {
         let info = try await client.createSandbox(
             SandboxRequest(
                 name: name, shards: shard, store: store, memoryMiB: memory, cpus: cpus, network: network,
-                concurrency: concurrency, idleTimeoutSeconds: idleTimeout, lifetimeSeconds: lifetime))
+                concurrency: concurrency, idleTimeoutSeconds: idleTimeout, lifetimeSeconds: lifetime, hostname: hostname,
+                entrypoint: entrypoint.map { [$0] }))
         progress.stop()
         if json { try printJSON(info) } else { print(info.name) }
     }

@@ -93,6 +93,12 @@ struct GuestOptions: ParsableArguments {
 
     @OptionGroup var library: LibraryOptions
 
+    @Option(help: "The guest's host name (default vmexec).")
+    var hostname: String?
+
+    @Option(help: "A program the command runs through, with the command as its arguments (as a container's entry point).")
+    var entrypoint: String?
+
     @Option(help: "Keep the guest's changes in this overlay store (see `vmexec store create`).")
     var store: String?
 
@@ -154,6 +160,8 @@ struct GuestOptions: ParsableArguments {
         }
         c.store = try store.map { try Store.open(at: URL(fileURLWithPath: $0)) }
         c.allowLowerChange = allowLowerChange
+        c.hostname = hostname
+        c.entrypoint = entrypoint.map { [$0] }
         c.network = try networkPolicy()
         return c
     }

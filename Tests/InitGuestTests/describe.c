@@ -117,6 +117,8 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
             put(&o, " private_tmp");
         if (e.policy.options & VX_POLICY_SERVICE)
             put(&o, " service");
+        if (e.policy.options & VX_POLICY_TMP_SIZE)
+            put(&o, " tmp_bytes=%" PRIu64, e.policy.tmp_bytes);
         if (e.flags & VX_EXEC_PTY)
             put(&o, " rows=%u cols=%u", (unsigned)e.rows, (unsigned)e.cols);
         break;

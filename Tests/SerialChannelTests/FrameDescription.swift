@@ -41,6 +41,7 @@ enum FrameDescription {
                     " uid=\(q.uid) gid=\(q.gid) memory_max=\(q.memoryMax) pids_max=\(q.pidsMax) nofile=\(q.openFiles) cpu_seconds=\(q.cpuSeconds)"
                 if q.privateTmp { s += " private_tmp" }
                 if q.service { s += " service" }
+                if let t = q.tmpBytes { s += " tmp_bytes=\(t)" }
             }
             if let t = e.terminal { s += " rows=\(t.rows) cols=\(t.columns)" }
         case .started:

@@ -34,6 +34,28 @@ extension DaemonSuites {
             #expect(try await client.output("fragile", after.id, stream: .stdout, offset: 0).bytes == Array("remembered\n".utf8))
         }
 
+        @Test("a sandbox's host name and entry point, and a job's /tmp size, over HTTP")
+        func sandboxSettings() async throws {
+            let daemon = try await TestDaemon.start()
+            defer { Task { await daemon.remove() } }
+            let client = daemon.alice
+            let info = try await client.createSandbox(
+                SandboxRequest(name: "named", hostname: "line-7", entrypoint: ["/usr/bin/env", "VIA=entry"]))
+            #expect(info.name == "named")
+            let job = try await client.submit(
+                "named",
+                JobSubmission(
+                    ["sh", "-c", "echo $(uname -n) $VIA $(df -k /tmp | awk 'NR>1 {print $2}')"],
+                    limits: JobLimits(tmpBytes: 8 << 20)), wait: true)
+            let out = try await client.output("named", job.id, stream: .stdout, offset: 0).bytes
+            #expect(String(decoding: out, as: UTF8.self) == "line-7 entry 8192\n")
+            let listed = try await daemon.raw(.GET, "/v1/sandboxes/named")
+            #expect(listed.body.contains("line-7"), "\(listed.body)")
+            let bad = try await daemon.raw(
+                .POST, "/v1/sandboxes", contentType: "application/json", body: Array(#"{"name":"bad","hostname":"-x"}"#.utf8))
+            #expect(bad.status == 400, "\(bad.body)")
+        }
+
         @Test("a sandbox of a pooled profile takes a started guest; the pool refills; other sandboxes boot their own")
         func warmPool() async throws {
             let daemon = try await TestDaemon.start(pool: [PoolProfile(shards: ["cpython"], size: 1)])

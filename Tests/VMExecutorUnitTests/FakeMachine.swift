@@ -97,7 +97,7 @@ class FakeMachine: GuestMachine, @unchecked Sendable {
         return ending
     }
 
-    func connect(timeout: Duration, logger: Logger) async throws -> (ChannelClient, Hello) {
+    func connect(timeout: Duration, hostFacts: [String: String], logger: Logger) async throws -> (ChannelClient, Hello) {
         guard ending == nil else { throw VMExecError(.launchFailed, "the fake machine has ended") }
         var fds: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VX_MAJOR 1
-#define VX_MINOR 6
+#define VX_MINOR 7
 
 #define VX_HEADER_SIZE 12u
 /* Hard cap on a frame's payload; a header claiming more is fatal. */
@@ -136,11 +136,14 @@ struct vx_policy {
     uint32_t nofile;     /* RLIMIT_NOFILE */
     uint32_t cpu_seconds; /* RLIMIT_CPU of each process */
     uint32_t options;     /* VX_POLICY_* bits (since 1.4) */
+    uint64_t tmp_bytes;   /* the private /tmp's size with VX_POLICY_TMP_SIZE, else 0 (since 1.7) */
 };
 
 #define VX_POLICY_PRIVATE_TMP 0x1u /* a /tmp of its own: a tmpfs in a mount namespace of its own */
 #define VX_POLICY_SERVICE 0x2u     /* outlives its session: the stream goes, the process stays (since 1.6) */
-#define VX_POLICY_KNOWN_OPTIONS (VX_POLICY_PRIVATE_TMP | VX_POLICY_SERVICE)
+#define VX_POLICY_TMP_SIZE 0x4u    /* an 8-byte u64 size of the private /tmp precedes the policy block (since 1.7) */
+#define VX_POLICY_KNOWN_OPTIONS (VX_POLICY_PRIVATE_TMP | VX_POLICY_SERVICE | VX_POLICY_TMP_SIZE)
+#define VX_TMP_SIZE_SIZE 8u
 
 struct vx_exec {
     uint32_t flags, timeout_ms;

@@ -54,7 +54,8 @@ public protocol GuestMachine: AnyObject, Sendable {
     /// Connects to the init over the control channel and exchanges HELLOs.
     /// Throws ``ProtocolError`` from the handshake, or another error while
     /// the channel is not there yet (the caller tries again until its deadline).
-    func connect(timeout: Duration, logger: Logger) async throws -> (ChannelClient, Hello)
+    /// `hostFacts` go into the host's HELLO info (the guest's `hostname`).
+    func connect(timeout: Duration, hostFacts: [String: String], logger: Logger) async throws -> (ChannelClient, Hello)
 
     /// Hot-plugs `disk` (the guest finds it by its serial).
     func plug(_ disk: MachineDisk) async throws

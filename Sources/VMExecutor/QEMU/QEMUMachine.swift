@@ -31,10 +31,11 @@ final class QEMUMachine: GuestMachine {
     /// Not there yet: QEMU has not created the socket, or is not listening on it.
     struct ChannelNotReady: Error {}
 
-    func connect(timeout: Duration, logger: Logger) async throws -> (ChannelClient, Hello) {
+    func connect(timeout: Duration, hostFacts: [String: String], logger: Logger) async throws -> (ChannelClient, Hello) {
         let socket = Self.controlSocket(in: runDirectory).path
         guard FileManager.default.fileExists(atPath: socket) else { throw ChannelNotReady() }
-        return try await ChannelClient.connect(unixSocket: socket, handshakeTimeout: timeout, logger: logger)
+        return try await ChannelClient.connect(
+            unixSocket: socket, handshakeTimeout: timeout, hostFacts: hostFacts, logger: logger)
     }
 
     /// A connection to QEMU's monitor, one per operation (they are rare).
