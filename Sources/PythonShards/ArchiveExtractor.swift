@@ -6,7 +6,7 @@ import SquashMounts
 /// regular files and symlinks that stay inside; an entry that would land outside, a link
 /// out, a hard link, a device or a socket is refused naming it.
 enum ArchiveExtractor {
-    static func extract(_ path: String, into root: URL) throws(ShardError) {
+    static func extract(_ path: String, into root: URL, budget: UnpackBudget) throws(ShardError) {
         guard let archive = archive_read_new() else { throw ShardError(.io, "out of memory") }
         defer { archive_read_free(archive) }
         archive_read_support_filter_all(archive)
@@ -54,6 +54,7 @@ enum ArchiveExtractor {
                     let n = archive_read_data(archive, buffer.baseAddress, buffer.count)
                     if n == 0 { break }
                     guard n > 0 else { throw ShardError(.badArchive, "\(path): \(raw): \(message())") }
+                    try budget.take(n, entry: raw)
                     guard write(fd, buffer.baseAddress, n) == n else {
                         throw ShardError(.io, "writing \(url.path): \(String(cString: strerror(errno)))")
                     }

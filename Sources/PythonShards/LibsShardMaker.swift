@@ -21,6 +21,8 @@ public struct LibsShardMaker {
     public var preload: [String] = []
     /// The guest's interpreter, for scripts' `#!` lines.
     public var python = "/usr/bin/python3"
+    /// Bytes the wheels may unpack to in all (see ``UnpackBudget``).
+    public var maxUnpackedBytes = UnpackBudget.defaultBytes
 
     public init(name: String, version: String, target: PythonTarget, mountPoint: String? = nil) {
         self.name = name
@@ -69,9 +71,10 @@ public struct LibsShardMaker {
         let site = try stagingFolder(output)
         defer { try? FileManager.default.removeItem(at: site) }
         var installed: [String: WheelArchive.Metadata] = [:]
+        let budget = UnpackBudget(maxUnpackedBytes, source: folder)
         for name in names {
             let (metadata, _) = try WheelArchive(path: folder + "/" + name.file, name: name)
-                .unpack(into: site, target: target, python: python)
+                .unpack(into: site, target: target, python: python, budget: budget)
             let key = PackageRequirement.normalize(metadata.name)
             if let other = installed[key] {
                 throw ShardError(

@@ -19,6 +19,8 @@ public struct ProgramShardMaker {
     public var entry: String?
     /// Needed for wheels (their tags and shared objects are checked against it).
     public var target: PythonTarget?
+    /// Bytes an archive or wheel may unpack to (see ``UnpackBudget``).
+    public var maxUnpackedBytes = UnpackBudget.defaultBytes
 
     public init(name: String, version: String) {
         self.name = name
@@ -54,11 +56,12 @@ public struct ProgramShardMaker {
                 throw ShardError(.wrongArchitecture, "wheel \(wheel.file) does not fit the SDK: \(why)")
             }
             let (metadata, _) = try WheelArchive(path: source, name: wheel).unpack(
-                into: staging, target: target, python: "/usr/bin/python3")
+                into: staging, target: target, python: "/usr/bin/python3",
+                budget: UnpackBudget(maxUnpackedBytes, source: source))
             requirements += metadata.requirements.filter { $0.applies(in: target.markerEnvironment) }.map(\.name)
             scripts = metadata.consoleScripts
         } else {
-            try ArchiveExtractor.extract(source, into: staging)
+            try ArchiveExtractor.extract(source, into: staging, budget: UnpackBudget(maxUnpackedBytes, source: source))
             // A zip of a folder, or an sdist (NAME-VERSION/ at its top): the program is that folder.
             let top = (try? FileManager.default.contentsOfDirectory(atPath: staging.path)) ?? []
             var isDir: ObjCBool = false

@@ -28,7 +28,9 @@ struct WheelArchive {
     }
 
     /// Unpacks into `site`; returns the wheel's metadata and the files it wrote (relative paths).
-    func unpack(into site: URL, target: PythonTarget, python: String) throws(ShardError) -> (Metadata, [String]) {
+    func unpack(into site: URL, target: PythonTarget, python: String, budget: UnpackBudget) throws(ShardError) -> (
+        Metadata, [String]
+    ) {
         guard let archive = archive_read_new() else { throw ShardError(.io, "out of memory") }
         defer { archive_read_free(archive) }
         archive_read_support_format_zip(archive)
@@ -56,6 +58,7 @@ struct WheelArchive {
                 let n = archive_read_data(archive, buffer.baseAddress, buffer.count)
                 if n == 0 { break }
                 guard n > 0 else { throw ShardError(.badArchive, "wheel \(name.file): \(raw): \(Self.message(archive))") }
+                try budget.take(n, entry: "\(name.file):\(raw)")
                 bytes += UnsafeRawBufferPointer(rebasing: buffer[0..<n])
             }
             let digest = Data(SHA256.hash(data: bytes)).base64EncodedString()

@@ -186,6 +186,40 @@ struct ProgramShardTests {
         #expect(shardError { _ = try maker.make(from: wheel, to: root + "/x.shard") }?.message.contains("--sdk") == true)
     }
 
+    @Test("an archive or wheels that unpack past the budget are refused, and leave nothing behind")
+    func decompressionBomb() throws {
+        let root = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        // 4 MiB of zeros compress to a few KiB: a bomb in small.
+        let zip = root + "/bomb.zip"
+        let make = Process()
+        make.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        make.arguments = [
+            "python3", "-c",
+            "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z:\n    z.writestr('main.py', 'print(1)\\n')\n    z.writestr('zeros.bin', bytes(4 << 20))",
+            zip,
+        ]
+        try make.run()
+        make.waitUntilExit()
+        var program = ProgramShardMaker(name: "bomb", version: "1")
+        program.maxUnpackedBytes = 1 << 20
+        let refused = shardError { _ = try program.make(from: zip, to: root + "/bomb.shard") }
+        #expect(refused?.message.contains("unpacks to more than 1 MiB (at zeros.bin)") == true, "\(String(describing: refused))")
+        program.maxUnpackedBytes = 8 << 20
+        #expect(try program.make(from: zip, to: root + "/fits.shard").manifest.name == "bomb")
+
+        let wheels = root + "/wheels"
+        try FileManager.default.createDirectory(atPath: wheels, withIntermediateDirectories: true)
+        try WheelFactory.wheel(
+            in: wheels, name: "big", version: "1", files: ["big/data.txt": String(repeating: "0", count: 100_000)])
+        var libs = LibsShardMaker(name: "big", version: "1", target: WheelTests.cpython311)
+        libs.maxUnpackedBytes = 64 << 10
+        #expect(
+            shardError { _ = try libs.make(from: wheels, to: root + "/big.shard") }?.message.contains("more than 65536 bytes")
+                == true)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root).sorted() == ["bomb.zip", "fits.shard", "wheels"])
+    }
+
     @Test("libs from a site-packages folder: its distributions provided, machine code for another architecture refused")
     func sitePackages() throws {
         let root = try scratch()
