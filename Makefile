@@ -1,10 +1,11 @@
 # vmexec: build, guest images, tests, fuzzing and benchmarks.
 #   make run     deps, build and images as needed, then the examples in a guest with the shards attached
-#   make test    the whole suite: test-unit, then test-guests, then test-cli
+#   make test    the whole suite: test-unit, test-guests, test-cli, test-api, then test-other-arch
 #   make test-unit    host-only tests (C vectors, Swift units, a machine double): no images, about a minute
 #   make test-guests  real guests under QEMU (builds the images first)
 #   make test-cli     the vmexec command on real guests (builds the images first)
 #   make test-api     docs/openapi.yaml validated, then schemathesis against a live daemon
+#   make test-other-arch  the real-guest suite on the other architecture (aarch64 beside x86_64)
 #   make images  guest kernel, initramfs, base root file system and the SDK and libs shards for ARCH
 #   make check   Swift warnings as errors, swift format lint (.swift-format), the init's C with -Werror
 #   make fuzz    a bounded libFuzzer run over the init's frame parser
@@ -21,7 +22,7 @@ CFLAGS_STRICT := -std=c11 -Wall -Wextra -Werror
 FUZZ_SECONDS ?= 60
 # The libs shard: numpy from PyPI's wheel for the guest's CPython (3.11, bookworm's).
 NUMPY_VERSION ?= 1.26.4
-WHEELS := images/build/cache/wheels
+WHEELS := images/build/cache/wheels/$(ARCH)
 SDK_SHARD := $(IMG)/sdk-python.shard
 NODE_SHARD := $(IMG)/sdk-node.shard
 LIBS_SHARD := $(IMG)/libs-numpy-$(NUMPY_VERSION).shard
@@ -34,7 +35,7 @@ else
 INIT_CC ?= $(ARCH)-linux-gnu-gcc
 endif
 
-.PHONY: all deps build build-tests images run test test-unit test-guests test-cli test-api test-c check format fuzz bench bench-images clean clean-images
+.PHONY: all deps build build-tests images images-other-arch run test test-unit test-guests test-cli test-api test-other-arch test-c check format fuzz bench bench-images clean clean-images
 
 all: build images
 
@@ -121,7 +122,7 @@ $(LIBS_SHARD): $(SHARD_CODE) $(SDK_SHARD)
 	$(SWIFT) build --product vmexec
 	@mkdir -p $(WHEELS)/numpy
 	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-	  --platform manylinux2014_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
+	  --platform manylinux2014_$(ARCH) --platform manylinux_2_28_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
 	  -d $(WHEELS)/numpy numpy==$(NUMPY_VERSION)
 	$(VMEXEC) shard from-wheels $(WHEELS)/numpy -o $@ --name numpy --version $(NUMPY_VERSION) \
 	  --sdk $(SDK_SHARD) --preload numpy
@@ -131,7 +132,7 @@ $(MPL_SHARD): $(SHARD_CODE) $(SDK_SHARD) images/matplotlib-requirements.txt
 	$(SWIFT) build --product vmexec
 	@mkdir -p $(WHEELS)/matplotlib
 	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-	  --platform manylinux2014_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
+	  --platform manylinux2014_$(ARCH) --platform manylinux_2_28_$(ARCH) --python-version 3.11 --implementation cp --abi cp311 \
 	  -d $(WHEELS)/matplotlib -r images/matplotlib-requirements.txt
 	$(VMEXEC) shard from-wheels $(WHEELS)/matplotlib -o $@ --name matplotlib --version $(MPL_VERSION) \
 	  --sdk $(SDK_SHARD) --external numpy --preload matplotlib.pyplot
@@ -139,10 +140,17 @@ $(MPL_SHARD): $(SHARD_CODE) $(SDK_SHARD) images/matplotlib-requirements.txt
 # ---- run and test ----
 
 run: deps build images
-	$(VMEXEC) run --images $(IMG) --shard $(SDK_SHARD) -- python3 - < examples/hello.py
-	$(VMEXEC) run --images $(IMG) --shard $(SDK_SHARD) --shard $(LIBS_SHARD) -- python3 - < examples/numpy_demo.py
+	$(VMEXEC) run --arch $(ARCH) --images $(IMG) --shard $(SDK_SHARD) -- python3 - < examples/hello.py
+	$(VMEXEC) run --arch $(ARCH) --images $(IMG) --shard $(SDK_SHARD) --shard $(LIBS_SHARD) -- python3 - < examples/numpy_demo.py
 
-test: test-unit test-guests test-cli test-api
+test: test-unit test-guests test-cli test-api test-other-arch
+
+# The other architecture vmexec boots: aarch64 beside x86_64, and the other way round.
+# Its images are built on this host (a cross compiler, debootstrap through qemu-user).
+OTHER_ARCH := $(if $(filter aarch64,$(ARCH)),x86_64,aarch64)
+OTHER_IMG := images/build/$(OTHER_ARCH)
+images-other-arch:
+	$(MAKE) images ARCH=$(OTHER_ARCH)
 
 # Host-only: needs the build dependencies, no guest images.
 UNIT_TARGETS := SerialChannelTests|SquashMountsTests|ShardLibraryTests|PersistOverlayTests|VMExecutorUnitTests|VMExecServiceTests|VMExecServerUnitTests
@@ -153,13 +161,20 @@ test-unit: deps test-c build-tests
 # apart from each other: two TCG guests at once on 2 cores measure contention.
 # A hung test must fail the run, not hold CI: Tests/deadline.sh prints every
 # thread's stack past the deadline, then kills the whole process group.
-GUEST_ENV := VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache
+GUEST_ENV := VMEXEC_ARCH=$(ARCH) VMEXEC_IMAGES=$(CURDIR)/$(IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache
 test-guests: deps images build-tests
 	$(GUEST_ENV) Tests/deadline.sh 1200 $(SWIFT) test --skip-build --filter VMExecutorTests
 	$(GUEST_ENV) Tests/deadline.sh 600 $(SWIFT) test --skip-build --filter VMExecServerTests
 
-test-cli: deps images build-tests
+# The multiarch test (one C program in both architectures' guests) needs both images.
+test-cli: deps images images-other-arch build-tests
 	$(GUEST_ENV) Tests/deadline.sh 900 $(SWIFT) test --skip-build --filter VMExecCLITests
+
+# The same real-guest suite in the other architecture's guests: another QEMU binary,
+# kernel and init build. Slower under TCG (aarch64 on x86_64: about as long as x86_64's).
+test-other-arch: images-other-arch build-tests
+	VMEXEC_ARCH=$(OTHER_ARCH) VMEXEC_IMAGES=$(CURDIR)/$(OTHER_IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache \
+	  Tests/deadline.sh 1500 $(SWIFT) test --skip-build --filter VMExecutorTests
 
 # The HTTP API: the spec validated (openapi-spec-validator), then schemathesis
 # (both from PyPI, in a venv under .build) against a live daemon over TCP.
@@ -223,4 +238,4 @@ bench-images: images $(IMG)/rootfs-bench.sqfs
 bench: deps bench-images
 	$(SWIFT) build -c release --product vmexec-bench
 	$(SWIFT) build -c release --product vmexec
-	.build/release/vmexec-bench $(IMG) $(CURDIR)/$(IMG)/rootfs-bench.sqfs
+	VMEXEC_ARCH=$(ARCH) .build/release/vmexec-bench $(IMG) $(CURDIR)/$(IMG)/rootfs-bench.sqfs

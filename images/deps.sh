@@ -30,12 +30,47 @@ needlib libsquashfs1 libsquashfs-dev
 needlib libarchive libarchive-dev
 needlib ext2fs libext2fs-dev
 needlib sqlite3 libsqlite3-dev
-MISSING=$(echo "$MISSING" | tr ' ' '\n' | grep -v '^$' | sort -u | tr '\n' ' ')
-[ -z "$MISSING" ] && exit 0
-if [ "$(id -u)" != 0 ]; then
-  echo "deps.sh: missing packages: $MISSING; install them as root (apt-get install $MISSING)" >&2
-  exit 1
+# A guest of another architecture than the host's (aarch64 on x86_64): a cross
+# compiler with a static C library for the init and its helpers, the foreign
+# architecture in dpkg (the kernel package), and qemu-user-static registered
+# with binfmt_misc so that debootstrap's second stage runs the guest's binaries.
+FOREIGN=""
+if [ "$ARCH" != "$(uname -m)" ]; then
+  case "$ARCH" in
+    aarch64) FOREIGN=arm64 ;;
+    *) echo "deps.sh: building $ARCH guests on a $(uname -m) host is not supported (aarch64 on x86_64 is)" >&2; exit 1 ;;
+  esac
+  need "$ARCH-linux-gnu-gcc" "gcc-$ARCH-linux-gnu"
+  [ -e "/usr/$ARCH-linux-gnu/lib/libc.a" ] || MISSING="$MISSING libc6-dev-$FOREIGN-cross"
+  need "qemu-$ARCH-static" qemu-user-static
+  need update-binfmts binfmt-support
 fi
-echo "installing:$MISSING"
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $MISSING >/dev/null
+MISSING=$(echo "$MISSING" | tr ' ' '\n' | grep -v '^$' | sort -u | tr '\n' ' ')
+as_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps.sh: $1; run make deps ARCH=$ARCH as root" >&2
+    exit 1
+  fi
+}
+if [ -n "$MISSING" ]; then
+  as_root "missing packages: $MISSING (apt-get install $MISSING)"
+  echo "installing:$MISSING"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $MISSING >/dev/null
+fi
+if [ -n "$FOREIGN" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx "$FOREIGN"; then
+    as_root "dpkg does not know the $FOREIGN architecture (dpkg --add-architecture $FOREIGN)"
+    echo "adding the $FOREIGN architecture to dpkg"
+    dpkg --add-architecture "$FOREIGN"
+    apt-get update -qq
+  fi
+  # Containers and machines without systemd have binfmt_misc unmounted and
+  # nothing registered: debootstrap's second stage would fail with "Exec format error".
+  if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$ARCH" ]; then
+    as_root "qemu-$ARCH is not registered with binfmt_misc"
+    [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    update-binfmts --enable "qemu-$ARCH"
+    echo "registered qemu-$ARCH with binfmt_misc"
+  fi
+fi

@@ -121,12 +121,11 @@ public struct LibsShardMaker {
                 guard let handle = FileHandle(forReadingAtPath: "\(folder)/\(relative)") else { continue }
                 let head = [UInt8]((try? handle.read(upToCount: 20)) ?? Data())
                 try? handle.close()
-                guard head.count == 20, head.starts(with: [0x7f, 0x45, 0x4c, 0x46]) else { continue }
-                let machine = UInt16(head[18]) | UInt16(head[19]) << 8
-                guard machine == target.elfMachine else {
+                guard let arch = MachineCode.architecture(ofHeader: head) else { continue }
+                guard arch == target.architecture else {
                     throw ShardError(
                         .wrongArchitecture,
-                        "\(folder)/\(relative) is machine code for another architecture than \(target.architecture)")
+                        "\(folder)/\(relative) is \(arch) machine code, and the SDK is \(target.architecture)")
                 }
             }
         }

@@ -81,8 +81,16 @@ public struct ProgramShardMaker {
         if FileManager.default.fileExists(atPath: root.appendingPathComponent("bin").path) {
             environment["PATH"] = mountPoint + "/bin"
         }
+        // Machine code in a program (a vendored extension module) ties it to the SDK's architecture.
+        let architecture = try MachineCode.shardArchitecture(of: root.path, declared: nil)
+        if let target, architecture != "any", architecture != target.architecture {
+            throw ShardError(
+                .wrongArchitecture,
+                "the program holds \(architecture) machine code (\(MachineCode.scan(root.path)[architecture] ?? "")), "
+                    + "and the SDK is \(target.architecture)")
+        }
         var manifest = ShardManifest(
-            name: name, version: version, kind: .program, architecture: "any", placement: .mount(mountPoint),
+            name: name, version: version, kind: .program, architecture: architecture, placement: .mount(mountPoint),
             requires: capabilities, environment: environment)
         manifest.entrypoint = entrypoint
         var options = SquashfsOptions()

@@ -67,7 +67,4 @@ public struct PythonTarget: Sendable, Equatable {
             "implementation_version": fullVersion, "platform_release": "", "platform_version": "",
         ]
     }
-
-    /// ELF `e_machine` of the architecture's shared objects.
-    var elfMachine: UInt16 { architecture == "aarch64" ? 183 : 62 }
 }

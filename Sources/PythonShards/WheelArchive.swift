@@ -162,15 +162,11 @@ struct WheelArchive {
     }
 
     private func checkMachine(_ bytes: [UInt8], file: String, target: PythonTarget) throws(ShardError) {
-        guard bytes.count >= 20, bytes.starts(with: [0x7f, 0x45, 0x4c, 0x46]) else { return }
-        let machine = UInt16(bytes[18]) | UInt16(bytes[19]) << 8
-        guard machine == target.elfMachine else {
-            let names: [UInt16: String] = [62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm"]
-            throw ShardError(
-                .wrongArchitecture,
-                "wheel \(name.file): \(file) is machine code for \(names[machine] ?? "machine \(machine)"), and the SDK is \(target.architecture)"
-            )
+        guard let arch = MachineCode.architecture(ofHeader: Array(bytes.prefix(20))), arch != target.architecture else {
+            return
         }
+        throw ShardError(
+            .wrongArchitecture, "wheel \(name.file): \(file) is machine code for \(arch), and the SDK is \(target.architecture)")
     }
 
     private func write(_ bytes: [UInt8], to site: URL, relative: String, mode: mode_t) throws(ShardError) {

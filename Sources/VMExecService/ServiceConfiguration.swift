@@ -32,7 +32,7 @@ public struct ServiceConfiguration: Sendable {
     /// Where saved boot states go; nil: the user's cache.
     public var bootStateDirectory: URL?
     /// The guests' architecture (the images must be built for it).
-    public var architecture: GuestArchitecture = .host
+    public var architecture: GuestArchitecture = .preferred
     public var qemuBinary: String?
     public var accelerator: AcceleratorChoice = .auto
     /// Started guests kept waiting, per profile: a sandbox that matches one

@@ -13,6 +13,28 @@ public enum GuestArchitecture: String, Sendable, CaseIterable {
             return .x86_64
         #endif
     }
+
+    /// The architecture vmexec boots when none is named: `$VMEXEC_ARCH` when
+    /// set (so `make test ARCH=aarch64` and a shell can pick the guest once
+    /// for every command), else the host's.
+    public static var preferred: GuestArchitecture {
+        (try? fromEnvironment()) ?? .host
+    }
+
+    /// `$VMEXEC_ARCH`'s architecture, the host's when it is unset or empty,
+    /// and an error naming the choices when it names none of them.
+    public static func fromEnvironment(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(VMExecError) -> GuestArchitecture {
+        guard let name = environment["VMEXEC_ARCH"], !name.isEmpty else { return .host }
+        guard let arch = GuestArchitecture(rawValue: name) else {
+            throw VMExecError(
+                .invalidRequest,
+                "VMEXEC_ARCH is '\(name)', which is no architecture vmexec boots; set it to one of "
+                    + allCases.map(\.rawValue).joined(separator: ", ") + " or unset it")
+        }
+        return arch
+    }
 }
 
 /// The files a guest boots from: kernel, initramfs (the init and its
@@ -30,7 +52,7 @@ public struct GuestImages: Sendable, Equatable {
     /// (`images/build/<arch>` above the executable or the current directory).
     /// A directory may hold the files directly or in a `<arch>` subfolder.
     public static func locate(
-        explicit: String? = nil, architecture: GuestArchitecture = .host,
+        explicit: String? = nil, architecture: GuestArchitecture = .preferred,
         environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws(VMExecError) -> GuestImages {
         var candidates: [URL] = []

@@ -8,7 +8,8 @@ import SquashMounts
 public struct SandboxConfiguration: Sendable {
     /// Guest images; nil finds them with ``GuestImages/locate(explicit:architecture:environment:)``.
     public var images: GuestImages?
-    public var architecture: GuestArchitecture = .host
+    /// The guest's architecture: `$VMEXEC_ARCH`, else the host's (``GuestArchitecture/preferred``).
+    public var architecture: GuestArchitecture = .preferred
     /// QEMU binary; nil picks `qemu-system-<arch>` from PATH. Used by the
     /// default hypervisor.
     public var qemuBinary: String?

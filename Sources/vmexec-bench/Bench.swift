@@ -23,7 +23,7 @@ struct Bench {
         }
         var logger = Logger(label: "vmexec-bench")
         logger.logLevel = .warning
-        var images = try GuestImages.locate(explicit: args[1])
+        var images = try GuestImages.locate(explicit: args[1], architecture: architecture)
         // VMEXEC_BENCH_ONLY=daemon: the daemon's figures alone (while working on them).
         if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "daemon" {
             return try await DaemonBench.run(images: images, logger: logger)
@@ -34,7 +34,9 @@ struct Bench {
         if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "program" {
             return try await ProgramBench.run(images: images, logger: logger)
         }
-        try ShardBench.run(sdkTree: images.directory.appendingPathComponent("sdk.tree"))
+        // VMEXEC_BENCH_ONLY=guest: the guest figures alone (start, exec, Python, stdout), as for another architecture.
+        let guestOnly = ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "guest"
+        if !guestOnly { try ShardBench.run(sdkTree: images.directory.appendingPathComponent("sdk.tree")) }
 
         // Start: launch to the init's hello, median of 5, on the standard image;
         // by default a start restores the state saved after the first boot,
@@ -62,10 +64,13 @@ struct Bench {
         let restored = try await startTimes(reuse: true, runs: 5)
         emit("boot_hello_s", median(restored), "s", note: "a start restoring the state saved after the first boot")
         emit("cold_boot_hello_s", median(cold), "s", note: "a start that boots the kernel")
-        try await StoreBench.run(images: images, logger: logger)
-        try await DaemonBench.run(images: images, logger: logger)
-        try await PythonBench.run(images: images, logger: logger)
-        try await ProgramBench.run(images: images, logger: logger)
+        if architecture == .aarch64 { try await CPUModelBench.run(images: images, logger: logger) }
+        if !guestOnly {
+            try await StoreBench.run(images: images, logger: logger)
+            try await DaemonBench.run(images: images, logger: logger)
+            try await PythonBench.run(images: images, logger: logger)
+            try await ProgramBench.run(images: images, logger: logger)
+        }
 
         // One guest on the bench image, with the agent on a second port.
         images.rootfs = URL(fileURLWithPath: args[2])
@@ -183,6 +188,9 @@ struct Bench {
         await guest.shutdown()
     }
 
+    /// The guests' architecture (`make bench ARCH=…` sets `$VMEXEC_ARCH`), on every line.
+    static let architecture = GuestArchitecture.preferred
+
     struct Failure: Error, CustomStringConvertible {
         let description: String
         init(_ d: String) { description = d }
@@ -192,7 +200,9 @@ struct Bench {
         _ figure: String, _ value: Double, _ unit: String, peer: Double? = nil,
         peerName: String = "qemu-guest-agent", note: String? = nil
     ) {
-        var obj: [String: Any] = ["figure": figure, "value": (value * 1000).rounded() / 1000, "unit": unit]
+        var obj: [String: Any] = [
+            "figure": figure, "value": (value * 1000).rounded() / 1000, "unit": unit, "arch": architecture.rawValue,
+        ]
         if let peer {
             obj["peer"] = peerName
             obj["peer_value"] = (peer * 1000).rounded() / 1000

@@ -57,7 +57,7 @@ struct ProgramCommand: AsyncParsableCommand {
                 "installed program \(m.name) \(m.version)\(result.replaced.map { " (was \($0))" } ?? ""): \((m.entrypoint ?? []).joined(separator: " "))"
             )
             do {
-                _ = try lib.resolve([m.name], architecture: GuestArchitecture.host.rawValue)
+                _ = try lib.resolve([m.name], architecture: GuestArchitecture.preferred.rawValue)
             } catch let error as ShardError {
                 print("note: it cannot run yet: \(error.message)")
             }

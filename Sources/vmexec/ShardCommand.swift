@@ -32,8 +32,11 @@ struct ShardCommand: ParsableCommand {
         @Option(help: "Merge into the root file system as a read-only layer of this order (higher lies above).")
         var layer: Int?
 
-        @Option(help: "Architecture of the machine code inside: x86_64, aarch64 or any.")
-        var arch: String = "any"
+        @Option(
+            help:
+                "Architecture of the machine code inside: x86_64, aarch64 or any (default: that of the ELF files inside, any without)."
+        )
+        var arch: String?
 
         @Option(help: "A capability the shard offers, e.g. python3.11 (repeatable).")
         var provides: [String] = []
@@ -67,7 +70,8 @@ struct ShardCommand: ParsableCommand {
             }
         }
 
-        func manifest() throws -> ShardManifest {
+        /// The manifest, for machine code of `architecture` (default: `--arch`, else any).
+        func manifest(architecture: String? = nil) throws -> ShardManifest {
             var env: [String: String] = [:]
             for pair in environment {
                 guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
@@ -77,7 +81,7 @@ struct ShardCommand: ParsableCommand {
             }
             let placement: ShardManifest.Placement = mount.map { .mount($0) } ?? .layer(order: layer ?? 0)
             return ShardManifest(
-                name: name, version: version, kind: kind, architecture: arch, placement: placement,
+                name: name, version: version, kind: kind, architecture: architecture ?? arch ?? "any", placement: placement,
                 provides: provides, requires: requires, environment: env, preload: preload.isEmpty ? nil : preload)
         }
 
@@ -100,8 +104,10 @@ struct ShardCommand: ParsableCommand {
         @OptionGroup var build: BuildOptions
 
         func run() throws {
+            // The files say which architecture they are for: a mismatch is refused here, not in a guest.
+            let architecture = try MachineCode.shardArchitecture(of: directory, declared: build.arch)
             let shard = try ShardBuilder.create(
-                from: directory, to: build.output, manifest: try build.manifest(),
+                from: directory, to: build.output, manifest: try build.manifest(architecture: architecture),
                 options: build.squashfsOptions)
             report(shard)
         }

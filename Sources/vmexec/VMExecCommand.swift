@@ -25,6 +25,8 @@ struct VMExec: AsyncParsableCommand {
     /// of vmexec itself (`docker run` does the same), not 64.
     static func main() async {
         do {
+            // A misspelt VMEXEC_ARCH is an error, not a silent boot of the host's architecture.
+            _ = try GuestArchitecture.fromEnvironment()
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
@@ -71,8 +73,8 @@ struct GuestOptions: ParsableArguments {
     @Option(help: "Accelerator: auto (try KVM for real, fall back to TCG), kvm or tcg.")
     var accel: AcceleratorChoice = .auto
 
-    @Option(help: "Guest architecture (x86_64, aarch64).")
-    var arch: GuestArchitecture = .host
+    @Option(help: "Guest architecture (x86_64, aarch64; default: $VMEXEC_ARCH, then the host's).")
+    var arch: GuestArchitecture = .preferred
 
     @Flag(
         help: "Boot the kernel instead of restoring a saved state (after the first boot, or the first start with these shards).")

@@ -77,10 +77,11 @@ extension CLISuites {
             try FileManager.default.createDirectory(atPath: wheels, withIntermediateDirectories: true)
             // The numpy wheel `make images` downloaded (pip download's folder on a connected machine).
             let cache = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-                .appendingPathComponent("../../images/build/cache/wheels/numpy").standardized.path
+                .appendingPathComponent("../../images/build/cache/wheels/\(TestImages.architecture.rawValue)/numpy").standardized
+                .path
             let numpy = try #require(
                 try FileManager.default.contentsOfDirectory(atPath: cache).first {
-                    $0.hasPrefix("numpy-") && $0.hasSuffix("_x86_64.whl")
+                    $0.hasPrefix("numpy-") && $0.hasSuffix("_\(TestImages.architecture.rawValue).whl")
                 })
             try FileManager.default.copyItem(atPath: cache + "/" + numpy, toPath: wheels + "/" + numpy)
             try WheelFactory.wheel(
@@ -108,13 +109,16 @@ extension CLISuites {
 
             // A wheel for another architecture is refused by name.
             try WheelFactory.wheel(
-                in: wheels, name: "gamma", version: "1", python: "cp311", abi: "cp311", platform: "manylinux_2_17_aarch64",
+                in: wheels, name: "gamma", version: "1", python: "cp311", abi: "cp311",
+                platform: "manylinux_2_17_\(TestImages.otherArchitecture.rawValue)",
                 files: ["gamma/__init__.py": ""])
             let misfit = try await s.vmexec([
                 "shard", "from-wheels", wheels, "-o", shard + "2", "--name", "x", "--version", "1", "--sdk", "cpython",
             ])
             #expect(
-                misfit.status == 125 && misfit.stderr.contains("gamma-1-cp311-cp311-manylinux_2_17_aarch64.whl does not fit"),
+                misfit.status == 125
+                    && misfit.stderr.contains(
+                        "gamma-1-cp311-cp311-manylinux_2_17_\(TestImages.otherArchitecture.rawValue).whl does not fit"),
                 "\(misfit.stderr)")
         }
 

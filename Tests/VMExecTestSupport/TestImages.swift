@@ -8,8 +8,23 @@ import VMExecutor
 /// per target fails instead, saying to run `make images` (never a pile of
 /// failures, never a silent skip).
 public enum TestImages {
+    /// The guests' architecture: `$VMEXEC_ARCH` (`make test ARCH=aarch64` sets it), else the host's.
+    public static var architecture: GuestArchitecture { .preferred }
+
+    /// An architecture the guests are not, for tests of what is refused as foreign.
+    public static var otherArchitecture: GuestArchitecture { architecture == .x86_64 ? .aarch64 : .x86_64 }
+
     /// The images, or nil when they are not built.
     public static var images: GuestImages? { try? GuestImages.locate() }
+
+    /// The images of `architecture`: the suites' own, or the folder of that
+    /// name beside them (`images/build/<arch>`), or nil when they are not built.
+    public static func images(for architecture: GuestArchitecture) -> GuestImages? {
+        guard let images else { return nil }
+        if architecture == self.architecture { return images }
+        let folder = images.directory.deletingLastPathComponent().appendingPathComponent(architecture.rawValue)
+        return GuestImages(directory: folder, architecture: architecture)
+    }
 
     /// The SDK shard `make images` builds beside the guest images.
     public static var sdkShardPath: String? {

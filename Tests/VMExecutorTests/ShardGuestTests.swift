@@ -36,7 +36,11 @@ extension RealGuests {
             let cases: [(String, [Shard], String)] = [
                 ("damaged", [sdk, damaged], "sha256"),
                 ("unmet requirement", [try workshop.libs(version: "2.0", requires: ["python9.9"])], "python9.9"),
-                ("other architecture", [sdk, try workshop.libs(version: "3.0", architecture: "aarch64")], "aarch64"),
+                (
+                    "other architecture",
+                    [sdk, try workshop.libs(version: "3.0", architecture: TestImages.otherArchitecture.rawValue)],
+                    TestImages.otherArchitecture.rawValue
+                ),
                 ("same mount point", [sdk, good, try otherShard(workshop, at: "/opt/libs/vxlib")], "/opt/libs/vxlib"),
             ]
             for (what, shards, reason) in cases {
