@@ -16,6 +16,7 @@
 #include "drives.h"
 
 #include "boot.h"
+#include "folders.h"
 #include "userland.h"
 #include "vx_proto.h"
 
@@ -114,7 +115,7 @@ static struct drive *find_drive(const char *serial)
 }
 
 /* Checks a target: absolute, no empty, '.' or '..' part, not a place the init mounts itself. */
-static int target_ok(const char *t)
+int drives_target_ok(const char *t)
 {
     if (t[0] != '/' || !t[1])
         return 0;
@@ -141,7 +142,7 @@ static int target_ok(const char *t)
  * a command would): a mount must not land where a planted link points.
  * Returns an O_PATH fd or -1 with errno set.
  */
-static int open_mount_point(const char *target)
+int drives_open_mount_point(const char *target)
 {
     int fd = open(VX_NEWROOT, O_PATH | O_DIRECTORY | O_CLOEXEC);
     char part[256];
@@ -180,7 +181,7 @@ static int mount_drive(const char *dev, const char *at)
 
 static int mount_at_target(struct drive *d, struct request_fail *why)
 {
-    int fd = open_mount_point(d->target);
+    int fd = drives_open_mount_point(d->target);
     if (fd < 0) {
         return request_failed(why, VX_E_MOUNT, errno, "cannot make the mount point %s: %s%s", d->target, strerror(errno),
                  errno == ELOOP || errno == ENOTDIR ? " (a part of it is a symlink or a file)" : "");
@@ -254,6 +255,8 @@ static int build_root(struct request_fail *why)
         if (rc)
             return rc;
     }
+    if (folders_bind_all(why))
+        return -1;
     /*
      * Shared, so that a command with a mount namespace of its own (a private
      * /tmp) holds slave copies: a shard unmounted here is unmounted there too
@@ -349,14 +352,25 @@ static void find_user(const char *target_in_root, char *out, size_t n)
         closedir(d);
 }
 
+int drives_at(const char *target)
+{
+    for (int i = 0; i < MAX_DRIVES; i++)
+        if (drives[i].use == AT_TARGET && strcmp(drives[i].target, target) == 0)
+            return 1;
+    return 0;
+}
+
 int drives_mount(const char *serial, const char *target, struct request_fail *why)
 {
-    if (!target_ok(target)) {
+    if (!drives_target_ok(target)) {
         return request_failed(why, VX_E_MOUNT, 0, "cannot mount at %s: give an absolute path without '.' or '..' parts, "
                  "outside /proc, /sys, /dev, /tmp and /run", target);
     }
     if (find_drive(serial)) {
         return request_failed(why, VX_E_BUSY, 0, "drive %s is already in use", serial);
+    }
+    if (folders_at(target)) {
+        return request_failed(why, VX_E_BUSY, 0, "%s is already the mount point of a host folder", target);
     }
     for (int i = 0; i < MAX_DRIVES; i++) {
         if (drives[i].use == AT_TARGET && strcmp(drives[i].target, target) == 0) {

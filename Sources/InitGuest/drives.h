@@ -38,4 +38,14 @@ int drives_freeze(int freeze, struct request_fail *why);
 /* A frozen store is thawed when the host that froze it goes away. */
 void drives_thaw_if_frozen(void);
 
+/* Whether `target` is absolute, without empty, '.' or '..' parts, and not a place the init mounts itself. */
+int drives_target_ok(const char *target);
+
+/* Opens (O_PATH) the mount point `target` inside the root, creating missing
+ * parts, never following a symlink; -1 with errno set. */
+int drives_open_mount_point(const char *target);
+
+/* Whether a drive is mounted at `target`. */
+int drives_at(const char *target);
+
 #endif

@@ -235,6 +235,16 @@ int vx_unmount_decode(const struct vx_frame *f, struct vx_mount *m)
     return 0;
 }
 
+int vx_folder_decode(const struct vx_frame *f, struct vx_folder *d)
+{
+    size_t pos = 0;
+    if (vx_str_next(f->payload, f->len, &pos, &d->tag) || vx_str_next(f->payload, f->len, &pos, &d->target) ||
+        pos + 1 != f->len || !serial_ok(d->tag) || d->target.len < 2 || d->target.len > 255 || d->target.p[0] != '/')
+        return VX_E_MALFORMED;
+    d->mode = f->payload[pos];
+    return d->mode <= VX_FOLDER_OVERLAY ? 0 : VX_E_MALFORMED;
+}
+
 int vx_layers_decode(const struct vx_frame *f, struct vx_layers *l)
 {
     if (f->len < 2)
@@ -383,8 +393,8 @@ int vx_frame_check(const struct vx_frame *f)
     case VX_HELLO: case VX_PING: case VX_PONG: case VX_ERROR: case VX_SHUTDOWN: case VX_BYE:
     case VX_EXEC: case VX_STARTED: case VX_DATA: case VX_EOF: case VX_WINDOW: case VX_SIGNAL: case VX_EXIT:
     case VX_RESIZE: case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_DONE: case VX_STORE: case VX_SYNC:
-    case VX_FREEZE: case VX_THAW: case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST: case VX_MKDIR:
-    case VX_DELETE: case VX_MOVE: case VX_ENTRY: case VX_PS: case VX_PROCESS: case VX_KILL:
+    case VX_FREEZE: case VX_THAW: case VX_FOLDER: case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST:
+    case VX_MKDIR: case VX_DELETE: case VX_MOVE: case VX_ENTRY: case VX_PS: case VX_PROCESS: case VX_KILL:
         break;
     default:
         return VX_E_UNKNOWN_TYPE;
@@ -437,6 +447,10 @@ int vx_frame_check(const struct vx_frame *f)
         struct vx_layers l;
         return vx_layers_decode(f, &l);
     }
+    case VX_FOLDER: {
+        struct vx_folder d;
+        return vx_folder_decode(f, &d);
+    }
     case VX_ERROR: {
         struct vx_error e;
         return vx_error_decode(f, &e);
@@ -487,6 +501,7 @@ const char *vx_type_name(uint8_t type)
     case VX_SYNC: return "SYNC";
     case VX_FREEZE: return "FREEZE";
     case VX_THAW: return "THAW";
+    case VX_FOLDER: return "FOLDER";
     case VX_PUT: return "PUT";
     case VX_GET: return "GET";
     case VX_STAT: return "STAT";

@@ -13,6 +13,7 @@
 
 #include "boot.h"
 #include "drives.h"
+#include "folders.h"
 #include "exec.h"
 #include "jobs.h"
 #include "listing.h"
@@ -274,7 +275,7 @@ static int drive_disks_present(const struct vx_frame *f)
     return 1;
 }
 
-/* MOUNT, UNMOUNT, LAYERS, STORE, SYNC, FREEZE, THAW: DONE or ERROR on the request's stream. */
+/* MOUNT, UNMOUNT, LAYERS, STORE, SYNC, FREEZE, THAW, FOLDER: DONE or ERROR on the request's stream. */
 static void run_drive_request(const struct vx_frame *f)
 {
     struct request_fail why;
@@ -294,6 +295,13 @@ static void run_drive_request(const struct vx_frame *f)
         rc = drives_set_layers(serials, l.count, streams_count(), &why);
     } else if (f->type == VX_SYNC) {
         rc = drives_sync(&why);
+    } else if (f->type == VX_FOLDER) {
+        struct vx_folder d;
+        char tag[VX_MAX_SERIAL + 1], target[256];
+        vx_folder_decode(f, &d);
+        c_string(tag, sizeof tag, d.tag);
+        c_string(target, sizeof target, d.target);
+        rc = folders_mount(tag, target, d.mode, &why);
     } else if (f->type == VX_FREEZE || f->type == VX_THAW) {
         rc = drives_freeze(f->type == VX_FREEZE, &why);
     } else if (f->type == VX_STORE) {
@@ -389,7 +397,7 @@ static void handle_frame(const struct vx_frame *f)
     case VX_SIGNAL: stream_on_signal(f); break;
     case VX_RESIZE: stream_on_resize(f); break;
     case VX_MOUNT: case VX_UNMOUNT: case VX_LAYERS: case VX_STORE: case VX_SYNC:
-    case VX_FREEZE: case VX_THAW: on_drive(f); break;
+    case VX_FREEZE: case VX_THAW: case VX_FOLDER: on_drive(f); break;
     case VX_PUT: case VX_GET: case VX_STAT: case VX_LIST: case VX_MKDIR: case VX_DELETE: case VX_MOVE:
         if (!refuse_unbooted(f))
             transfer_request(f);

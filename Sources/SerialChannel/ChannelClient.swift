@@ -376,7 +376,7 @@ public final class ChannelClient: Sendable {
             }
         case .entry, .process:
             receiveReply(frame)
-        case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers, .store, .sync, .freeze, .thaw,
+        case .exec, .shutdown, .signal, .ping, .mount, .unmount, .layers, .store, .sync, .freeze, .thaw, .folder,
             .put, .get, .stat, .list, .mkdir, .delete, .move, .ps, .kill, .resize:
             refuse(frame, .state, "\(frame.kind!) is sent by the host, not the guest")
         }

@@ -1,5 +1,6 @@
 /// MOUNT, UNMOUNT and LAYERS: what the guest does with the read-only drives
-/// (shards) the host attaches. The guest finds a drive by its serial and
+/// (shards) the host attaches; STORE, SYNC, FREEZE, THAW: its writable one;
+/// FOLDER: a host folder shared over virtiofs. The guest finds a drive by its serial and
 /// answers DONE, or ERROR with code MOUNT or BUSY, on the request's stream.
 public enum DriveRequest: Sendable, Equatable {
     /// Mount the drive with `serial` read-only (nodev, nosuid) at `target` in the guest's root.
@@ -19,6 +20,28 @@ public enum DriveRequest: Sendable, Equatable {
     /// or until the host's connection ends, so its image can be copied whole.
     case freeze
     case thaw
+    /// Mount the host folder shared under virtiofs tag `tag` at `target` in the guest's root:
+    /// read-only, read-write, or overlaid (changes kept in the guest, the folder untouched).
+    case folder(tag: String, target: String, mode: FolderMode)
+
+    /// How the guest sees a host folder (FOLDER's mode byte).
+    public enum FolderMode: String, Sendable, Equatable, CaseIterable {
+        case ro, rw, overlay
+
+        /// The wire byte: 0, 1, 2.
+        public var byte: UInt8 {
+            switch self {
+            case .ro: 0
+            case .rw: 1
+            case .overlay: 2
+            }
+        }
+
+        public init?(byte: UInt8) {
+            guard let mode = Self.allCases.first(where: { $0.byte == byte }) else { return nil }
+            self = mode
+        }
+    }
 
     /// The longest serial a drive keeps (QEMU's scsi-hd limit).
     public static let maxSerial = 36
@@ -33,6 +56,7 @@ public enum DriveRequest: Sendable, Equatable {
         case .sync: return .sync
         case .freeze: return .freeze
         case .thaw: return .thaw
+        case .folder: return .folder
         }
     }
 
@@ -71,6 +95,14 @@ public enum DriveRequest: Sendable, Equatable {
             self = .freeze
         case .thaw:
             self = .thaw
+        case .folder:
+            let tag = try serial()
+            let target = try string()
+            guard target.hasPrefix("/"), target.utf8.count >= 2, target.utf8.count <= 255, pos < p.count,
+                let mode = FolderMode(byte: p[pos])
+            else { throw .malformedPayload("FOLDER") }
+            pos += 1
+            self = .folder(tag: tag, target: target, mode: mode)
         case .layers:
             guard p.count >= 2 else { throw .malformedPayload("LAYERS") }
             let count = Int(p.u16(at: 0))
@@ -101,6 +133,13 @@ public enum DriveRequest: Sendable, Equatable {
             put(serial)
         case .sync, .freeze, .thaw:
             break
+        case .folder(let tag, let target, let mode):
+            guard Self.isValidSerial(tag), target.hasPrefix("/"), (2...255).contains(target.utf8.count),
+                !target.utf8.contains(0)
+            else { throw .invalidRequest("cannot mount folder '\(tag)' at '\(target)'") }
+            put(tag)
+            put(target)
+            p.append(mode.byte)
         case .layers(let serials):
             guard serials.count <= Self.maxLayers, serials.allSatisfy(Self.isValidSerial) else {
                 throw .invalidRequest("at most \(Self.maxLayers) layers, each a valid drive serial")

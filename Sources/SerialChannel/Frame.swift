@@ -3,7 +3,7 @@ import NIOCore
 /// Constants of the vmexec wire protocol (docs/PROTOCOL.md).
 public enum WireProtocol {
     public static let major: UInt16 = 1
-    public static let minor: UInt16 = 7
+    public static let minor: UInt16 = 8
     /// Bytes in a frame header: length, type, sub, reserved, stream.
     public static let headerSize = 12
     /// Hard cap on a frame's payload. A header claiming more is fatal.
@@ -23,7 +23,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case exec = 0x10, started = 0x11, data = 0x12, eof = 0x13, window = 0x14, signal = 0x15, exit = 0x16
     case resize = 0x17
     case mount = 0x20, unmount = 0x21, layers = 0x22, done = 0x23, store = 0x24, sync = 0x25
-    case freeze = 0x26, thaw = 0x27
+    case freeze = 0x26, thaw = 0x27, folder = 0x28
     case put = 0x30, get = 0x31, stat = 0x32, list = 0x33, mkdir = 0x34, delete = 0x35, move = 0x36
     case entry = 0x37, ps = 0x38, process = 0x39, kill = 0x3a
 
@@ -88,7 +88,8 @@ public struct Frame: Sendable, Equatable {
             case .entry: _ = try FileEntry(decoding: payload)
             case .process: _ = try ProcessEntry(decoding: payload)
             case .kill: _ = try KillRequest(decoding: payload)
-            case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw: _ = try DriveRequest(kind, decoding: payload)
+            case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw, .folder:
+                _ = try DriveRequest(kind, decoding: payload)
             case .error: _ = try ErrorReply(decoding: payload)
             case .exec: _ = try ExecRequest(decoding: payload)
             case .started: _ = try payload.decodeU32()

@@ -41,11 +41,13 @@ public struct SandboxRequest: Sendable {
     public var hostname: String?
     /// A program every job runs through, with the job's argv as its arguments.
     public var entrypoint: [String]?
+    /// Host folders the guest sees: (host path, guest path, ro|rw|overlay), inside the daemon's --allow-mount folders.
+    public var mounts: [(host: String, guest: String, mode: String)]
 
     public init(
         name: String? = nil, shards: [String] = [], store: String? = nil, memoryMiB: Int? = nil, cpus: Int? = nil,
         network: Bool? = nil, concurrency: Int? = nil, idleTimeoutSeconds: Double? = nil, lifetimeSeconds: Double? = nil,
-        hostname: String? = nil, entrypoint: [String]? = nil
+        hostname: String? = nil, entrypoint: [String]? = nil, mounts: [(host: String, guest: String, mode: String)] = []
     ) {
         self.name = name
         self.shards = shards
@@ -58,6 +60,7 @@ public struct SandboxRequest: Sendable {
         self.lifetimeSeconds = lifetimeSeconds
         self.hostname = hostname
         self.entrypoint = entrypoint
+        self.mounts = mounts
     }
 }
 

@@ -66,7 +66,9 @@ public struct DaemonClient: Sendable {
         let body = Components.Schemas.SandboxCreate(
             name: r.name, shards: r.shards, store: r.store, memoryMiB: r.memoryMiB, cpus: r.cpus, limits: nil,
             network: r.network, concurrency: r.concurrency, idleTimeoutSeconds: r.idleTimeoutSeconds,
-            lifetimeSeconds: r.lifetimeSeconds, hostname: r.hostname, entrypoint: r.entrypoint)
+            lifetimeSeconds: r.lifetimeSeconds, hostname: r.hostname, entrypoint: r.entrypoint,
+            mounts: r.mounts.isEmpty
+                ? nil : r.mounts.map { .init(host: $0.host, guest: $0.guest, mode: .init(rawValue: $0.mode)) })
         return SandboxInfo(try Self.check(try await api.createSandbox(body: .json(body))).created.body.json)
     }
 

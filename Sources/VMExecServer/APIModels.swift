@@ -15,7 +15,8 @@ extension Components.Schemas.Sandbox {
             limits: spec.limits.map(Components.Schemas.Limits.init),
             network: spec.network, concurrency: spec.concurrency, idleTimeoutSeconds: spec.idleTimeoutSeconds,
             lifetimeSeconds: spec.lifetimeSeconds, created: s.record.created, jobsQueued: s.jobsQueued,
-            jobsRunning: s.jobsRunning, lastError: s.lastError, hostname: spec.hostname, entrypoint: spec.entrypoint)
+            jobsRunning: s.jobsRunning, lastError: s.lastError, hostname: spec.hostname, entrypoint: spec.entrypoint,
+            mounts: spec.folders.map { $0.map { .init(host: $0.host, guest: $0.guest, mode: .init(rawValue: $0.mode)) } })
     }
 }
 

@@ -55,6 +55,9 @@ struct ServiceAPI: APIProtocol {
             idleTimeoutSeconds: body.idleTimeoutSeconds, lifetimeSeconds: body.lifetimeSeconds)
         spec.hostname = body.hostname
         spec.entrypoint = body.entrypoint
+        spec.folders = body.mounts.map {
+            $0.map { SandboxFolder(host: $0.host, guest: $0.guest, mode: $0.mode?.rawValue ?? "ro") }
+        }
         let status = try await registry.create(owner: Caller.owner, name: body.name, spec: spec)
         return .created(.init(body: .json(.init(status))))
     }

@@ -25,6 +25,9 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
     public var hostname: String?
     /// A program every job runs through, with the job's argv as its arguments.
     public var entrypoint: [String]?
+    /// Host folders the guest sees; each must lie inside one the daemon shares
+    /// (``ServiceConfiguration/allowedFolders``).
+    public var folders: [SandboxFolder]?
 
     public init(
         shards: [String] = [], store: String? = nil, memoryMiB: Int = 512, cpus: Int = 1, limits: Limits? = nil,
@@ -39,6 +42,20 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
         self.concurrency = concurrency
         self.idleTimeoutSeconds = idleTimeoutSeconds
         self.lifetimeSeconds = lifetimeSeconds
+    }
+}
+
+/// A host folder of a sandbox, as a client names it (``HostFolder``'s fields, kept in the job store).
+public struct SandboxFolder: Codable, Sendable, Equatable {
+    public var host: String
+    public var guest: String
+    /// ro, rw or overlay.
+    public var mode: String
+
+    public init(host: String, guest: String, mode: String = "ro") {
+        self.host = host
+        self.guest = guest
+        self.mode = mode
     }
 }
 

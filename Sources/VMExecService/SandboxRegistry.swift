@@ -117,6 +117,7 @@ public actor SandboxRegistry {
     /// (or throws why it could not boot, the sandbox not kept).
     public func create(owner: String, name: String?, spec: SandboxSpec) async throws -> SandboxStatus {
         try Self.check(spec)
+        _ = try Self.hostFolders(spec, allowed: configuration.allowedFolders)
         let mine = entries.values.filter { $0.record.owner == owner }
         let name = name ?? Self.freeName(taken: Set(mine.map(\.record.name)))
         guard Self.isName(name) else {
@@ -473,6 +474,7 @@ public actor SandboxRegistry {
             machine.shardHold = resolved.hold
             machine.hostname = spec.hostname
             machine.entrypoint = spec.entrypoint
+            machine.folders = try Self.hostFolders(spec, allowed: configuration.allowedFolders)
             sandbox = Sandbox(
                 configuration: machine,
                 logger: logger.with("sandbox", "\(record.owner)/\(record.name)"))
@@ -551,6 +553,33 @@ public actor SandboxRegistry {
         return try Store.create(
             at: dir, size: configuration.storeSize,
             lower: Sandbox.lower(rootfs: configuration.images.rootfs, shards: shards))
+    }
+
+    /// A spec's folders as the sandbox takes them, each checked to lie inside a folder the
+    /// daemon shares (symlinks resolved first, so a link cannot lead outside).
+    static func hostFolders(_ spec: SandboxSpec, allowed: [String]) throws -> [HostFolder] {
+        let folders = try (spec.folders ?? []).map { f in
+            guard let mode = HostFolder.Mode(rawValue: f.mode) else {
+                throw VMExecError(.invalidRequest, "a mount's mode is ro, rw or overlay, not '\(f.mode)'")
+            }
+            let real = try HostFolder(hostPath: f.host, guestPath: f.guest, mode: mode).resolvedHostPath()
+            let roots = allowed.compactMap { root in
+                realpath(root, nil).map { p in
+                    defer { free(p) }; return String(cString: p)
+                }
+            }
+            guard roots.contains(where: { real == $0 || real.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") }) else {
+                throw VMExecError(
+                    .folderRefused,
+                    roots.isEmpty
+                        ? "this daemon shares no host folders; start it with --allow-mount DIR to let sandboxes see folders inside DIR"
+                        : "\(f.host) is not inside a folder this daemon shares (\(roots.joined(separator: ", "))); see vmexec serve --allow-mount"
+                )
+            }
+            return HostFolder(hostPath: real, guestPath: f.guest, mode: mode)
+        }
+        try HostFolder.check(folders)
+        return folders
     }
 
     static func check(_ spec: SandboxSpec) throws {

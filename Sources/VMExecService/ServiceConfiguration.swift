@@ -33,6 +33,9 @@ public struct ServiceConfiguration: Sendable {
     public var bootStateDirectory: URL?
     /// The guests' architecture (the images must be built for it).
     public var architecture: GuestArchitecture = .preferred
+    /// Host folders clients may ask sandboxes to see (each a folder inside one of these);
+    /// none by default: a client of the API must not choose what of the host a guest reads.
+    public var allowedFolders: [String] = []
     public var qemuBinary: String?
     public var accelerator: AcceleratorChoice = .auto
     /// Started guests kept waiting, per profile: a sandbox that matches one

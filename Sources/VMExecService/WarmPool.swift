@@ -26,6 +26,7 @@ public struct PoolProfile: Sendable, Hashable, CustomStringConvertible {
     func serves(_ spec: SandboxSpec) -> Bool {
         spec.store == nil && spec.shards.sorted() == shards && spec.memoryMiB == memoryMiB && spec.cpus == cpus
             && spec.network == network && spec.hostname == nil && spec.entrypoint == nil
+            && (spec.folders ?? []).isEmpty
     }
 
     public var description: String {

@@ -33,7 +33,7 @@ extension Sandbox {
     /// attach, and no store (whose content a saved state would not follow).
     var warmStateEligible: Bool {
         configuration.reuseBootState && configuration.reuseWarmState && storeLease == nil && configuration.store == nil
-            && !warmShards.isEmpty
+            && !warmShards.isEmpty && configuration.folders.isEmpty
     }
 
     /// The shards a warm state holds: all but program shards mounted at their own path. A

@@ -19,6 +19,22 @@ extension Sandbox {
         return .layers(order.compactMap { shard in attachments.first { $0.shard == shard }?.serial })
     }
 
+    /// Mounts the machine's host folders in the guest, each at its guest path in its mode.
+    func mountFolders(_ folders: [MachineFolder]) async throws {
+        let r = try requireRunning()
+        for (folder, wanted) in zip(folders, configuration.folders) {
+            do {
+                try await r.client.request(.folder(tag: folder.tag, target: wanted.guestPath, mode: wanted.wireMode))
+            } catch {
+                throw VMExecError(
+                    .folderRefused,
+                    "the guest could not mount the host folder \(folder.hostPath) at \(wanted.guestPath): "
+                        + "\((error as? ProtocolError)?.description ?? "\(error)")",
+                    cause: error as? any VMExecFailure)
+            }
+        }
+    }
+
     func plugAll(_ shards: [Shard]) async throws {
         guard !shards.isEmpty else { return }
         let r = try requireRunning()

@@ -50,6 +50,10 @@ public struct SandboxConfiguration: Sendable {
     /// Appended to QEMU's command line (extra devices, e.g. a second port for
     /// a benchmark peer); given to other hypervisors as they are.
     public var extraQEMUArguments: [String] = []
+    /// Host folders the guest sees (read-only, read-write or overlaid), shared over virtiofs.
+    /// A machine with folders cannot save its state: such a sandbox always boots (about
+    /// 1.2-1.5 s under TCG) and saves no boot or warm state.
+    public var folders: [HostFolder] = []
     /// Start a warm Python interpreter (a zygote, with the shards' preloads imported) at the
     /// first Python job, so that later ones fork from it in milliseconds; see
     /// ``Sandbox/warmPython()``. Off: every Python job starts its own interpreter.
@@ -213,6 +217,8 @@ public actor Sandbox {
         }
         if let dead = running { cleanUp(dead) }
         let images = try configuration.images ?? GuestImages.locate(architecture: configuration.architecture)
+        try HostFolder.check(configuration.folders)
+        let folders = try configuration.folders.enumerated().map { i, f in try f.machineFolder(tag: "vxf-\(i)") }
         // Refused before boot: a damaged shard, a requirement unmet, a clash, another architecture.
         try await Self.vet(desiredShards, verifying: desiredShards, architecture: configuration.architecture)
         // And a store held by another guest, or made over another lower.
@@ -238,7 +244,7 @@ public actor Sandbox {
             architecture: configuration.architecture, images: images,
             memoryMiB: configuration.memoryMiB, cpus: configuration.cpus,
             network: configuration.network, extraArguments: configuration.extraQEMUArguments,
-            disks: planned.map(\.disk))
+            disks: planned.map(\.disk), folders: folders)
         do {
             running = try await boot(spec)
         } catch {
@@ -260,6 +266,7 @@ public actor Sandbox {
                 if let lease = storeLease { try await plugStore(lease) }
                 try await plugAll(desiredShards)
             }
+            try await mountFolders(folders)
         } catch {
             if let r = running { cleanUp(r) }
             throw error

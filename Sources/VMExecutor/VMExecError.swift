@@ -45,6 +45,8 @@ public struct VMExecError: VMExecFailure, Equatable {
         case fileTooLarge
         /// A process request failed: no such process, or the init's own.
         case processRefused
+        /// A host folder cannot be shared: outside what the daemon shares, or the guest could not mount it.
+        case folderRefused
         /// The machine cannot do what was asked (its hypervisor lacks it).
         case unsupported
         /// A sandbox, job or other resource named in the request does not exist.
@@ -79,7 +81,8 @@ public struct VMExecError: VMExecFailure, Equatable {
         case .bootTimeout: .timeout
         case .bootFailed, .protocolError: .guestFailure
         case .guestStopped, .notRunning: .unavailable
-        case .notExecutable, .unauthorized, .shardRefused, .storeRefused, .fileRefused, .processRefused: .refused
+        case .notExecutable, .unauthorized, .shardRefused, .storeRefused, .fileRefused, .processRefused, .folderRefused:
+            .refused
         case .invalidRequest, .fileTooLarge: .invalidRequest
         case .shardBusy, .storeBusy, .limitReached: .busy
         case .alreadyExists: .conflict

@@ -34,6 +34,9 @@ struct Bench {
         if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "program" {
             return try await ProgramBench.run(images: images, logger: logger)
         }
+        if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "folder" {
+            return try await FolderBench.run(images: images, logger: logger)
+        }
         // VMEXEC_BENCH_ONLY=guest: the guest figures alone (start, exec, Python, stdout), as for another architecture.
         let guestOnly = ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "guest"
         if !guestOnly { try ShardBench.run(sdkTree: images.directory.appendingPathComponent("sdk.tree")) }
@@ -67,6 +70,7 @@ struct Bench {
         if architecture == .aarch64 { try await CPUModelBench.run(images: images, logger: logger) }
         if !guestOnly {
             try await StoreBench.run(images: images, logger: logger)
+            try await FolderBench.run(images: images, logger: logger)
             try await DaemonBench.run(images: images, logger: logger)
             try await PythonBench.run(images: images, logger: logger)
             try await ProgramBench.run(images: images, logger: logger)

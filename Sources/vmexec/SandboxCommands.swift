@@ -27,6 +27,10 @@ struct Up: AsyncParsableCommand {
     @Option(help: "Delete the sandbox this many seconds after it was made.") var lifetime: Double?
     @Option(help: "The guest's host name (default vmexec).") var hostname: String?
     @Option(help: "A program every job runs through, with the job's command as its arguments.") var entrypoint: String?
+    @Option(
+        name: .customLong("mount"),
+        help: "A host folder the guest sees (HOST:GUEST[:ro|rw|overlay], repeatable), inside the daemon's --allow-mount folders.")
+    var folders: [String] = []
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -37,7 +41,12 @@ struct Up: AsyncParsableCommand {
             SandboxRequest(
                 name: name, shards: shard, store: store, memoryMiB: memory, cpus: cpus, network: network,
                 concurrency: concurrency, idleTimeoutSeconds: idleTimeout, lifetimeSeconds: lifetime, hostname: hostname,
-                entrypoint: entrypoint.map { [$0] }))
+                entrypoint: entrypoint.map { [$0] },
+                mounts: try folders.map { text in
+                    // The daemon has another working directory: host paths go absolute.
+                    let f = try HostFolder(parsing: text)
+                    return (URL(fileURLWithPath: f.hostPath).standardizedFileURL.path, f.guestPath, f.mode.rawValue)
+                }))
         progress.stop()
         if json { try printJSON(info) } else { print(info.name) }
     }

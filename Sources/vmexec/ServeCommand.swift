@@ -43,6 +43,13 @@ struct Serve: AsyncParsableCommand {
     )
     var shards: String?
 
+    @Option(
+        name: .customLong("allow-mount"),
+        help:
+            "A host folder whose folders sandboxes may see (repeatable; none by default: clients cannot reach the host's files)."
+    )
+    var allowedFolders: [String] = []
+
     @Option(help: "Largest file upload over TCP, e.g. 10M.")
     var uploadLimit: String = "10M"
 
@@ -129,6 +136,7 @@ struct Serve: AsyncParsableCommand {
         config.jobRetentionCount = retentionJobs
         config.accelerator = accel
         config.pool = try poolProfiles()
+        config.allowedFolders = try allowedFolders.map { try HostFolder(hostPath: $0, guestPath: "/").resolvedHostPath() }
         var options = DaemonOptions(socketPath: socket ?? DaemonConnection.socketPath)
         options.uploadLimit = Int(try Store.parseSize(uploadLimit))
         options.localUploadLimit = Int(try Store.parseSize(localUploadLimit))

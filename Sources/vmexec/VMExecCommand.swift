@@ -104,6 +104,13 @@ struct GuestOptions: ParsableArguments {
     @Option(help: "Keep the guest's changes in this overlay store (see `vmexec store create`).")
     var store: String?
 
+    @Option(
+        name: .customLong("mount"),
+        help:
+            "Show the host folder HOST at GUEST in the guest (HOST:GUEST[:ro|rw|overlay], repeatable; ro by default; overlay: the guest's changes stay in the guest)."
+    )
+    var folders: [String] = []
+
     @Flag(help: "Open a store made over another base or other layers (its changes may not fit them).")
     var allowLowerChange = false
 
@@ -161,6 +168,7 @@ struct GuestOptions: ParsableArguments {
             c.shards += checkout.shards
         }
         c.store = try store.map { try Store.open(at: URL(fileURLWithPath: $0)) }
+        c.folders = try folders.map { try HostFolder(parsing: $0) }
         c.allowLowerChange = allowLowerChange
         c.hostname = hostname
         c.entrypoint = entrypoint.map { [$0] }

@@ -160,6 +160,17 @@ size_t vx_describe(const uint8_t *buf, size_t len, char *text, size_t cap)
         }
         break;
     }
+    case VX_FOLDER: {
+        struct vx_folder d;
+        vx_folder_decode(&f, &d);
+        static const char *const mode[] = {"ro", "rw", "overlay"};
+        put(&o, " tag=");
+        put_str(&o, d.tag.p, d.tag.len);
+        put(&o, " target=");
+        put_str(&o, d.target.p, d.target.len);
+        put(&o, " mode=%s", mode[d.mode]);
+        break;
+    }
     case VX_LAYERS: {
         struct vx_layers l;
         vx_layers_decode(&f, &l);

@@ -64,7 +64,7 @@ enum FrameDescription {
                 }
             s += " how=\(how) value=\(value) run_ns=\(x.runNanoseconds) utime_us=\(x.userMicroseconds)"
             s += " stime_us=\(x.systemMicroseconds) maxrss_kb=\(x.maxRSSKiB)"
-        case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw:
+        case .mount, .unmount, .layers, .store, .sync, .freeze, .thaw, .folder:
             switch try! DriveRequest(frame.kind!, decoding: p) {
             case .mount(let serial, let target):
                 s += " serial=\(quote(Array(serial.utf8))) target=\(quote(Array(target.utf8)))"
@@ -74,6 +74,8 @@ enum FrameDescription {
                 break
             case .layers(let serials):
                 s += " serials=[" + serials.map { quote(Array($0.utf8)) }.joined(separator: ",") + "]"
+            case .folder(let tag, let target, let mode):
+                s += " tag=\(quote(Array(tag.utf8))) target=\(quote(Array(target.utf8))) mode=\(mode.rawValue)"
             }
         case .put, .get, .stat, .list, .mkdir, .delete, .move:
             let r = try! FileRequest(frame.kind!, decoding: p)
@@ -122,6 +124,7 @@ enum FrameDescription {
         case .sync: "SYNC"
         case .freeze: "FREEZE"
         case .thaw: "THAW"
+        case .folder: "FOLDER"
         case .put: "PUT"
         case .get: "GET"
         case .stat: "STAT"

@@ -131,6 +131,24 @@ extension CLISuites {
             #expect(r.status == 42)
         }
 
+        @Test("--mount shows host folders read-only, read-write and overlaid; a bad one is a usage error")
+        func mounts() async throws {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vmexec-cli-mount-\(UUID())").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try "from the host\n".write(toFile: dir + "/in.txt", atomically: true, encoding: .utf8)
+            let run = try await Self.vmexec([
+                "run", "--mount", "\(dir):/in", "--mount", "\(dir):/out:rw", "--mount", "\(dir):/scratch:overlay", "--",
+                "sh", "-c",
+                "cat /in/in.txt; echo x > /in/no 2>/dev/null || echo refused; echo kept > /out/kept.txt; echo gone > /scratch/in.txt",
+            ])
+            #expect(run.status == 0 && run.stdout == "from the host\nrefused\n", "\(run.stdout)\(run.stderr)")
+            #expect(try String(contentsOfFile: dir + "/kept.txt", encoding: .utf8) == "kept\n")
+            #expect(try String(contentsOfFile: dir + "/in.txt", encoding: .utf8) == "from the host\n")
+            let bad = try await Self.vmexec(["run", "--mount", "\(dir)/none:/x", "--", "true"])
+            #expect(bad.status == 125 && bad.stderr.contains("does not exist"), "\(bad.stderr)")
+        }
+
         @Test("--cold-boot boots the kernel even when a saved state exists, and -v says how the guest started")
         func coldBoot() async throws {
             _ = try await Self.vmexec(["run", "--accel", "tcg", "--", "true"])  // a state exists after this

@@ -56,6 +56,42 @@ extension DaemonSuites {
             #expect(bad.status == 400, "\(bad.body)")
         }
 
+        @Test("host folders inside the daemon's --allow-mount folders are seen; others, and links out of them, are refused")
+        func hostFolders() async throws {
+            let shared = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-shared-\(UUID())")
+            let data = shared.appendingPathComponent("data").path
+            let other = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-other-\(UUID())").path
+            try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: shared.path + "/out", withDestinationPath: other)
+            defer { for p in [shared.path, other] { try? FileManager.default.removeItem(atPath: p) } }
+            try "in the shared folder\n".write(toFile: data + "/note", atomically: true, encoding: .utf8)
+            let daemon = try await TestDaemon.start(allowedFolders: [shared.path])
+            defer { Task { await daemon.remove() } }
+            let client = daemon.alice
+            _ = try await client.createSandbox(
+                SandboxRequest(name: "folders", mounts: [(data, "/data", "ro"), (data, "/work", "rw")]))
+            let job = try await client.submit(
+                "folders", JobSubmission(["sh", "-c", "cat /data/note && echo made > /work/made"]), wait: true)
+            #expect(job.exitCode == 0)
+            let out = try await client.output("folders", job.id, stream: .stdout, offset: 0).bytes
+            #expect(String(decoding: out, as: UTF8.self) == "in the shared folder\n")
+            #expect(try String(contentsOfFile: data + "/made", encoding: .utf8) == "made\n")
+            let listed = try await daemon.raw(.GET, "/v1/sandboxes/folders")
+            #expect(listed.body.contains("\"guest\":\"\\/work\"") || listed.body.contains("/work"), "\(listed.body)")
+            // Outside the shared folder, directly or through a link inside it: refused before any guest starts.
+            for host in [other, shared.path + "/out", shared.path + "/../"] {
+                let body = #"{"name":"no","mounts":[{"host":"\#(host)","guest":"/x"}]}"#
+                let refused = try await daemon.raw(
+                    .POST, "/v1/sandboxes", contentType: "application/json", body: Array(body.utf8))
+                #expect(refused.status == 422 && refused.body.contains("folderRefused"), "\(host): \(refused.body)")
+            }
+            let badMode = try await daemon.raw(
+                .POST, "/v1/sandboxes", contentType: "application/json",
+                body: Array(#"{"name":"no","mounts":[{"host":"/tmp","guest":"/x","mode":"rwx"}]}"#.utf8))
+            #expect(badMode.status == 400, "\(badMode.body)")
+        }
+
         @Test("a sandbox of a pooled profile takes a started guest; the pool refills; other sandboxes boot their own")
         func warmPool() async throws {
             let daemon = try await TestDaemon.start(pool: [PoolProfile(shards: ["cpython"], size: 1)])

@@ -43,7 +43,8 @@ final class TestDaemon: Sendable {
 
     /// Starts a daemon over `directory` (a new temporary one when nil: a restart passes the old one).
     static func start(
-        directory: URL? = nil, uploadLimit: Int = 1 << 20, pool: [PoolProfile] = [], maxSandboxes: Int = 16
+        directory: URL? = nil, uploadLimit: Int = 1 << 20, pool: [PoolProfile] = [], maxSandboxes: Int = 16,
+        allowedFolders: [String] = []
     ) async throws -> TestDaemon {
         let dir =
             directory
@@ -57,6 +58,7 @@ final class TestDaemon: Sendable {
         config.library = try ShardLibrary(directory: dir.appendingPathComponent("state/library"))
         config.pool = pool
         config.maxSandboxes = maxSandboxes
+        config.allowedFolders = allowedFolders
         var logger = Logger(label: "test.daemon")
         logger.logLevel = .warning
         let registry = try SandboxRegistry(configuration: config, logger: logger)

@@ -34,6 +34,18 @@ long vmexec_tsc_khz(void);
 int vmexec_spawn(const char *path, char *const argv[], int log_fd);
 
 /*
+ * As vmexec_spawn, in a user namespace of its own where `inside_uid` and
+ * `inside_gid` are the caller's uid and gid (and no other ids exist), with
+ * a mount namespace of its own in which `read_only_path` (or nothing, when
+ * NULL) is bound read-only. It keeps the namespace's capabilities across
+ * exec (ambient), which reach only what the namespace owns. For virtiofsd:
+ * files the guest's user `inside_uid` makes belong to the caller. A step
+ * that fails is written to `log_fd` and the child exits 126.
+ */
+int vmexec_spawn_confined(const char *path, char *const argv[], int log_fd, unsigned inside_uid, unsigned inside_gid,
+                          const char *read_only_path);
+
+/*
  * Starts `path` with `argv` as a daemon: a session of its own, stdin from
  * /dev/null, stdout/stderr appended to `log_fd`, every other descriptor
  * closed, not killed when this process ends. Returns the pid, or -errno.

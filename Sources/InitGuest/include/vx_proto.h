@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VX_MAJOR 1
-#define VX_MINOR 7
+#define VX_MINOR 8
 
 #define VX_HEADER_SIZE 12u
 /* Hard cap on a frame's payload; a header claiming more is fatal. */
@@ -55,6 +55,7 @@ enum vx_type {
     VX_SYNC = 0x25,
     VX_FREEZE = 0x26,
     VX_THAW = 0x27,
+    VX_FOLDER = 0x28,
     VX_PUT = 0x30,
     VX_GET = 0x31,
     VX_STAT = 0x32,
@@ -171,6 +172,13 @@ struct vx_mount {
     struct vx_str serial, target;
 };
 
+/* FOLDER: the host folder shared under virtiofs tag `tag`, mounted at `target` in the root. */
+enum vx_folder_mode { VX_FOLDER_RO = 0, VX_FOLDER_RW = 1, VX_FOLDER_OVERLAY = 2 };
+struct vx_folder {
+    struct vx_str tag, target;
+    uint8_t mode;
+};
+
 /* LAYERS: the drives stacked above the base as the root's lower layers, bottom first. */
 struct vx_layers {
     uint16_t count;
@@ -237,6 +245,7 @@ int vx_u32_decode(const struct vx_frame *f, uint32_t *v);
 int vx_mount_decode(const struct vx_frame *f, struct vx_mount *m);
 int vx_unmount_decode(const struct vx_frame *f, struct vx_mount *m);
 int vx_layers_decode(const struct vx_frame *f, struct vx_layers *l);
+int vx_folder_decode(const struct vx_frame *f, struct vx_folder *d);
 int vx_file_decode(const struct vx_frame *f, struct vx_file_req *r);
 int vx_entry_decode(const struct vx_frame *f, struct vx_entry *e);
 int vx_process_decode(const struct vx_frame *f, struct vx_process *p);

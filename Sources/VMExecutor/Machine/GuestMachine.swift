@@ -132,10 +132,13 @@ public struct MachineSpec: Sendable {
     /// Disks the machine has from its start, as if plugged in this order (``GuestMachine/plug(_:)``):
     /// a state saved after they were plugged restores only into a machine that has them.
     public var disks: [MachineDisk]
+    /// Host folders the machine shares with the guest from its start (virtiofs).
+    public var folders: [MachineFolder]
 
     public init(
         architecture: GuestArchitecture, images: GuestImages, memoryMiB: Int, cpus: Int,
-        network: NetworkPolicy = .none, extraArguments: [String] = [], disks: [MachineDisk] = []
+        network: NetworkPolicy = .none, extraArguments: [String] = [], disks: [MachineDisk] = [],
+        folders: [MachineFolder] = []
     ) {
         self.architecture = architecture
         self.images = images
@@ -144,6 +147,24 @@ public struct MachineSpec: Sendable {
         self.network = network
         self.extraArguments = extraArguments
         self.disks = disks
+        self.folders = folders
+    }
+}
+
+/// A host folder a machine shares with its guest, which mounts it by `tag`
+/// (FOLDER requests). The host side must keep the guest inside the folder.
+public struct MachineFolder: Sendable, Equatable {
+    /// What the guest mounts it by (`vxf-N`).
+    public var tag: String
+    /// The folder, absolute and without symlinks.
+    public var hostPath: String
+    /// The host side refuses writes too, not only the guest's mount.
+    public var readOnly: Bool
+
+    public init(tag: String, hostPath: String, readOnly: Bool) {
+        self.tag = tag
+        self.hostPath = hostPath
+        self.readOnly = readOnly
     }
 }
 

@@ -25,6 +25,8 @@ public struct MachineProfile: Sendable {
         public var controlSocket: String
         public var consoleLog: String
         public var monitorSocket: String
+        /// The vhost-user sockets of the machine's host folders (virtiofsd's), by tag.
+        public var folderSockets: [(tag: String, socket: String)] = []
     }
 
     /// The id of the virtio-scsi controller that shards are hot-plugged on.
@@ -64,7 +66,7 @@ public struct MachineProfile: Sendable {
             // this kernel needs). Its PIT, PIC and RTC stay on: without them the
             // boot takes two seconds longer (measured), and the RTC gives the
             // guest the time of day.
-            a += ["-machine", "microvm"]
+            a += ["-machine", "microvm" + memoryBackend(paths)]
             // Without ERMS/FSRM: TCG emulates `rep movsb` slowly, which costs
             // port throughput and boot time.
             a += ["-cpu", accelerator == .kvm ? "host" : "max,erms=off,fsrm=off"]
@@ -74,7 +76,7 @@ public struct MachineProfile: Sendable {
             // suite took 307 s against 367 s), presumably through its LSE atomics, which replace
             // the exclusive load/store loops TCG emulates slowly. `-cpu max` boots 4x slower
             // (pointer authentication's QARMA); with `pauth-impdef=on` still 1.3-1.4x.
-            a += ["-machine", "virt,gic-version=2", "-cpu", accelerator == .kvm ? "host" : "neoverse-n1"]
+            a += ["-machine", "virt,gic-version=2" + memoryBackend(paths), "-cpu", accelerator == .kvm ? "host" : "neoverse-n1"]
         }
         // TCG's translation cache defaults to 1 GiB and is kept as it fills:
         // an idle guest then held more host memory than its own RAM (measured:
@@ -99,6 +101,26 @@ public struct MachineProfile: Sendable {
         ]
         a += ["-qmp", "unix:\(paths.monitorSocket),server=on,wait=off"]
         if network { a += ["-device", "virtio-net-device,netdev=\(Self.networkID),mac=52:54:00:12:34:56"] }
+        if !paths.folderSockets.isEmpty {
+            a += ["-object", "memory-backend-memfd,id=\(Self.memoryID),size=\(memoryMiB)M,share=on"]
+            // virtiofsd (libvhost-user) serves only modern virtio; virtio-mmio is legacy unless told.
+            a += ["-global", "virtio-mmio.force-legacy=false"]
+        }
+        for (i, folder) in paths.folderSockets.enumerated() {
+            a += [
+                "-chardev", "socket,id=vxfs\(i),path=\(folder.socket)",
+                "-device", "vhost-user-fs-device,chardev=vxfs\(i),tag=\(folder.tag)",
+            ]
+        }
         return a
+    }
+
+    /// The id of the guest RAM's memory backend when the machine shares folders.
+    static let memoryID = "vxmem"
+
+    /// virtiofsd maps the guest's RAM to move file data in and out of it, so a
+    /// machine with host folders has its RAM in a shared memfd.
+    func memoryBackend(_ paths: Paths) -> String {
+        paths.folderSockets.isEmpty ? "" : ",memory-backend=\(Self.memoryID)"
     }
 }

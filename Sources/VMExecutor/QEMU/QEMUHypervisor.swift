@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// QEMU as a child process of this host: the ``GuestHypervisor`` vmexec
 /// ships. The command line comes from ``MachineProfile`` (per
@@ -46,7 +47,9 @@ public struct QEMUHypervisor: GuestHypervisor {
     /// The command line (run-directory paths as a placeholder) and the image
     /// files and QEMU binary by path, size and modification time: a state
     /// saved by one of these machines restores into any other.
+    /// None for a machine with host folders: QEMU cannot save a vhost-user-fs device's state.
     public func stateKey(for spec: MachineSpec, accelerator: Accelerator) -> String? {
+        guard spec.folders.isEmpty else { return nil }
         let profile = profile(spec)
         let placeholder = URL(fileURLWithPath: "/@RUN@")
         var text = arguments(profile, spec, accelerator, runDirectory: placeholder).joined(separator: "\u{1}")
@@ -70,9 +73,17 @@ public struct QEMUHypervisor: GuestHypervisor {
     ) async throws -> any GuestMachine {
         let profile = profile(spec)
         let dir = try RunDirectory.make()
+        var servers: [FolderServer] = []
+        // A virtiofsd that ends under a running guest ends its machine (its log says why).
+        let qemu = Mutex<QEMUProcess?>(nil)
         do {
+            for folder in spec.folders {
+                servers.append(try await FolderServer(folder, runDirectory: dir) { qemu.withLock { $0 }?.kill() })
+            }
             // Forwards are outside the state key: they are the host's side of the network only.
-            var args = arguments(profile, spec, accelerator, runDirectory: dir) + (try spec.network.backendArguments())
+            var args =
+                arguments(profile, spec, accelerator, runDirectory: dir, folders: servers)
+                + (try spec.network.backendArguments())
             if let state = restoring {
                 args += ["-incoming", "exec:cat \(Self.shellQuoted(state.path))"]
             }
@@ -82,8 +93,10 @@ public struct QEMUHypervisor: GuestHypervisor {
             ) { ending in
                 onExit(ending.machineEnding)
             }
-            return QEMUMachine(process: process, runDirectory: dir, accelerator: accelerator)
+            qemu.withLock { $0 = process }
+            return QEMUMachine(process: process, runDirectory: dir, accelerator: accelerator, folderServers: servers)
         } catch {
+            for server in servers { server.kill() }
             try? FileManager.default.removeItem(at: dir)
             throw error
         }
@@ -91,12 +104,13 @@ public struct QEMUHypervisor: GuestHypervisor {
 
     private func arguments(
         _ profile: MachineProfile, _ spec: MachineSpec, _ accelerator: Accelerator,
-        runDirectory dir: URL
+        runDirectory dir: URL, folders: [FolderServer] = []
     ) -> [String] {
         let paths = MachineProfile.Paths(
             images: spec.images, controlSocket: QEMUMachine.controlSocket(in: dir).path,
             consoleLog: QEMUMachine.consoleLog(in: dir).path,
-            monitorSocket: QEMUMachine.monitorSocket(in: dir).path)
+            monitorSocket: QEMUMachine.monitorSocket(in: dir).path,
+            folderSockets: folders.map { ($0.folder.tag, $0.socket) })
         return profile.arguments(accelerator: accelerator, paths: paths) + spec.disks.flatMap(Self.diskArguments)
             + spec.extraArguments
     }

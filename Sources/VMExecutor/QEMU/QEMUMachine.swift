@@ -9,11 +9,14 @@ final class QEMUMachine: GuestMachine {
     let process: QEMUProcess
     let runDirectory: URL
     let accelerator: Accelerator
+    /// The virtiofsd of each host folder; they end with QEMU, or are killed with it.
+    let folderServers: [FolderServer]
 
-    init(process: QEMUProcess, runDirectory: URL, accelerator: Accelerator) {
+    init(process: QEMUProcess, runDirectory: URL, accelerator: Accelerator, folderServers: [FolderServer] = []) {
         self.process = process
         self.runDirectory = runDirectory
         self.accelerator = accelerator
+        self.folderServers = folderServers
     }
 
     static func controlSocket(in dir: URL) -> URL { dir.appendingPathComponent("ctl.sock") }
@@ -141,12 +144,19 @@ final class QEMUMachine: GuestMachine {
         throw VMExecError(.launchFailed, "QEMU's run state is still \(last)")
     }
 
-    func kill() { process.kill() }
+    func kill() {
+        process.kill()
+        for server in folderServers { server.kill() }
+    }
 
     func lastWords(lines: Int) -> String {
         var words: [String] = []
         let qemu = process.logTail(lines: lines)
         if !qemu.isEmpty { words.append("QEMU said:\n\(qemu)") }
+        for server in folderServers {
+            let said = server.logTail(lines: lines)
+            if !said.isEmpty { words.append("virtiofsd of \(server.folder.hostPath) said:\n\(said)") }
+        }
         let console = QEMUProcess.tail(of: Self.consoleLog(in: runDirectory).path, lines: lines)
         if !console.isEmpty { words.append("guest console (\(Self.consoleLog(in: runDirectory).path)):\n\(console)") }
         return words.joined(separator: "\n")

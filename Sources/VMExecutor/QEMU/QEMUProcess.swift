@@ -63,8 +63,20 @@ final class QEMUProcess: Sendable {
         }
     }
 
+    /// A user and mount namespace for the child (`vmexec_spawn_confined`): `uid`
+    /// and `gid` inside are the host process's; `readOnlyPath` bound read-only.
+    struct Confinement: Sendable {
+        var uid: UInt32
+        var gid: UInt32
+        var readOnlyPath: String?
+    }
+
     /// Starts `binary` with `arguments`; QEMU's own stdout and stderr go to `logPath`.
-    init(binary: String, arguments: [String], logPath: String, onExit: @escaping @Sendable (Ending) -> Void) throws(VMExecError) {
+    /// QEMU's helpers (virtiofsd) start the same way, `confined` when asked.
+    init(
+        binary: String, arguments: [String], logPath: String, confined: Confinement? = nil,
+        onExit: @escaping @Sendable (Ending) -> Void
+    ) throws(VMExecError) {
         guard let path = Self.find(binary) else {
             throw VMExecError(
                 .qemuNotFound, "\(binary) not found in PATH; install QEMU (make deps, or apt-get install qemu-system-x86)")
@@ -76,7 +88,10 @@ final class QEMUProcess: Sendable {
         defer { close(logFD) }
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for arg in argv { free(arg) } }
-        let pid = argv.withUnsafeBufferPointer { vmexec_spawn(path, $0.baseAddress, logFD) }
+        let pid = argv.withUnsafeBufferPointer { args in
+            guard let c = confined else { return vmexec_spawn(path, args.baseAddress, logFD) }
+            return vmexec_spawn_confined(path, args.baseAddress, logFD, c.uid, c.gid, c.readOnlyPath)
+        }
         guard pid > 0 else {
             throw VMExecError(.launchFailed, "cannot start \(path): \(String(cString: strerror(-pid)))")
         }
