@@ -5,7 +5,7 @@
 #   make test-guests  real guests under QEMU (builds the images first)
 #   make test-cli     the vmexec command on real guests (builds the images first)
 #   make test-api     docs/openapi.yaml validated, then schemathesis against a live daemon
-#   make test-other-arch  the real-guest suite on the other architecture (aarch64 beside x86_64)
+#   make test-other-arch  the real-guest and daemon suites on the other architecture (aarch64 beside x86_64)
 #   make images  guest kernel, initramfs, base root file system and the SDK and libs shards for ARCH
 #   make check   Swift warnings as errors, swift format lint (.swift-format), the init's C with -Werror
 #   make fuzz    a bounded libFuzzer run over the init's frame parser
@@ -170,11 +170,13 @@ test-guests: deps images build-tests
 test-cli: deps images images-other-arch build-tests
 	$(GUEST_ENV) Tests/deadline.sh 900 $(SWIFT) test --skip-build --filter VMExecCLITests
 
-# The same real-guest suite in the other architecture's guests: another QEMU binary,
+# The same real-guest and daemon suites in the other architecture's guests: another QEMU binary,
 # kernel and init build. Slower under TCG (aarch64 on x86_64: about as long as x86_64's).
 test-other-arch: images-other-arch build-tests
 	VMEXEC_ARCH=$(OTHER_ARCH) VMEXEC_IMAGES=$(CURDIR)/$(OTHER_IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache \
 	  Tests/deadline.sh 1500 $(SWIFT) test --skip-build --filter VMExecutorTests
+	VMEXEC_ARCH=$(OTHER_ARCH) VMEXEC_IMAGES=$(CURDIR)/$(OTHER_IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache \
+	  Tests/deadline.sh 600 $(SWIFT) test --skip-build --filter VMExecServerTests
 
 # The HTTP API: the spec validated (openapi-spec-validator), then schemathesis
 # (both from PyPI, in a venv under .build) against a live daemon over TCP.
