@@ -48,7 +48,7 @@ final class FolderServer: Sendable {
             binary: binary,
             arguments: [
                 "--socket-path=\(socket)", "-o", "source=\(folder.hostPath)", "-o", "sandbox=namespace",
-                // The guest sees the host's changes as they happen; the page cache is its own.
+                // The guest sees the host's changes within about a second (cache=auto's timeout).
                 "-o", "cache=auto", "-o", "no_posix_lock", "-o", "no_flock",
                 // Raising the limit needs a capability outside the namespace.
                 "--rlimit-nofile=0",
