@@ -562,13 +562,25 @@ public actor SandboxRegistry {
             guard let mode = HostFolder.Mode(rawValue: f.mode) else {
                 throw VMExecError(.invalidRequest, "a mount's mode is ro, rw or overlay, not '\(f.mode)'")
             }
-            let real = try HostFolder(hostPath: f.host, guestPath: f.guest, mode: mode).resolvedHostPath()
             let roots = allowed.compactMap { root in
                 realpath(root, nil).map { p in
                     defer { free(p) }; return String(cString: p)
                 }
             }
-            guard roots.contains(where: { real == $0 || real.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") }) else {
+            func inside(_ path: String) -> Bool {
+                roots.contains { path == $0 || path.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") }
+            }
+            // Outside the shared folders, a path that does not exist or is no folder gets the same
+            // answer as one that is: a client must not learn what the host holds by asking.
+            let wanted = HostFolder(hostPath: f.host, guestPath: f.guest, mode: mode)
+            let real: String?
+            do {
+                real = try wanted.resolvedHostPath()
+            } catch {
+                if inside(URL(fileURLWithPath: f.host).standardizedFileURL.path) { throw error }
+                real = nil
+            }
+            guard let real, inside(real) else {
                 throw VMExecError(
                     .folderRefused,
                     roots.isEmpty

@@ -80,7 +80,8 @@ extension DaemonSuites {
             let listed = try await daemon.raw(.GET, "/v1/sandboxes/folders")
             #expect(listed.body.contains("\"guest\":\"\\/work\"") || listed.body.contains("/work"), "\(listed.body)")
             // Outside the shared folder, directly or through a link inside it: refused before any guest starts.
-            for host in [other, shared.path + "/out", shared.path + "/../"] {
+            // A path outside that does not exist is answered alike: no probing of the host's files.
+            for host in [other, shared.path + "/out", shared.path + "/../", other + "/no-such-folder"] {
                 let body = #"{"name":"no","mounts":[{"host":"\#(host)","guest":"/x"}]}"#
                 let refused = try await daemon.raw(
                     .POST, "/v1/sandboxes", contentType: "application/json", body: Array(body.utf8))
