@@ -66,6 +66,12 @@ struct StoreTests {
         // Write a file into the image with debugfs, as a guest would have.
         let file = dir.appendingPathComponent("note.txt")
         try Data("kept\n".utf8).write(to: file)
+        // On the disk before debugfs reads it: debugfs copies by SEEK_DATA, and a file
+        // whose blocks are still delayed in the page cache can read as one hole (CI saw
+        // an empty note.txt once).
+        let handle = try FileHandle(forWritingTo: file)
+        try handle.synchronize()
+        try handle.close()
         let wrote = try runTool(["debugfs", "-w", "-R", "write \(file.path) note.txt", image])
         // debugfs exits 0 even when its command fails: read the file back to know it is there.
         let written = try runTool(["debugfs", "-R", "cat note.txt", image])
