@@ -68,6 +68,8 @@ let package = Package(
         // archives through libarchive: the field's libraries, linked from the system.
         .systemLibrary(name: "CSquashfs", pkgConfig: "libsquashfs1", providers: [.apt(["libsquashfs-dev"])]),
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        // libvirt's C API (there is no maintained Swift binding): the libvirt machine.
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         .target(
             name: "SquashMounts",
             dependencies: ["VMExecFailure", "CSquashfs", "CArchive", .product(name: "Crypto", package: "swift-crypto")]),
@@ -84,7 +86,7 @@ let package = Package(
         .target(
             name: "VMExecutor",
             dependencies: [
-                "VMExecFailure", "SerialChannel", "SquashMounts", "PersistOverlay", "CVMExecHost",
+                "VMExecFailure", "SerialChannel", "SquashMounts", "PersistOverlay", "CVMExecHost", "CLibvirt",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
@@ -181,7 +183,9 @@ let package = Package(
         // The HTTP harness's parts on their own: no images, no guests.
         .testTarget(name: "VMExecServerUnitTests", dependencies: ["VMExecServer", "VMExecutor"]),
         // Fixtures the guest and CLI suites share: where the images are, whether they are built.
-        .target(name: "VMExecTestSupport", dependencies: ["VMExecutor", "SquashMounts"], path: "Tests/VMExecTestSupport"),
+        .target(
+            name: "VMExecTestSupport", dependencies: ["VMExecutor", "SquashMounts", "PersistOverlay"],
+            path: "Tests/VMExecTestSupport"),
         // Real guests under QEMU: `make images` first.
         .testTarget(
             name: "VMExecutorTests",

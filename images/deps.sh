@@ -30,6 +30,13 @@ needlib libsquashfs1 libsquashfs-dev
 needlib libarchive libarchive-dev
 needlib ext2fs libext2fs-dev
 needlib sqlite3 libsqlite3-dev
+needlib libvirt libvirt-dev
+# The libvirt machine's tests and benches start libvirt daemons of their own
+# (Tests/libvirt-host.sh): libvirtd with its QEMU driver, virsh, ip.
+need libvirtd libvirt-daemon
+[ -e /usr/lib/$(uname -m)-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ] || MISSING="$MISSING libvirt-daemon-driver-qemu"
+need virsh libvirt-clients
+need ip iproute2
 # A guest of another architecture than the host's (aarch64 on x86_64): a cross
 # compiler with a static C library for the init and its helpers, the foreign
 # architecture in dpkg (the kernel package), and qemu-user-static registered
@@ -57,6 +64,14 @@ if [ -n "$MISSING" ]; then
   echo "installing:$MISSING"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $MISSING >/dev/null
+fi
+# libvirtd resolves its QEMU user before it reads qemu.conf; libvirt-daemon-system
+# (which would make it) pulls in systemd as init, so the user is made here.
+if ! getent passwd libvirt-qemu >/dev/null; then
+  as_root "libvirtd needs the user libvirt-qemu"
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  useradd --system --gid libvirt-qemu --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
+  echo "made the system user libvirt-qemu"
 fi
 if [ -n "$FOREIGN" ]; then
   if ! dpkg --print-foreign-architectures | grep -qx "$FOREIGN"; then

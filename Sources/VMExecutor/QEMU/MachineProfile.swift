@@ -38,7 +38,7 @@ public struct MachineProfile: Sendable {
     /// console byte is an emulated UART write under TCG; `panic=-1` with
     /// QEMU's `-no-reboot` turns a kernel panic (or a dying init) into a QEMU
     /// exit the host notices at once.
-    func kernelCommandLine(accelerator: Accelerator) -> String {
+    public func kernelCommandLine(accelerator: Accelerator) -> String {
         var args = [
             "quiet", "loglevel=3", "panic=-1", "rdinit=/init",
             // Crypto self-tests cost ~0.4 s of boot under TCG.

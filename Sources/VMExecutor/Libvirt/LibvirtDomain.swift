@@ -1,0 +1,179 @@
+import CLibvirt
+import Foundation
+import Logging
+import SerialChannel
+import Synchronization
+
+/// One guest running as a libvirt domain. Its control port comes through
+/// libvirt as a stream (``ChannelBridge``), disks are attached and detached
+/// as SCSI disks with `virDomainAttachDeviceFlags`, and its end is learnt
+/// from the connection's lifecycle events (or the connection's loss).
+final class LibvirtDomain: GuestMachine {
+    let name: String
+    let connection: LibvirtConnection
+    let accelerator: Accelerator
+    private let runDirectory: URL?
+    private let consoleLog: String
+    private let onExit: @Sendable (MachineEnding) -> Void
+
+    private struct State {
+        var domain: LibvirtHandle?
+        var ending: MachineEnding?
+        var bridge: ChannelBridge?
+        /// The SCSI unit of each plugged disk, by serial.
+        var units: [String: Int] = [:]
+        var nextUnit: Int
+    }
+    private let state: Mutex<State>
+
+    init(
+        name: String, connection: LibvirtConnection, accelerator: Accelerator, runDirectory: URL?, consoleLog: String,
+        firstUnit: Int, onExit: @escaping @Sendable (MachineEnding) -> Void
+    ) {
+        self.name = name
+        self.connection = connection
+        self.accelerator = accelerator
+        self.runDirectory = runDirectory
+        self.consoleLog = consoleLog
+        self.onExit = onExit
+        self.state = Mutex(State(nextUnit: firstUnit))
+    }
+
+    /// The domain exists (virDomainCreateXML returned it).
+    func started(_ domain: LibvirtHandle) {
+        let endedAlready = state.withLock { s -> Bool in
+            s.domain = domain
+            return s.ending != nil
+        }
+        if endedAlready { destroy() }
+    }
+
+    /// The domain ended (lifecycle event, lost connection, or ``kill()``): once.
+    func ended(_ ending: MachineEnding) {
+        let bridge = state.withLock { s -> ChannelBridge?? in
+            guard s.ending == nil else { return nil }
+            s.ending = ending
+            return .some(s.bridge)
+        }
+        guard let bridge else { return }
+        bridge?.close(ending.description)
+        onExit(ending)
+    }
+
+    var consoleLogPath: String? { runDirectory == nil ? nil : consoleLog }
+    var ending: MachineEnding? { state.withLock { $0.ending } }
+
+    func waitForExit(timeout: Duration) async -> MachineEnding? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let ending { return ending }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return ending
+    }
+
+    private var domain: LibvirtHandle? { state.withLock { $0.domain } }
+
+    func connect(timeout: Duration, hostFacts: [String: String], logger: Logger) async throws -> (ChannelClient, Hello) {
+        if let ending { throw VMExecError(.guestStopped, ending.description) }
+        guard let domain else { throw VMExecError(.notRunning, "the domain \(name) is not started") }
+        let connection = self.connection
+        let name = self.name
+        let stream = try await connection.call { () throws(VMExecError) -> LibvirtHandle in
+            guard let stream = virStreamNew(connection.pointer, UInt32(VIR_STREAM_NONBLOCK.rawValue)) else {
+                throw VMExecError(.launchFailed, "libvirt: \(LibvirtEventLoop.lastError("cannot make a stream"))")
+            }
+            // FORCE: a new session takes the port over from an earlier one.
+            guard
+                virDomainOpenChannel(
+                    domain.pointer, DomainDescription.controlPort, stream, UInt32(VIR_DOMAIN_CHANNEL_FORCE.rawValue))
+                    == 0
+            else {
+                let why = LibvirtEventLoop.lastError("no reason given")
+                virStreamFree(stream)
+                throw VMExecError(.launchFailed, "libvirt cannot open the control channel of \(name): \(why)")
+            }
+            return LibvirtHandle(pointer: stream)
+        }
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            virStreamAbort(stream.pointer)
+            virStreamFree(stream.pointer)
+            throw VMExecError(
+                .launchFailed, "cannot make a socketpair for the control channel: \(String(cString: strerror(errno)))")
+        }
+        let bridge = try ChannelBridge(stream: stream.pointer, socket: pair[1]) { _ in }
+        let previous = state.withLock { s -> ChannelBridge? in
+            defer { s.bridge = bridge }
+            return s.bridge
+        }
+        previous?.close("a new session took the channel over")
+        do {
+            return try await ChannelClient.connect(
+                socket: pair[0], handshakeTimeout: timeout, hostFacts: hostFacts, logger: logger)
+        } catch {
+            bridge.close("the handshake failed")
+            throw error
+        }
+    }
+
+    func plug(_ disk: MachineDisk) async throws {
+        guard let domain else { throw VMExecError(.notRunning, "the domain \(name) is not started") }
+        let unit = state.withLock { s -> Int in
+            defer { s.nextUnit += 1 }
+            return s.nextUnit
+        }
+        let xml = DomainDescription.diskXML(disk, file: disk.file, unit: unit)
+        try await connection.call { () throws(VMExecError) in
+            guard virDomainAttachDeviceFlags(domain.pointer, xml, UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)) == 0 else {
+                throw VMExecError(
+                    .launchFailed, "libvirt could not attach \(disk.serial): \(LibvirtEventLoop.lastError("no reason given"))")
+            }
+        }
+        state.withLock { $0.units[disk.serial] = unit }
+    }
+
+    func unplug(_ disk: MachineDisk) async throws {
+        guard let domain else { throw VMExecError(.notRunning, "the domain \(name) is not started") }
+        guard let unit = state.withLock({ $0.units[disk.serial] }) else {
+            throw VMExecError(.notFound, "no disk \(disk.serial) is plugged into \(name)")
+        }
+        let xml = DomainDescription.diskXML(disk, file: disk.file, unit: unit)
+        try await connection.call { () throws(VMExecError) in
+            guard virDomainDetachDeviceFlags(domain.pointer, xml, UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)) == 0 else {
+                throw VMExecError(
+                    .launchFailed, "libvirt could not detach \(disk.serial): \(LibvirtEventLoop.lastError("no reason given"))")
+            }
+        }
+        _ = state.withLock { $0.units.removeValue(forKey: disk.serial) }
+    }
+
+    func kill() {
+        connection.unwatch(domain: name)
+        ended(MachineEnding("killed by vmexec", killed: true))
+        destroy()
+    }
+
+    /// Destroys the domain without waiting (kill is synchronous; libvirt's call is a round trip).
+    private func destroy() {
+        guard let domain else { return }
+        // The task holds the machine, so the domain's handle outlives the call.
+        Task.detached { [self] in
+            _ = try? await connection.call { virDomainDestroy(domain.pointer) }
+        }
+    }
+
+    func lastWords(lines: Int) -> String {
+        guard runDirectory != nil else { return "" }
+        let console = QEMUProcess.tail(of: consoleLog, lines: lines)
+        return console.isEmpty ? "" : "guest console (\(consoleLog)):\n\(console)"
+    }
+
+    func discard() {
+        if let runDirectory { try? FileManager.default.removeItem(at: runDirectory) }
+    }
+
+    deinit {
+        if let domain = state.withLock({ $0.domain }) { virDomainFree(domain.pointer) }
+    }
+}

@@ -1,0 +1,124 @@
+import Crypto
+import Foundation
+import PersistOverlay
+import SquashMounts
+import Testing
+import VMExecTestSupport
+
+@testable import VMExecutor
+
+/// The test's own local libvirt host and one connection to it, made on first use.
+actor LocalLibvirt {
+    static let shared = LocalLibvirt()
+    private var made: (LibvirtTestHost, LibvirtConnection)?
+
+    func get() async throws -> (host: LibvirtTestHost, hypervisor: LibvirtHypervisor) {
+        if let (host, connection) = made, connection.lost == nil { return (host, LibvirtHypervisor(connection: connection)) }
+        let host = try LibvirtTestHost.start("local-\(getpid())")
+        let connection = try await LibvirtConnection.open(host.uri)
+        made = (host, connection)
+        return (host, LibvirtHypervisor(connection: connection))
+    }
+
+    /// The shared guest configuration (images, the SDK shard) on the libvirt machine.
+    func configuration() async throws -> SandboxConfiguration {
+        var c = SharedGuest.configuration()
+        c.hypervisor = try await get().hypervisor
+        return c
+    }
+}
+
+/// libvirt hosts can be started here (root, libvirtd installed): else the suite below is off, and this fails.
+@Test("libvirt test hosts can be started (root, libvirtd from make deps)")
+func libvirtHostsAvailable() {
+    #expect(LibvirtTestHost.unavailable == nil, "\(LibvirtTestHost.unavailable ?? "")")
+}
+
+extension RealGuests {
+    /// The core of the guest suite on the second machine behind the seam: a libvirt domain
+    /// (q35) on a real libvirtd, its control port reached through virDomainOpenChannel.
+    @Suite("The libvirt machine", .timeLimit(.minutes(10)), .enabled(if: LibvirtTestHost.unavailable == nil))
+    struct LibvirtGuestTests {
+        func started() async throws -> Sandbox {
+            let sandbox = Sandbox(configuration: try await LocalLibvirt.shared.configuration(), logger: SharedGuest.logger())
+            try await sandbox.start()
+            return sandbox
+        }
+
+        @Test("a domain on q35 boots; commands run with their exit codes, stdin and stdout through libvirt's stream")
+        func commands() async throws {
+            let s = try await started()
+            let product = try await s.exec(Command(["cat", "/sys/class/dmi/id/product_name"])).stdoutText
+            #expect(product.contains("Q35"), "a libvirt q35 machine, not microvm: \(product)")
+            #expect(try await s.exec(Command(["true"])).termination == .exited(0))
+            #expect(try await s.exec(Command(["sh", "-c", "exit 7"])).termination == .exited(7))
+            #expect(try await s.exec(Command(["python3", "-c", "print(6 * 7)"])).stdoutText == "42\n")
+            // 4 MiB each way: the bridge's back pressure in both directions.
+            let input = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }
+            let digest = SHA256.hash(data: input).map { String(format: "%02x", $0) }.joined()
+            let hashed = try await s.exec(Command(["sha256sum"], stdin: .bytes(input)))
+            #expect(hashed.stdoutText.hasPrefix(digest))
+            let big = try await s.exec(Command(["head", "-c", "\(4 << 20)", "/dev/zero"]))
+            #expect(big.stdout.count == 4 << 20)
+            // Commands at once share the one stream.
+            let outputs = try await withThrowingTaskGroup(of: String.self) { group in
+                for i in 0..<8 { group.addTask { try await s.exec(Command(["sh", "-c", "sleep 0.2; echo \(i)"])).stdoutText } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(Set(outputs) == Set((0..<8).map { "\($0)\n" }))
+            await s.shutdown()
+        }
+
+        @Test("shards attach and detach as SCSI disks through libvirt")
+        func shards() async throws {
+            let workshop = try ShardWorkshop()
+            let s = try await started()
+            try await s.attach(try workshop.libs(version: "2.5"))
+            let read = try await s.exec(Command(["python3", "-c", "import vxlib; print(vxlib.VERSION)"]))
+            #expect(read.stdoutText == "2.5\n", "\(read.stderrText)")
+            try await s.detach("vxlib")
+            #expect(try await s.exec(Command(["python3", "-c", "import vxlib"])).termination != .exited(0))
+            try await s.attach(try workshop.libs(version: "2.6"))
+            #expect(try await s.exec(Command(["python3", "-c", "import vxlib; print(vxlib.VERSION)"])).stdoutText == "2.6\n")
+            await s.shutdown()
+        }
+
+        @Test("files go in and out; a store keeps the guest's changes across starts")
+        func filesAndStore() async throws {
+            let scratch = try ScratchStore()
+            var c = try await LocalLibvirt.shared.configuration()
+            c.store = scratch.store
+            let first = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await first.start()
+            let bytes = (0..<(1 << 20) + 17).map { UInt8(truncatingIfNeeded: $0 * 7) }
+            try await first.writeFile("/home/vmexec/kept.bin", contents: bytes)
+            #expect(try await first.readFile("/home/vmexec/kept.bin") == bytes)
+            await first.shutdown()
+            let second = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await second.start()
+            #expect(try await second.readFile("/home/vmexec/kept.bin") == bytes, "the store kept the file")
+            await second.shutdown()
+        }
+
+        @Test("QEMU killed under libvirt mid-command: the call fails within a second, and a fresh start works")
+        func killedGuest() async throws {
+            let (host, _) = try await LocalLibvirt.shared.get()
+            let s = try await started()
+            let running = Task { try await s.exec(Command(["sleep", "60"])) }
+            try await Task.sleep(for: .milliseconds(500))
+            let pids = host.qemuProcessIDs
+            #expect(pids.count == 1, "one guest on the test host: \(pids)")
+            let clock = ContinuousClock()
+            let killedAt = clock.now
+            for pid in pids { kill(pid, SIGKILL) }
+            let error = await #expect(throws: VMExecError.self) { try await running.value }
+            let took = clock.now - killedAt
+            #expect(took < .seconds(1), "the waiting call took \(took) to fail")
+            #expect(error?.code == .guestStopped, "\(String(describing: error))")
+            #expect(await s.isRunning == false)
+            try await s.start()
+            #expect(try await s.exec(Command(["echo", "again"])).stdoutText == "again\n")
+            await s.shutdown()
+        }
+    }
+}
