@@ -69,7 +69,7 @@ launch() {
   # replaces the shell: its pid is the one recorded.
   inner="mount --bind '$DIR/etc' /etc/libvirt && mount --bind '$DIR/run' /run/libvirt \
     && mount --bind '$DIR/lib' /var/lib/libvirt && mount --bind '$DIR/log' /var/log/libvirt \
-    && mount --bind '$DIR/cache' /var/cache/libvirt && exec libvirtd ${LIBVIRT_HOST_TIMEOUT:+--timeout $LIBVIRT_HOST_TIMEOUT}"
+    && mount --bind '$DIR/cache' /var/cache/libvirt && exec libvirtd --pid-file /run/libvirt/libvirtd.pid ${LIBVIRT_HOST_TIMEOUT:+--timeout $LIBVIRT_HOST_TIMEOUT}"
   [ -s "$DIR/netns" ] && inner="$inner --listen"
   mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt
   rm -f "$DIR/run/libvirt-sock"

@@ -63,25 +63,35 @@ public final class ChannelClient: Sendable {
     /// Connects to a Unix socket (QEMU's chardev) and completes the handshake.
     public static func connect(
         unixSocket path: String, handshakeTimeout: Duration = .seconds(30), hostWindow: Int = 512 * 1024,
-        hostFacts: [String: String] = [:], logger: Logger = Logger(label: "vmexec.channel")
+        hostFacts: [String: String] = [:], freshHelloAfter: Duration? = staleHello,
+        logger: Logger = Logger(label: "vmexec.channel")
     ) async throws -> (ChannelClient, Hello) {
-        try await open(handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, hostFacts: hostFacts, logger: logger) {
+        try await open(
+            handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, hostFacts: hostFacts, freshHelloAfter: freshHelloAfter,
+            logger: logger
+        ) {
             $0.connect(unixDomainSocketPath: path)
         }
     }
 
     /// Uses an already connected stream socket (e.g. one end of a socketpair).
+    /// `freshHelloAfter`: see ``staleHello``; nil sends one HELLO only.
     public static func connect(
         socket descriptor: CInt, handshakeTimeout: Duration = .seconds(30), hostWindow: Int = 512 * 1024,
-        hostFacts: [String: String] = [:], logger: Logger = Logger(label: "vmexec.channel")
+        hostFacts: [String: String] = [:], freshHelloAfter: Duration? = staleHello,
+        logger: Logger = Logger(label: "vmexec.channel")
     ) async throws -> (ChannelClient, Hello) {
-        try await open(handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, hostFacts: hostFacts, logger: logger) {
+        try await open(
+            handshakeTimeout: handshakeTimeout, hostWindow: hostWindow, hostFacts: hostFacts, freshHelloAfter: freshHelloAfter,
+            logger: logger
+        ) {
             $0.withConnectedSocket(descriptor)
         }
     }
 
     private static func open(
-        handshakeTimeout: Duration, hostWindow: Int, hostFacts: [String: String], logger: Logger,
+        handshakeTimeout: Duration, hostWindow: Int, hostFacts: [String: String], freshHelloAfter: Duration?,
+        logger: Logger,
         _ connect: (ClientBootstrap) -> EventLoopFuture<any Channel>
     ) async throws -> (ChannelClient, Hello) {
         let slot = ClientSlot()
@@ -89,7 +99,7 @@ public final class ChannelClient: Sendable {
             .channelInitializer { ch in Self.initialize(ch, box: slot, hostWindow: hostWindow, logger: logger) }
         _ = try await connect(bootstrap).get()
         let client = slot.value.withLock { $0! }
-        return (client, try await client.handshake(timeout: handshakeTimeout, facts: hostFacts))
+        return (client, try await client.handshake(timeout: handshakeTimeout, facts: hostFacts, freshAfter: freshHelloAfter))
     }
 
     private static func initialize(
@@ -120,9 +130,29 @@ public final class ChannelClient: Sendable {
     }
 
     /// Sends the host's HELLO and waits for the guest's.
-    private func handshake(timeout: Duration, facts: [String: String]) async throws -> Hello {
+    ///
+    /// A host connects as soon as the machine's port exists, often long before
+    /// the guest's init opens it (a libvirt q35 domain spends seconds in its
+    /// firmware): the guest then reads a HELLO whose clock is that old. When
+    /// the guest's answer comes late, a second HELLO with fresh facts follows
+    /// before any request can (the guest takes every host HELLO as a new
+    /// session, answers it, and this client keeps the first answer).
+    private func handshake(timeout: Duration, facts: [String: String], freshAfter: Duration?) async throws -> Hello {
         let hello = Hello(window: UInt32(hostWindow), info: Self.hostInfo(facts))
+        let sent = ContinuousClock.now
         try await send(Frame(.hello, payload: hello.encoded()))
+        let guest = try await guestHello(timeout: timeout)
+        if let freshAfter, ContinuousClock.now - sent > freshAfter {
+            let fresh = Hello(window: UInt32(hostWindow), info: Self.hostInfo(facts))
+            try await send(Frame(.hello, payload: fresh.encoded()))
+        }
+        return guest
+    }
+
+    /// How old the host's HELLO may be when the guest answers before a fresh one follows.
+    public static let staleHello = Duration.milliseconds(100)
+
+    private func guestHello(timeout: Duration) async throws -> Hello {
         let deadline = Task { [weak self] in
             try await Task.sleep(for: timeout)
             let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18

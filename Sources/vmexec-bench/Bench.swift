@@ -37,6 +37,9 @@ struct Bench {
         if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "folder" {
             return try await FolderBench.run(images: images, logger: logger)
         }
+        if ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "libvirt" {
+            return try await LibvirtBench.run(images: images, logger: logger)
+        }
         // VMEXEC_BENCH_ONLY=guest: the guest figures alone (start, exec, Python, stdout), as for another architecture.
         let guestOnly = ProcessInfo.processInfo.environment["VMEXEC_BENCH_ONLY"] == "guest"
         if !guestOnly { try ShardBench.run(sdkTree: images.directory.appendingPathComponent("sdk.tree")) }
@@ -74,6 +77,7 @@ struct Bench {
             try await DaemonBench.run(images: images, logger: logger)
             try await PythonBench.run(images: images, logger: logger)
             try await ProgramBench.run(images: images, logger: logger)
+            try await LibvirtBench.run(images: images, logger: logger)
         }
 
         // One guest on the bench image, with the agent on a second port.

@@ -62,6 +62,7 @@ final class ScriptedGuest: @unchecked Sendable {
 }
 
 /// A connected pair: the host's ChannelClient and the scripted guest.
+/// The scripted guest answers at its own pace, so the host sends one HELLO only (no fresh one).
 func connectedPair(window: UInt32 = 65536, hostWindow: Int = 512 * 1024) async throws -> (ChannelClient, ScriptedGuest) {
     var fds: [Int32] = [0, 0]
     #if canImport(Glibc)
@@ -75,7 +76,7 @@ func connectedPair(window: UInt32 = 65536, hostWindow: Int = 512 * 1024) async t
     var quiet = Logger(label: "test")
     quiet.logLevel = .critical  // the tests provoke refusals on purpose
     async let client = ChannelClient.connect(
-        socket: fds[0], handshakeTimeout: .seconds(5), hostWindow: hostWindow,
+        socket: fds[0], handshakeTimeout: .seconds(5), hostWindow: hostWindow, freshHelloAfter: nil,
         logger: quiet)
     let hostHello = try #require(try await guest.receive())
     #expect(hostHello.kind == .hello)
@@ -86,6 +87,50 @@ func connectedPair(window: UInt32 = 65536, hostWindow: Int = 512 * 1024) async t
 
 @Suite("Multiplexer over a socketpair", .timeLimit(.minutes(2)))
 struct SocketpairTests {
+    @Test("a guest that answers late gets a second HELLO with the host's clock of then, before any request")
+    func freshHello() async throws {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        let guest = ScriptedGuest(fd: fds[1])
+        let fd = fds[0]
+        let client = Task {
+            try await ChannelClient.connect(socket: fd, handshakeTimeout: .seconds(5), freshHelloAfter: .milliseconds(300))
+        }
+        func timeNs(_ frame: Frame?) throws -> UInt64 {
+            let hello = try Hello(decoding: try #require(frame).payload)
+            let line = try #require(hello.info.split(separator: "\n").first { $0.hasPrefix("time_ns=") })
+            return try #require(UInt64(line.dropFirst("time_ns=".count)))
+        }
+        let first = try timeNs(try await guest.receive())
+        try await Task.sleep(for: .milliseconds(600))  // a guest still booting
+        guest.hello()
+        let (channel, _) = try await client.value
+        let second = try timeNs(try await guest.receive())
+        #expect(second >= first + 500_000_000, "the second HELLO carries the clock of when the guest answered")
+        // The guest answers that one too; the client keeps its first answer and works on.
+        guest.hello()
+        let ping = Task { try await channel.ping() }
+        let request = try #require(try await guest.receive())
+        #expect(request.kind == .ping)
+        guest.send(Frame(.pong, stream: 0, payload: request.payload))
+        try await ping.value
+    }
+
+    @Test("a guest that answers at once gets one HELLO")
+    func oneHello() async throws {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        let guest = ScriptedGuest(fd: fds[1])
+        let fd = fds[0]
+        let client = Task {
+            try await ChannelClient.connect(socket: fd, handshakeTimeout: .seconds(5), freshHelloAfter: .seconds(5))
+        }
+        _ = try await guest.receive()
+        guest.hello()
+        _ = try await client.value
+        #expect(!guest.hasPending(within: .milliseconds(300)), "no second HELLO")
+    }
+
     @Test("a guest HELLO of another major version is refused with advice")
     func versionMismatch() async throws {
         var fds: [Int32] = [0, 0]

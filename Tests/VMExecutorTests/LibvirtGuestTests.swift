@@ -100,6 +100,42 @@ extension RealGuests {
             await second.shutdown()
         }
 
+        @Test("a cold boot saves a state through libvirt; two domains restore it at once and each runs on its own")
+        func savedStates() async throws {
+            let dir = try BootStateTests.freshDirectory()
+            defer { try? FileManager.default.removeItem(at: dir) }
+            var c = try await LocalLibvirt.shared.configuration()
+            c.bootStateDirectory = dir
+            let first = Sandbox(configuration: c, logger: SharedGuest.logger())
+            try await first.start()
+            #expect(await first.restoredFromSavedState == false)
+            // The boot state (before the SDK shard) and the warm state (after it) are saved.
+            let states = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".state") }
+            #expect(states.count == 2, "\(states)")
+            #expect(try await first.exec(Command(["echo", "after save"])).stdoutText == "after save\n")
+            await first.shutdown()
+            try await Task.sleep(for: .seconds(1))  // restored guests must not wake in the past
+            let configuration = c
+            let restored = try await withThrowingTaskGroup(of: (Bool, String, Double).self) { group in
+                for _ in 0..<2 {
+                    group.addTask {
+                        let s = Sandbox(configuration: configuration, logger: SharedGuest.logger())
+                        try await s.start()
+                        let warm = await s.restoredFromWarmState
+                        let random = try await s.exec(Command(["sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])).stdoutText
+                        let now = try await BootStateTests.guestSeconds(s)
+                        let python = try await s.exec(Command(["python3", "-c", "print(6 * 7)"])).stdoutText
+                        await s.shutdown()
+                        return (warm && python == "42\n", random, now - Date().timeIntervalSince1970)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(restored.allSatisfy { $0.0 }, "both restored the warm state and ran Python")
+            #expect(restored[0].1 != restored[1].1, "two guests restored from one state drew the same random bytes")
+            #expect(restored.allSatisfy { abs($0.2) < 3 }, "guest clocks: \(restored.map(\.2))")
+        }
+
         @Test("QEMU killed under libvirt mid-command: the call fails within a second, and a fresh start works")
         func killedGuest() async throws {
             let (host, _) = try await LocalLibvirt.shared.get()

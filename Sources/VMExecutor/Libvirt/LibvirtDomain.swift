@@ -28,7 +28,7 @@ final class LibvirtDomain: GuestMachine {
 
     init(
         name: String, connection: LibvirtConnection, accelerator: Accelerator, runDirectory: URL?, consoleLog: String,
-        firstUnit: Int, onExit: @escaping @Sendable (MachineEnding) -> Void
+        disks: [String], onExit: @escaping @Sendable (MachineEnding) -> Void
     ) {
         self.name = name
         self.connection = connection
@@ -36,7 +36,9 @@ final class LibvirtDomain: GuestMachine {
         self.runDirectory = runDirectory
         self.consoleLog = consoleLog
         self.onExit = onExit
-        self.state = Mutex(State(nextUnit: firstUnit))
+        // The spec's disks are at units 0, 1, … (DomainDescription); plugged ones follow.
+        self.state = Mutex(
+            State(units: Dictionary(uniqueKeysWithValues: disks.enumerated().map { ($1, $0) }), nextUnit: disks.count))
     }
 
     /// The domain exists (virDomainCreateXML returned it).
@@ -146,6 +148,43 @@ final class LibvirtDomain: GuestMachine {
             }
         }
         _ = state.withLock { $0.units.removeValue(forKey: disk.serial) }
+    }
+
+    /// An external memory snapshot without metadata: libvirt pauses the guest, writes its
+    /// state into `file` (a file `virDomainRestore` reads), and resumes it. The disks are
+    /// left out (read-only shards; a machine with a store saves no state).
+    func saveState(to file: URL) async throws {
+        guard let domain else { throw VMExecError(.notRunning, "the domain \(name) is not started") }
+        let devices = ["vda"] + state.withLock { $0.units.values.sorted() }.map(DomainDescription.deviceName)
+        let xml =
+            "<domainsnapshot><memory snapshot='external' file='\(DomainDescription.escaped(file.path))'/><disks>"
+            + devices.map { "<disk name='\($0)' snapshot='no'/>" }.joined() + "</disks></domainsnapshot>"
+        // libvirt writes the file itself and refuses one that exists.
+        try? FileManager.default.removeItem(at: file)
+        let name = self.name
+        do {
+            try await connection.call { () throws(VMExecError) in
+                guard
+                    let snapshot = virDomainSnapshotCreateXML(
+                        domain.pointer, xml, UInt32(VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA.rawValue))
+                else {
+                    throw VMExecError(
+                        .launchFailed, "libvirt could not save \(name): \(LibvirtEventLoop.lastError("no reason given"))")
+                }
+                virDomainSnapshotFree(snapshot)
+            }
+        } catch {
+            // A guest left paused is of no use.
+            let running = try? await connection.call { () -> Bool in
+                var state: Int32 = 0
+                var reason: Int32 = 0
+                guard virDomainGetState(domain.pointer, &state, &reason, 0) == 0 else { return false }
+                if state == Int32(VIR_DOMAIN_PAUSED.rawValue) { return virDomainResume(domain.pointer) == 0 }
+                return state == Int32(VIR_DOMAIN_RUNNING.rawValue)
+            }
+            if running != true { kill() }
+            throw error
+        }
     }
 
     func kill() {

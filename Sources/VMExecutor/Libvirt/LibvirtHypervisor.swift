@@ -39,31 +39,34 @@ public struct LibvirtHypervisor: GuestHypervisor {
                 .unsupported, "the user-mode network is set up by the QEMU machine only; run this sandbox without a libvirt host")
         }
         if let lost = connection.lost { throw VMExecError(.launchFailed, lost) }
-        let name = "vmexec-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        let local = connection.isLocal
-        let runDirectory = local ? try RunDirectory.make() : nil
+        // Fixed length (16 hex digits): the name is patched into saved states' copies.
+        let name = "vmexec-" + String(format: "%016llx", UInt64.random(in: 0...UInt64.max))
+        let runDirectory = connection.isLocal ? try RunDirectory.make() : nil
         let consoleLog =
             runDirectory?.appendingPathComponent("console.log").path ?? "/var/log/libvirt/qemu/\(name).console.log"
-        var files = DomainDescription.HostFiles(
-            kernel: spec.images.kernel.path, initramfs: spec.images.initramfs.path, rootfs: spec.images.rootfs.path)
-        for disk in spec.disks { files.disks[disk.serial] = disk.file }
-        let xml = DomainDescription(
-            name: name, spec: spec, accelerator: accelerator, files: files, consoleLog: consoleLog, emulator: emulator
-        ).xml
+        let xml = description(spec, accelerator, name: name, consoleLog: consoleLog).xml
         let machine = LibvirtDomain(
             name: name, connection: connection, accelerator: accelerator, runDirectory: runDirectory,
-            consoleLog: consoleLog, firstUnit: spec.disks.count, onExit: onExit)
+            consoleLog: consoleLog, disks: spec.disks.map(\.serial), onExit: onExit)
         connection.watch(domain: name) { machine.ended($0) }
         let connection = self.connection
         do {
-            let domain = try await connection.call { () throws(VMExecError) -> LibvirtHandle in
-                guard let domain = virDomainCreateXML(connection.pointer, xml, 0) else {
-                    throw VMExecError(
-                        .launchFailed,
-                        "libvirt on \(connection.uri) could not start the guest: \(LibvirtEventLoop.lastError("no reason given"))"
-                    )
+            let domain: LibvirtHandle
+            if let restoring {
+                guard let runDirectory else {
+                    throw VMExecError(.unsupported, "saved states are kept for local libvirt hosts only")
                 }
-                return LibvirtHandle(pointer: domain)
+                domain = try await restore(restoring, name: name, consoleLog: consoleLog, in: runDirectory)
+            } else {
+                domain = try await connection.call { () throws(VMExecError) -> LibvirtHandle in
+                    guard let domain = virDomainCreateXML(connection.pointer, xml, 0) else {
+                        throw VMExecError(
+                            .launchFailed,
+                            "libvirt on \(connection.uri) could not start the guest: \(LibvirtEventLoop.lastError("no reason given"))"
+                        )
+                    }
+                    return LibvirtHandle(pointer: domain)
+                }
             }
             machine.started(domain)
         } catch {
@@ -72,6 +75,80 @@ public struct LibvirtHypervisor: GuestHypervisor {
             throw error
         }
         return machine
+    }
+}
+
+extension LibvirtHypervisor {
+    func description(_ spec: MachineSpec, _ accelerator: Accelerator, name: String, consoleLog: String) -> DomainDescription {
+        var files = DomainDescription.HostFiles(
+            kernel: spec.images.kernel.path, initramfs: spec.images.initramfs.path, rootfs: spec.images.rootfs.path)
+        for disk in spec.disks { files.disks[disk.serial] = disk.file }
+        return DomainDescription(
+            name: name, spec: spec, accelerator: accelerator, files: files, consoleLog: consoleLog, emulator: emulator)
+    }
+
+    /// States are kept for local hosts (the state file is a file here), for
+    /// machines without host folders or network, keyed by the domain's XML
+    /// (name and console as placeholders), the host, and the files by path,
+    /// size and modification time.
+    public func stateKey(for spec: MachineSpec, accelerator: Accelerator) -> String? {
+        guard connection.isLocal, spec.folders.isEmpty, !spec.network.enabled else { return nil }
+        var text = "libvirt\u{1}\(connection.uri)\u{1}\(emulator ?? "")\u{1}"
+        text += description(spec, accelerator, name: "@NAME@", consoleLog: "@CONSOLE@").xml
+        let files = [spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path] + spec.disks.map(\.file)
+        for path in files {
+            let attrs = try? FileManager.default.attributesOfItem(atPath: path)
+            let size = (attrs?[.size] as? NSNumber)?.int64Value ?? -1
+            let mtime = (attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? -1
+            text += "\u{2}\(path)\u{1}\(size)\u{1}\(mtime)"
+        }
+        return BootState.key(of: text)
+    }
+
+    /// Restores a saved state as a new domain `name`: from a private copy with a UUID of
+    /// its own and the new name (``SavedDomainImage``), its XML given the new console.
+    private func restore(_ state: URL, name: String, consoleLog: String, in runDirectory: URL) async throws(VMExecError)
+        -> LibvirtHandle
+    {
+        let copy = runDirectory.appendingPathComponent("restore.state").path
+        defer { unlink(copy) }
+        try SavedDomainImage.copy(state.path, to: copy, uuid: UUID(), name: name)
+        let connection = self.connection
+        return try await connection.call { () throws(VMExecError) -> LibvirtHandle in
+            guard
+                let saved = virDomainSaveImageGetXMLDesc(
+                    connection.pointer, copy, UInt32(VIR_DOMAIN_SAVE_IMAGE_XML_SECURE.rawValue))
+            else {
+                throw VMExecError(
+                    .launchFailed, "libvirt cannot read the saved state: \(LibvirtEventLoop.lastError("no reason"))")
+            }
+            var xml = String(cString: saved)
+            free(saved)
+            xml = Self.renamed(xml, consoleLog: consoleLog)
+            guard virDomainRestoreFlags(connection.pointer, copy, xml, UInt32(VIR_DOMAIN_SAVE_RUNNING.rawValue)) == 0 else {
+                throw VMExecError(
+                    .launchFailed, "libvirt could not restore the saved state: \(LibvirtEventLoop.lastError("no reason given"))")
+            }
+            guard let domain = virDomainLookupByName(connection.pointer, name) else {
+                throw VMExecError(
+                    .launchFailed, "the restored domain \(name) is gone: \(LibvirtEventLoop.lastError("no reason"))")
+            }
+            return LibvirtHandle(pointer: domain)
+        }
+    }
+
+    /// A saved domain's XML with its console in a new file (not part of its ABI).
+    static func renamed(_ xml: String, consoleLog: String) -> String {
+        var out = xml
+        // The console file appears on the serial port and on the console that mirrors it.
+        if let serial = out.range(of: "<serial type='file'>"),
+            let source = out.range(of: "<source path='", range: serial.upperBound..<out.endIndex),
+            let end = out.range(of: "'", range: source.upperBound..<out.endIndex)
+        {
+            let old = String(out[source.upperBound..<end.lowerBound])
+            out = out.replacingOccurrences(of: "path='\(old)'", with: "path='\(DomainDescription.escaped(consoleLog))'")
+        }
+        return out
     }
 }
 
