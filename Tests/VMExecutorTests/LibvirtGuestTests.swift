@@ -158,3 +158,91 @@ extension RealGuests {
         }
     }
 }
+
+/// The test's "remote" libvirt host: a libvirtd in a network namespace of the test's own,
+/// reached over qemu+tcp on a veth pair (10.237.1.0/24); nothing leaves the namespace.
+actor RemoteLibvirt {
+    static let shared = RemoteLibvirt()
+    private var host: LibvirtTestHost?
+    private var connection: LibvirtConnection?
+
+    func get() async throws -> (host: LibvirtTestHost, hypervisor: LibvirtHypervisor) {
+        let host = try self.host ?? LibvirtTestHost.start("remote-\(getpid())", network: 1)
+        self.host = host
+        if let connection, connection.lost == nil { return (host, LibvirtHypervisor(connection: connection)) }
+        let connection = try await LibvirtConnection.open(host.uri)
+        self.connection = connection
+        return (host, LibvirtHypervisor(connection: connection))
+    }
+
+    /// Forgets the connection (the next get() opens a new one, which checks every volume again).
+    func reconnect() { connection = nil }
+}
+
+extension RealGuests.LibvirtGuestTests {
+    func startedRemotely() async throws -> (LibvirtTestHost, Sandbox) {
+        let (host, hypervisor) = try await RemoteLibvirt.shared.get()
+        var c = SharedGuest.configuration()
+        c.hypervisor = hypervisor
+        let sandbox = Sandbox(configuration: c, logger: SharedGuest.logger())
+        try await sandbox.start()
+        return (host, sandbox)
+    }
+
+    @Test("a remote host over qemu+tcp: files reach it as volumes checked by hash, once; a damaged one is replaced")
+    func remoteHost() async throws {
+        let (host, s) = try await startedRemotely()
+        #expect(host.uri.hasPrefix("qemu+tcp://10.237.1.2/"))
+        #expect(try await s.exec(Command(["python3", "-c", "print(6 * 7)"])).stdoutText == "42\n")
+        let workshop = try ShardWorkshop()
+        try await s.attach(try workshop.libs(version: "3.1"))
+        #expect(try await s.exec(Command(["python3", "-c", "import vxlib; print(vxlib.VERSION)"])).stdoutText == "3.1\n")
+        await s.shutdown()
+        // The pool holds each file once, under its content's hash.
+        let pool = host.directory.appendingPathComponent("lib/vmexec")
+        let volumes = try FileManager.default.contentsOfDirectory(atPath: pool.path).sorted()
+        #expect(volumes.count == 5, "kernel, initramfs, root, SDK shard, vxlib shard: \(volumes)")
+        let images = try #require(SharedGuest.configuration().images)
+        let rootVolume = try #require(volumes.first { $0.hasSuffix("-rootfs.sqfs") })
+        let local = try Data(contentsOf: images.rootfs)
+        #expect(try Data(contentsOf: pool.appendingPathComponent(rootVolume)) == local)
+        // A second guest uploads nothing new.
+        let (_, again) = try await startedRemotely()
+        await again.shutdown()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: pool.path).sorted() == volumes)
+        // Someone damages a volume on the host: a new connection checks it, replaces it, and boots.
+        let handle = try FileHandle(forWritingTo: pool.appendingPathComponent(rootVolume))
+        try handle.seek(toOffset: 4096)
+        try handle.write(contentsOf: Data([0xFF, 0x00, 0xFF]))
+        try handle.close()
+        await RemoteLibvirt.shared.reconnect()
+        let (_, mended) = try await startedRemotely()
+        #expect(try await mended.exec(Command(["echo", "mended"])).stdoutText == "mended\n")
+        await mended.shutdown()
+        #expect(try Data(contentsOf: pool.appendingPathComponent(rootVolume)) == local, "the damaged volume was uploaded again")
+    }
+
+    @Test(
+        "the remote host's daemon killed mid-command: the call fails within a few seconds naming the host; it is used again once restarted"
+    )
+    func remoteDaemonKilled() async throws {
+        let (host, s) = try await startedRemotely()
+        let running = Task { try await s.exec(Command(["sleep", "60"])) }
+        try await Task.sleep(for: .milliseconds(500))
+        let clock = ContinuousClock()
+        let killedAt = clock.now
+        try host.killDaemon()
+        let error = await #expect(throws: VMExecError.self) { try await running.value }
+        let took = clock.now - killedAt
+        #expect(took < .seconds(5), "the waiting call took \(took) to fail")
+        #expect(error?.code == .guestStopped)
+        #expect(error?.message.contains("10.237.1.2") == true, "the message names the host: \(error?.message ?? "")")
+        #expect(await s.isRunning == false)
+        try host.restartDaemon()
+        let (_, again) = try await startedRemotely()
+        #expect(try await again.exec(Command(["echo", "back"])).stdoutText == "back\n")
+        await again.shutdown()
+        // The guest the dead daemon left behind is the host's to end (vmexec lost track of it).
+        for pid in host.qemuProcessIDs { kill(pid, SIGKILL) }
+    }
+}

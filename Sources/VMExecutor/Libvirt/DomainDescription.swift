@@ -18,8 +18,9 @@ struct DomainDescription {
     /// Where the files of the spec are on the libvirt host (the same paths
     /// for a local host; storage-pool volumes for a remote one).
     var files: HostFiles
-    /// Where the guest's console is written on the libvirt host.
-    var consoleLog: String
+    /// Where the guest's console is written (a local host); nil: a pty nobody reads
+    /// (a remote host, where a file could only pile up).
+    var consoleLog: String?
     /// The QEMU binary on the libvirt host; nil lets libvirt choose.
     var emulator: String?
 
@@ -71,8 +72,12 @@ struct DomainDescription {
             x += Self.diskXML(disk, file: files.disks[disk.serial] ?? disk.file, unit: unit, indent: "    ")
         }
         x += "    <controller type='usb' model='none'/>\n"
-        x +=
-            "    <serial type='file'>\n      <source path='\(Self.escaped(consoleLog))'/>\n      <target port='0'/>\n    </serial>\n"
+        if let consoleLog {
+            x += "    <serial type='file'>\n      <source path='\(Self.escaped(consoleLog))'/>\n"
+            x += "      <target port='0'/>\n    </serial>\n"
+        } else {
+            x += "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n"
+        }
         x += "    <channel type='unix'>\n      <target type='virtio' name='\(Self.controlPort)'/>\n    </channel>\n"
         x += "    <memballoon model='none'/>\n"
         x += "  </devices>\n"

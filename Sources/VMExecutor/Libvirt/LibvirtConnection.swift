@@ -30,6 +30,7 @@ public final class LibvirtConnection: Sendable {
         /// Why the connection is gone, once it is.
         var lost: String?
         var lifecycleCallback: Int32 = -1
+        var volumes: HostVolumes?
     }
     private let state = Mutex(State())
 
@@ -86,6 +87,16 @@ public final class LibvirtConnection: Sendable {
             { opaque in Unmanaged<LibvirtConnection>.fromOpaque(opaque!).release() })
         if id < 0 { Unmanaged<LibvirtConnection>.fromOpaque(eventRef).release() }
         state.withLock { $0.lifecycleCallback = id }
+    }
+
+    /// The host's volumes of vmexec's files (remote hosts), made on first use.
+    var volumes: HostVolumes {
+        state.withLock { s in
+            if let volumes = s.volumes { return volumes }
+            let volumes = HostVolumes(connection: self)
+            s.volumes = volumes
+            return volumes
+        }
     }
 
     /// Why the connection is gone, or nil while it stands.

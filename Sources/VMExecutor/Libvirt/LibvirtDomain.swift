@@ -13,7 +13,7 @@ final class LibvirtDomain: GuestMachine {
     let connection: LibvirtConnection
     let accelerator: Accelerator
     private let runDirectory: URL?
-    private let consoleLog: String
+    private let consoleLog: String?
     private let onExit: @Sendable (MachineEnding) -> Void
 
     private struct State {
@@ -27,7 +27,7 @@ final class LibvirtDomain: GuestMachine {
     private let state: Mutex<State>
 
     init(
-        name: String, connection: LibvirtConnection, accelerator: Accelerator, runDirectory: URL?, consoleLog: String,
+        name: String, connection: LibvirtConnection, accelerator: Accelerator, runDirectory: URL?, consoleLog: String?,
         disks: [String], onExit: @escaping @Sendable (MachineEnding) -> Void
     ) {
         self.name = name
@@ -62,7 +62,7 @@ final class LibvirtDomain: GuestMachine {
         onExit(ending)
     }
 
-    var consoleLogPath: String? { runDirectory == nil ? nil : consoleLog }
+    var consoleLogPath: String? { consoleLog }
     var ending: MachineEnding? { state.withLock { $0.ending } }
 
     func waitForExit(timeout: Duration) async -> MachineEnding? {
@@ -125,7 +125,8 @@ final class LibvirtDomain: GuestMachine {
             defer { s.nextUnit += 1 }
             return s.nextUnit
         }
-        let xml = DomainDescription.diskXML(disk, file: disk.file, unit: unit)
+        let file = connection.isLocal ? disk.file : try await connection.remoteDisk(disk)
+        let xml = DomainDescription.diskXML(disk, file: file, unit: unit)
         try await connection.call { () throws(VMExecError) in
             guard virDomainAttachDeviceFlags(domain.pointer, xml, UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)) == 0 else {
                 throw VMExecError(
@@ -140,7 +141,8 @@ final class LibvirtDomain: GuestMachine {
         guard let unit = state.withLock({ $0.units[disk.serial] }) else {
             throw VMExecError(.notFound, "no disk \(disk.serial) is plugged into \(name)")
         }
-        let xml = DomainDescription.diskXML(disk, file: disk.file, unit: unit)
+        let file = connection.isLocal ? disk.file : try await connection.remoteDisk(disk)
+        let xml = DomainDescription.diskXML(disk, file: file, unit: unit)
         try await connection.call { () throws(VMExecError) in
             guard virDomainDetachDeviceFlags(domain.pointer, xml, UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)) == 0 else {
                 throw VMExecError(
@@ -203,7 +205,7 @@ final class LibvirtDomain: GuestMachine {
     }
 
     func lastWords(lines: Int) -> String {
-        guard runDirectory != nil else { return "" }
+        guard let consoleLog else { return "" }
         let console = QEMUProcess.tail(of: consoleLog, lines: lines)
         return console.isEmpty ? "" : "guest console (\(consoleLog)):\n\(console)"
     }

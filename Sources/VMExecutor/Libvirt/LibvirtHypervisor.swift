@@ -42,9 +42,9 @@ public struct LibvirtHypervisor: GuestHypervisor {
         // Fixed length (16 hex digits): the name is patched into saved states' copies.
         let name = "vmexec-" + String(format: "%016llx", UInt64.random(in: 0...UInt64.max))
         let runDirectory = connection.isLocal ? try RunDirectory.make() : nil
-        let consoleLog =
-            runDirectory?.appendingPathComponent("console.log").path ?? "/var/log/libvirt/qemu/\(name).console.log"
-        let xml = description(spec, accelerator, name: name, consoleLog: consoleLog).xml
+        let consoleLog = runDirectory?.appendingPathComponent("console.log").path
+        let files = try await hostFiles(spec)
+        let xml = description(spec, accelerator, name: name, consoleLog: consoleLog, files: files).xml
         let machine = LibvirtDomain(
             name: name, connection: connection, accelerator: accelerator, runDirectory: runDirectory,
             consoleLog: consoleLog, disks: spec.disks.map(\.serial), onExit: onExit)
@@ -56,7 +56,7 @@ public struct LibvirtHypervisor: GuestHypervisor {
                 guard let runDirectory else {
                     throw VMExecError(.unsupported, "saved states are kept for local libvirt hosts only")
                 }
-                domain = try await restore(restoring, name: name, consoleLog: consoleLog, in: runDirectory)
+                domain = try await restore(restoring, name: name, consoleLog: consoleLog ?? "", in: runDirectory)
             } else {
                 domain = try await connection.call { () throws(VMExecError) -> LibvirtHandle in
                     guard let domain = virDomainCreateXML(connection.pointer, xml, 0) else {
@@ -79,12 +79,34 @@ public struct LibvirtHypervisor: GuestHypervisor {
 }
 
 extension LibvirtHypervisor {
-    func description(_ spec: MachineSpec, _ accelerator: Accelerator, name: String, consoleLog: String) -> DomainDescription {
-        var files = DomainDescription.HostFiles(
+    func description(
+        _ spec: MachineSpec, _ accelerator: Accelerator, name: String, consoleLog: String?,
+        files: DomainDescription.HostFiles? = nil
+    ) -> DomainDescription {
+        var local = DomainDescription.HostFiles(
             kernel: spec.images.kernel.path, initramfs: spec.images.initramfs.path, rootfs: spec.images.rootfs.path)
-        for disk in spec.disks { files.disks[disk.serial] = disk.file }
+        for disk in spec.disks { local.disks[disk.serial] = disk.file }
+        let files = files ?? local
         return DomainDescription(
             name: name, spec: spec, accelerator: accelerator, files: files, consoleLog: consoleLog, emulator: emulator)
+    }
+
+    /// The spec's files as the host sees them: the same paths on a local host;
+    /// volumes of its `vmexec` pool on a remote one (``HostVolumes``).
+    func hostFiles(_ spec: MachineSpec) async throws -> DomainDescription.HostFiles {
+        guard !connection.isLocal else {
+            var files = DomainDescription.HostFiles(
+                kernel: spec.images.kernel.path, initramfs: spec.images.initramfs.path, rootfs: spec.images.rootfs.path)
+            for disk in spec.disks { files.disks[disk.serial] = disk.file }
+            return files
+        }
+        let volumes = connection.volumes
+        var files = DomainDescription.HostFiles(
+            kernel: try await volumes.hostPath(for: spec.images.kernel.path),
+            initramfs: try await volumes.hostPath(for: spec.images.initramfs.path),
+            rootfs: try await volumes.hostPath(for: spec.images.rootfs.path))
+        for disk in spec.disks { files.disks[disk.serial] = try await connection.remoteDisk(disk) }
+        return files
     }
 
     /// States are kept for local hosts (the state file is a file here), for
@@ -153,6 +175,17 @@ extension LibvirtHypervisor {
 }
 
 extension LibvirtConnection {
+    /// A disk's file on a remote host: read-only ones (shards) as volumes; a store's image
+    /// is written by its guest and read by the store's tools here, so it stays local for now.
+    func remoteDisk(_ disk: MachineDisk) async throws -> String {
+        guard disk.readOnly else {
+            throw VMExecError(
+                .unsupported,
+                "a store's guest runs on a local libvirt host or the QEMU machine; \(uri) is remote")
+        }
+        return try await volumes.hostPath(for: disk.file)
+    }
+
     /// Whether the daemon runs on this machine (a URI without a host), so
     /// that the files of a spec can be given to it by their paths here.
     public var isLocal: Bool {
