@@ -172,9 +172,12 @@ test-cli: deps images images-other-arch build-tests
 
 # The same real-guest and daemon suites in the other architecture's guests: another QEMU binary,
 # kernel and init build. Slower under TCG (aarch64 on x86_64: about as long as x86_64's).
+# The libvirt machine's suite passes there too (run it with make test ARCH=aarch64); CI skips it
+# in the other architecture to keep the whole run under its time budget.
+OTHER_ARCH_SKIP ?= --skip LibvirtGuestTests
 test-other-arch: images-other-arch build-tests
 	VMEXEC_ARCH=$(OTHER_ARCH) VMEXEC_IMAGES=$(CURDIR)/$(OTHER_IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache \
-	  Tests/deadline.sh 1500 $(SWIFT) test --skip-build --filter VMExecutorTests
+	  Tests/deadline.sh 1500 $(SWIFT) test --skip-build --filter VMExecutorTests $(OTHER_ARCH_SKIP)
 	VMEXEC_ARCH=$(OTHER_ARCH) VMEXEC_IMAGES=$(CURDIR)/$(OTHER_IMG) VMEXEC_CACHE=$(CURDIR)/.build/vmexec-cache \
 	  Tests/deadline.sh 600 $(SWIFT) test --skip-build --filter VMExecServerTests
 

@@ -14,18 +14,32 @@ enum LibvirtBench {
 
     static func run(images: GuestImages, logger: Logger) async throws {
         let script = ProcessInfo.processInfo.environment["VMEXEC_LIBVIRT_HOST_SCRIPT"] ?? "Tests/libvirt-host.sh"
-        let hostDir = NSTemporaryDirectory() + "vmexec-bench-libvirt-\(getpid())"
-        let started = try HostTool.run(["env", "LIBVIRT_HOST_TIMEOUT=60", "sh", script, "start", hostDir])
-        guard started.status == 0, let uri = started.output.split(separator: "\n").last.map(String.init) else {
-            throw Bench.Failure("cannot start a libvirt host for the bench: \(started.output)")
+        func host(_ name: String, network: Int? = nil) throws -> (uri: String, stop: () -> Void) {
+            let dir = NSTemporaryDirectory() + "vmexec-bench-libvirt-\(name)-\(getpid())"
+            let started = try HostTool.run(
+                ["env", "LIBVIRT_HOST_TIMEOUT=60", "sh", script, "start", dir] + (network.map { ["\($0)"] } ?? []))
+            guard started.status == 0, let uri = started.output.split(separator: "\n").last.map(String.init) else {
+                throw Bench.Failure("cannot start a libvirt host for the bench: \(started.output)")
+            }
+            return (
+                uri,
+                {
+                    _ = try? HostTool.run(["sh", script, "stop", dir])
+                    try? FileManager.default.removeItem(atPath: dir)
+                }
+            )
         }
-        defer {
-            _ = try? HostTool.run(["sh", script, "stop", hostDir])
-            try? FileManager.default.removeItem(atPath: hostDir)
-        }
-        let connection = try await LibvirtConnection.open(uri)
+        let local = try host("local")
+        defer { local.stop() }
+        let connection = try await LibvirtConnection.open(local.uri)
         let libvirt = try await measure(images: images, hypervisor: LibvirtHypervisor(connection: connection), logger: logger)
         let qemu = try await measure(images: images, hypervisor: QEMUHypervisor(), logger: logger)
+        // A "remote" host: its own network namespace, reached over qemu+tcp on a veth pair.
+        let remote = try host("remote", network: 9)
+        defer { remote.stop() }
+        let remoteConnection = try await LibvirtConnection.open(remote.uri)
+        let far = try await measure(
+            images: images, hypervisor: LibvirtHypervisor(connection: remoteConnection), logger: logger, starts: false)
         let peer = "QEMU process machine"
         Bench.emit(
             "libvirt_boot_hello_s", libvirt.restored, "s", peer: qemu.restored, peerName: peer,
@@ -36,6 +50,9 @@ enum LibvirtBench {
         Bench.emit(
             "libvirt_exec_noop_p50_ms", libvirt.noop, "ms", peer: qemu.noop, peerName: peer,
             note: "the control port through virDomainOpenChannel's stream (local libvirtd) vs QEMU's Unix socket")
+        Bench.emit(
+            "remote_exec_noop_p50_ms", far.noop, "ms", peer: qemu.noop, peerName: peer,
+            note: "a host in a network namespace over qemu+tcp: the port's bytes cross libvirt's RPC both ways")
     }
 
     struct Figures {
@@ -44,7 +61,9 @@ enum LibvirtBench {
         var noop: Double
     }
 
-    static func measure(images: GuestImages, hypervisor: any GuestHypervisor, logger: Logger) async throws -> Figures {
+    static func measure(images: GuestImages, hypervisor: any GuestHypervisor, logger: Logger, starts measured: Bool = true)
+        async throws -> Figures
+    {
         let states = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-bench-lvstates-\(getpid())")
         defer { try? FileManager.default.removeItem(at: states) }
         func configuration(reuse: Bool) -> SandboxConfiguration {
@@ -67,9 +86,9 @@ enum LibvirtBench {
             }
             return times
         }
-        let cold = try await starts(reuse: false, runs: startRuns)
+        let cold = measured ? try await starts(reuse: false, runs: startRuns) : [0]
         _ = try await starts(reuse: true, runs: 1)  // boots and saves the state
-        let restored = try await starts(reuse: true, runs: startRuns)
+        let restored = measured ? try await starts(reuse: true, runs: startRuns) : [0]
         let guest = Sandbox(configuration: configuration(reuse: true), logger: logger)
         try await guest.start()
         let command = Command(["/usr/lib/vmexec/noop"], limits: Limits(), privateTmp: false)
