@@ -45,7 +45,7 @@ extension RealGuests {
             return sandbox
         }
 
-        @Test("a domain boots (q35 or virt, devices on PCI); commands run with their exit codes, stdin and stdout through libvirt's stream")
+        @Test("a domain boots (q35 or virt, devices on PCI); commands run with exit codes, stdin and stdout via libvirt")
         func commands() async throws {
             let s = try await started()
             // libvirt's machine puts the control port on PCI; the QEMU machine's is on virtio-mmio.
