@@ -77,6 +77,8 @@ public struct SandboxInfo: Sendable, Equatable, Codable {
     public var jobsQueued: Int
     public var jobsRunning: Int
     public var lastError: String?
+    /// The host its guest runs on (`vmexec hosts`); `local`: the daemon's machine.
+    public var host: String?
 
     init(_ s: Components.Schemas.Sandbox) {
         name = s.name
@@ -89,6 +91,31 @@ public struct SandboxInfo: Sendable, Equatable, Codable {
         jobsQueued = s.jobsQueued
         jobsRunning = s.jobsRunning
         lastError = s.lastError
+        host = s.host
+    }
+}
+
+/// A host the daemon places sandboxes on, and its load.
+public struct HostInfo: Sendable, Equatable, Codable {
+    public var name: String
+    /// Its libvirt URI, or `local`.
+    public var uri: String
+    public var up: Bool
+    public var reason: String?
+    public var guests: Int
+    public var maxGuests: Int?
+    public var guestMemoryMiB: Int
+    public var freeMemoryMiB: Int?
+
+    init(_ h: Components.Schemas.Host) {
+        name = h.name
+        uri = h.uri
+        up = h.up
+        reason = h.reason
+        guests = h.guests
+        maxGuests = h.maxGuests
+        guestMemoryMiB = h.guestMemoryMiB
+        freeMemoryMiB = h.freeMemoryMiB
     }
 }
 

@@ -56,6 +56,11 @@ public struct DaemonClient: Sendable {
             sandboxes: h.sandboxes, guestsRunning: h.guestsRunning, jobsQueued: h.jobsQueued, jobsRunning: h.jobsRunning)
     }
 
+    /// The hosts sandboxes are placed on, with their load.
+    public func hosts() async throws -> [HostInfo] {
+        try Self.check(try await api.listHosts()).ok.body.json.map(HostInfo.init)
+    }
+
     public func version() async throws -> String {
         try Self.check(try await api.getVersion()).ok.body.json.version
     }

@@ -15,8 +15,17 @@ extension Components.Schemas.Sandbox {
             limits: spec.limits.map(Components.Schemas.Limits.init),
             network: spec.network, concurrency: spec.concurrency, idleTimeoutSeconds: spec.idleTimeoutSeconds,
             lifetimeSeconds: spec.lifetimeSeconds, created: s.record.created, jobsQueued: s.jobsQueued,
-            jobsRunning: s.jobsRunning, lastError: s.lastError, hostname: spec.hostname, entrypoint: spec.entrypoint,
+            jobsRunning: s.jobsRunning, lastError: s.lastError, host: s.record.host ?? HostSpec.local.name,
+            hostname: spec.hostname, entrypoint: spec.entrypoint,
             mounts: spec.folders.map { $0.map { .init(host: $0.host, guest: $0.guest, mode: .init(rawValue: $0.mode)) } })
+    }
+}
+
+extension Components.Schemas.Host {
+    init(_ h: HostStatus) {
+        self.init(
+            name: h.name, uri: h.uri, up: h.up, reason: h.reason, guests: h.guests,
+            maxGuests: h.maxGuests > 0 ? h.maxGuests : nil, guestMemoryMiB: h.guestMemoryMiB, freeMemoryMiB: h.freeMemoryMiB)
     }
 }
 

@@ -34,6 +34,10 @@ struct ServiceAPI: APIProtocol {
         return .ok(.init(body: .plainText(HTTPBody(DaemonMetrics.text()))))
     }
 
+    func listHosts(_ input: Operations.ListHosts.Input) async throws -> Operations.ListHosts.Output {
+        .ok(.init(body: .json(await registry.hosts.list().map(Components.Schemas.Host.init))))
+    }
+
     func getVersion(_ input: Operations.GetVersion.Input) async throws -> Operations.GetVersion.Output {
         .ok(
             .init(

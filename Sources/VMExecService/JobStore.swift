@@ -69,6 +69,9 @@ public final class JobStore: Sendable {
         m.registerMigration("v4-code-outcome") { db in
             try db.execute(sql: "ALTER TABLE job ADD COLUMN code TEXT")
         }
+        m.registerMigration("v5-sandbox-host") { db in
+            try db.execute(sql: "ALTER TABLE sandbox ADD COLUMN host TEXT")
+        }
         return m
     }
 
@@ -85,9 +88,10 @@ public final class JobStore: Sendable {
                     .alreadyExists, "a sandbox named \(record.name) exists already; choose another name or delete it first")
             }
             try db.execute(
-                sql: "INSERT INTO sandbox (id, owner, name, spec, created) VALUES (?, ?, ?, ?, ?)",
+                sql: "INSERT INTO sandbox (id, owner, name, spec, created, host) VALUES (?, ?, ?, ?, ?, ?)",
                 arguments: [
                     record.id, record.owner, record.name, try Self.json(record.spec), record.created.timeIntervalSince1970,
+                    record.host,
                 ])
         }
     }
@@ -106,7 +110,7 @@ public final class JobStore: Sendable {
                 SandboxRecord(
                     id: row["id"], owner: row["owner"], name: row["name"],
                     spec: try Self.decode(SandboxSpec.self, row["spec"]),
-                    created: Date(timeIntervalSince1970: row["created"]))
+                    created: Date(timeIntervalSince1970: row["created"]), host: row["host"])
             }
         }
     }

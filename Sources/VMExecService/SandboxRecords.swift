@@ -67,13 +67,16 @@ public struct SandboxRecord: Codable, Sendable, Equatable {
     public var name: String
     public var spec: SandboxSpec
     public var created: Date
+    /// The host its guest runs on (``HostSpec/name``); nil: this machine's QEMU (`local`).
+    public var host: String?
 
-    public init(id: String, owner: String, name: String, spec: SandboxSpec, created: Date) {
+    public init(id: String, owner: String, name: String, spec: SandboxSpec, created: Date, host: String? = nil) {
         self.id = id
         self.owner = owner
         self.name = name
         self.spec = spec
         self.created = created
+        self.host = host
     }
 }
 

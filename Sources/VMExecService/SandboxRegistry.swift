@@ -27,6 +27,8 @@ public actor SandboxRegistry {
     private var closed = false
     /// Started guests waiting for sandboxes of the configured profiles.
     private let pool: WarmPool
+    /// Where sandboxes go: this machine's QEMU, or the configured libvirt hosts.
+    public nonisolated let hosts: HostPool
 
     /// One sandbox and what the supervisor knows of it.
     private final class Entry: Sendable {
@@ -61,6 +63,7 @@ public actor SandboxRegistry {
         try FileManager.default.createDirectory(
             at: configuration.stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         self.jobs = try JobStore(path: configuration.jobStorePath)
+        self.hosts = HostPool(configuration.hosts, logger: logger)
         let config = configuration
         self.pool = WarmPool(profiles: configuration.pool, logger: logger) { profile in
             let shards = try Self.shards(named: profile.shards, in: config)
@@ -82,7 +85,9 @@ public actor SandboxRegistry {
     public func recover() async throws {
         try jobs.prune(olderThan: configuration.jobRetentionSeconds, keepPerSandbox: configuration.jobRetentionCount)
         let queued = try jobs.recover()
+        await hosts.start()
         for record in try jobs.sandboxes() where entries[record.id] == nil {
+            if let host = record.host { await hosts.adopt(record.id, host: host, memoryMiB: record.spec.memoryMiB) }
             do {
                 let entry = try makeEntry(record)
                 entries[record.id] = entry
@@ -106,6 +111,7 @@ public actor SandboxRegistry {
         closed = true
         supervisor?.cancel()
         supervisor = nil
+        await hosts.stop()
         await pool.close()
         for entry in entries.values { await entry.runner.stopStarting() }
         for entry in entries.values { await entry.sandbox.shutdown() }
@@ -143,15 +149,28 @@ public actor SandboxRegistry {
                 "guests would have \(memory + spec.memoryMiB) MiB, over the daemon's \(configuration.maxGuestMemoryMiB) MiB; "
                     + "ask for less memory or delete a sandbox")
         }
-        let record = SandboxRecord(id: UUID().uuidString.lowercased(), owner: owner, name: name, spec: spec, created: Date())
+        var record = SandboxRecord(id: UUID().uuidString.lowercased(), owner: owner, name: name, spec: spec, created: Date())
+        let local = await hosts.onlyLocal
+        if !local {
+            // A store's image is a file on this machine: its sandbox stays on a host here.
+            record.host = try await hosts.place(record.id, memoryMiB: spec.memoryMiB, localOnly: spec.store != nil)
+        }
         // A started guest from the warm pool when one serves this spec: no boot on the request's path.
-        let entry = try makeEntry(record, started: await pool.take(for: spec))
-        try jobs.insertSandbox(record)
+        let started = local || record.host == HostSpec.local.name ? await pool.take(for: spec) : nil
+        let entry: Entry
+        do {
+            entry = try makeEntry(record, started: started)
+            try jobs.insertSandbox(record)
+        } catch {
+            await hosts.release(record.id)
+            throw error
+        }
         entries[record.id] = entry
         if let failure = await boot(entry) {
             entries[record.id] = nil
             try? jobs.deleteSandbox(record.id)
             await entry.sandbox.shutdown()
+            await hosts.release(record.id)
             throw Self.bootFailure(name, failure)
         }
         logger.info("sandbox created", metadata: ["owner": "\(owner)", "sandbox": "\(name)"])
@@ -175,6 +194,7 @@ public actor SandboxRegistry {
         entries[entry.record.id] = nil
         await entry.runner.cancelAll(reason: "the sandbox was deleted")
         await entry.sandbox.shutdown()
+        await hosts.release(entry.record.id)
         try jobs.deleteSandbox(entry.record.id)
         logger.info("sandbox deleted", metadata: ["owner": "\(owner)", "sandbox": "\(name)"])
     }
@@ -475,6 +495,9 @@ public actor SandboxRegistry {
             machine.hostname = spec.hostname
             machine.entrypoint = spec.entrypoint
             machine.folders = try Self.hostFolders(spec, allowed: configuration.allowedFolders)
+            if let host = record.host, host != HostSpec.local.name {
+                machine.hypervisor = PlacedHypervisor(pool: hosts, host: host)
+            }
             sandbox = Sandbox(
                 configuration: machine,
                 logger: logger.with("sandbox", "\(record.owner)/\(record.name)"))

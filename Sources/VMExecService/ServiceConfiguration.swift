@@ -41,6 +41,9 @@ public struct ServiceConfiguration: Sendable {
     /// Started guests kept waiting, per profile: a sandbox that matches one
     /// takes a started guest instead of booting. They come on top of ``maxGuestMemoryMiB``.
     public var pool: [PoolProfile] = []
+    /// Hosts sandboxes are placed on (``HostPool``); empty: this machine's QEMU only.
+    /// Sandboxes on libvirt hosts take no started guest from the pool and keep no saved states.
+    public var hosts: [HostSpec] = []
     /// How often the supervisor looks at each guest (deaths, idleness, lifetimes).
     public var supervisionInterval: Duration = .milliseconds(250)
 

@@ -60,12 +60,35 @@ struct ListSandboxes: AsyncParsableCommand {
     func run() async throws {
         let sandboxes = try await DaemonConnection.client(start: false).sandboxes()
         if json { return try printJSON(sandboxes) }
-        print(["NAME".pad(20), "STATE".pad(10), "MEMORY".pad(8), "JOBS".pad(9), "STORE".pad(14), "SHARDS"].joined())
+        print(
+            ["NAME".pad(20), "STATE".pad(10), "HOST".pad(16), "MEMORY".pad(8), "JOBS".pad(9), "STORE".pad(14), "SHARDS"]
+                .joined())
         for s in sandboxes {
             print(
                 [
-                    s.name.pad(20), s.state.pad(10), "\(s.memoryMiB)M".pad(8), "\(s.jobsRunning)+\(s.jobsQueued)".pad(9),
-                    (s.store ?? "-").pad(14), s.shards.joined(separator: ","),
+                    s.name.pad(20), s.state.pad(10), (s.host ?? "local").pad(16), "\(s.memoryMiB)M".pad(8),
+                    "\(s.jobsRunning)+\(s.jobsQueued)".pad(9), (s.store ?? "-").pad(14), s.shards.joined(separator: ","),
+                ].joined())
+        }
+    }
+}
+
+struct Hosts: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the hosts the daemon places sandboxes on (serve --host), whether each is up, and its load.")
+
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let hosts = try await DaemonConnection.client(start: false).hosts()
+        if json { return try printJSON(hosts) }
+        print(["HOST".pad(16), "STATE".pad(7), "GUESTS".pad(8), "MEMORY".pad(9), "FREE".pad(9), "URI"].joined())
+        for h in hosts {
+            let guests = h.maxGuests.map { "\(h.guests)/\($0)" } ?? "\(h.guests)"
+            print(
+                [
+                    h.name.pad(16), (h.up ? "up" : "down").pad(7), guests.pad(8), "\(h.guestMemoryMiB)M".pad(9),
+                    (h.freeMemoryMiB.map { "\($0)M" } ?? "-").pad(9), h.uri + (h.up ? "" : "  (\(h.reason ?? "no answer"))"),
                 ].joined())
         }
     }

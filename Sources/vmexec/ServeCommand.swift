@@ -50,6 +50,13 @@ struct Serve: AsyncParsableCommand {
     )
     var allowedFolders: [String] = []
 
+    @Option(
+        name: .customLong("host"),
+        help: ArgumentHelp(
+            "A host to place sandboxes on (repeatable): a libvirt URI (qemu+tls://h/system, qemu+ssh://u@h/system, qemu:///system), NAME=URI, with ,guests=N; local is this machine's QEMU.",
+            discussion: "Without --host every sandbox runs on this machine's QEMU.", valueName: "URI"))
+    var hosts: [String] = []
+
     @Option(help: "Largest file upload over TCP, e.g. 10M.")
     var uploadLimit: String = "10M"
 
@@ -136,6 +143,7 @@ struct Serve: AsyncParsableCommand {
         config.jobRetentionCount = retentionJobs
         config.accelerator = accel
         config.pool = try poolProfiles()
+        config.hosts = try hosts.map { try HostSpec.parse($0) }
         config.allowedFolders = try allowedFolders.map { try HostFolder(hostPath: $0, guestPath: "/").resolvedHostPath() }
         var options = DaemonOptions(socketPath: socket ?? DaemonConnection.socketPath)
         options.uploadLimit = Int(try Store.parseSize(uploadLimit))

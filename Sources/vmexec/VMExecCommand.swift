@@ -13,7 +13,7 @@ struct VMExec: AsyncParsableCommand {
         abstract: "Run untrusted programs in a persistent QEMU micro-VM.",
         version: vmexecVersion,
         subcommands: [
-            Run.self, Serve.self, Up.self, ListSandboxes.self, Exec.self, Copy.self, ProcessList.self, Kill.self,
+            Run.self, Serve.self, Up.self, ListSandboxes.self, Hosts.self, Exec.self, Copy.self, ProcessList.self, Kill.self,
             Jobs.self, Logs.self, Down.self, ShardCommand.self, TrustCommand.self, Keygen.self, ProgramCommand.self,
             StoreCommand.self,
             SnapshotCommand.self, PythonCommand.self,

@@ -72,6 +72,11 @@ extension CLISuites {
             let ls = try await home.vmexec(["ls", "--json"])
             let listed = try JSONSerialization.jsonObject(with: Data(ls.stdout.utf8)) as? [[String: Any]] ?? []
             #expect(listed.first?["name"] as? String == "dev" && listed.first?["state"] as? String == "running", "\(ls.stdout)")
+            #expect(listed.first?["host"] as? String == "local", "a daemon without --host runs everything here: \(ls.stdout)")
+            let hosts = try await home.vmexec(["hosts"])
+            let hostLines = hosts.stdout.split(separator: "\n")
+            #expect(hostLines.first?.hasPrefix("HOST") == true && hostLines.count == 2, "\(hosts.stdout)\(hosts.stderr)")
+            #expect(hostLines.last?.hasPrefix("local") == true && hostLines.last?.contains(" up ") == true, "\(hosts.stdout)")
 
             // exec: output, exit code, stdin, run's options.
             let fed = try await home.vmexec(

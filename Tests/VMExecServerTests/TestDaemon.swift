@@ -44,7 +44,7 @@ final class TestDaemon: Sendable {
     /// Starts a daemon over `directory` (a new temporary one when nil: a restart passes the old one).
     static func start(
         directory: URL? = nil, uploadLimit: Int = 1 << 20, pool: [PoolProfile] = [], maxSandboxes: Int = 16,
-        allowedFolders: [String] = []
+        allowedFolders: [String] = [], hosts: [HostSpec] = []
     ) async throws -> TestDaemon {
         let dir =
             directory
@@ -59,6 +59,7 @@ final class TestDaemon: Sendable {
         config.pool = pool
         config.maxSandboxes = maxSandboxes
         config.allowedFolders = allowedFolders
+        config.hosts = hosts
         var logger = Logger(label: "test.daemon")
         logger.logLevel = .warning
         let registry = try SandboxRegistry(configuration: config, logger: logger)

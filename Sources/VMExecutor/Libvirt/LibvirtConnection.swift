@@ -108,6 +108,14 @@ public final class LibvirtConnection: Sendable {
         return (try? await call { virConnectIsAlive(self.pointer) == 1 }) ?? false
     }
 
+    /// The host's free memory in MiB (what libvirt's node reports), or nil when it does not answer.
+    public func freeMemoryMiB() async -> Int? {
+        guard lost == nil else { return nil }
+        let bytes = try? await call { virNodeGetFreeMemory(self.pointer) }
+        guard let bytes, bytes > 0 else { return nil }
+        return Int(bytes >> 20)
+    }
+
     /// Runs a blocking libvirt call on the connection's queue.
     func call<T: Sendable>(_ body: @escaping @Sendable () throws(VMExecError) -> T) async throws(VMExecError) -> T {
         let result: Result<T, VMExecError> = await withCheckedContinuation { c in
