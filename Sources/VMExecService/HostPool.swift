@@ -76,6 +76,8 @@ public actor HostPool {
         /// Memory of the sandboxes placed here, by sandbox id.
         var placed: [String: Int] = [:]
         var freeMemoryMiB: Int?
+        /// Domains a lost connection left running, ended once the host answers again.
+        var abandoned: [String] = []
         var up: Bool { spec.uri == nil || (connection != nil && connection?.lost == nil) }
     }
     private var hosts: [Host]
@@ -115,6 +117,15 @@ public actor HostPool {
         guard let uri = hosts[i].spec.uri else { return }
         do {
             let connection = try await LibvirtConnection.open(uri)
+            // Guests of the lost connection still running there are nobody's now: their sandboxes boot anew.
+            if !hosts[i].abandoned.isEmpty {
+                let destroyed = await connection.destroy(hosts[i].abandoned)
+                if destroyed > 0 {
+                    logger.notice(
+                        "ended \(destroyed) guests the lost connection left", metadata: ["host": "\(hosts[i].spec.name)"])
+                }
+                hosts[i].abandoned = []
+            }
             let free = await connection.freeMemoryMiB()
             if hosts[i].connection == nil || hosts[i].reason != nil {
                 logger.notice("libvirt host is up", metadata: ["host": "\(hosts[i].spec.name)"])
@@ -136,8 +147,7 @@ public actor HostPool {
         for i in hosts.indices where hosts[i].spec.uri != nil {
             if let connection = hosts[i].connection, let lost = connection.lost {
                 logger.warning("libvirt host is down: \(lost)", metadata: ["host": "\(hosts[i].spec.name)"])
-                hosts[i].connection = nil
-                hosts[i].reason = lost
+                lose(i, connection, lost)
             }
             if let connection = hosts[i].connection {
                 hosts[i].freeMemoryMiB = await connection.freeMemoryMiB()
@@ -201,11 +211,14 @@ public actor HostPool {
     /// Hosts that went down since the last look are noticed before a placement.
     private func lookAtDownOnes() async {
         for i in hosts.indices {
-            if let lost = hosts[i].connection?.lost {
-                hosts[i].connection = nil
-                hosts[i].reason = lost
-            }
+            if let connection = hosts[i].connection, let lost = connection.lost { lose(i, connection, lost) }
         }
+    }
+
+    private func lose(_ i: Int, _ connection: LibvirtConnection, _ why: String) {
+        hosts[i].abandoned += connection.abandoned
+        hosts[i].connection = nil
+        hosts[i].reason = why
     }
 
     /// The hypervisor for a guest on `host` now: its current connection. Throws when the

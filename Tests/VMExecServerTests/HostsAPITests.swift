@@ -88,6 +88,8 @@ extension DaemonSuites {
             // The sandbox whose host died runs again there on its next job.
             let again = try await client.submit(onA, JobSubmission(["true"]), wait: true)
             #expect(again.exitCode == 0, "\(again)")
+            // The guest the dead daemon left running was ended when the host came back: two guests there.
+            #expect(a.qemuProcessIDs.count == 2, "QEMUs on host a: \(a.qemuProcessIDs)")
             await daemon.remove()
         }
     }

@@ -28,6 +28,7 @@ public struct LibvirtTestHost: Sendable {
     /// namespace of its own at 10.237.N.2.
     public static func start(_ name: String, network: Int? = nil, idleTimeout: Int = 120) throws -> LibvirtTestHost {
         let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vmexec-libvirt-\(name)")
+        sweep()
         _ = try? run(["stop", dir.path])
         let output = try run(["start", dir.path] + (network.map { ["\($0)"] } ?? []), timeout: idleTimeout)
         guard let uri = output.split(separator: "\n").last.map(String.init), uri.hasPrefix("qemu") else {
@@ -36,14 +37,38 @@ public struct LibvirtTestHost: Sendable {
         return LibvirtTestHost(directory: dir, uri: uri)
     }
 
+    /// Removes the folders (and guests, namespaces) of earlier test hosts whose daemon has
+    /// ended: a host ends by itself after its idle timeout, and leaves its folder behind.
+    static func sweep() {
+        let tmp = URL(fileURLWithPath: NSTemporaryDirectory())
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: tmp.path)) ?? []
+        for name in names where name.hasPrefix("vmexec-libvirt-") {
+            let dir = tmp.appendingPathComponent(name)
+            let pidFile = dir.appendingPathComponent("libvirtd.pid").path
+            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), kill(pid, 0) == 0
+            {
+                continue  // its daemon runs: another test's host
+            }
+            // A pid file written a moment ago by a host being started has a live daemon too;
+            // a folder without one is left to its own start's "stop".
+            guard FileManager.default.fileExists(atPath: pidFile) else { continue }
+            _ = try? run(["stop", dir.path])
+            try? FileManager.default.removeItem(at: dir)
+        }
+    }
+
     /// Kills its daemon as a crash would (its guests' QEMUs stay).
     public func killDaemon() throws { _ = try Self.run(["kill", directory.path]) }
     /// Starts its daemon again after ``killDaemon()``.
     public func restartDaemon(idleTimeout: Int = 120) throws {
         _ = try Self.run(["restart", directory.path], timeout: idleTimeout)
     }
-    /// Ends its guests, its daemon and its namespace.
-    public func stop() throws { _ = try Self.run(["stop", directory.path]) }
+    /// Ends its guests, its daemon and its namespace, and removes its folder.
+    public func stop() throws {
+        _ = try Self.run(["stop", directory.path])
+        try? FileManager.default.removeItem(at: directory)
+    }
 
     /// The pids of the QEMUs its libvirtd runs now (from libvirt's pid files; driver.pid is libvirtd's own).
     public var qemuProcessIDs: [Int32] {

@@ -29,6 +29,8 @@ public final class LibvirtConnection: Sendable {
         var watchers: [String: @Sendable (MachineEnding) -> Void] = [:]
         /// Why the connection is gone, once it is.
         var lost: String?
+        /// Domains that were running when the connection was lost: their QEMUs may still run there.
+        var abandoned: [String] = []
         var lifecycleCallback: Int32 = -1
         var volumes: HostVolumes?
     }
@@ -97,6 +99,23 @@ public final class LibvirtConnection: Sendable {
             s.volumes = volumes
             return volumes
         }
+    }
+
+    /// The domains this connection ran when it was lost (their guests' calls have failed;
+    /// their QEMUs may still run on the host). ``destroy(_:)`` them through a new connection.
+    public var abandoned: [String] { state.withLock { $0.abandoned } }
+
+    /// Destroys domains by name (those a lost connection left), those still there; how many were.
+    public func destroy(_ names: [String]) async -> Int {
+        (try? await call { () -> Int in
+            var destroyed = 0
+            for name in names {
+                guard let domain = virDomainLookupByName(self.pointer, name) else { continue }
+                if virDomainDestroy(domain) == 0 { destroyed += 1 }
+                virDomainFree(domain)
+            }
+            return destroyed
+        }) ?? 0
     }
 
     /// Why the connection is gone, or nil while it stands.
@@ -182,6 +201,7 @@ public final class LibvirtConnection: Sendable {
         let watchers = state.withLock { s -> [@Sendable (MachineEnding) -> Void] in
             guard s.lost == nil else { return [] }
             s.lost = message
+            s.abandoned = Array(s.watchers.keys)
             defer { s.watchers = [:] }
             return Array(s.watchers.values)
         }

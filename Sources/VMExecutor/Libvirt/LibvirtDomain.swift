@@ -120,36 +120,39 @@ final class LibvirtDomain: GuestMachine {
     }
 
     func plug(_ disk: MachineDisk) async throws {
-        guard let domain else { throw VMExecError(.notRunning, "the domain \(name) is not started") }
         let unit = state.withLock { s -> Int in
             defer { s.nextUnit += 1 }
             return s.nextUnit
         }
-        let file = connection.isLocal ? disk.file : try await connection.remoteDisk(disk)
-        let xml = DomainDescription.diskXML(disk, file: file, unit: unit)
-        try await connection.call { () throws(VMExecError) in
-            guard virDomainAttachDeviceFlags(domain.pointer, xml, UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)) == 0 else {
-                throw VMExecError(
-                    .launchFailed, "libvirt could not attach \(disk.serial): \(LibvirtEventLoop.lastError("no reason given"))")
-            }
-        }
+        try await change(disk, unit: unit, attach: true)
         state.withLock { $0.units[disk.serial] = unit }
     }
 
     func unplug(_ disk: MachineDisk) async throws {
-        guard let domain else { throw VMExecError(.notRunning, "the domain \(name) is not started") }
         guard let unit = state.withLock({ $0.units[disk.serial] }) else {
             throw VMExecError(.notFound, "no disk \(disk.serial) is plugged into \(name)")
         }
+        try await change(disk, unit: unit, attach: false)
+        _ = state.withLock { $0.units.removeValue(forKey: disk.serial) }
+    }
+
+    /// Attaches or detaches the disk's SCSI unit (the same XML does both) in the running domain.
+    private func change(_ disk: MachineDisk, unit: Int, attach: Bool) async throws {
+        guard let domain else { throw VMExecError(.notRunning, "the domain \(name) is not started") }
         let file = connection.isLocal ? disk.file : try await connection.remoteDisk(disk)
         let xml = DomainDescription.diskXML(disk, file: file, unit: unit)
         try await connection.call { () throws(VMExecError) in
-            guard virDomainDetachDeviceFlags(domain.pointer, xml, UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)) == 0 else {
+            let flags = UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)
+            let done =
+                attach
+                ? virDomainAttachDeviceFlags(domain.pointer, xml, flags) : virDomainDetachDeviceFlags(domain.pointer, xml, flags)
+            guard done == 0 else {
                 throw VMExecError(
-                    .launchFailed, "libvirt could not detach \(disk.serial): \(LibvirtEventLoop.lastError("no reason given"))")
+                    .launchFailed,
+                    "libvirt could not \(attach ? "attach" : "detach") \(disk.serial): \(LibvirtEventLoop.lastError("no reason given"))"
+                )
             }
         }
-        _ = state.withLock { $0.units.removeValue(forKey: disk.serial) }
     }
 
     /// An external memory snapshot without metadata: libvirt pauses the guest, writes its

@@ -117,13 +117,8 @@ extension LibvirtHypervisor {
         guard connection.isLocal, spec.folders.isEmpty, !spec.network.enabled else { return nil }
         var text = "libvirt\u{1}\(connection.uri)\u{1}\(emulator ?? "")\u{1}"
         text += description(spec, accelerator, name: "@NAME@", consoleLog: "@CONSOLE@").xml
-        let files = [spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path] + spec.disks.map(\.file)
-        for path in files {
-            let attrs = try? FileManager.default.attributesOfItem(atPath: path)
-            let size = (attrs?[.size] as? NSNumber)?.int64Value ?? -1
-            let mtime = (attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? -1
-            text += "\u{2}\(path)\u{1}\(size)\u{1}\(mtime)"
-        }
+        text += BootState.identities(
+            of: [spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path] + spec.disks.map(\.file))
         return BootState.key(of: text)
     }
 

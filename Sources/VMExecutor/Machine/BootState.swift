@@ -36,6 +36,19 @@ struct BootState: Sendable {
         file = directory.appendingPathComponent("\(key).state")
     }
 
+    /// The files a state depends on, each by path, size and modification time, for a key's text:
+    /// a state saved with other files (a rebuilt image, another shard version) is not found.
+    static func identities(of paths: [String]) -> String {
+        var text = ""
+        for path in paths {
+            let attrs = try? FileManager.default.attributesOfItem(atPath: path)
+            let size = (attrs?[.size] as? NSNumber)?.int64Value ?? -1
+            let mtime = (attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? -1
+            text += "\u{2}\(path)\u{1}\(size)\u{1}\(mtime)"
+        }
+        return text
+    }
+
     /// A cache key over `text`: FNV-1a, 64 bits (a cache key, not a security boundary).
     static func key(of text: String) -> String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325

@@ -58,12 +58,7 @@ public struct QEMUHypervisor: GuestHypervisor {
                 spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path,
                 QEMUProcess.find(profile.qemuBinary) ?? profile.qemuBinary,
             ] + spec.disks.map(\.file)
-        for path in files {
-            let attrs = try? FileManager.default.attributesOfItem(atPath: path)
-            let size = (attrs?[.size] as? NSNumber)?.int64Value ?? -1
-            let mtime = (attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? -1
-            text += "\u{2}\(path)\u{1}\(size)\u{1}\(mtime)"
-        }
+        text += BootState.identities(of: files)
         return BootState.key(of: text)
     }
 
