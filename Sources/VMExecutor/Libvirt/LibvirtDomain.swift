@@ -18,13 +18,13 @@ final class LibvirtDomain: GuestMachine {
 
     private struct State {
         var domain: LibvirtHandle?
-        var ending: MachineEnding?
         var bridge: ChannelBridge?
         /// The SCSI unit of each plugged disk, by serial.
         var units: [String: Int] = [:]
         var nextUnit: Int
     }
     private let state: Mutex<State>
+    private let end = EndingSignal<MachineEnding>()
 
     init(
         name: String, connection: LibvirtConnection, accelerator: Accelerator, runDirectory: URL?, consoleLog: String?,
@@ -43,36 +43,21 @@ final class LibvirtDomain: GuestMachine {
 
     /// The domain exists (virDomainCreateXML returned it).
     func started(_ domain: LibvirtHandle) {
-        let endedAlready = state.withLock { s -> Bool in
-            s.domain = domain
-            return s.ending != nil
-        }
-        if endedAlready { destroy() }
+        state.withLock { $0.domain = domain }
+        if ending != nil { destroy() }
     }
 
     /// The domain ended (lifecycle event, lost connection, or ``kill()``): once.
     func ended(_ ending: MachineEnding) {
-        let bridge = state.withLock { s -> ChannelBridge?? in
-            guard s.ending == nil else { return nil }
-            s.ending = ending
-            return .some(s.bridge)
-        }
-        guard let bridge else { return }
-        bridge?.close(ending.description)
+        guard end.end(ending) else { return }
+        state.withLock { $0.bridge }?.close(ending.description)
         onExit(ending)
     }
 
     var consoleLogPath: String? { consoleLog }
-    var ending: MachineEnding? { state.withLock { $0.ending } }
+    var ending: MachineEnding? { end.ending }
 
-    func waitForExit(timeout: Duration) async -> MachineEnding? {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if let ending { return ending }
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        return ending
-    }
+    func waitForExit(timeout: Duration) async -> MachineEnding? { await end.wait(timeout: timeout) }
 
     private var domain: LibvirtHandle? { state.withLock { $0.domain } }
 
@@ -110,6 +95,8 @@ final class LibvirtDomain: GuestMachine {
             return s.bridge
         }
         previous?.close("a new session took the channel over")
+        // A domain that ended meanwhile found no bridge to close (ended() reads it after the ending).
+        if let ending { bridge.close(ending.description) }
         do {
             return try await ChannelClient.connect(
                 socket: pair[0], handshakeTimeout: timeout, hostFacts: hostFacts, logger: logger)

@@ -10,32 +10,7 @@ import Synchronization
 final class QEMUProcess: Sendable {
     let pid: Int32
     let logPath: String
-    private let exit = ExitState()
-
-    /// Shared with the thread that waits for QEMU's end.
-    private final class ExitState: Sendable {
-        let ended = Mutex<Ending?>(nil)
-        /// Each waiter under its own id, so that one waiter's timeout wakes only it.
-        let waiters = Mutex<(next: Int, byID: [Int: CheckedContinuation<Void, Never>])>((0, [:]))
-
-        func add(_ c: CheckedContinuation<Void, Never>) -> Int {
-            waiters.withLock { w in
-                w.next += 1
-                w.byID[w.next] = c
-                return w.next
-            }
-        }
-
-        func wake(_ id: Int) {
-            waiters.withLock { $0.byID.removeValue(forKey: id) }?.resume()
-        }
-
-        func wakeAll() {
-            for w in waiters.withLock({ w in
-                defer { w.byID = [:] }; return Array(w.byID.values)
-            }) { w.resume() }
-        }
-    }
+    private let exit = EndingSignal<Ending>()
 
     /// How QEMU ended.
     struct Ending: Sendable, CustomStringConvertible {
@@ -101,40 +76,16 @@ final class QEMUProcess: Sendable {
         // One thread per guest blocks in waitpid for QEMU's end.
         Thread.detachNewThread {
             let ending = Ending(waitStatus: vmexec_wait(pid))
-            exit.ended.withLock { $0 = ending }
-            exit.wakeAll()
+            exit.end(ending)
             onExit(ending)
         }
     }
 
     /// How it ended, or nil while it runs.
-    var ending: Ending? { exit.ended.withLock { $0 } }
+    var ending: Ending? { exit.ending }
 
     /// Waits until QEMU has exited, at most `timeout`; returns how it ended.
-    func waitForExit(timeout: Duration) async -> Ending? {
-        if let e = ending { return e }
-        let exit = self.exit
-        // The waiter's id once added, and whether the timer already fired.
-        let slot = Mutex<(id: Int?, expired: Bool)>((nil, false))
-        let timer = Task {
-            try? await Task.sleep(for: timeout)
-            if let mine = slot.withLock({ s in
-                s.expired = true; return s.id
-            }) {
-                exit.wake(mine)
-            }
-        }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let mine = exit.add(c)
-            let expired = slot.withLock { s in
-                s.id = mine; return s.expired
-            }
-            // QEMU may have ended, or the timer fired, before we were added.
-            if expired || ending != nil { exit.wake(mine) }
-        }
-        timer.cancel()
-        return ending
-    }
+    func waitForExit(timeout: Duration) async -> Ending? { await exit.wait(timeout: timeout) }
 
     /// Sends a signal to QEMU (SIGKILL to end it at once).
     func kill(_ signal: Int32 = SIGKILL) {
