@@ -1,4 +1,3 @@
-import CArchive
 import Foundation
 import SquashMounts
 
@@ -7,30 +6,15 @@ import SquashMounts
 /// out, a hard link, a device or a socket is refused naming it.
 enum ArchiveExtractor {
     static func extract(_ path: String, into root: URL, budget: UnpackBudget) throws(ShardError) {
-        guard let archive = archive_read_new() else { throw ShardError(.io, "out of memory") }
-        defer { archive_read_free(archive) }
-        archive_read_support_filter_all(archive)
-        archive_read_support_format_tar(archive)
-        archive_read_support_format_zip(archive)
-        func message() -> String { archive_error_string(archive).map { String(cString: $0) } ?? "unreadable archive" }
-        guard archive_read_open_filename(archive, path, 1 << 16) == ARCHIVE_OK else {
-            throw ShardError(.badArchive, "\(path): \(message()); give a folder, a zip, a tar(.gz/.xz) or a wheel")
-        }
-        var entry: OpaquePointer?
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        defer { buffer.deallocate() }
-        while true {
-            let rc = archive_read_next_header(archive, &entry)
-            if rc == ARCHIVE_EOF { break }
-            guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let entry else {
-                throw ShardError(.badArchive, "\(path): \(message())")
-            }
-            guard let raw = archive_entry_pathname(entry).map({ String(cString: $0) }) else { continue }
+        let reader = try ArchiveReader(
+            path, formats: .tarOrZip, hint: "give a folder, a zip, a tar(.gz/.xz) or a wheel")
+        while let entry = try reader.next() {
+            guard let raw = entry.path else { continue }
             let parts = try ArchiveImporterPaths.components(of: raw, entry: raw)
             guard !parts.isEmpty else { continue }
             let url = root.appendingPathComponent(raw)
-            let type = Int32(archive_entry_filetype(entry))
-            if archive_entry_hardlink(entry) != nil {
+            let type = entry.type
+            if entry.hardlinkTarget != nil {
                 throw ShardError(.unsupportedEntry, "archive entry '\(raw)' is a hard link; programs carry files and folders")
             }
             do {
@@ -43,24 +27,21 @@ enum ArchiveExtractor {
             case S_IFDIR:
                 continue
             case S_IFREG:
-                let mode: mode_t = archive_entry_perm(entry) & 0o111 != 0 ? 0o755 : 0o644
+                let mode: mode_t = entry.permissions & 0o111 != 0 ? 0o755 : 0o644
                 let fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
                 guard fd >= 0 else {
                     throw ShardError(
                         .badArchive, "archive entry '\(raw)': \(String(cString: strerror(errno))) (twice in the archive?)")
                 }
                 defer { close(fd) }
-                while true {
-                    let n = archive_read_data(archive, buffer.baseAddress, buffer.count)
-                    if n == 0 { break }
-                    guard n > 0 else { throw ShardError(.badArchive, "\(path): \(raw): \(message())") }
-                    try budget.take(n, entry: raw)
-                    guard write(fd, buffer.baseAddress, n) == n else {
+                try reader.readData { chunk throws(ShardError) in
+                    try budget.take(chunk.count, entry: raw)
+                    guard write(fd, chunk.baseAddress, chunk.count) == chunk.count else {
                         throw ShardError(.io, "writing \(url.path): \(String(cString: strerror(errno)))")
                     }
                 }
             case S_IFLNK:
-                guard let target = archive_entry_symlink(entry).map({ String(cString: $0) }) else { continue }
+                guard let target = entry.symlinkTarget else { continue }
                 try ArchiveImporterPaths.checkLinkTarget(target, linkAt: parts, entry: raw)
                 guard symlink(target, url.path) == 0 else {
                     throw ShardError(.io, "linking \(url.path): \(String(cString: strerror(errno)))")

@@ -1,4 +1,3 @@
-import CArchive
 import Crypto
 import Foundation
 import SquashMounts
@@ -23,53 +22,27 @@ struct WheelArchive {
         var consoleScripts: [(name: String, target: String)]
     }
 
-    private static func message(_ archive: OpaquePointer) -> String {
-        archive_error_string(archive).map { String(cString: $0) } ?? "unreadable archive"
-    }
+    /// The most of a `.dist-info` file kept in memory to be read (METADATA, RECORD, entry points).
+    static let textLimit = 16 << 20
 
     /// Unpacks into `site`; returns the wheel's metadata and the files it wrote (relative paths).
+    /// Each file streams to disk as it is read, its sha256 taken on the way: memory stays
+    /// small whatever the wheel holds.
     func unpack(into site: URL, target: PythonTarget, python: String, budget: UnpackBudget) throws(ShardError) -> (
         Metadata, [String]
     ) {
-        guard let archive = archive_read_new() else { throw ShardError(.io, "out of memory") }
-        defer { archive_read_free(archive) }
-        archive_read_support_format_zip(archive)
-        guard archive_read_open_filename(archive, path, 1 << 16) == ARCHIVE_OK else {
-            throw ShardError(.badArchive, "wheel \(name.file) cannot be read: \(Self.message(archive))")
-        }
+        let reader = try ArchiveReader(path, formats: .zip, hint: "wheel \(name.file) is no zip file")
         let dataDir = "\(name.distribution)-\(name.version).data/"
         var digests: [String: (String, Int)] = [:]
         var written: [String] = []
         var texts: [String: String] = [:]
-        var entry: OpaquePointer?
-        while true {
-            let rc = archive_read_next_header(archive, &entry)
-            if rc == ARCHIVE_EOF { break }
-            guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let entry else {
-                throw ShardError(.badArchive, "wheel \(name.file): \(Self.message(archive))")
-            }
-            guard let raw = archive_entry_pathname(entry).map({ String(cString: $0) }) else { continue }
-            guard Int32(archive_entry_filetype(entry)) == S_IFREG else { continue }
-            _ = try ArchiveImporterPaths.components(of: raw, entry: "\(name.file):\(raw)")
-            var bytes = [UInt8]()
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-            defer { buffer.deallocate() }
-            while true {
-                let n = archive_read_data(archive, buffer.baseAddress, buffer.count)
-                if n == 0 { break }
-                guard n > 0 else { throw ShardError(.badArchive, "wheel \(name.file): \(raw): \(Self.message(archive))") }
-                try budget.take(n, entry: "\(name.file):\(raw)")
-                bytes += UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-            }
-            let digest = Data(SHA256.hash(data: bytes)).base64EncodedString()
-                .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-                .replacingOccurrences(of: "=", with: "")
-            digests[raw] = (digest, bytes.count)
-            if raw.contains(".dist-info/") && !raw.hasPrefix(dataDir) {
-                texts[String(raw.split(separator: "/").last ?? "")] = String(decoding: bytes, as: UTF8.self)
-            }
+        while let entry = try reader.next() {
+            guard let raw = entry.path, entry.type == S_IFREG else { continue }
+            let display = "\(name.file):\(raw)"
+            _ = try ArchiveImporterPaths.components(of: raw, entry: display)
             var destination = raw
-            var mode: mode_t = archive_entry_perm(entry) & 0o111 != 0 ? 0o755 : 0o644
+            var mode: mode_t = entry.permissions & 0o111 != 0 ? 0o755 : 0o644
+            var script = false
             if raw.hasPrefix(dataDir) {
                 let rest = raw.dropFirst(dataDir.count)
                 let scheme = rest.prefix { $0 != "/" }
@@ -79,18 +52,48 @@ struct WheelArchive {
                 case "scripts":
                     destination = "bin/" + inner
                     mode = 0o755
-                    if bytes.starts(with: Array("#!python".utf8)) {
-                        let line = bytes.firstIndex(of: 10) ?? bytes.endIndex
-                        bytes = Array("#!\(python)".utf8) + bytes[line...]
-                    }
+                    script = true
                 case "headers": destination = "include/\(name.distribution)/" + inner
                 default: destination = "data/" + inner
                 }
             }
-            if destination.hasSuffix(".so") || destination.contains(".so.") {
-                try checkMachine(bytes, file: raw, target: target)
+            let file = try WheelEntryFile(site: site, relative: destination, wheel: name.file)
+            var original = SHA256()
+            var size = 0
+            var text: [UInt8]? = raw.contains(".dist-info/") && !raw.hasPrefix(dataDir) ? [] : nil
+            let machineCode = destination.hasSuffix(".so") || destination.contains(".so.")
+            // The file's first bytes wait until they can be judged: an ELF header's
+            // architecture, a script's `#!python` line (replaced by the guest's interpreter).
+            var head: [UInt8]? = script || machineCode ? [] : nil
+            func judge(_ bytes: [UInt8]) throws(ShardError) -> [UInt8] {
+                if machineCode { try checkMachine(bytes, file: raw, target: target) }
+                guard script, bytes.starts(with: Array("#!python".utf8)) else { return bytes }
+                let line = bytes.firstIndex(of: 10) ?? bytes.endIndex
+                return Array("#!\(python)".utf8) + bytes[line...]
             }
-            try write(bytes, to: site, relative: destination, mode: mode)
+            try reader.readData { chunk throws(ShardError) in
+                try budget.take(chunk.count, entry: display)
+                original.update(bufferPointer: chunk)
+                size += chunk.count
+                if text != nil {
+                    guard text!.count + chunk.count <= Self.textLimit else {
+                        throw ShardError(.badArchive, "wheel \(name.file): \(raw) is larger than \(Self.textLimit >> 20) MiB")
+                    }
+                    text! += chunk
+                }
+                guard var pending = head else { return try file.append(chunk) }
+                pending += chunk
+                if pending.count >= 4096 || pending.contains(10) {
+                    head = nil
+                    try file.append(judge(pending))
+                } else {
+                    head = pending
+                }
+            }
+            if let pending = head { try file.append(judge(pending)) }
+            try file.finish(mode: mode)
+            digests[raw] = (Self.recordDigest(original.finalize()), size)
+            if let text { texts[String(raw.split(separator: "/").last ?? "")] = String(decoding: text, as: UTF8.self) }
             written.append(destination)
         }
         let metadata = try metadata(texts)
@@ -159,6 +162,13 @@ struct WheelArchive {
                     .checksumMismatch, "wheel \(name.file): \(file) does not match its RECORD: the wheel is damaged or altered")
             }
         }
+    }
+
+    /// A digest as RECORD writes it: urlsafe base64 without padding.
+    static func recordDigest(_ digest: SHA256.Digest) -> String {
+        Data(digest).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
     }
 
     private func checkMachine(_ bytes: [UInt8], file: String, target: PythonTarget) throws(ShardError) {

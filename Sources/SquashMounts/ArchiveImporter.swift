@@ -12,30 +12,9 @@ struct ArchiveImporter {
     let path: String
 
     func importEntries(into writer: SquashfsImageWriter) throws(ShardError) {
-        guard let archive = archive_read_new() else { throw ShardError(.io, "out of memory") }
-        defer { archive_read_free(archive) }
-        archive_read_support_filter_all(archive)
-        archive_read_support_format_tar(archive)
-        archive_read_support_format_zip(archive)
-        guard archive_read_open_filename(archive, path, 1 << 16) == ARCHIVE_OK else {
-            throw ShardError(.badArchive, "\(path): \(Self.message(archive)); give a tar, tar.gz, tar.xz or zip file")
-        }
-        var entry: OpaquePointer?
-        var count = 0
-        while true {
-            let rc = archive_read_next_header(archive, &entry)
-            if rc == ARCHIVE_EOF { break }
-            guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let entry else {
-                throw ShardError(.badArchive, "\(path): entry \(count + 1): \(Self.message(archive))")
-            }
-            count += 1
-            try add(entry, from: archive, into: writer)
-        }
-        guard count > 0 else { throw ShardError(.badArchive, "\(path): the archive holds no entries") }
-    }
-
-    private static func message(_ archive: OpaquePointer) -> String {
-        archive_error_string(archive).map { String(cString: $0) } ?? "unreadable archive"
+        let reader = try ArchiveReader(path, formats: .tarOrZip, hint: "give a tar, tar.gz, tar.xz or zip file")
+        while let entry = try reader.next() { try add(entry, from: reader, into: writer) }
+        guard reader.entries > 0 else { throw ShardError(.badArchive, "\(path): the archive holds no entries") }
     }
 
     /// The entry's path as components; throws for paths that leave the root.
@@ -72,8 +51,11 @@ struct ArchiveImporter {
         }
     }
 
-    private func add(_ entry: OpaquePointer, from archive: OpaquePointer, into writer: SquashfsImageWriter) throws(ShardError) {
-        guard let rawPath = archive_entry_pathname(entry).map({ String(cString: $0) }) else {
+    private func add(_ header: ArchiveReader.Entry, from reader: ArchiveReader, into writer: SquashfsImageWriter)
+        throws(ShardError)
+    {
+        let entry = header.pointer
+        guard let rawPath = header.path else {
             throw ShardError(.badArchive, "\(path): an entry without a name")
         }
         let parts = try Self.components(of: rawPath, entry: rawPath)
@@ -85,30 +67,22 @@ struct ArchiveImporter {
         meta.xattrs = Self.xattrs(entry)
         let display = "\(path):\(rawPath)"
 
-        if let hardlink = archive_entry_hardlink(entry).map({ String(cString: $0) }) {
+        if let hardlink = header.hardlinkTarget {
             let target = try Self.components(of: hardlink, entry: rawPath)
             guard !parts.isEmpty else { throw ShardError(.badArchive, "\(display): a hard link cannot be the root") }
             try writer.addHardLink(parts, path: display, target: target, targetPath: hardlink)
             return
         }
-        let type = archive_entry_filetype(entry)
-        switch Int32(type) {
+        switch Int32(header.type) {
         case S_IFDIR:
             try writer.addDirectory(parts, path: display, meta: meta)
         case S_IFREG:
             guard !parts.isEmpty else { throw ShardError(.badArchive, "\(display): a file cannot be the root") }
             _ = try writer.addFile(parts, path: display, meta: meta) { sink throws(ShardError) in
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-                defer { buffer.deallocate() }
-                while true {
-                    let n = archive_read_data(archive, buffer.baseAddress, buffer.count)
-                    if n == 0 { return }
-                    guard n > 0 else { throw ShardError(.badArchive, "\(display): \(Self.message(archive))") }
-                    try sink(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-                }
+                try reader.readData(sink)
             }
         case S_IFLNK:
-            guard let target = archive_entry_symlink(entry).map({ String(cString: $0) }), !parts.isEmpty else {
+            guard let target = header.symlinkTarget, !parts.isEmpty else {
                 throw ShardError(.badArchive, "\(display): a symlink without a target")
             }
             try Self.checkLinkTarget(target, linkAt: parts, entry: rawPath)

@@ -186,6 +186,44 @@ struct ProgramShardTests {
         #expect(shardError { _ = try maker.make(from: wheel, to: root + "/x.shard") }?.message.contains("--sdk") == true)
     }
 
+    @Test("wheel files stream to disk: big files intact, a script's #!python line, foreign machine code, shared paths")
+    func streamedFiles() throws {
+        let root = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let wheels = root + "/wheels"
+        try FileManager.default.createDirectory(atPath: wheels, withIntermediateDirectories: true)
+        // 3 MiB and a bit: several of the reader's 1 MiB chunks, the last one partial.
+        let big = (0..<(3 << 20) + 12345).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) }
+        try WheelFactory.wheel(
+            in: wheels, name: "alpha", version: "1", files: ["alpha-1.data/scripts/tool": "#!python\nprint('tool')\n"],
+            binaryFiles: ["alpha/blob.bin": big])
+        try WheelFactory.wheel(in: wheels, name: "beta", version: "1", files: ["shared/common.py": "X = 1\n"])
+        try WheelFactory.wheel(in: wheels, name: "gamma", version: "1", files: ["shared/common.py": "X = 1\n"])
+        let maker = LibsShardMaker(name: "streamed", version: "1", target: WheelTests.cpython311)
+        let shard = try maker.make(from: wheels, to: root + "/streamed.shard").shard
+        var blob = [UInt8]()
+        try shard.readFile("/alpha/blob.bin") { blob.append(contentsOf: $0) }
+        #expect(blob == big)
+        var script = Data()
+        try shard.readFile("/bin/tool") { script.append(contentsOf: $0) }
+        #expect(String(decoding: script, as: UTF8.self) == "#!/usr/bin/python3\nprint('tool')\n")
+
+        // The same path with other bytes in another wheel is a conflict naming it.
+        try WheelFactory.wheel(in: wheels, name: "delta", version: "1", files: ["shared/common.py": "X = 2\n"])
+        let conflict = shardError { _ = try maker.make(from: wheels, to: root + "/x.shard") }
+        #expect(conflict?.code == .conflict && conflict?.message.contains("shared/common.py") == true)
+        try FileManager.default.removeItem(atPath: wheels + "/delta-1-py3-none-any.whl")
+
+        // A shared object for aarch64 in a wheel for this x86_64 SDK is refused by its ELF header.
+        var elf = [UInt8](repeating: 0, count: 64)
+        elf[0...5] = [0x7f, 0x45, 0x4c, 0x46, 2, 1]
+        elf[18] = 183
+        try WheelFactory.wheel(in: wheels, name: "epsilon", version: "1", files: [:], binaryFiles: ["epsilon/_ext.so": elf])
+        let foreign = shardError { _ = try maker.make(from: wheels, to: root + "/x.shard") }
+        #expect(foreign?.code == .wrongArchitecture && foreign?.message.contains("epsilon/_ext.so") == true)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root).sorted() == ["streamed.shard", "wheels"])
+    }
+
     @Test("an archive or wheels that unpack past the budget are refused, and leave nothing behind")
     func decompressionBomb() throws {
         let root = try scratch()
