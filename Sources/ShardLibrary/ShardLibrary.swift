@@ -318,9 +318,16 @@ public final class ShardLibrary: Sendable {
         for v in versions {
             try db.execute(sql: "DELETE FROM shardVersion WHERE name = ? AND version = ?", arguments: [v.name, v.version])
             try LibraryLog.record(db, by: user, action: action, name: v.name, version: v.version, detail: nil)
-            unlink(v.path)
         }
-        _ = locks
+        // The files go once the rows are gone for good: a transaction that fails
+        // to commit leaves rows and files as they were. The locks, held by the
+        // closure, keep sandboxes from taking a version until its file is gone.
+        let paths = versions.map(\.path)
+        let held = locks
+        db.afterNextTransaction { _ in
+            for path in paths { unlink(path) }
+            _ = held
+        }
     }
 
     static func notInstalled(_ db: Database, _ name: String, _ version: String?) throws -> ShardError {
