@@ -12,7 +12,7 @@ import SquashMounts
 /// a `main.py` at the top, else a `__main__.py` at the top, else the one package with a
 /// `__main__.py`, else the one console script (a wheel's, or `[project.scripts]` of a
 /// `pyproject.toml`).
-public struct ProgramShardMaker {
+public struct ProgramShardMaker: Sendable {
     public var name: String
     public var version: String
     public var requires: [String] = []

@@ -65,8 +65,11 @@ extension ServiceAPI {
             else { throw VMExecError(.notFound, "a program from a wheel needs a Python SDK shard in the library") }
             maker.target = try PythonTarget(sdk: sdk.manifest)
         }
-        _ = try maker.make(from: upload, to: shardFile)
-        let result = try library.install(shardFile, by: by)
+        let made = maker
+        let result = try await BlockingWork.run {
+            _ = try made.make(from: upload, to: shardFile)
+            return try library.install(shardFile, by: by)
+        }
         return .created(.init(body: .json(.init(result.version))))
     }
 
