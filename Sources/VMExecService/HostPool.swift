@@ -86,8 +86,12 @@ public actor HostPool {
     /// How often down hosts are tried again and up ones asked for their free memory.
     let interval: Duration
 
+    /// The hosts as configured (they do not change while the pool lives).
+    nonisolated public let specs: [HostSpec]
+
     public init(_ specs: [HostSpec], logger: Logger, interval: Duration = .seconds(2)) {
-        self.hosts = (specs.isEmpty ? [.local] : specs).map { Host(spec: $0) }
+        self.specs = specs.isEmpty ? [.local] : specs
+        self.hosts = self.specs.map { Host(spec: $0) }
         self.logger = logger
         self.interval = interval
     }
@@ -272,10 +276,14 @@ struct PlacedHypervisor: GuestHypervisor {
         return await hypervisor.plan(choice, for: spec)
     }
 
+    /// The host's URI (nil: this machine's QEMU), fixed for the pool's life.
+    let uri: String?
+
+    /// Local libvirt hosts keep saved states, as the Swift API's `LibvirtHypervisor` does:
+    /// the key depends on the host's URI and the spec alone, not on the connection of the moment.
     func stateKey(for spec: MachineSpec, accelerator: Accelerator) -> String? {
-        // Only local libvirt hosts keep states; the key is asked synchronously, so it is taken
-        // from a hypervisor made for the key alone.
-        nil
+        guard let uri else { return QEMUHypervisor().stateKey(for: spec, accelerator: accelerator) }
+        return LibvirtHypervisor.stateKey(uri: uri, emulator: nil, for: spec, accelerator: accelerator)
     }
 
     func launch(

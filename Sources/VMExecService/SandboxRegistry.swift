@@ -496,7 +496,8 @@ public actor SandboxRegistry {
             machine.entrypoint = spec.entrypoint
             machine.folders = try Self.hostFolders(spec, allowed: configuration.allowedFolders)
             if let host = record.host, host != HostSpec.local.name {
-                machine.hypervisor = PlacedHypervisor(pool: hosts, host: host)
+                machine.hypervisor = PlacedHypervisor(
+                    pool: hosts, host: host, uri: hosts.specs.first { $0.name == host }?.uri)
             }
             sandbox = Sandbox(
                 configuration: machine,

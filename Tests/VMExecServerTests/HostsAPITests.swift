@@ -92,5 +92,26 @@ extension DaemonSuites {
             #expect(a.qemuProcessIDs.count == 2, "QEMUs on host a: \(a.qemuProcessIDs)")
             await daemon.remove()
         }
+
+        @Test("a local libvirt host keeps saved states: the first sandbox there boots, the next restores")
+        func savedStatesOnALocalHost() async throws {
+            let here = try LibvirtTestHost.start("hosts-here-\(getpid())")
+            defer { try? here.stop() }
+            let daemon = try await TestDaemon.start(hosts: [HostSpec(name: "here", uri: here.uri, maxGuests: 2)])
+            let client = daemon.alice
+            // The state's key holds the host's URI, a folder of this test's own: no state exists yet.
+            for name in ["first", "second"] {
+                #expect(try await client.createSandbox(SandboxRequest(name: name)).host == "here")
+                let job = try await client.submit(name, JobSubmission(["echo", name]), wait: true)
+                #expect(job.exitCode == 0, "\(job)")
+                let out = try await client.output(name, job.id, stream: .stdout, offset: 0).bytes
+                #expect(out == Array("\(name)\n".utf8))
+            }
+            let first = try await daemon.registry.sandbox(owner: "alice", name: "first")
+            let second = try await daemon.registry.sandbox(owner: "alice", name: "second")
+            #expect(await first.restoredFromSavedState == false, "the first start boots and saves the state")
+            #expect(await second.restoredFromSavedState == true, "the next start on the host restores it")
+            await daemon.remove()
+        }
     }
 }

@@ -83,23 +83,23 @@ extension LibvirtHypervisor {
         _ spec: MachineSpec, _ accelerator: Accelerator, name: String, consoleLog: String?,
         files: DomainDescription.HostFiles? = nil
     ) -> DomainDescription {
-        var local = DomainDescription.HostFiles(
+        DomainDescription(
+            name: name, spec: spec, accelerator: accelerator, files: files ?? Self.localFiles(of: spec),
+            consoleLog: consoleLog, emulator: emulator)
+    }
+
+    /// The spec's files by their paths on this machine.
+    static func localFiles(of spec: MachineSpec) -> DomainDescription.HostFiles {
+        var files = DomainDescription.HostFiles(
             kernel: spec.images.kernel.path, initramfs: spec.images.initramfs.path, rootfs: spec.images.rootfs.path)
-        for disk in spec.disks { local.disks[disk.serial] = disk.file }
-        let files = files ?? local
-        return DomainDescription(
-            name: name, spec: spec, accelerator: accelerator, files: files, consoleLog: consoleLog, emulator: emulator)
+        for disk in spec.disks { files.disks[disk.serial] = disk.file }
+        return files
     }
 
     /// The spec's files as the host sees them: the same paths on a local host;
     /// volumes of its `vmexec` pool on a remote one (``HostVolumes``).
     func hostFiles(_ spec: MachineSpec) async throws -> DomainDescription.HostFiles {
-        guard !connection.isLocal else {
-            var files = DomainDescription.HostFiles(
-                kernel: spec.images.kernel.path, initramfs: spec.images.initramfs.path, rootfs: spec.images.rootfs.path)
-            for disk in spec.disks { files.disks[disk.serial] = disk.file }
-            return files
-        }
+        guard !connection.isLocal else { return Self.localFiles(of: spec) }
         let volumes = connection.volumes
         var files = DomainDescription.HostFiles(
             kernel: try await volumes.hostPath(for: spec.images.kernel.path),
@@ -114,9 +114,21 @@ extension LibvirtHypervisor {
     /// (name and console as placeholders), the host, and the files by path,
     /// size and modification time.
     public func stateKey(for spec: MachineSpec, accelerator: Accelerator) -> String? {
-        guard connection.isLocal, spec.folders.isEmpty, !spec.network.enabled else { return nil }
-        var text = "libvirt\u{1}\(connection.uri)\u{1}\(emulator ?? "")\u{1}"
-        text += description(spec, accelerator, name: "@NAME@", consoleLog: "@CONSOLE@").xml
+        Self.stateKey(uri: connection.uri, emulator: emulator, for: spec, accelerator: accelerator)
+    }
+
+    /// The state key of a machine on the host at `uri`, without a connection to it: a
+    /// sandbox placed on a host asks it before it knows the host's connection of the moment.
+    public static func stateKey(uri: String, emulator: String?, for spec: MachineSpec, accelerator: Accelerator)
+        -> String?
+    {
+        guard LibvirtConnection.isLocal(uri), spec.folders.isEmpty, !spec.network.enabled else { return nil }
+        var text = "libvirt\u{1}\(uri)\u{1}\(emulator ?? "")\u{1}"
+        text +=
+            DomainDescription(
+                name: "@NAME@", spec: spec, accelerator: accelerator, files: localFiles(of: spec), consoleLog: "@CONSOLE@",
+                emulator: emulator
+            ).xml
         text += BootState.identities(
             of: [spec.images.kernel.path, spec.images.initramfs.path, spec.images.rootfs.path] + spec.disks.map(\.file))
         return BootState.key(of: text)
@@ -183,7 +195,10 @@ extension LibvirtConnection {
 
     /// Whether the daemon runs on this machine (a URI without a host), so
     /// that the files of a spec can be given to it by their paths here.
-    public var isLocal: Bool {
+    public var isLocal: Bool { Self.isLocal(uri) }
+
+    /// Whether `uri` names a libvirt daemon on this machine (no host part).
+    public static func isLocal(_ uri: String) -> Bool {
         guard let components = URLComponents(string: uri) else { return false }
         return (components.host ?? "").isEmpty
     }
