@@ -65,14 +65,19 @@ public final class LibvirtConnection: Sendable {
         return connection
     }
 
+    /// The close callback: one C function, so that it can be unregistered.
+    private static let closeCallback: virConnectCloseFunc = { _, reason, opaque in
+        Unmanaged<LibvirtConnection>.fromOpaque(opaque!).takeUnretainedValue().connectionClosed(reason)
+    }
+
+    /// libvirt's callbacks hold the connection (each a retain, released by libvirt's free
+    /// function when the callback goes): until ``release()`` after a loss, or for good.
     private func watch() {
         virConnectSetKeepAlive(pointer, 1, 3)
         let closeRef = Unmanaged.passRetained(self).toOpaque()
         if virConnectRegisterCloseCallback(
-            pointer,
-            { _, reason, opaque in
-                Unmanaged<LibvirtConnection>.fromOpaque(opaque!).takeUnretainedValue().connectionClosed(reason)
-            }, closeRef, { opaque in Unmanaged<LibvirtConnection>.fromOpaque(opaque!).release() }) < 0
+            pointer, Self.closeCallback, closeRef,
+            { opaque in LibvirtConnection.releaseLater(opaque) }) < 0
         {
             Unmanaged<LibvirtConnection>.fromOpaque(closeRef).release()
         }
@@ -86,9 +91,32 @@ public final class LibvirtConnection: Sendable {
         let id = virConnectDomainEventRegisterAny(
             pointer, nil, Int32(VIR_DOMAIN_EVENT_ID_LIFECYCLE.rawValue),
             unsafeBitCast(lifecycle, to: virConnectDomainEventGenericCallback.self), eventRef,
-            { opaque in Unmanaged<LibvirtConnection>.fromOpaque(opaque!).release() })
+            { opaque in LibvirtConnection.releaseLater(opaque) })
         if id < 0 { Unmanaged<LibvirtConnection>.fromOpaque(eventRef).release() }
         state.withLock { $0.lifecycleCallback = id }
+    }
+
+    /// libvirt's free function for a callback's retain. The release happens off libvirt's
+    /// thread: when it is the last one, deinit's virConnectClose must not run inside libvirt.
+    private static func releaseLater(_ opaque: UnsafeMutableRawPointer?) {
+        guard let opaque else { return }
+        let address = UInt(bitPattern: opaque)
+        DispatchQueue.global().async {
+            Unmanaged<LibvirtConnection>.fromOpaque(UnsafeRawPointer(bitPattern: address)!).release()
+        }
+    }
+
+    /// Unregisters the callbacks of a lost connection, so that it is freed (and closed) once
+    /// nobody else holds it. On the connection's queue: not inside libvirt's own callback.
+    private func release() {
+        queue.async {
+            let id = self.state.withLock { s -> Int32 in
+                defer { s.lifecycleCallback = -1 }
+                return s.lifecycleCallback
+            }
+            if id >= 0 { virConnectDomainEventDeregisterAny(self.pointer, id) }
+            virConnectUnregisterCloseCallback(self.pointer, Self.closeCallback)
+        }
     }
 
     /// The host's volumes of vmexec's files (remote hosts), made on first use.
@@ -198,14 +226,16 @@ public final class LibvirtConnection: Sendable {
         default: why = "the client closed it"
         }
         let message = "lost the libvirt host \(uri): \(why)"
-        let watchers = state.withLock { s -> [@Sendable (MachineEnding) -> Void] in
-            guard s.lost == nil else { return [] }
+        let watchers = state.withLock { s -> [@Sendable (MachineEnding) -> Void]? in
+            guard s.lost == nil else { return nil }
             s.lost = message
             s.abandoned = Array(s.watchers.keys)
             defer { s.watchers = [:] }
             return Array(s.watchers.values)
         }
+        guard let watchers else { return }
         for watcher in watchers { watcher(MachineEnding(message, killed: true)) }
+        release()
     }
 
     deinit {
