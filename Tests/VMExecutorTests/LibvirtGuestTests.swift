@@ -133,10 +133,14 @@ extension RealGuests {
                         try await s.start()
                         let warm = await s.restoredFromWarmState
                         let random = try await s.exec(Command(["sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])).stdoutText
+                        // The guest's clock against the host's while it is read (not after the
+                        // rest: a shutdown under load takes seconds).
+                        let before = Date().timeIntervalSince1970
                         let now = try await BootStateTests.guestSeconds(s)
+                        let offset = now - (before + Date().timeIntervalSince1970) / 2
                         let python = try await s.exec(Command(["python3", "-c", "print(6 * 7)"])).stdoutText
                         await s.shutdown()
-                        return (warm && python == "42\n", random, now - Date().timeIntervalSince1970)
+                        return (warm && python == "42\n", random, offset)
                     }
                 }
                 return try await group.reduce(into: []) { $0.append($1) }
@@ -237,6 +241,9 @@ extension RealGuests.LibvirtGuestTests {
     )
     func remoteDaemonKilled() async throws {
         let (host, s) = try await startedRemotely()
+        // A connection of its own, to see that a lost one is freed once nobody holds it.
+        var extra: LibvirtConnection? = try await LibvirtConnection.open(host.uri)
+        weak let freed = extra
         let running = Task { try await s.exec(Command(["sleep", "60"])) }
         try await Task.sleep(for: .milliseconds(500))
         let clock = ContinuousClock()
@@ -248,6 +255,13 @@ extension RealGuests.LibvirtGuestTests {
         #expect(error?.code == .guestStopped)
         #expect(error?.message.contains("10.237.1.2") == true, "the message names the host: \(error?.message ?? "")")
         #expect(await s.isRunning == false)
+        let lostBy = clock.now + .seconds(10)
+        while extra?.lost == nil && clock.now < lostBy { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(extra?.lost != nil, "the extra connection is lost too")
+        extra = nil
+        let freedBy = clock.now + .seconds(5)
+        while freed != nil && clock.now < freedBy { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(freed == nil, "libvirt's callbacks let a lost connection go")
         try host.restartDaemon()
         let (_, again) = try await startedRemotely()
         #expect(try await again.exec(Command(["echo", "back"])).stdoutText == "back\n")
