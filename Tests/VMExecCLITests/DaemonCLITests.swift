@@ -28,10 +28,10 @@ struct DaemonHome {
     }
 
     /// Starts `vmexec serve` by hand (as after a crash), and waits until it answers.
-    func serve(logLevel: String = "warning") async throws -> Process {
+    func serve(logLevel: String = "warning", _ arguments: [String] = []) async throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: vmexecBinary)
-        p.arguments = ["serve", "--log-level", logLevel]
+        p.arguments = ["serve", "--log-level", logLevel] + arguments
         p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try FileManager.default.createDirectory(atPath: directory + "/run", withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: directory + "/run/daemon.log", contents: nil)
