@@ -60,7 +60,9 @@ struct WheelArchive {
             let file = try WheelEntryFile(site: site, relative: destination, wheel: name.file)
             var original = SHA256()
             var size = 0
-            var text: [UInt8]? = raw.contains(".dist-info/") && !raw.hasPrefix(dataDir) ? [] : nil
+            // The dist-info files are read as text too (METADATA, RECORD, entry points).
+            let keepsText = raw.contains(".dist-info/") && !raw.hasPrefix(dataDir)
+            var text: [UInt8] = []
             let machineCode = destination.hasSuffix(".so") || destination.contains(".so.")
             // The file's first bytes wait until they can be judged: an ELF header's
             // architecture, a script's `#!python` line (replaced by the guest's interpreter).
@@ -75,15 +77,18 @@ struct WheelArchive {
                 try budget.take(chunk.count, entry: display)
                 original.update(bufferPointer: chunk)
                 size += chunk.count
-                if text != nil {
-                    guard text!.count + chunk.count <= Self.textLimit else {
+                if keepsText {
+                    guard text.count + chunk.count <= Self.textLimit else {
                         throw ShardError(.badArchive, "wheel \(name.file): \(raw) is larger than \(Self.textLimit >> 20) MiB")
                     }
-                    text! += chunk
+                    text += chunk
                 }
                 guard var pending = head else { return try file.append(chunk) }
                 pending += chunk
-                if pending.count >= 4096 || pending.contains(10) {
+                // Judged once what is judged has arrived (chunks may be a few bytes at the
+                // archive's block boundaries): an ELF header's 20 bytes, a script's first line.
+                let complete = (!machineCode || pending.count >= 20) && (!script || pending.contains(10))
+                if pending.count >= 4096 || complete {
                     head = nil
                     try file.append(judge(pending))
                 } else {
@@ -93,7 +98,7 @@ struct WheelArchive {
             if let pending = head { try file.append(judge(pending)) }
             try file.finish(mode: mode)
             digests[raw] = (Self.recordDigest(original.finalize()), size)
-            if let text { texts[String(raw.split(separator: "/").last ?? "")] = String(decoding: text, as: UTF8.self) }
+            if keepsText { texts[String(raw.split(separator: "/").last ?? "")] = String(decoding: text, as: UTF8.self) }
             written.append(destination)
         }
         let metadata = try metadata(texts)
