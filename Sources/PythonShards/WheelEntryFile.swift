@@ -25,8 +25,8 @@ final class WheelEntryFile {
         } catch {
             throw ShardError(.io, "creating \(folder.path): \(error)")
         }
-        temporary = folder.appendingPathComponent(".unpacking-\(getpid())").path
-        unlink(temporary)
+        // A name no wheel chooses: O_EXCL then never meets a file of the wheel's.
+        temporary = folder.appendingPathComponent(".unpacking-\(getpid())-\(UInt64.random(in: 0...UInt64.max))").path
         descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard descriptor >= 0 else { throw ShardError(.io, "writing \(temporary): \(String(cString: strerror(errno)))") }
     }
