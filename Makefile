@@ -156,7 +156,7 @@ images-other-arch:
 	$(MAKE) images ARCH=$(OTHER_ARCH)
 
 # Host-only: needs the build dependencies, no guest images.
-UNIT_TARGETS := SerialChannelTests|SquashMountsTests|ShardLibraryTests|PersistOverlayTests|VMExecutorUnitTests|VMExecServiceTests|VMExecServerUnitTests
+UNIT_TARGETS := SerialChannelTests|SquashMountsTests|ShardLibraryTests|PersistOverlayTests|VMExecutorUnitTests|VMExecServiceTests|VMExecServerUnitTests|VMExecClientTests
 test-unit: deps test-c build-tests
 	Tests/deadline.sh 300 $(SWIFT) test --skip-build --filter '$(UNIT_TARGETS)'
 

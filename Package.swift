@@ -182,6 +182,16 @@ let package = Package(
         .testTarget(name: "VMExecServiceTests", dependencies: ["VMExecService", "VMExecutor"]),
         // The HTTP harness's parts on their own: no images, no guests.
         .testTarget(name: "VMExecServerUnitTests", dependencies: ["VMExecServer", "VMExecutor"]),
+        // The daemon's client against a real HTTP server of the test's own: no daemon, no guests.
+        .testTarget(
+            name: "VMExecClientTests",
+            dependencies: [
+                "VMExecClient",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+            ]),
         // Fixtures the guest and CLI suites share: where the images are, whether they are built.
         .target(
             name: "VMExecTestSupport", dependencies: ["VMExecutor", "SquashMounts", "PersistOverlay"],

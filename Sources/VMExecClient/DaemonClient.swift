@@ -1,6 +1,8 @@
 import AsyncHTTPClient
 import Foundation
 import HTTPTypes
+import NIOCore
+import NIOPosix
 import OpenAPIAsyncHTTPClient
 import OpenAPIRuntime
 import VMExecFailure
@@ -45,8 +47,12 @@ public struct DaemonClient: Sendable {
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.timeout = .init(connect: .seconds(10))
-        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+        return HTTPClient(eventLoopGroup: loops, configuration: configuration)
     }()
+
+    /// One event loop for all of the client's connections: one thread is plenty for the
+    /// connections of one process to one daemon, and uploads are paced by it (``PacedBody``).
+    static let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
     // MARK: daemon
 
@@ -219,7 +225,7 @@ public struct DaemonClient: Sendable {
                     path: .init(sandbox: sandbox),
                     query: .init(
                         path: path, overwrite: overwrite, parents: parents, mode: mode.map { String($0, radix: 8) }),
-                    body: .binary(bytes))
+                    body: .binary(bytes.paced(by: Self.loops.next())))
             ).created.body.json)
     }
 
