@@ -152,6 +152,7 @@ let package = Package(
             dependencies: [
                 "VMExecutor", "SquashMounts", "PersistOverlay", "VMExecService", "VMExecServer", "VMExecClient",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
             ]),
         .testTarget(
             name: "SerialChannelTests",
